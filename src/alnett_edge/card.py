@@ -1,0 +1,122 @@
+"""The model card: the one preprocessing contract of alnett-edge.
+
+A card travels inside every checkpoint (and later every exported bundle). Training, evaluation,
+calibration, export, bench and the device daemon read input size, colour order, layout, mean/std,
+background masking and class names from it and from nowhere else.
+
+This module is at the bottom of the import graph: it imports neither torch nor any other
+alnett-edge layer, so a device that only runs bundles can load a card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from alnett_edge.errors import CheckpointError
+
+CARD_SCHEMA = 1
+
+#: C-NMC labels cells 0 = hem (normal), 1 = all (blast); index i of the model output is CLASS_NAMES[i].
+CLASS_NAMES: tuple[str, ...] = ("hem", "all")
+
+#: Mean/std of the stained foreground of the real C-NMC sample (RGB, [0, 1] scale), measured over the
+#: 70 cells of ../shared/data/cnmc-sample (pixels whose brightest channel is > 10/255). With background
+#: masking the black background becomes exactly 0 after normalisation and the cell is ~N(0, 1).
+CNMC_MEAN: tuple[float, float, float] = (0.275, 0.119, 0.315)
+CNMC_STD: tuple[float, float, float] = (0.054, 0.040, 0.047)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a raw RGB cell image becomes the model's input tensor."""
+
+    size: tuple[int, int] = (224, 224)  # (height, width)
+    color_order: str = "RGB"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    mean: tuple[float, float, float] = CNMC_MEAN
+    std: tuple[float, float, float] = CNMC_STD
+    #: Pixels whose brightest channel is <= mask_threshold (0..255) are background and become 0
+    #: after normalisation, so the model never sees the exact black level of a camera or a crop.
+    mask_background: bool = True
+    mask_threshold: int = 10
+    #: Non-square images are padded with black to a square, centred, then resized.
+    resize: str = "pad-square"
+
+    def validate(self) -> None:
+        h, w = self.size
+        if h < 16 or w < 16:
+            raise CheckpointError(f"input size {h}x{w} is too small (minimum 16x16)")
+        if self.color_order not in ("RGB", "BGR"):
+            raise CheckpointError(f"unknown colour order {self.color_order!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise CheckpointError(f"unknown layout {self.layout!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise CheckpointError("mean and std need three values and std must be > 0")
+        if self.resize != "pad-square":
+            raise CheckpointError(f"unknown resize mode {self.resize!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+        d = dict(d)
+        for key in ("size", "mean", "std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        spec = cls(**d)
+        spec.validate()
+        return spec
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to rebuild, feed and interpret a model, as plain JSON."""
+
+    variant: str
+    arch: dict[str, Any]
+    input: InputSpec = field(default_factory=InputSpec)
+    class_names: tuple[str, ...] = CLASS_NAMES
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    schema: int = CARD_SCHEMA
+
+    @property
+    def positive_class(self) -> int:
+        return self.class_names.index("all") if "all" in self.class_names else len(self.class_names) - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input"] = asdict(self.input)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ModelCard":
+        if not isinstance(d, dict):
+            raise CheckpointError("model card is not a JSON object")
+        schema = d.get("schema")
+        if schema != CARD_SCHEMA:
+            raise CheckpointError(f"model card schema {schema!r} is not supported (expected {CARD_SCHEMA})")
+        try:
+            return cls(
+                variant=str(d["variant"]),
+                arch=dict(d["arch"]),
+                input=InputSpec.from_dict(d.get("input", {})),
+                class_names=tuple(d.get("class_names", CLASS_NAMES)),
+                training=dict(d.get("training", {})),
+                metrics=dict(d.get("metrics", {})),
+                schema=schema,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"model card is malformed: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"model card is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)

@@ -1,0 +1,74 @@
+"""The ``alnett-edge`` command: one typer app, one module per command group (thin over the library).
+
+Errors raised on purpose (:class:`AlnettError`) print one line on stderr and exit with a non-zero
+code; set ``ALNETT_EDGE_DEBUG=1`` for the full traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from alnett_edge import __version__
+from alnett_edge.errors import AlnettError
+
+DEBUG_ENV = "ALNETT_EDGE_DEBUG"
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AlnettError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="ALNett leukemia cell classifier: train, compress, export and run on edge devices.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"alnett-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v for progress logs, -vv for debug."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    if not any(getattr(h, "_alnett", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._alnett = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _register() -> None:
+    from alnett_edge.cli import data, demo, evaluate, model, train
+
+    app.add_typer(data.app, name="data")
+    app.add_typer(model.app, name="model")
+    train.register(app)
+    evaluate.register(app)
+    demo.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

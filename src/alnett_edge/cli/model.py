@@ -1,0 +1,48 @@
+"""``alnett-edge model``: registered variants and their size."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, help="Model variants.")
+
+
+@app.command("list")
+def list_() -> None:
+    """List registered ALNett variants."""
+    from alnett_edge.model import get_variant, list_variants
+
+    for name in list_variants():
+        v = get_variant(name)
+        typer.echo(f"{name:12s} {v.input_size}x{v.input_size}  {v.description}")
+
+
+@app.command("info")
+def info(
+    name: str = typer.Argument(..., help="Variant name, or a .safetensors checkpoint."),
+    input_size: int = typer.Option(None, help="Input side (default: the variant's)."),
+) -> None:
+    """Parameters, MACs and per-layer output shapes of a variant or checkpoint."""
+    from alnett_edge.model import get_variant, load_checkpoint, profile_model
+    from alnett_edge.model.registry import create_model
+
+    if name.endswith(".safetensors"):
+        model, card = load_checkpoint(name)
+        size = input_size or card.input.size[0]
+        title = f"{name} ({card.variant})"
+    else:
+        model = create_model(name)
+        size = input_size or get_variant(name).input_size
+        title = name
+    prof = profile_model(model, size)
+    table = Table(title=f"{title} @ {size}x{size}")
+    for col in ("layer", "type", "output", "params", "MACs"):
+        table.add_column(col, justify="right" if col in ("params", "MACs") else "left")
+    for layer in prof.layers:
+        table.add_row(layer.name, layer.kind, "x".join(map(str, layer.output_shape[1:])), f"{layer.params:,}",
+                      f"{layer.macs:,}")
+    console = Console()
+    console.print(table)
+    console.print(f"parameters: {prof.params:,}   MACs: {prof.macs / 1e6:.1f} M ({prof.macs / 1e9:.3f} G)")

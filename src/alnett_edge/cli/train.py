@@ -1,0 +1,59 @@
+"""``alnett-edge train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or manifest CSV."),
+        out: Path = typer.Option(Path("runs/train"), "--out", "-o"),
+        variant: str = typer.Option("alnett-s", "--model", "-m", help="Model variant (see `model list`)."),
+        input_size: int = typer.Option(None, help="Input side in pixels (default: the variant's)."),
+        layout: str = typer.Option("auto", help="auto, cnmc, cnmc-prelim, manifest or folders."),
+        labels_csv: Path = typer.Option(None, help="Label CSV for the cnmc-prelim layout."),
+        epochs: int = typer.Option(30),
+        batch_size: int = typer.Option(32, "--batch-size", "-b"),
+        lr: float = typer.Option(2e-3),
+        weight_decay: float = typer.Option(0.05),
+        patience: int = typer.Option(8, help="Early stopping: epochs without a better validation F1."),
+        val_fraction: float = typer.Option(0.2, help="Share of patients for validation (no official folds)."),
+        val_fold: str = typer.Option(None, help="Official fold used for validation (default: the last)."),
+        balance: str = typer.Option("weights", help="Class imbalance: weights, sampler or none."),
+        no_augment: bool = typer.Option(False, "--no-augment"),
+        dilations: str = typer.Option(None, help="Comma-separated dilation rates, e.g. 1,2,3."),
+        fusion: str = typer.Option(None, help="Branch fusion: concat or sum."),
+        workers: int = typer.Option(2, help="Data loading worker processes."),
+        device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+        seed: int = typer.Option(0),
+        resume: bool = typer.Option(False, help="Continue from OUT/last.safetensors."),
+    ) -> None:
+        """Train ALNett; writes best/last checkpoints (with their model card) to OUT."""
+        from alnett_edge.errors import ConfigError
+        from alnett_edge.train.loop import TrainConfig, train as run
+
+        try:
+            dil = tuple(int(d) for d in dilations.split(",")) if dilations else None
+        except ValueError:
+            raise ConfigError(f"--dilations must be comma-separated integers, got {dilations!r}") from None
+        cfg = TrainConfig(
+            data=str(data), out=str(out), variant=variant, input_size=input_size, layout=layout,
+            labels_csv=str(labels_csv) if labels_csv else None, epochs=epochs, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, patience=patience, val_fraction=val_fraction, val_fold=val_fold,
+            balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, workers=workers, device=device,
+            seed=seed, resume=resume,
+        )
+        result = run(cfg)
+        m = result.best_metrics
+        if m:
+            typer.echo(
+                f"best epoch {result.best_epoch}: val accuracy {m['accuracy']:.4f}  sensitivity {m['sensitivity']:.4f}  "
+                f"specificity {m['specificity']:.4f}  F1 {m['f1']:.4f}"
+            )
+        if result.load_report.get("skipped"):
+            typer.echo(f"skipped {result.load_report['skipped']} unreadable images (see warnings)")
+        typer.echo(f"checkpoints: {result.best} (best), {result.last} (last)")

@@ -1,0 +1,105 @@
+"""The one deterministic preprocessing function (numpy + OpenCV only, no torch).
+
+``preprocess(image, spec)`` = ``normalize(prepare(image, spec), spec)``:
+
+* :func:`prepare` — RGB uint8 image of any size -> pad to a centred black square -> resize to the
+  card's input size (INTER_AREA when shrinking, INTER_LINEAR when enlarging). Output: uint8 HxWx3 RGB.
+* :func:`normalize` — uint8 -> float32 ``(x / 255 - mean) / std``; with background masking, pixels
+  whose brightest channel is <= ``mask_threshold`` become exactly 0; then HWC -> CHW (or kept HWC when
+  the card says NHWC).
+
+Training caches :func:`prepare` output and applies augmentation + :func:`normalize`; evaluation,
+calibration, export, bench and the device runtime call :func:`preprocess`. Both paths give identical
+bits for the same image. Images enter as RGB; :func:`load_image` decodes a file to RGB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from alnett_edge.card import InputSpec
+from alnett_edge.errors import DataError
+
+IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to an RGB uint8 HxWx3 array; unreadable files raise :class:`DataError`."""
+    path = Path(path)
+    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    if data is None:
+        raise DataError(f"image not found: {path}")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise DataError(f"cannot decode image: {path}")
+    return to_rgb(img, source=str(path))
+
+
+def to_rgb(img: np.ndarray, source: str = "image") -> np.ndarray:
+    """Any OpenCV decode result (gray, BGR, BGRA, 16-bit) -> RGB uint8."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.dtype != np.uint8:
+        raise DataError(f"{source}: unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    raise DataError(f"{source}: unsupported image shape {img.shape}")
+
+
+def check_rgb(image: np.ndarray, source: str = "image") -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise DataError(f"{source}: expected an RGB uint8 HxWx3 image, got shape {shape} dtype {dtype}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise DataError(f"{source}: image of {image.shape[1]}x{image.shape[0]} pixels is too small")
+
+
+def prepare(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Pad to a centred black square and resize to the input size. Returns uint8 RGB HxWx3."""
+    check_rgb(image)
+    h, w = image.shape[:2]
+    if h != w:
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        image = cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
+    out_h, out_w = spec.size
+    if image.shape[0] == out_h and image.shape[1] == out_w:
+        return np.ascontiguousarray(image)
+    interp = cv2.INTER_AREA if image.shape[0] > out_h else cv2.INTER_LINEAR
+    return cv2.resize(image, (out_w, out_h), interpolation=interp)
+
+
+def normalize(prepared: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 RGB HxWx3 -> float32 tensor in the card's colour order and layout (CHW or HWC)."""
+    img = prepared if spec.color_order == "RGB" else prepared[..., ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    if spec.color_order == "BGR":
+        mean, std = mean[::-1], std[::-1]
+    x = (img.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
+    if spec.mask_background:
+        x[img.max(axis=2) <= spec.mask_threshold] = 0.0
+    if spec.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """RGB uint8 image -> model input (one image, no batch axis)."""
+    return normalize(prepare(image, spec), spec)
+
+
+def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
+    return np.stack([preprocess(img, spec) for img in images]) if images else np.zeros((0,), np.float32)
+
+
+def preprocess_file(path: str | Path, spec: InputSpec) -> np.ndarray:
+    return preprocess(load_image(path), spec)

@@ -1,0 +1,65 @@
+"""Registered ALNett variants (timm style): a name -> default config, input size and budget."""
+
+from __future__ import annotations
+
+
+from alnett_edge.errors import ConfigError
+from alnett_edge.model.alnett import ALNett, ALNettConfig, Variant
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(variant: Variant) -> Variant:
+    if variant.name in _VARIANTS:
+        raise ConfigError(f"variant {variant.name!r} is already registered")
+    variant.config.validate()
+    _VARIANTS[variant.name] = variant
+    return variant
+
+
+def list_variants() -> list[str]:
+    return sorted(_VARIANTS)
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return _VARIANTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model variant {name!r}; known: {', '.join(list_variants())}") from None
+
+
+def create_model(name: str, **overrides: object) -> ALNett:
+    """Build a registered variant; keyword overrides replace fields of its default config."""
+    base = get_variant(name).config.to_dict()
+    base.update(overrides)
+    return ALNett(ALNettConfig.from_dict(base))
+
+
+register_variant(
+    Variant(
+        name="alnett",
+        config=ALNettConfig(stem_channels=32, channels=(64, 128, 256, 512, 768), dropout=0.3),
+        input_size=224,
+        description="paper-scale ALNett, 224x224, five cluster layers",
+        budgets={"max_macs": 1.0e9, "max_params": 3.0e6},
+    )
+)
+register_variant(
+    Variant(
+        name="alnett-s",
+        config=ALNettConfig(stem_channels=16, channels=(32, 64, 128, 192, 256), dropout=0.2),
+        input_size=224,
+        description="Raspberry Pi sized ALNett, 224x224",
+        budgets={"max_macs": 0.25e9},
+    )
+)
+register_variant(
+    Variant(
+        name="alnett-tiny",
+        config=ALNettConfig(stem_channels=8, channels=(16, 32, 48), dropout=0.1),
+        input_size=64,
+        description="tiny ALNett for tests and the offline demo, 64x64",
+        budgets={"max_macs": 0.01e9},
+    )
+)
+

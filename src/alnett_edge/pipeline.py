@@ -1,0 +1,131 @@
+"""The main job as a pipeline of named stages (``alnett-edge demo``).
+
+A stage is a function ``(ctx) -> dict`` registered with :func:`stage`; it reads what earlier stages
+left in ``ctx.artifacts`` and adds its own. Later capabilities (prune, QAT, export, bench, daemon)
+register more stages; ``run_pipeline`` runs them in registration order, timing each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alnett_edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineContext:
+    workdir: Path
+    variant: str = "alnett-tiny"
+    input_size: int | None = None
+    n_cells: int = 600
+    cell_size: int = 128
+    difficulty: float = 0.4
+    epochs: int = 15
+    batch_size: int = 32
+    seed: int = 0
+    workers: int = 0
+    real_data: Path | None = None  # optional extra evaluation on real labelled cells
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    results: list["StageResult"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    seconds: float
+    info: dict[str, Any]
+
+
+StageFn = Callable[[PipelineContext], dict[str, Any]]
+_STAGES: dict[str, StageFn] = {}
+
+
+def stage(name: str) -> Callable[[StageFn], StageFn]:
+    def register(fn: StageFn) -> StageFn:
+        if name in _STAGES:
+            raise ConfigError(f"pipeline stage {name!r} is registered twice")
+        _STAGES[name] = fn
+        return fn
+
+    return register
+
+
+def list_stages() -> list[str]:
+    return list(_STAGES)
+
+
+def run_pipeline(ctx: PipelineContext, only: list[str] | None = None,
+                 on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+    names = only or list_stages()
+    unknown = [n for n in names if n not in _STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {list_stages()}")
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        t0 = time.perf_counter()
+        log.info("stage %s", name)
+        info = _STAGES[name](ctx)
+        result = StageResult(name, time.perf_counter() - t0, info)
+        ctx.results.append(result)
+        if on_stage:
+            on_stage(result)
+    return ctx.results
+
+
+# --- stages of the foundation ------------------------------------------------------------------
+
+
+@stage("synth")
+def _synth(ctx: PipelineContext) -> dict[str, Any]:
+    from alnett_edge.data.synth import SynthSpec, generate_cnmc_dataset, generate_smears
+
+    cells = ctx.workdir / "data" / "cells"
+    spec = SynthSpec(n_cells=ctx.n_cells, size=ctx.cell_size, difficulty=ctx.difficulty, seed=ctx.seed, fmt="png",
+                     cells_per_patient=10)
+    if not cells.exists():
+        generate_cnmc_dataset(cells, spec)
+    smears = ctx.workdir / "data" / "smears"
+    if not smears.exists():
+        generate_smears(smears, 8, seed=ctx.seed)
+    ctx.artifacts["cells"] = cells
+    ctx.artifacts["smears"] = smears
+    return {"cells": str(cells), "n_cells": ctx.n_cells, "difficulty": ctx.difficulty, "smears": str(smears)}
+
+
+@stage("train")
+def _train(ctx: PipelineContext) -> dict[str, Any]:
+    from alnett_edge.train.loop import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=str(ctx.artifacts["cells"]), out=str(ctx.workdir / "train"), variant=ctx.variant,
+        input_size=ctx.input_size, epochs=ctx.epochs, batch_size=ctx.batch_size, lr=5e-3, patience=ctx.epochs,
+        seed=ctx.seed, workers=ctx.workers,
+    )
+    result = train(cfg, progress=False)
+    ctx.artifacts["checkpoint"] = result.best
+    m = result.best_metrics
+    return {"checkpoint": str(result.best), "best_epoch": result.best_epoch, "val_accuracy": m.get("accuracy"),
+            "val_f1": m.get("f1"), "train_seconds": round(result.seconds, 1)}
+
+
+@stage("evaluate")
+def _evaluate(ctx: PipelineContext) -> dict[str, Any]:
+    from alnett_edge.train.evaluate import evaluate_checkpoint
+
+    out = ctx.workdir / "eval"
+    rep = evaluate_checkpoint(ctx.artifacts["checkpoint"], ctx.artifacts["cells"], out, split="val")
+    info: dict[str, Any] = {"report": str(out / "report.json")}
+    info.update({k: rep["metrics"][k] for k in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")})
+    if ctx.real_data is not None:
+        real = evaluate_checkpoint(ctx.artifacts["checkpoint"], ctx.real_data, ctx.workdir / "eval-real")
+        info["real_accuracy"] = real["metrics"]["accuracy"]
+        info["real_images"] = real["metrics"]["n"]
+    ctx.artifacts["eval_report"] = out / "report.json"
+    return info

@@ -1,0 +1,66 @@
+"""``alnett-edge evaluate``: metrics of a checkpoint on a labelled dataset, as JSON + PNG plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+
+from alnett_edge.data.dataset import CellDataset
+from alnett_edge.data.sources import class_counts, load_samples
+from alnett_edge.data.splits import make_split
+from alnett_edge.errors import ConfigError
+from alnett_edge.model.checkpoint import file_sha256, load_checkpoint
+from alnett_edge.train.loop import pick_device, evaluate_dataset
+from alnett_edge.train.plots import plot_confusion, plot_roc
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("all", "val", "train")
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, layout: str = "auto",
+                        labels_csv: str | None = None, split: str = "all", batch_size: int = 64,
+                        device: str = "auto") -> dict[str, Any]:
+    """Evaluate on every image of ``data`` (``split="all"``) or on the patient-disjoint split the
+    checkpoint was trained with (``"val"``/``"train"``, rebuilt from the card's recorded seed and
+    fraction). Writes ``report.json``, ``confusion.png`` and ``roc.png`` to ``out``."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}")
+    model, card = load_checkpoint(checkpoint)
+    samples = load_samples(data, layout, labels_csv)
+    if split != "all":
+        tcfg = card.training.get("config", {})
+        s = make_split(samples, tcfg.get("val_fraction", 0.2), tcfg.get("seed", 0), tcfg.get("val_fold"))
+        samples = s.val if split == "val" else s.train
+    ds, load_report = CellDataset.from_samples(samples, card.input, None, source=str(data))
+    dev = pick_device(device)
+    model.to(dev)
+    metrics, prob_all = evaluate_dataset(model, ds, dev, batch_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "variant": card.variant,
+        "data": str(data),
+        "split": split,
+        "classes": class_counts(ds.samples),
+        "images": load_report.to_dict(),
+        "metrics": metrics,
+        "predictions": [
+            {"file": str(smp.path), "label": smp.label_name, "prob_all": round(float(p), 6), "patient_id": smp.patient_id}
+            for smp, p in zip(ds.samples, prob_all)
+        ],
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    plot_confusion(metrics["confusion"], card.class_names, out / "confusion.png",
+                   f"{card.variant}: acc {metrics['accuracy']:.3f}, F1 {metrics['f1']:.3f}")
+    plot_roc(ds.labels, prob_all, metrics["roc_auc"], out / "roc.png")
+    log.info("wrote %s", out / "report.json")
+    return report
+
+
+

@@ -1,0 +1,425 @@
+"""Training: AdamW + warm-up/cosine schedule, class-balanced loss, early stopping on validation F1.
+
+Writes to ``out``: ``best.safetensors`` (best validation F1), ``last.safetensors`` + ``last.state.pt``
+(optimiser/scheduler/epoch, for ``--resume``), ``history.json`` and ``summary.json``.
+
+Runs on CUDA with AMP when a GPU is present. Under ``torchrun`` (``WORLD_SIZE`` > 1) it uses
+DistributedDataParallel with a DistributedSampler (NCCL on GPUs, gloo on CPU); rank 0 validates,
+writes files and decides early stopping, which is broadcast to the other ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+from alnett_edge.data.augment import AugmentConfig
+from alnett_edge.data.dataset import CellDataset, LoadReport
+from alnett_edge.data.sources import class_counts, load_samples
+from alnett_edge.data.splits import make_split
+from alnett_edge.errors import ConfigError, TrainingError
+from alnett_edge.model.checkpoint import load_checkpoint, load_training_state, new_card, save_checkpoint
+from alnett_edge.model.registry import create_model, get_variant
+from alnett_edge.train.metrics import binary_metrics, patient_metrics
+
+log = logging.getLogger(__name__)
+
+BALANCE_MODES = ("weights", "sampler", "none")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/train"
+    variant: str = "alnett-s"
+    input_size: int | None = None
+    layout: str = "auto"
+    labels_csv: str | None = None
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    patience: int = 8
+    val_fraction: float = 0.2
+    val_fold: str | None = None
+    seed: int = 0
+    workers: int = 2
+    balance: str = "weights"
+    augment: bool = True
+    amp: bool = True
+    device: str = "auto"
+    resume: bool = False
+    dilations: tuple[int, ...] | None = None
+    fusion: str | None = None
+
+    def validate(self) -> None:
+        get_variant(self.variant)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch size must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError("learning rate must be > 0 and weight decay >= 0")
+        if self.balance not in BALANCE_MODES:
+            raise ConfigError(f"balance must be one of {BALANCE_MODES}")
+        if self.workers < 0 or self.patience < 1:
+            raise ConfigError("workers must be >= 0 and patience >= 1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"unknown device {self.device!r}")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best: Path
+    last: Path
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    load_report: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but no GPU is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def predict_probs(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Softmax probabilities (N x classes) in loader order."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for x, _ in loader:
+            out.append(torch.softmax(model(x.to(device, non_blocking=True)).float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, batch_size: int = 64,
+                     workers: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    """Image- and patient-level metrics of ``model`` on ``ds``; also returns P(all) per image."""
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    prob_all = predict_probs(model, loader, device)[:, 1]
+    metrics = binary_metrics(ds.labels, prob_all)
+    per_patient = patient_metrics(ds.labels, prob_all, [s.patient_id for s in ds.samples])
+    if per_patient is not None:
+        metrics["per_patient"] = per_patient
+    return metrics, prob_all
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, ds: CellDataset, device: torch.device, batch_size: int, max_images: int = 2048,
+                   seed: int = 0) -> None:
+    """Precise BatchNorm: replace running mean/var by their exact averages over training batches.
+
+    With few steps per epoch and a high learning rate, the exponential running averages lag far
+    behind the weights and an eval-mode model can be much worse than the same model in train mode
+    (measured here: 55 % vs 87 % training accuracy after 4 epochs of 300 images). Recomputing the
+    statistics before every validation makes validation, checkpoints and exports use the statistics
+    of the weights they hold. Only BatchNorm buffers change; weights and optimiser state do not.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(ds) > batch_size)
+    seen = 0
+    for x, _ in loader:
+        model(x.to(device))
+        seen += len(x)
+        if seen >= max_images:
+            break
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    model.train(was_training)
+
+
+def _class_weights(labels: np.ndarray) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):  # noqa: ANN202
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _amp_context(device: torch.device, enabled: bool):  # noqa: ANN202
+    if not (enabled and device.type == "cuda"):
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train a model; see the module docstring for what is written where."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    device = pick_device(cfg.device)
+    dd = _init_distributed(device)
+    if dd.enabled and device.type == "cuda":
+        device = torch.device(f"cuda:{dd.local_rank}")
+        torch.cuda.set_device(device)
+    seed_everything(cfg.seed + dd.rank)
+    out = Path(cfg.out)
+    last_path, state_path, best_path = out / "last.safetensors", out / "last.state.pt", out / "best.safetensors"
+
+    # Model and card: a fresh variant, or the last checkpoint when resuming.
+    if cfg.resume:
+        model, card = load_checkpoint(last_path)
+        state = load_training_state(state_path)
+    else:
+        overrides: dict[str, Any] = {}
+        if cfg.dilations:
+            overrides["dilations"] = tuple(cfg.dilations)
+        if cfg.fusion:
+            overrides["fusion"] = cfg.fusion
+        model = create_model(cfg.variant, **overrides)
+        card = new_card(model, cfg.variant, cfg.input_size)
+        state = None
+    spec = card.input
+
+    # Data: patient-disjoint split, decoded once.
+    samples = load_samples(cfg.data, cfg.layout, cfg.labels_csv)
+    split = make_split(samples, cfg.val_fraction, cfg.seed, cfg.val_fold)
+    aug = AugmentConfig() if cfg.augment else None
+    train_ds, train_report = CellDataset.from_samples(split.train, spec, aug, cfg.seed, "training split")
+    val_ds, val_report = CellDataset.from_samples(split.val, spec, None, cfg.seed, "validation split")
+    report = LoadReport(train_report.loaded + val_report.loaded, train_report.skipped + val_report.skipped)
+    if report.skipped:
+        log.warning("%d unreadable images were skipped", len(report.skipped))
+
+    model.to(device)
+    weight = _class_weights(train_ds.labels).to(device) if cfg.balance == "weights" else None
+    criterion = nn.CrossEntropyLoss(weight=weight)
+    if dd.enabled:
+        sampler = DistributedSampler(train_ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed)
+        if cfg.balance == "sampler":
+            raise ConfigError("--balance sampler is not supported with torchrun; use --balance weights")
+    elif cfg.balance == "sampler":
+        w = _class_weights(train_ds.labels).numpy()[train_ds.labels]
+        sampler = WeightedRandomSampler(w, len(w), replacement=True, generator=torch.Generator().manual_seed(cfg.seed))
+    else:
+        sampler = None
+    loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=len(train_ds) // dd.world > cfg.batch_size,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dd.enabled else model
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+    start_epoch, best_f1, best_epoch, bad_epochs, history = 0, -1.0, -1, 0, []
+    best_metrics: dict[str, Any] = {}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        best_f1, best_epoch, bad_epochs = float(state["best_f1"]), int(state["best_epoch"]), int(state["bad_epochs"])
+        history = json.loads(state["history"])
+        best_metrics = json.loads(state["best_metrics"])
+        log.info("resuming at epoch %d (best F1 %.4f at epoch %d)", start_epoch + 1, best_f1, best_epoch + 1)
+
+    card.training = {
+        "data": str(cfg.data),
+        "layout": cfg.layout,
+        "classes_train": class_counts(train_ds.samples),
+        "classes_val": class_counts(val_ds.samples),
+        "split": split.summary(),
+        "skipped_images": len(report.skipped),
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "resume")},
+        "world_size": dd.world,
+        "device": device.type,
+    }
+
+    prog = _Progress(progress and dd.main, cfg.epochs, steps_per_epoch)
+    stop = start_epoch >= cfg.epochs
+    epoch = start_epoch
+    with prog:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop:
+                break
+            train_ds.set_epoch(epoch)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            net.train()
+            loss_sum, seen, t_epoch = 0.0, 0, time.perf_counter()
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _amp_context(device, cfg.amp):
+                    loss = criterion(net(x), y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                loss_sum += loss.item() * len(y)
+                seen += len(y)
+                prog.step(loss_sum / seen)
+            train_seconds = time.perf_counter() - t_epoch
+
+            decision = torch.zeros(1)
+            if dd.main:
+                recalibrate_bn(model, train_ds, device, cfg.batch_size, seed=cfg.seed + epoch)
+                metrics, _ = evaluate_dataset(model, val_ds, device, batch_size=max(64, cfg.batch_size))
+                row = {
+                    "epoch": epoch + 1,
+                    "loss": loss_sum / max(seen, 1),
+                    "lr": scheduler.get_last_lr()[0],
+                    "images_per_s": seen * dd.world / max(train_seconds, 1e-9),
+                    **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "f1_weighted", "roc_auc")},
+                }
+                history.append(row)
+                if metrics["f1"] > best_f1:
+                    best_f1, best_epoch, bad_epochs, best_metrics = metrics["f1"], epoch, 0, metrics
+                    card.metrics = {"val": metrics, "epoch": epoch + 1}
+                    save_checkpoint(best_path, model, card)
+                else:
+                    bad_epochs += 1
+                card.metrics = {"val": best_metrics, "epoch": best_epoch + 1}
+                save_checkpoint(last_path, model, card)
+                torch.save(
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "best_f1": best_f1,
+                        "best_epoch": best_epoch,
+                        "bad_epochs": bad_epochs,
+                        "history": json.dumps(history),
+                        "best_metrics": json.dumps(best_metrics),
+                    },
+                    state_path,
+                )
+                prog.epoch_done(row)
+                if bad_epochs >= cfg.patience:
+                    log.info("early stop: validation F1 has not improved for %d epochs", bad_epochs)
+                    decision[0] = 1
+            if dd.enabled:
+                dist.broadcast(decision, src=0)
+            stop = bool(decision[0])
+
+    seconds = time.perf_counter() - t0
+    result = TrainResult(out, best_path, last_path, best_epoch + 1, best_metrics, history, report.to_dict(), seconds)
+    if dd.main:
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        summary = {
+            "best": str(best_path), "last": str(last_path), "best_epoch": best_epoch + 1,
+            "epochs_run": len(history), "seconds": round(seconds, 2), "images": report.to_dict(),
+            "split": split.summary(), "val": best_metrics,
+        }  # fmt: skip
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if dd.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+class _Progress:
+    """A rich progress bar (rank 0 only) with loss and the last validation metrics."""
+
+    def __init__(self, enabled: bool, epochs: int, steps: int) -> None:
+        self.enabled = enabled
+        self.epochs, self.steps = epochs, steps
+        self._p = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                               TextColumn("{task.fields[info]}"), transient=False)
+            self._p.__enter__()
+            self._task = self._p.add_task("train", total=self.epochs * self.steps, info="")
+        return self
+
+    def step(self, loss: float) -> None:
+        if self._p:
+            self._p.update(self._task, advance=1, description=f"train loss {loss:.4f}")
+
+    def epoch_done(self, row: dict[str, Any]) -> None:
+        if self._p:
+            self._p.update(self._task, completed=row["epoch"] * self.steps,
+                           info=f"ep {row['epoch']} val acc {row['accuracy']:.3f} F1 {row['f1']:.3f}")
+            self._p.console.log(
+                f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  val acc {row['accuracy']:.4f}  "
+                f"sens {row['sensitivity']:.4f}  spec {row['specificity']:.4f}  F1 {row['f1']:.4f}  "
+                f"{row['images_per_s']:.0f} img/s"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p:
+            self._p.__exit__(*exc)
+
+
