@@ -61,12 +61,17 @@ def list_stages() -> list[str]:
     return list(_STAGES)
 
 
-def run_pipeline(ctx: PipelineContext, only: list[str] | None = None,
-                 on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+def resolve_stages(only: list[str] | None = None) -> list[str]:
     names = only or list_stages()
     unknown = [n for n in names if n not in _STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are {list_stages()}")
+    return names
+
+
+def run_pipeline(ctx: PipelineContext, only: list[str] | None = None,
+                 on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+    names = resolve_stages(only)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     for name in names:
         t0 = time.perf_counter()

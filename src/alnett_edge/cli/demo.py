@@ -23,13 +23,13 @@ def register(app: typer.Typer) -> None:
         real: Path = typer.Option(None, help="Also evaluate on real labelled cells (e.g. ../shared/data/cnmc-sample)."),
     ) -> None:
         """Generate data, train, evaluate (and every later stage), then print a summary."""
-        from alnett_edge.pipeline import PipelineContext, list_stages, run_pipeline
+        from alnett_edge.pipeline import PipelineContext, resolve_stages, run_pipeline
 
         console = Console()
         ctx = PipelineContext(workdir=out, variant=variant, n_cells=n_cells, epochs=epochs, difficulty=difficulty,
                               seed=seed, real_data=real)
-        only = [s.strip() for s in stages.split(",")] if stages else None
-        console.print(f"alnett-edge demo: stages {', '.join(only or list_stages())} -> {out}")
+        only = resolve_stages([s.strip() for s in stages.split(",")] if stages else None)
+        console.print(f"alnett-edge demo: stages {', '.join(only)} -> {out}")
         t0 = time.perf_counter()
         results = run_pipeline(ctx, only, on_stage=lambda r: console.print(f"  [green]done[/] {r.name} ({r.seconds:.1f} s)"))
         table = Table(title=f"demo summary ({time.perf_counter() - t0:.0f} s)")

@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, help="Data loading worker processes."),
         device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
         seed: int = typer.Option(0),
-        resume: bool = typer.Option(False, help="Continue from OUT/last.safetensors."),
+        resume: bool = typer.Option(False, help="Continue from OUT/last.safetensors (exactly as if never stopped)."),
+        stop_after: int = typer.Option(None, help="Run at most this many epochs now; continue later with --resume."),
     ) -> None:
         """Train ALNett; writes best/last checkpoints (with their model card) to OUT."""
         from alnett_edge.errors import ConfigError
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
             labels_csv=str(labels_csv) if labels_csv else None, epochs=epochs, batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, patience=patience, val_fraction=val_fraction, val_fold=val_fold,
             balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, workers=workers, device=device,
-            seed=seed, resume=resume,
+            seed=seed, resume=resume, stop_after=stop_after,
         )
         result = run(cfg)
         m = result.best_metrics

@@ -64,6 +64,7 @@ class TrainConfig:
     amp: bool = True
     device: str = "auto"
     resume: bool = False
+    stop_after: int | None = None  # run at most this many epochs now; continue later with resume
     dilations: tuple[int, ...] | None = None
     fusion: str | None = None
 
@@ -259,6 +260,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         sampler = WeightedRandomSampler(w, len(w), replacement=True, generator=torch.Generator().manual_seed(cfg.seed))
     else:
         sampler = None
+    shuffle_gen = torch.Generator()
+    if isinstance(sampler, WeightedRandomSampler):
+        sampler.generator = shuffle_gen
     loader = DataLoader(
         train_ds,
         batch_size=cfg.batch_size,
@@ -267,7 +271,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         num_workers=cfg.workers,
         drop_last=len(train_ds) // dd.world > cfg.batch_size,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=shuffle_gen,
     )
     net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dd.enabled else model
 
@@ -287,6 +291,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         best_f1, best_epoch, bad_epochs = float(state["best_f1"]), int(state["best_epoch"]), int(state["bad_epochs"])
         history = json.loads(state["history"])
         best_metrics = json.loads(state["best_metrics"])
+        torch.set_rng_state(state["torch_rng"])
         log.info("resuming at epoch %d (best F1 %.4f at epoch %d)", start_epoch + 1, best_f1, best_epoch + 1)
 
     card.training = {
@@ -296,7 +301,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         "classes_val": class_counts(val_ds.samples),
         "split": split.summary(),
         "skipped_images": len(report.skipped),
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "resume")},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "resume", "stop_after")},
         "world_size": dd.world,
         "device": device.type,
     }
@@ -304,10 +309,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     prog = _Progress(progress and dd.main, cfg.epochs, steps_per_epoch)
     stop = start_epoch >= cfg.epochs
     epoch = start_epoch
+    end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     with prog:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, end_epoch):
             if stop:
                 break
+            # Data order and augmentation depend on (seed, epoch) only, so a resumed run sees
+            # exactly the batches an uninterrupted run would have seen.
+            shuffle_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
             train_ds.set_epoch(epoch)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
@@ -359,6 +368,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                         "bad_epochs": bad_epochs,
                         "history": json.dumps(history),
                         "best_metrics": json.dumps(best_metrics),
+                        "torch_rng": torch.get_rng_state(),
                     },
                     state_path,
                 )

@@ -1,0 +1,48 @@
+"""Shared fixtures. Real data lives read-only at ../shared/data from the project root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CNMC_SAMPLE = SHARED / "cnmc-sample"
+BCCD = SHARED / "bccd"
+
+
+def require_shared(path: Path) -> Path:
+    """Skip with a clear reason on a user's clone without ../shared/data; never skip in CI."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the real data at {path}")
+        pytest.skip(f"real data not found at {path} (../shared/data is absent in this clone)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cnmc_sample() -> Path:
+    return require_shared(CNMC_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def easy_cells(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 easy synthetic cells (C-NMC fold layout, 96 px PNG, 30 patients)."""
+    from alnett_edge.data.synth import SynthSpec, generate_cnmc_dataset
+
+    root = tmp_path_factory.mktemp("easy") / "cells"
+    generate_cnmc_dataset(root, SynthSpec(n_cells=300, size=96, difficulty=0.1, fmt="png", cells_per_patient=10, seed=3))
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(easy_cells: Path, tmp_path_factory: pytest.TempPathFactory):
+    """alnett-tiny trained for 12 epochs on ``easy_cells`` (shared by several tests)."""
+    from alnett_edge.train.loop import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(data=str(easy_cells), out=str(out), variant="alnett-tiny", epochs=12, patience=12, batch_size=32,
+                      lr=5e-3, workers=0, seed=0)
+    return cfg, train(cfg, progress=False)

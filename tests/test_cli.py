@@ -1,0 +1,83 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from alnett_edge.cli.app import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_model_info_and_list():
+    res = run("model", "info", "alnett-s")
+    assert res.exit_code == 0, res.output
+    assert "clusters.4.pool" in res.output and "MACs" in res.output
+    macs = float(res.output.split("MACs:")[1].split("M")[0])
+    assert 50 < macs <= 250
+    res = run("model", "list")
+    assert res.exit_code == 0 and "alnett-tiny" in res.output
+
+
+def test_data_synth_inspect_train_evaluate(tmp_path):
+    data = tmp_path / "cells"
+    res = run("data", "synth", "--out", data, "--n", 60, "--size", 64, "--format", "png", "--cells-per-patient", 6,
+              "--smears", 2)
+    assert res.exit_code == 0, res.output
+    assert "wrote 60 cells (40 all, 20 hem" in res.output and (data / "smears" / "Annotations").is_dir()
+    res = run("data", "inspect", data)
+    assert res.exit_code == 0 and "fold:fold_2" in res.output
+    res = run("train", "--data", data, "--out", tmp_path / "run", "--model", "alnett-tiny", "--epochs", 2,
+              "--workers", 0, "--dilations", "1,2", "--fusion", "sum")
+    assert res.exit_code == 0, res.output
+    assert "best epoch" in res.output
+    res = run("evaluate", tmp_path / "run" / "best.safetensors", "--data", data, "--out", tmp_path / "ev")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["metrics"]["n"] == 60 and f"{report['metrics']['accuracy']:.4f}" in res.output
+    res = run("model", "info", tmp_path / "run" / "best.safetensors")
+    assert res.exit_code == 0 and "alnett-tiny" in res.output
+
+
+def test_demo_runs_its_stages(tmp_path):
+    res = run("demo", "--out", tmp_path, "--n-cells", 80, "--epochs", 2)
+    assert res.exit_code == 0, res.output
+    for stage in ("synth", "train", "evaluate"):
+        assert f"done {stage}" in res.output
+    assert (tmp_path / "train" / "best.safetensors").is_file()
+    assert (tmp_path / "eval" / "report.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model", "info", "vgg16"], "unknown model variant 'vgg16'"),
+        (["train", "--data", "{tmp}/missing"], "dataset not found"),
+        (["train", "--data", "{tmp}", "--model", "alnett-tiny"], "no known dataset layout"),
+        (["train", "--data", "{tmp}", "--balance", "magic"], "balance must be one of"),
+        (["train", "--data", "{tmp}", "--dilations", "1,x"], "--dilations must be comma-separated"),
+        (["evaluate", "{tmp}/none.safetensors", "--data", "{tmp}"], "checkpoint not found"),
+        (["data", "synth", "--out", "{tmp}/s", "--difficulty", "2"], "difficulty must be in [0, 1]"),
+        (["demo", "--out", "{tmp}/d", "--stages", "synth,fly"], "unknown stage"),
+    ],
+)
+def test_bad_inputs_give_one_line_errors(tmp_path, args, message):
+    res = run(*[a.format(tmp=tmp_path) for a in args])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+def test_error_exit_and_debug_traceback_in_a_real_process(tmp_path):
+    cmd = [sys.executable, "-m", "alnett_edge", "evaluate", str(tmp_path / "x.safetensors"), "--data", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "ALNETT_EDGE_DEBUG": ""})
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "checkpoint not found" in proc.stderr
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "ALNETT_EDGE_DEBUG": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
