@@ -79,6 +79,10 @@ class ModelCard:
     class_names: tuple[str, ...] = CLASS_NAMES
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Pruning history (before/after channels, MACs) when the model was pruned.
+    compression: dict[str, Any] = field(default_factory=dict)
+    #: Quantization scheme and method (e.g. {"method": "qat", "scheme": "symmetric"}) for int8 models.
+    quantization: dict[str, Any] = field(default_factory=dict)
     schema: int = CARD_SCHEMA
 
     @property
@@ -108,6 +112,8 @@ class ModelCard:
                 class_names=tuple(d.get("class_names", CLASS_NAMES)),
                 training=dict(d.get("training", {})),
                 metrics=dict(d.get("metrics", {})),
+                compression=dict(d.get("compression", {})),
+                quantization=dict(d.get("quantization", {})),
                 schema=schema,
             )
         except (KeyError, TypeError, ValueError) as exc:

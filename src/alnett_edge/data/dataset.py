@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +24,8 @@ from torch.utils.data import Dataset
 from alnett_edge.card import InputSpec
 from alnett_edge.data.augment import AugmentConfig, augment
 from alnett_edge.data.preprocess import load_image, normalize, prepare
-from alnett_edge.data.sources import Sample, check_classes
+from alnett_edge.data.sources import Sample, check_classes, load_samples
+from alnett_edge.data.splits import Split, make_split
 from alnett_edge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -32,14 +35,25 @@ log = logging.getLogger(__name__)
 class LoadReport:
     loaded: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: "HxW" of the source images -> count (the calibration size check compares against it)
+    source_sizes: Counter = field(default_factory=Counter)
+
+    def __add__(self, other: "LoadReport") -> "LoadReport":
+        return LoadReport(self.loaded + other.loaded, self.skipped + other.skipped, self.source_sizes + other.source_sizes)
+
+    @property
+    def common_size(self) -> str | None:
+        return self.source_sizes.most_common(1)[0][0] if self.source_sizes else None
 
     def to_dict(self) -> dict[str, object]:
-        return {"loaded": self.loaded, "skipped": len(self.skipped), "skipped_files": self.skipped[:20]}
+        return {"loaded": self.loaded, "skipped": len(self.skipped), "skipped_files": self.skipped[:20],
+                "source_size": self.common_size}
 
 
-def _prepare_one(sample: Sample, spec: InputSpec) -> np.ndarray | None:
+def _prepare_one(sample: Sample, spec: InputSpec) -> tuple[np.ndarray, str] | None:
     try:
-        return prepare(load_image(sample.path), spec)
+        img = load_image(sample.path)
+        return prepare(img, spec), f"{img.shape[0]}x{img.shape[1]}"
     except DataError as exc:
         log.warning("skipping unreadable image %s: %s", sample.path, exc)
         return None
@@ -50,13 +64,12 @@ def prepare_samples(samples: list[Sample], spec: InputSpec, threads: int | None 
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         prepared = list(pool.map(lambda s: _prepare_one(s, spec), samples))
-    kept = [s for s, img in zip(samples, prepared) if img is not None]
-    report = LoadReport(loaded=len(kept), skipped=[str(s.path) for s, img in zip(samples, prepared) if img is None])
+    kept = [s for s, r in zip(samples, prepared) if r is not None]
+    report = LoadReport(loaded=len(kept), skipped=[str(s.path) for s, r in zip(samples, prepared) if r is None],
+                        source_sizes=Counter(r[1] for r in prepared if r is not None))
     if not kept:
         raise DataError("no readable images in the dataset")
-    h, w = spec.size
-    images = np.stack([img for img in prepared if img is not None]) if kept else np.zeros((0, h, w, 3), np.uint8)
-    return images, kept, report
+    return np.stack([r[0] for r in prepared if r is not None]), kept, report
 
 
 class CellDataset(Dataset):
@@ -92,3 +105,25 @@ class CellDataset(Dataset):
         if self.augment_cfg is not None:
             img = augment(img, np.random.default_rng([self.seed, self.epoch, i]), self.augment_cfg)
         return torch.from_numpy(normalize(img, self.spec)), int(self.labels[i])
+
+
+@dataclass
+class SplitData:
+    split: Split
+    train: CellDataset
+    val: CellDataset
+    report: LoadReport
+
+
+def load_split_datasets(data: str | Path, spec: InputSpec, layout: str = "auto", labels_csv: str | None = None,
+                        val_fraction: float = 0.2, seed: int = 0, val_fold: str | None = None,
+                        augment_cfg: AugmentConfig | None = None) -> SplitData:
+    """Load a dataset, split it patient-disjointly and decode both sides once."""
+    samples = load_samples(data, layout, labels_csv)
+    split = make_split(samples, val_fraction, seed, val_fold)
+    train_ds, train_report = CellDataset.from_samples(split.train, spec, augment_cfg, seed, "training split")
+    val_ds, val_report = CellDataset.from_samples(split.val, spec, None, seed, "validation split")
+    report = train_report + val_report
+    if report.skipped:
+        log.warning("%d unreadable images were skipped", len(report.skipped))
+    return SplitData(split, train_ds, val_ds, report)

@@ -27,11 +27,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
+from alnett_edge.card import ModelCard
 from alnett_edge.data.augment import AugmentConfig
-from alnett_edge.data.dataset import CellDataset, LoadReport
-from alnett_edge.data.sources import class_counts, load_samples
-from alnett_edge.data.splits import make_split
+from alnett_edge.data.dataset import CellDataset, load_split_datasets
+from alnett_edge.data.sources import class_counts
 from alnett_edge.errors import ConfigError, TrainingError
+from alnett_edge.model.alnett import ALNett
 from alnett_edge.model.checkpoint import load_checkpoint, load_training_state, new_card, save_checkpoint
 from alnett_edge.model.registry import create_model, get_variant
 from alnett_edge.train.metrics import binary_metrics, patient_metrics
@@ -39,6 +40,7 @@ from alnett_edge.train.metrics import binary_metrics, patient_metrics
 log = logging.getLogger(__name__)
 
 BALANCE_MODES = ("weights", "sampler", "none")
+HISTORY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "f1_weighted", "roc_auc")
 
 
 @dataclass
@@ -132,9 +134,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_eval(model: nn.Module) -> None:
+    """``model.eval()``; exported (PT2E) graphs refuse it and are put in eval mode by their own helpers."""
+    try:
+        model.eval()
+    except NotImplementedError:
+        pass
+
+
 def predict_probs(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
     """Softmax probabilities (N x classes) in loader order."""
-    model.eval()
+    set_eval(model)
     out = []
     with torch.inference_mode():
         for x, _ in loader:
@@ -210,8 +220,45 @@ def _amp_context(device: torch.device, enabled: bool):  # noqa: ANN202
     return torch.autocast("cuda", dtype=dtype)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train a model; see the module docstring for what is written where."""
+def run_epoch(net: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: Any, device: torch.device, amp: bool = False, scaler: Any = None,
+              on_step: Any = None) -> tuple[float, int, float]:
+    """One pass over ``loader``; returns (mean loss, images seen, seconds). ``net`` must be in train mode."""
+    loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _amp_context(device, amp):
+            loss = criterion(net(x), y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.item() * len(y)
+        seen += len(y)
+        if on_step:
+            on_step(loss_sum / seen)
+    return loss_sum / max(seen, 1), seen, time.perf_counter() - t0
+
+
+def make_criterion(labels: np.ndarray, balance: str, device: torch.device) -> nn.Module:
+    weight = _class_weights(labels).to(device) if balance == "weights" else None
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> Any:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps))
+
+
+def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard] | None = None) -> TrainResult:
+    """Train a fresh variant, resume (``cfg.resume``), or fine-tune ``init`` = (model, card)."""
     cfg.validate()
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
@@ -223,10 +270,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     out = Path(cfg.out)
     last_path, state_path, best_path = out / "last.safetensors", out / "last.state.pt", out / "best.safetensors"
 
-    # Model and card: a fresh variant, or the last checkpoint when resuming.
+    # Model and card: the last checkpoint when resuming, a given model to fine-tune, or a fresh variant.
+    state = None
     if cfg.resume:
         model, card = load_checkpoint(last_path)
         state = load_training_state(state_path)
+    elif init is not None:
+        model, card = init[0], ModelCard.from_dict(init[1].to_dict())
     else:
         overrides: dict[str, Any] = {}
         if cfg.dilations:
@@ -235,29 +285,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             overrides["fusion"] = cfg.fusion
         model = create_model(cfg.variant, **overrides)
         card = new_card(model, cfg.variant, cfg.input_size)
-        state = None
-    spec = card.input
 
     # Data: patient-disjoint split, decoded once.
-    samples = load_samples(cfg.data, cfg.layout, cfg.labels_csv)
-    split = make_split(samples, cfg.val_fraction, cfg.seed, cfg.val_fold)
-    aug = AugmentConfig() if cfg.augment else None
-    train_ds, train_report = CellDataset.from_samples(split.train, spec, aug, cfg.seed, "training split")
-    val_ds, val_report = CellDataset.from_samples(split.val, spec, None, cfg.seed, "validation split")
-    report = LoadReport(train_report.loaded + val_report.loaded, train_report.skipped + val_report.skipped)
-    if report.skipped:
-        log.warning("%d unreadable images were skipped", len(report.skipped))
+    sd = load_split_datasets(cfg.data, card.input, cfg.layout, cfg.labels_csv, cfg.val_fraction, cfg.seed,
+                             cfg.val_fold, AugmentConfig() if cfg.augment else None)
+    train_ds, val_ds, report = sd.train, sd.val, sd.report
 
     model.to(device)
-    weight = _class_weights(train_ds.labels).to(device) if cfg.balance == "weights" else None
-    criterion = nn.CrossEntropyLoss(weight=weight)
+    criterion = make_criterion(train_ds.labels, cfg.balance, device)
     if dd.enabled:
         sampler = DistributedSampler(train_ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed)
         if cfg.balance == "sampler":
             raise ConfigError("--balance sampler is not supported with torchrun; use --balance weights")
     elif cfg.balance == "sampler":
         w = _class_weights(train_ds.labels).numpy()[train_ds.labels]
-        sampler = WeightedRandomSampler(w, len(w), replacement=True, generator=torch.Generator().manual_seed(cfg.seed))
+        sampler = WeightedRandomSampler(w, len(w), replacement=True)
     else:
         sampler = None
     shuffle_gen = torch.Generator()
@@ -273,14 +315,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         pin_memory=device.type == "cuda",
         generator=shuffle_gen,
     )
-    net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dd.enabled else model
+    net: nn.Module = model
+    if dd.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    scheduler = cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
+    use_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     start_epoch, best_f1, best_epoch, bad_epochs, history = 0, -1.0, -1, 0, []
     best_metrics: dict[str, Any] = {}
@@ -294,21 +337,25 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         torch.set_rng_state(state["torch_rng"])
         log.info("resuming at epoch %d (best F1 %.4f at epoch %d)", start_epoch + 1, best_f1, best_epoch + 1)
 
-    card.training = {
+    info = {
         "data": str(cfg.data),
         "layout": cfg.layout,
         "classes_train": class_counts(train_ds.samples),
         "classes_val": class_counts(val_ds.samples),
-        "split": split.summary(),
+        "split": sd.split.summary(),
         "skipped_images": len(report.skipped),
+        "source_size": report.common_size,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "resume", "stop_after")},
         "world_size": dd.world,
         "device": device.type,
     }
+    if init is not None and card.training:
+        card.training = {**card.training, "finetune": info}
+    elif state is None:
+        card.training = info
 
     prog = _Progress(progress and dd.main, cfg.epochs, steps_per_epoch)
     stop = start_epoch >= cfg.epochs
-    epoch = start_epoch
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     with prog:
         for epoch in range(start_epoch, end_epoch):
@@ -321,22 +368,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             net.train()
-            loss_sum, seen, t_epoch = 0.0, 0, time.perf_counter()
-            for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with _amp_context(device, cfg.amp):
-                    loss = criterion(net(x), y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += loss.item() * len(y)
-                seen += len(y)
-                prog.step(loss_sum / seen)
-            train_seconds = time.perf_counter() - t_epoch
+            loss, seen, train_seconds = run_epoch(net, loader, criterion, optimizer, scheduler, device, cfg.amp,
+                                                  scaler, prog.step)
 
             decision = torch.zeros(1)
             if dd.main:
@@ -344,10 +377,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 metrics, _ = evaluate_dataset(model, val_ds, device, batch_size=max(64, cfg.batch_size))
                 row = {
                     "epoch": epoch + 1,
-                    "loss": loss_sum / max(seen, 1),
+                    "loss": loss,
                     "lr": scheduler.get_last_lr()[0],
                     "images_per_s": seen * dd.world / max(train_seconds, 1e-9),
-                    **{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "f1_weighted", "roc_auc")},
+                    **{k: metrics[k] for k in HISTORY_METRICS},
                 }
                 history.append(row)
                 if metrics["f1"] > best_f1:
@@ -387,7 +420,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         summary = {
             "best": str(best_path), "last": str(last_path), "best_epoch": best_epoch + 1,
             "epochs_run": len(history), "seconds": round(seconds, 2), "images": report.to_dict(),
-            "split": split.summary(), "val": best_metrics,
+            "split": sd.split.summary(), "val": best_metrics,
         }  # fmt: skip
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if dd.enabled:
