@@ -81,3 +81,43 @@ def test_error_exit_and_debug_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "checkpoint not found" in proc.stderr
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "ALNETT_EDGE_DEBUG": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
+
+
+def test_compression_commands(trained, tmp_path):
+    cfg, result = trained
+    res = run("prune", result.best, "--data", cfg.data, "--out", tmp_path / "p", "--ratio", 0.4,
+              "--finetune-epochs", 0, "--importance", "l2")
+    assert res.exit_code == 0, res.output
+    assert "pruning: MACs x0.6" in res.output and (tmp_path / "p" / "pruned.safetensors").is_file()
+    from alnett_edge.export.onnx import export_onnx
+    from alnett_edge.model import load_checkpoint
+
+    model, card = load_checkpoint(tmp_path / "p" / "pruned.safetensors")
+    onnx_path = export_onnx(model, card, tmp_path / "pruned.onnx")
+    res = run("calibrate", "--model", onnx_path, "--images", f"{cfg.data}/fold_0", "--num", 40,
+              "--eval-data", f"{cfg.data}/fold_2", "--method", "percentile")
+    assert res.exit_code == 0, res.output
+    assert "PTQ int8 percentile" in res.output and "warning: only 40 calibration images" in res.output
+    assert (tmp_path / "pruned.int8-symmetric-percentile.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prune", "{best}", "--data", "{data}", "--ratio", "1.2"], "--ratio must be in (0, 1)"),
+        (["prune", "{foreign}", "--data", "{data}"], "no alnett-edge model card"),
+        (["qat", "{best}", "--data", "{data}", "--scheme", "int4"], "unknown quantization scheme"),
+        (["calibrate", "--model", "{tmp}/none.onnx", "--images", "{data}"], "ONNX model not found"),
+    ],
+)
+def test_compression_bad_inputs(trained, tmp_path, args, message):
+    from safetensors.torch import save_file
+    import torch
+
+    cfg, result = trained
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    res = run(*[a.format(best=result.best, data=cfg.data, tmp=tmp_path, foreign=tmp_path / "foreign.safetensors")
+                for a in args])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.output

@@ -89,6 +89,10 @@ class ModelCard:
     def positive_class(self) -> int:
         return self.class_names.index("all") if "all" in self.class_names else len(self.class_names) - 1
 
+    def copy(self) -> "ModelCard":
+        """A deep, independent copy (cards hold nested dicts)."""
+        return ModelCard.from_dict(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input"] = asdict(self.input)

@@ -23,3 +23,7 @@ class CheckpointError(AlnettError):
 
 class TrainingError(AlnettError):
     """Training could not run or diverged."""
+
+
+class CompressionError(AlnettError):
+    """Pruning or quantization could not reach what was asked."""

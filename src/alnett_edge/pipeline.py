@@ -32,6 +32,10 @@ class PipelineContext:
     seed: int = 0
     workers: int = 0
     real_data: Path | None = None  # optional extra evaluation on real labelled cells
+    prune_ratio: float = 0.5
+    finetune_epochs: int = 3
+    qat_epochs: int = 2
+    qat_scheme: str = "symmetric"
     artifacts: dict[str, Any] = field(default_factory=dict)
     results: list["StageResult"] = field(default_factory=list)
 
@@ -134,3 +138,27 @@ def _evaluate(ctx: PipelineContext) -> dict[str, Any]:
         info["real_images"] = real["metrics"]["n"]
     ctx.artifacts["eval_report"] = out / "report.json"
     return info
+
+
+@stage("prune")
+def _prune(ctx: PipelineContext) -> dict[str, Any]:
+    from alnett_edge.compress.prune import PruneConfig, prune_checkpoint
+
+    rep = prune_checkpoint(ctx.artifacts["checkpoint"], ctx.artifacts["cells"], ctx.workdir / "prune",
+                           PruneConfig(ratio=ctx.prune_ratio), finetune_epochs=ctx.finetune_epochs, lr=2e-3)
+    ctx.artifacts["pruned"] = Path(rep["pruned"])
+    b, a = rep["before"], rep["after"]
+    return {"macs": f"{b['macs'] / 1e6:.2f}M -> {a['macs'] / 1e6:.2f}M", "params": f"{b['params']} -> {a['params']}",
+            "accuracy": f"{b['accuracy']:.4f} -> {a['accuracy']:.4f}", "checkpoint": rep["pruned"]}
+
+
+@stage("qat")
+def _qat(ctx: PipelineContext) -> dict[str, Any]:
+    from alnett_edge.compress.qat import qat_checkpoint
+
+    source = ctx.artifacts.get("pruned", ctx.artifacts["checkpoint"])
+    rep = qat_checkpoint(source, ctx.artifacts["cells"], ctx.workdir / "qat", ctx.qat_scheme, ctx.qat_epochs)
+    ctx.artifacts["qat"] = Path(rep["qat"])
+    v = rep["val"]
+    return {"scheme": ctx.qat_scheme, "fp32_accuracy": v["fp32"]["accuracy"], "int8_accuracy": v["int8"]["accuracy"],
+            "agreement": v["agreement"], "checkpoint": rep["qat"]}

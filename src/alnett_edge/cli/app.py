@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 from typing import Any
 
@@ -19,6 +20,10 @@ from alnett_edge import __version__
 from alnett_edge.errors import AlnettError
 
 DEBUG_ENV = "ALNETT_EDGE_DEBUG"
+# Native logs of the TFLite/LiteRT converter stack (absl/glog) unless the user set their own level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GLOG_minloglevel", "2")
+_NOISY_LOGGERS = ("torchao", "torch", "onnxscript", "onnx_ir", "absl", "jax")
 
 
 class _Group(TyperGroup):
@@ -55,15 +60,20 @@ def _root(
         handler._alnett = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+    if verbose < 2:  # library deprecation chatter (torch.export, torchao); our own code logs instead
+        warnings.simplefilter("ignore")
+    for name in _NOISY_LOGGERS:  # third-party warnings that are not the user's concern, unless -vv
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
 
 
 def _register() -> None:
-    from alnett_edge.cli import data, demo, evaluate, model, train
+    from alnett_edge.cli import compress, data, demo, evaluate, model, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
     train.register(app)
     evaluate.register(app)
+    compress.register(app)
     demo.register(app)
 
 

@@ -75,6 +75,11 @@ def read_card(path: str | Path) -> ModelCard:
 def load_checkpoint(path: str | Path) -> tuple[ALNett, ModelCard]:
     path = Path(path)
     card = read_card(path)
+    if card.quantization.get("method") == "qat":
+        raise CheckpointError(
+            f"{path} is an int8 QAT checkpoint ({card.quantization.get('scheme')}); it is for export, "
+            "an fp32 model is needed here (use its fp32 parent)"
+        )
     model = model_from_card(card)
     try:
         with _open(path) as f:

@@ -84,6 +84,20 @@ class TrainConfig:
             raise ConfigError(f"unknown device {self.device!r}")
 
 
+def finetune_config(card: ModelCard, data: str | Path, out: str | Path, epochs: int, lr: float,
+                    **overrides: Any) -> TrainConfig:
+    """A TrainConfig that fine-tunes with the data split and settings recorded in ``card``."""
+    recorded = dict(card.training.get("config", {}))
+    known = set(TrainConfig.__dataclass_fields__)
+    base = {k: v for k, v in recorded.items() if k in known}
+    if base.get("dilations") is not None:
+        base["dilations"] = tuple(base["dilations"])
+    base.update(data=str(data), out=str(out), epochs=epochs, lr=lr, warmup_epochs=0.0, patience=max(epochs, 1),
+                resume=False, stop_after=None, variant=card.variant)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -276,7 +290,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         model, card = load_checkpoint(last_path)
         state = load_training_state(state_path)
     elif init is not None:
-        model, card = init[0], ModelCard.from_dict(init[1].to_dict())
+        model, card = init[0], init[1].copy()
     else:
         overrides: dict[str, Any] = {}
         if cfg.dilations:

@@ -1,0 +1,1 @@
+"""Latency measurement (torch-free). ``alnett-edge bench`` comes with the runtime issue."""

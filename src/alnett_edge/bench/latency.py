@@ -1,0 +1,63 @@
+"""Latency of an ONNX model in ONNX Runtime on this machine (torch-free).
+
+Warm-up runs are excluded, timing uses ``time.perf_counter`` (monotonic), and the report says how
+many threads ran and how many CPUs the machine has.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Latency:
+    batch: int
+    runs: int
+    threads: int
+    cpus: int
+    min_ms: float
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def summarize(samples_ms: list[float] | np.ndarray, batch: int, threads: int) -> Latency:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return Latency(batch, len(a), threads, os.cpu_count() or 1, float(a.min()), float(a.mean()), float(p50),
+                   float(p90), float(p99), float(a.max()))
+
+
+def ort_session(path: str | Path, threads: int = 0):  # noqa: ANN201 - onnxruntime type
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_latency(path: str | Path, batch: int = 1, runs: int = 200, warmup: int = 20, threads: int = 0) -> Latency:
+    sess = ort_session(path, threads)
+    inp = sess.get_inputs()[0]
+    shape = [batch if not isinstance(d, int) else d for d in inp.shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    feed = {inp.name: x}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return summarize(times, batch, threads or (os.cpu_count() or 1))

@@ -1,0 +1,142 @@
+"""Calibration images -> model-input batches, preprocessed by the model card (numpy/OpenCV, no torch).
+
+One reader feeds every backend: ONNX Runtime's ``CalibrationDataReader``, a LiteRT representative
+dataset, and a TensorRT INT8 calibrator on the device (:mod:`alnett_edge.calibrate.tensorrt`).
+
+Checks, each a one-line :class:`DataError` naming the file: an empty or missing folder; an image that
+is not 3-channel colour (grayscale or RGBA cell images mean the wrong folder or a broken export); an
+image whose size differs from the images the model was trained on (``card.training.source_size``;
+e.g. 640x480 smear frames instead of cell crops) unless ``allow_any_size``. Fewer than
+``MIN_IMAGES`` images is allowed with a warning, since int8 ranges from a handful of cells are noisy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from alnett_edge.card import ModelCard
+from alnett_edge.data.preprocess import IMAGE_SUFFIXES, preprocess, to_rgb
+from alnett_edge.data.sources import Sample, detect_layout, load_samples, parse_cnmc_name
+from alnett_edge.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MIN_IMAGES = 300
+
+
+def _decode_strict(path: Path) -> np.ndarray:
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise DataError(f"cannot decode calibration image {path}")
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels != 3:
+        raise DataError(f"calibration image {path} has {channels} channel(s); RGB cell images (3 channels) are needed")
+    return to_rgb(img, str(path))
+
+
+def calibration_files(root: str | Path) -> list[Sample]:
+    """Images of any labelled layout, or else every image below ``root`` (labels are not needed)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"calibration images not found: {root}")
+    try:
+        detect_layout(root)
+        return load_samples(root)
+    except DataError:
+        pass
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    if not files:
+        raise DataError(f"no calibration images in {root}")
+    out = []
+    for p in files:
+        parsed = parse_cnmc_name(p.name)
+        out.append(Sample(p, parsed[1] if parsed else -1, parsed[0] if parsed else None))
+    return out
+
+
+@dataclass
+class CalibrationSet:
+    """Preprocessed calibration inputs (N x C x H x W or N x H x W x C float32, per the card)."""
+
+    inputs: np.ndarray
+    files: list[Path]
+    patients: set[str]
+    warnings: list[str]
+
+    def batches(self, batch_size: int = 1) -> Iterator[np.ndarray]:
+        for i in range(0, len(self.inputs), batch_size):
+            yield self.inputs[i : i + batch_size]
+
+
+def load_calibration_set(root: str | Path, card: ModelCard, limit: int | None = MIN_IMAGES, seed: int = 0,
+                         allow_any_size: bool = False) -> CalibrationSet:
+    samples = calibration_files(root)
+    if limit is not None and len(samples) > limit:
+        idx = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
+        samples = [samples[i] for i in sorted(idx)]
+    expected = card.training.get("source_size")
+    inputs, files = [], []
+    for s in samples:
+        img = _decode_strict(s.path)
+        size = f"{img.shape[0]}x{img.shape[1]}"
+        if expected and size != expected and not allow_any_size:
+            raise DataError(
+                f"calibration image {s.path} is {size} but the model was trained on {expected} cell images "
+                "(wrong folder? pass --any-size to calibrate on it anyway)"
+            )
+        inputs.append(preprocess(img, card.input))
+        files.append(s.path)
+    warnings = []
+    if len(inputs) < MIN_IMAGES:
+        msg = f"only {len(inputs)} calibration images (at least {MIN_IMAGES} recommended): int8 ranges may be noisy"
+        log.warning(msg)
+        warnings.append(msg)
+    patients = {s.patient_id for s in samples if s.patient_id is not None}
+    return CalibrationSet(np.stack(inputs), files, patients, warnings)
+
+
+def check_patient_overlap(calib: CalibrationSet, eval_samples: list[Sample], allow: bool = False) -> list[str]:
+    """Patients both in the calibration and the evaluation set (an error unless ``allow``)."""
+    overlap = sorted(calib.patients & {s.patient_id for s in eval_samples if s.patient_id is not None})
+    if overlap and not allow:
+        raise DataError(
+            f"{len(overlap)} patient(s) are in both the calibration and the evaluation images "
+            f"(e.g. {', '.join(overlap[:3])}); use patient-disjoint sets or pass --allow-patient-overlap"
+        )
+    return overlap
+
+
+class OrtCalibrationReader:
+    """ONNX Runtime ``CalibrationDataReader`` over a :class:`CalibrationSet`."""
+
+    def __init__(self, calib: CalibrationSet, input_name: str, batch_size: int = 1) -> None:
+        from onnxruntime.quantization import CalibrationDataReader
+
+        # Subclass at run time so this module imports without onnxruntime on a LiteRT-only device.
+        self.__class__ = type("OrtCalibrationReader", (OrtCalibrationReader, CalibrationDataReader), {})
+        self.calib, self.input_name, self.batch_size = calib, input_name, batch_size
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._it = self.calib.batches(self.batch_size)
+
+
+def litert_representative_dataset(calib: CalibrationSet, layout: str = "NCHW"):  # noqa: ANN201 - generator fn
+    """A representative-dataset callable for LiteRT converters: yields ``[batch of 1]`` per image."""
+
+    def gen() -> Iterator[list[np.ndarray]]:
+        for batch in calib.batches(1):
+            yield [batch.transpose(0, 2, 3, 1) if layout == "NHWC" and batch.shape[1] == 3 else batch]
+
+    return gen

@@ -1,0 +1,222 @@
+"""Structured channel pruning of ALNett with torch-pruning's dependency graph (DepGraph).
+
+The dependency graph keeps the parallel dilated depthwise branches, their concatenation (or sum),
+the pointwise convolutions and BatchNorms consistent: removing input channel c of a cluster layer
+removes channel c of every branch and the matching slices of the pointwise input. The head is never
+pruned (it is the class output).
+
+torch-pruning 1.6.1 sizes a group's importance vector from the pointwise convolution's input
+(k x C channels after concatenation) instead of the group root (C channels) and then silently skips
+every such group, so without a fix only the last layer shrinks. :class:`_RootSized` truncates the
+importance to the root's channel count; a test checks that every cluster layer really shrinks.
+
+``ratio`` is the share of MACs to remove (0.5 = half the MACs). Pruning advances in small uniform
+(or global) channel steps until the MAC target is met; with ``steps`` > 1 the MAC target is reached
+in that many stages (geometric), calling ``finetune`` after each stage (prune, fine-tune, repeat).
+The result's architecture is plain channel counts, written to the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from alnett_edge.compress.report import fp32_row
+from alnett_edge.data.dataset import load_split_datasets
+from alnett_edge.errors import CompressionError, ConfigError
+from alnett_edge.model.alnett import ALNett, config_of
+from alnett_edge.model.checkpoint import load_checkpoint, save_checkpoint
+from alnett_edge.model.profile import profile_model
+from alnett_edge.train.loop import finetune_config, recalibrate_bn, train
+
+log = logging.getLogger(__name__)
+
+IMPORTANCES = ("l1", "l2", "bn", "taylor")
+_FINE_STEPS = 100  # channel-ratio increments the pruner may take (0.9 max ratio / 100 = 0.9 % each)
+MAX_LAYER_RATIO = 0.8  # no layer loses more than 80 % of its channels (global pruning would empty some)
+
+
+class _RootSized(tp.importance.Importance):
+    """Wraps an importance so its vector has one entry per root channel (fixes skipped concat groups)."""
+
+    def __init__(self, inner: tp.importance.Importance) -> None:
+        self.inner = inner
+
+    def __call__(self, group: Any, **kwargs: Any) -> torch.Tensor | None:
+        imp = self.inner(group, **kwargs)
+        if imp is None:
+            return None
+        return imp[: len(group[0].idxs)]
+
+
+def make_importance(name: str) -> tp.importance.Importance:
+    if name == "l1":
+        inner = tp.importance.GroupMagnitudeImportance(p=1)
+    elif name == "l2":
+        inner = tp.importance.GroupMagnitudeImportance(p=2)
+    elif name == "bn":
+        inner = tp.importance.BNScaleImportance()
+    elif name == "taylor":
+        inner = tp.importance.GroupTaylorImportance()
+    else:
+        raise ConfigError(f"unknown importance {name!r}; use one of {', '.join(IMPORTANCES)}")
+    return _RootSized(inner)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    ratio: float | None = 0.5  # share of MACs to remove
+    target_macs: float | None = None  # absolute MAC target (overrides ratio)
+    importance: str = "l1"
+    global_pruning: bool = False
+    steps: int = 1
+
+    def validate(self) -> None:
+        if self.target_macs is None:
+            if self.ratio is None or not 0.0 < self.ratio < 1.0:
+                raise ConfigError(f"--ratio must be in (0, 1), got {self.ratio}")
+        elif self.target_macs <= 0:
+            raise ConfigError("--target-macs must be > 0")
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"unknown importance {self.importance!r}; use one of {', '.join(IMPORTANCES)}")
+        if self.steps < 1:
+            raise ConfigError("--steps must be >= 1")
+
+
+@dataclass
+class PruneResult:
+    model: ALNett
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    channels_before: dict[str, Any]
+    channels_after: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def mac_ratio(self) -> float:
+        return self.macs_after / self.macs_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "macs_before": self.macs_before, "macs_after": self.macs_after, "mac_ratio": round(self.mac_ratio, 4),
+            "params_before": self.params_before, "params_after": self.params_after,
+            "channels_before": self.channels_before, "channels_after": self.channels_after, "stages": self.stages,
+        }  # fmt: skip
+
+
+def _channels(model: ALNett) -> dict[str, Any]:
+    cfg = config_of(model)
+    return {"stem": cfg.stem_channels, "clusters": list(cfg.channels)}
+
+
+def prune(model: ALNett, input_size: int, cfg: PruneConfig,
+          batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+          finetune: Callable[[ALNett, int], None] | None = None) -> PruneResult:
+    """Prune ``model`` in place to the MAC target. ``batches`` yields (x, y) for Taylor importance."""
+    cfg.validate()
+    if cfg.importance == "taylor" and batches is None:
+        raise ConfigError("Taylor importance needs training batches")
+    before = profile_model(model, input_size)
+    target = cfg.target_macs if cfg.target_macs is not None else before.macs * (1.0 - cfg.ratio)
+    if target >= before.macs:
+        raise ConfigError(f"target {target / 1e6:.1f} M MACs is not below the model's {before.macs / 1e6:.1f} M")
+    channels_before = _channels(model)
+    model.eval()
+    example = torch.randn(1, 3, input_size, input_size)
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=make_importance(cfg.importance), global_pruning=cfg.global_pruning,
+        pruning_ratio=0.9, max_pruning_ratio=MAX_LAYER_RATIO, iterative_steps=_FINE_STEPS,
+        ignored_layers=[model.head],
+    )
+    stage_targets = [before.macs * (target / before.macs) ** ((i + 1) / cfg.steps) for i in range(cfg.steps)]
+    macs = before.macs
+    stages = []
+    for i, stage_target in enumerate(stage_targets):
+        while macs > stage_target and pruner.current_step < _FINE_STEPS:
+            if cfg.importance == "taylor":
+                _accumulate_gradients(model, batches)
+            pruner.step()
+            macs = profile_model(model, input_size).macs
+        if macs > stage_target * 1.05:
+            raise CompressionError(
+                f"pruning stopped at {macs / 1e6:.2f} M MACs, above the {stage_target / 1e6:.2f} M target: the "
+                f"'{cfg.importance}' importance found no more channels to remove (each layer keeps at least "
+                f"{1 - MAX_LAYER_RATIO:.0%} of its channels); ask for a smaller ratio or another importance"
+            )
+        stages.append({"stage": i + 1, "macs": macs, "channels": _channels(model)})
+        log.info("pruning stage %d/%d: %.1f M MACs (target %.1f M)", i + 1, cfg.steps, macs / 1e6, stage_target / 1e6)
+        if finetune is not None:
+            finetune(model, i)
+    model.zero_grad(set_to_none=True)
+    after = profile_model(model, input_size)
+    return PruneResult(model, before.macs, after.macs, before.params, after.params, channels_before,
+                       _channels(model), stages)
+
+
+def _accumulate_gradients(model: nn.Module, batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+    model.zero_grad(set_to_none=True)
+    model.eval()  # BN statistics stay as they are; gradients flow all the same
+    loss_fn = nn.CrossEntropyLoss()
+    for x, y in batches():
+        loss_fn(model(x), y).backward()
+
+
+# --- the `alnett-edge prune` job ---------------------------------------------------------------
+
+
+def prune_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: PruneConfig,
+                     finetune_epochs: int = 2, lr: float = 1e-3, progress: bool = False) -> dict[str, Any]:
+    """Prune a checkpoint, fine-tune after each stage on its own training split, report before -> after.
+
+    Writes ``out/pruned.safetensors`` (channel counts in its card) and ``out/prune_report.json``.
+    """
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, card = load_checkpoint(checkpoint)
+    if card.quantization:
+        raise ConfigError(f"{checkpoint} is a quantized ({card.quantization.get('scheme')}) model; prune its fp32 parent")
+    base_cfg = finetune_config(card, data, out / "finetune", finetune_epochs, lr)
+    sd = load_split_datasets(data, card.input, base_cfg.layout, base_cfg.labels_csv, base_cfg.val_fraction,
+                             base_cfg.seed, base_cfg.val_fold)
+    before = fp32_row("before", model, card, sd.val, out, Path(checkpoint))
+    size = card.input.size[0]
+
+    def batches():  # a few training batches for Taylor importance
+        loader = torch.utils.data.DataLoader(sd.train, batch_size=32, shuffle=True,
+                                             generator=torch.Generator().manual_seed(0))
+        for i, (x, y) in enumerate(loader):
+            if i >= 4:
+                break
+            yield x, y
+
+    def finetune(m: ALNett, stage: int) -> None:
+        if finetune_epochs > 0:
+            tcfg = finetune_config(card, data, out / f"finetune-stage{stage + 1}", finetune_epochs, lr)
+            train(tcfg, progress=progress, init=(m, card.copy()))
+        else:
+            recalibrate_bn(m, sd.train, torch.device("cpu"), 32)
+        m.cpu().eval()
+
+    result = prune(model, size, cfg, batches=batches, finetune=finetune)
+    pruned_card = card.copy()
+    pruned_card.compression = {"pruning": {**result.to_dict(), "importance": cfg.importance,
+                                           "global": cfg.global_pruning, "finetune_epochs": finetune_epochs}}
+    path = save_checkpoint(out / "pruned.safetensors", model, pruned_card)
+    after = fp32_row("after", model, pruned_card, sd.val, out, path)
+    pruned_card.metrics = {"val": {k: after[k] for k in ("accuracy", "sensitivity", "specificity", "f1")}}
+    save_checkpoint(path, model, pruned_card)
+    report = {"checkpoint": str(checkpoint), "pruned": str(path), "config": cfg.__dict__, "before": before,
+              "after": after, "mac_ratio": round(result.mac_ratio, 4), "stages": result.stages}
+    (out / "prune_report.json").write_text(json.dumps(report, indent=2))
+    return report

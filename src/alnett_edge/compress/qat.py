@@ -1,0 +1,215 @@
+"""Int8 quantization-aware training with PT2E (torch.export -> prepare_qat_pt2e -> fine-tune -> convert_pt2e).
+
+BatchNorm is folded into the convolutions (PT2E simulates the fold during QAT and applies it at
+convert). Two schemes, both with int8 weights per-channel symmetric in [-127, 127]:
+
+* ``symmetric``  int8 activations per-tensor with zero-point 0 — what TensorRT's explicit
+  quantization accepts (it rejects non-zero zero-points).
+* ``asymmetric`` int8 activations per-tensor affine — the LiteRT/XNNPACK (and ONNX Runtime on x86)
+  friendly scheme; it is what litert-torch's own quantizer produces.
+
+Both use litert-torch's ``PT2EQuantizer`` (the one whose output converts to a fully int8,
+XNNPACK-delegated .tflite); the symmetric scheme swaps its activation specs for per-tensor-symmetric
+ones. A QAT checkpoint stores the *prepared* model's state (weights, BN statistics, fake-quant scales
+and zero-points) in safetensors with the scheme in the card; loading rebuilds the prepared graph from
+the card, loads that state and converts — no pickled modules.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch.export import Dim
+from torch.utils.data import DataLoader
+
+from alnett_edge.card import ModelCard
+from alnett_edge.compress.report import metrics_row
+from alnett_edge.data.augment import AugmentConfig
+from alnett_edge.data.dataset import CellDataset, load_split_datasets
+from alnett_edge.errors import CheckpointError, CompressionError, ConfigError
+from alnett_edge.model.alnett import ALNett
+from alnett_edge.model.checkpoint import CARD_KEY, load_checkpoint, model_from_card, read_card
+from alnett_edge.train.loop import cosine_schedule, finetune_config, make_criterion, run_epoch
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("symmetric", "asymmetric")
+QAT_FORMAT = "pt2e-qat-prepared"
+
+
+def quantizer_for(scheme: str) -> Any:
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    try:
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    except ImportError as exc:
+        raise CompressionError("QAT needs litert-torch and torchao: pip install 'alnett-edge[tflite]'") from exc
+
+    from alnett_edge.compress._litert_compat import patch_litert_qat
+
+    patch_litert_qat()
+    cfg = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    if scheme == "symmetric":
+        sym = {f: dataclasses.replace(getattr(cfg, f), qscheme=torch.per_tensor_symmetric)
+               for f in ("input_activation", "output_activation")}
+        cfg = dataclasses.replace(cfg, **sym)
+    return PT2EQuantizer().set_global(cfg)
+
+
+def prepare_qat(model: ALNett, input_size: tuple[int, int], scheme: str) -> torch.fx.GraphModule:
+    """Export with a dynamic batch axis (training and evaluation use other batch sizes) and prepare."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    model = model.cpu().eval()
+    example = torch.randn(2, 3, *input_size)
+    exported = torch.export.export(model, (example,), dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}})
+    return prepare_qat_pt2e(exported.module(), quantizer_for(scheme))
+
+
+def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    move_exported_model_to_eval(prepared)
+    return convert_pt2e(copy.deepcopy(prepared))
+
+
+def activation_zero_points(converted: torch.fx.GraphModule) -> list[int]:
+    """Zero-points of every per-tensor (activation) quantize node of a converted graph."""
+    zps = []
+    for node in converted.graph.nodes:
+        if node.op == "call_function" and "quantize_per_tensor" in str(node.target) and "dequantize" not in str(node.target):
+            zps.append(int(node.args[2]))
+    return zps
+
+
+def weight_ranges(converted: torch.fx.GraphModule) -> list[tuple[int, int]]:
+    """(min, max) of every int8 weight tensor stored in a converted graph."""
+    out = []
+    for name, buf in list(converted.named_buffers()) + list(converted.named_parameters()):
+        if buf.dtype == torch.int8:
+            out.append((int(buf.min()), int(buf.max())))
+    for node in converted.graph.nodes:  # weights folded as get_attr constants
+        if node.op == "get_attr":
+            t = getattr(converted, str(node.target), None)
+            if isinstance(t, torch.Tensor) and t.dtype == torch.int8:
+                out.append((int(t.min()), int(t.max())))
+    return out
+
+
+def qat_finetune(prepared: torch.fx.GraphModule, train_ds: CellDataset, epochs: int, lr: float, batch_size: int,
+                 balance: str, seed: int = 0, freeze_bn: bool = True) -> list[float]:
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=gen,
+                        drop_last=len(train_ds) > batch_size)
+    device = torch.device("cpu")
+    criterion = make_criterion(train_ds.labels, balance, device)
+    optimizer = torch.optim.AdamW(prepared.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = cosine_schedule(optimizer, epochs * max(1, len(loader)), 0)
+    losses = []
+    for epoch in range(epochs):
+        gen.manual_seed(seed * 1_000_003 + epoch)
+        train_ds.set_epoch(epoch)
+        if freeze_bn:
+            # BatchNorm (and dropout) in eval mode: the parent's converged BN statistics are kept and
+            # folded as they are; gradients still reach the weights and the fake-quant ranges still move.
+            move_exported_model_to_eval(prepared)
+        else:
+            move_exported_model_to_train(prepared)
+        loss, _, _ = run_epoch(prepared, loader, criterion, optimizer, scheduler, device)
+        losses.append(loss)
+        log.info("QAT epoch %d/%d loss %.4f", epoch + 1, epochs, loss)
+    move_exported_model_to_eval(prepared)
+    return losses
+
+
+def save_qat_checkpoint(path: str | Path, prepared: torch.fx.GraphModule, card: ModelCard) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone().contiguous().cpu() for k, v in prepared.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", CARD_KEY: card.to_json()})
+    tmp.replace(path)
+    return path
+
+
+def load_qat_checkpoint(path: str | Path) -> tuple[torch.fx.GraphModule, ModelCard]:
+    """Rebuild the prepared graph from the card, load its state and convert to the int8 model."""
+    card = read_card(path)
+    q = card.quantization
+    if q.get("format") != QAT_FORMAT:
+        raise CheckpointError(f"{path} is not a QAT checkpoint (its card has no {QAT_FORMAT!r} quantization)")
+    prepared = prepare_qat(model_from_card(card), card.input.size, q["scheme"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        prepared.load_state_dict(state, strict=True)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: QAT state does not match its card ({str(exc).splitlines()[0]})") from exc
+    return convert(prepared), card
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Top-1 agreement of two P(all) vectors at threshold 0.5."""
+    return float(((a >= 0.5) == (b >= 0.5)).mean()) if len(a) else 1.0
+
+
+def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, scheme: str = "symmetric",
+                   epochs: int = 2, lr: float = 1e-4, batch_size: int = 32,
+                   extra_eval: str | Path | None = None) -> dict[str, Any]:
+    """The ``alnett-edge qat`` job: QAT-fine-tune a fp32 checkpoint and compare int8 with fp32."""
+    if epochs < 0:
+        raise ConfigError("--epochs must be >= 0")
+    model, card = load_checkpoint(checkpoint)
+    if card.quantization:
+        raise ConfigError(f"{checkpoint} is already quantized")
+    tcfg = finetune_config(card, data, out, epochs, lr)
+    sd = load_split_datasets(data, card.input, tcfg.layout, tcfg.labels_csv, tcfg.val_fraction, tcfg.seed,
+                             tcfg.val_fold, AugmentConfig() if tcfg.augment else None)
+    fp32_metrics, fp32_prob = metrics_row(model, sd.val)
+    prepared = prepare_qat(model, card.input.size, scheme)
+    losses = qat_finetune(prepared, sd.train, epochs, lr, batch_size, tcfg.balance, tcfg.seed)
+    converted = convert(prepared)
+    int8_metrics, int8_prob = metrics_row(converted, sd.val)
+    zps = activation_zero_points(converted)
+    if scheme == "symmetric" and any(zps):
+        raise CompressionError(f"symmetric QAT produced non-zero activation zero-points {sorted(set(zps))}")
+    qcard = card.copy()
+    qcard.quantization = {"method": "qat", "scheme": scheme, "format": QAT_FORMAT, "epochs": epochs, "lr": lr,
+                          "weights": "int8 per-channel symmetric [-127, 127]",
+                          "activations": "int8 per-tensor " + ("symmetric (zero-point 0)" if scheme == "symmetric" else "affine")}
+    qcard.metrics = {"val": int8_metrics, "fp32_val": fp32_metrics}
+    out = Path(out)
+    path = save_qat_checkpoint(out / f"qat-{scheme}.safetensors", prepared, qcard)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "qat": str(path), "scheme": scheme, "epochs": epochs, "losses": losses,
+        "val": {"fp32": fp32_metrics, "int8": int8_metrics, "agreement": agreement(fp32_prob, int8_prob),
+                "n": len(sd.val)},
+        "activation_zero_points": sorted(set(zps)),
+    }  # fmt: skip
+    if extra_eval is not None:
+        from alnett_edge.data.sources import load_samples
+
+        ds, _ = CellDataset.from_samples(load_samples(extra_eval), card.input, source=str(extra_eval))
+        f_m, f_p = metrics_row(model, ds)
+        q_m, q_p = metrics_row(converted, ds)
+        report["extra"] = {"data": str(extra_eval), "fp32": f_m, "int8": q_m, "agreement": agreement(f_p, q_p),
+                           "n": len(ds)}
+    (out / f"qat-{scheme}_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+__all__ = ["SCHEMES", "prepare_qat", "convert", "qat_checkpoint", "load_qat_checkpoint", "save_qat_checkpoint",
+           "activation_zero_points", "weight_ranges", "agreement"]

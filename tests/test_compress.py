@@ -1,0 +1,146 @@
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from alnett_edge.compress.prune import PruneConfig, prune, prune_checkpoint
+from alnett_edge.compress.qat import (
+    activation_zero_points,
+    load_qat_checkpoint,
+    qat_checkpoint,
+    weight_ranges,
+)
+from alnett_edge.errors import CompressionError, ConfigError
+from alnett_edge.model import create_model, load_checkpoint, new_card, profile_model, save_checkpoint
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn", "taylor"])
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_uniform_pruning_hits_the_mac_ratio_and_shrinks_every_cluster(importance, ratio):
+    torch.manual_seed(0)
+    model = create_model("alnett-s")
+    x = torch.randn(4, 3, 224, 224)
+    batches = lambda: iter([(x, torch.tensor([0, 1, 0, 1]))])  # noqa: E731
+    before = [layer.pointwise.out_channels for layer in model.clusters]
+    result = prune(model, 224, PruneConfig(ratio=ratio, importance=importance), batches=batches)
+    assert abs(result.mac_ratio - (1 - ratio)) <= 0.1 * (1 - ratio)
+    after = [layer.pointwise.out_channels for layer in model.clusters]
+    assert all(a < b for a, b in zip(after, before)), (before, after)  # the concat-group fix works
+    # Branches and the pointwise input stay consistent with the pruned input channels.
+    for layer in model.clusters:
+        c = layer.branches[0].in_channels
+        assert all(b.in_channels == b.out_channels == b.groups == c for b in layer.branches)
+        assert layer.pointwise.in_channels == 3 * c
+    assert model(x).shape == (4, 2)
+    assert profile_model(model, 224).macs == result.macs_after
+
+
+def test_global_pruning_and_sum_fusion():
+    model = create_model("alnett-tiny", fusion="sum")
+    result = prune(model, 64, PruneConfig(ratio=0.5, global_pruning=True))
+    assert abs(result.mac_ratio - 0.5) <= 0.05
+    assert min(result.channels_after["clusters"]) >= 1
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_pruned_model_rebuilt_from_its_card(tmp_path):
+    torch.manual_seed(1)
+    model = create_model("alnett-tiny").eval()
+    prune(model, 64, PruneConfig(ratio=0.5))
+    model.eval()
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    path = save_checkpoint(tmp_path / "p.safetensors", model, new_card(model, "alnett-tiny"))
+    rebuilt, card = load_checkpoint(path)
+    assert card.arch["channels"] != [16, 32, 48]
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, 1.5, -0.2])
+def test_bad_ratio(ratio):
+    with pytest.raises(ConfigError, match=r"ratio must be in \(0, 1\)"):
+        prune(create_model("alnett-tiny"), 64, PruneConfig(ratio=ratio))
+
+
+def test_unreachable_target_is_an_error():
+    with pytest.raises(CompressionError, match="no more channels"):
+        prune(create_model("alnett-tiny"), 64, PruneConfig(ratio=0.99))
+
+
+def test_prune_job_shrinks_exported_files_and_records_the_card(trained, tmp_path):
+    cfg, result = trained
+    rep = prune_checkpoint(result.best, cfg.data, tmp_path, PruneConfig(ratio=0.5), finetune_epochs=1)
+    b, a = rep["before"], rep["after"]
+    assert 0.45 <= rep["mac_ratio"] <= 0.55
+    assert a["onnx_bytes"] < 0.75 * b["onnx_bytes"] and a["checkpoint_bytes"] < 0.75 * b["checkpoint_bytes"]
+    assert a["params"] < b["params"] and a["ort_b1_p50_ms"] > 0
+    _, card = load_checkpoint(rep["pruned"])
+    assert card.compression["pruning"]["macs_after"] == a["macs"]
+    assert card.arch["channels"] == card.compression["pruning"]["channels_after"]["clusters"]
+    assert abs(a["accuracy"] - b["accuracy"]) < 0.2  # fine-tuned, not destroyed
+    saved = json.loads((tmp_path / "prune_report.json").read_text())
+    assert saved["after"]["macs"] == a["macs"]
+
+
+@pytest.fixture(scope="module")
+def qat_runs(trained, tmp_path_factory):
+    cfg, result = trained
+    out = tmp_path_factory.mktemp("qat")
+    return {s: qat_checkpoint(result.best, cfg.data, out, s, epochs=1) for s in ("symmetric", "asymmetric")}
+
+
+def test_qat_symmetric_has_zero_point_zero_and_int8_weights(qat_runs):
+    rep = qat_runs["symmetric"]
+    assert rep["activation_zero_points"] == [0]
+    model, card = load_qat_checkpoint(rep["qat"])
+    assert card.quantization["scheme"] == "symmetric" and card.quantization["method"] == "qat"
+    zps = activation_zero_points(model)
+    assert len(zps) > 10 and set(zps) == {0}
+    ranges = weight_ranges(model)
+    assert ranges and min(lo for lo, _ in ranges) >= -127 and max(hi for _, hi in ranges) <= 127
+    v = rep["val"]
+    assert v["int8"]["accuracy"] > 0.75 and v["agreement"] > 0.9
+
+
+def test_qat_asymmetric_and_checkpoint_roundtrip(qat_runs, trained):
+    cfg, _ = trained
+    rep = qat_runs["asymmetric"]
+    assert any(z != 0 for z in rep["activation_zero_points"])
+    model, card = load_qat_checkpoint(rep["qat"])
+    # The reloaded model reproduces the reported int8 validation metrics exactly.
+    from alnett_edge.compress.report import metrics_row
+    from alnett_edge.data.dataset import load_split_datasets
+
+    sd = load_split_datasets(cfg.data, card.input, seed=cfg.seed)
+    metrics, _ = metrics_row(model, sd.val)
+    assert metrics == pytest.approx(rep["val"]["int8"])
+
+
+def test_qat_model_exports_to_qdq_onnx_that_runs(qat_runs, tmp_path):
+    from alnett_edge.export.onnx import export_onnx
+
+    model, card = load_qat_checkpoint(qat_runs["symmetric"]["qat"])
+    path = export_onnx(model, card, tmp_path / "q.onnx", simplify=False)
+    sess = ort.InferenceSession(str(path))
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    got = sess.run(None, {"input": x.numpy()})[0]
+    assert np.argmax(got, 1).tolist() == np.argmax(ref, 1).tolist()
+    assert np.abs(got - ref).max() < 0.1
+    ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+
+
+def test_quantized_checkpoints_are_refused_where_fp32_is_needed(qat_runs, trained, tmp_path):
+    cfg, result = trained
+    from alnett_edge.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="is an int8 QAT checkpoint"):
+        load_checkpoint(qat_runs["symmetric"]["qat"])
+    with pytest.raises(CheckpointError, match="not a QAT checkpoint"):
+        load_qat_checkpoint(result.best)
