@@ -112,7 +112,7 @@ def test_calibration_input_errors(fp32, tmp_path):
     cv2.imwrite(str(big / "frame.png"), np.full((480, 640, 3), 120, np.uint8))
     with pytest.raises(DataError, match="480x640 but the model was trained on 96x96"):
         calibrate(path, big)
-    rep = calibrate(path, big, tmp_path / "ok.onnx", num=1, any_size=True)
+    rep = calibrate(path, big, tmp_path / "ok.onnx", num=1, allow_any_size=True)
     assert rep["calibration_images"] == 1 and rep["warnings"]
     with pytest.raises(DataError, match="both the calibration and the evaluation"):
         calibrate(path, cfg.data + "/fold_0", eval_data=cfg.data + "/fold_0")

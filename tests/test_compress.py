@@ -24,7 +24,8 @@ def test_uniform_pruning_hits_the_mac_ratio_and_shrinks_every_cluster(importance
     x = torch.randn(4, 3, 224, 224)
     batches = lambda: iter([(x, torch.tensor([0, 1, 0, 1]))])  # noqa: E731
     before = [layer.pointwise.out_channels for layer in model.clusters]
-    result = prune(model, 224, PruneConfig(ratio=ratio, importance=importance), batches=batches)
+    result = prune(model, 224, PruneConfig(ratio=ratio, importance=importance, round_to=None), batches=batches)
+    model = result.model
     assert abs(result.mac_ratio - (1 - ratio)) <= 0.1 * (1 - ratio)
     after = [layer.pointwise.out_channels for layer in model.clusters]
     assert all(a < b for a, b in zip(after, before)), (before, after)  # the concat-group fix works
@@ -37,19 +38,26 @@ def test_uniform_pruning_hits_the_mac_ratio_and_shrinks_every_cluster(importance
     assert profile_model(model, 224).macs == result.macs_after
 
 
+def test_round_to_keeps_aligned_channels_and_leaves_the_input_model_alone():
+    model = create_model("alnett-s")
+    result = prune(model, 224, PruneConfig(ratio=0.5))  # default: multiples of 16
+    assert abs(result.mac_ratio - 0.5) <= 0.05
+    ch = result.channels_after
+    assert all(c % 16 == 0 for c in [ch["stem"], *ch["clusters"]]), ch
+    assert [layer.pointwise.out_channels for layer in model.clusters] == [32, 64, 128, 192, 256]
+
+
 def test_global_pruning_and_sum_fusion():
     model = create_model("alnett-tiny", fusion="sum")
-    result = prune(model, 64, PruneConfig(ratio=0.5, global_pruning=True))
+    result = prune(model, 64, PruneConfig(ratio=0.5, global_pruning=True, round_to=None))
     assert abs(result.mac_ratio - 0.5) <= 0.05
     assert min(result.channels_after["clusters"]) >= 1
-    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2)
+    assert result.model(torch.randn(2, 3, 64, 64)).shape == (2, 2)
 
 
 def test_pruned_model_rebuilt_from_its_card(tmp_path):
     torch.manual_seed(1)
-    model = create_model("alnett-tiny").eval()
-    prune(model, 64, PruneConfig(ratio=0.5))
-    model.eval()
+    model = prune(create_model("alnett-tiny"), 64, PruneConfig(ratio=0.5, round_to=None)).model.eval()
     x = torch.randn(5, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
@@ -67,13 +75,15 @@ def test_bad_ratio(ratio):
 
 
 def test_unreachable_target_is_an_error():
-    with pytest.raises(CompressionError, match="no more channels"):
-        prune(create_model("alnett-tiny"), 64, PruneConfig(ratio=0.99))
+    with pytest.raises(CompressionError, match="not the .* target"):
+        prune(create_model("alnett-tiny"), 64, PruneConfig(ratio=0.99, round_to=None))
+    with pytest.raises(CompressionError, match="multiples of 16"):
+        prune(create_model("alnett-tiny"), 64, PruneConfig(ratio=0.5))
 
 
 def test_prune_job_shrinks_exported_files_and_records_the_card(trained, tmp_path):
     cfg, result = trained
-    rep = prune_checkpoint(result.best, cfg.data, tmp_path, PruneConfig(ratio=0.5), finetune_epochs=1)
+    rep = prune_checkpoint(result.best, cfg.data, tmp_path, PruneConfig(ratio=0.5, round_to=None), finetune_epochs=1)
     b, a = rep["before"], rep["after"]
     assert 0.45 <= rep["mac_ratio"] <= 0.55
     assert a["onnx_bytes"] < 0.75 * b["onnx_bytes"] and a["checkpoint_bytes"] < 0.75 * b["checkpoint_bytes"]
@@ -93,10 +103,15 @@ def qat_runs(trained, tmp_path_factory):
     return {s: qat_checkpoint(result.best, cfg.data, out, s, epochs=1) for s in ("symmetric", "asymmetric")}
 
 
-def test_qat_symmetric_has_zero_point_zero_and_int8_weights(qat_runs):
+@pytest.fixture(scope="module")
+def qat_symmetric(qat_runs):
+    return load_qat_checkpoint(qat_runs["symmetric"]["qat"])
+
+
+def test_qat_symmetric_has_zero_point_zero_and_int8_weights(qat_runs, qat_symmetric):
     rep = qat_runs["symmetric"]
     assert rep["activation_zero_points"] == [0]
-    model, card = load_qat_checkpoint(rep["qat"])
+    model, card = qat_symmetric
     assert card.quantization["scheme"] == "symmetric" and card.quantization["method"] == "qat"
     zps = activation_zero_points(model)
     assert len(zps) > 10 and set(zps) == {0}
@@ -120,10 +135,10 @@ def test_qat_asymmetric_and_checkpoint_roundtrip(qat_runs, trained):
     assert metrics == pytest.approx(rep["val"]["int8"])
 
 
-def test_qat_model_exports_to_qdq_onnx_that_runs(qat_runs, tmp_path):
+def test_qat_model_exports_to_qdq_onnx_that_runs(qat_symmetric, tmp_path):
     from alnett_edge.export.onnx import export_onnx
 
-    model, card = load_qat_checkpoint(qat_runs["symmetric"]["qat"])
+    model, card = qat_symmetric
     path = export_onnx(model, card, tmp_path / "q.onnx", simplify=False)
     sess = ort.InferenceSession(str(path))
     x = torch.randn(3, 3, 64, 64)

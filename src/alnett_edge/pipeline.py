@@ -145,7 +145,9 @@ def _prune(ctx: PipelineContext) -> dict[str, Any]:
     from alnett_edge.compress.prune import PruneConfig, prune_checkpoint
 
     rep = prune_checkpoint(ctx.artifacts["checkpoint"], ctx.artifacts["cells"], ctx.workdir / "prune",
-                           PruneConfig(ratio=ctx.prune_ratio), finetune_epochs=ctx.finetune_epochs, lr=2e-3)
+                           # alnett-tiny's 8-channel stem cannot keep multiples of 16
+                           PruneConfig(ratio=ctx.prune_ratio, round_to=None if ctx.variant == "alnett-tiny" else 16),
+                           finetune_epochs=ctx.finetune_epochs, lr=2e-3)
     ctx.artifacts["pruned"] = Path(rep["pruned"])
     b, a = rep["before"], rep["after"]
     return {"macs": f"{b['macs'] / 1e6:.2f}M -> {a['macs'] / 1e6:.2f}M", "params": f"{b['params']} -> {a['params']}",

@@ -23,7 +23,21 @@ DEBUG_ENV = "ALNETT_EDGE_DEBUG"
 # Native logs of the TFLite/LiteRT converter stack (absl/glog) unless the user set their own level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
+# torch's own log handler (onnx exporter registrations, pytree deprecations): errors only.
+os.environ.setdefault("TORCH_LOGS", "-all")
 _NOISY_LOGGERS = ("torchao", "torch", "onnxscript", "onnx_ir", "absl", "jax")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (test runners swap it between commands)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
 
 
 class _Group(TyperGroup):
@@ -55,7 +69,7 @@ def _root(
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     root = logging.getLogger()
     if not any(getattr(h, "_alnett", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler._alnett = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -49,12 +49,13 @@ QAT_FORMAT = "pt2e-qat-prepared"
 def quantizer_for(scheme: str) -> Any:
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    from alnett_edge.compress._litert_compat import patch_litert_qat, quiet_native_stderr
+
     try:
-        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        with quiet_native_stderr():
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     except ImportError as exc:
         raise CompressionError("QAT needs litert-torch and torchao: pip install 'alnett-edge[tflite]'") from exc
-
-    from alnett_edge.compress._litert_compat import patch_litert_qat
 
     patch_litert_qat()
     cfg = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
