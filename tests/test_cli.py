@@ -121,3 +121,15 @@ def test_compression_bad_inputs(trained, tmp_path, args, message):
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.output
+
+
+def test_devices_and_trt_lint_commands(tmp_path):
+    res = run("devices")
+    assert res.exit_code == 0 and "jetson-orin-nano" in res.output and "jetson -> jetson-orin-nano" in res.output
+    res = run("devices", "jetson")
+    assert res.exit_code == 0 and "--target jetson means jetson-orin-nano" in res.output
+    res = run("devices", "tpu")
+    assert res.exit_code == 2 and "unknown target 'tpu'" in res.output
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    res = run("trt-lint", tmp_path / "junk.onnx")
+    assert res.exit_code == 2 and "not a readable ONNX model" in res.output

@@ -33,13 +33,12 @@ from alnett_edge.data.preprocess import load_image, preprocess
 from alnett_edge.data.sources import Sample, load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.export.metadata import card_from_onnx, load_onnx, set_card
-from alnett_edge.train.metrics import binary_metrics
+from alnett_edge.train.metrics import binary_metrics, summary, top1_agreement
 
 log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "percentile", "entropy")
 SCHEMES = ("symmetric", "asymmetric")
-METRIC_KEYS = ("accuracy", "sensitivity", "specificity", "f1")
 
 
 def quantize_onnx(model_path: str | Path, out_path: str | Path, calib: CalibrationSet, card: ModelCard,
@@ -114,8 +113,7 @@ def evaluate_onnx(path: str | Path, inputs: np.ndarray, labels: np.ndarray) -> t
     logits = np.concatenate([sess.run(None, {name: inputs[i : i + 32]})[0] for i in range(0, len(inputs), 32)])
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     prob_all = (e / e.sum(axis=1, keepdims=True))[:, 1]
-    m = binary_metrics(labels, prob_all)
-    return {k: m[k] for k in METRIC_KEYS}, prob_all
+    return summary(binary_metrics(labels, prob_all)), prob_all
 
 
 def _eval_inputs(samples: list[Sample], card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
@@ -146,16 +144,12 @@ def calibrate(model: str | Path, images: str | Path, out: str | Path | None = No
         x, y = _eval_inputs(eval_samples, card)
         fp32, p32 = evaluate_onnx(model, x, y)
         int8, p8 = evaluate_onnx(out, x, y)
-        rows = {"fp32 (ORT)": fp32, f"PTQ int8 {method} (ORT)": {**int8, "agreement": _agree(p32, p8)}}
+        rows = {"fp32 (ORT)": fp32, f"PTQ int8 {method} (ORT)": {**int8, "agreement": top1_agreement(p32, p8)}}
         if qat_checkpoint is not None:
             rows["QAT int8 (torch)"] = _qat_row(qat_checkpoint, x, y, p32)
         report["eval"] = {"data": str(eval_data), "n": len(y), "rows": rows}
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def _agree(a: np.ndarray, b: np.ndarray) -> float:
-    return float(((a >= 0.5) == (b >= 0.5)).mean()) if len(a) else 1.0
 
 
 def _qat_row(qat_checkpoint: str | Path, x: np.ndarray, y: np.ndarray, p32: np.ndarray) -> dict[str, Any]:
@@ -166,5 +160,4 @@ def _qat_row(qat_checkpoint: str | Path, x: np.ndarray, y: np.ndarray, p32: np.n
     model, _ = load_qat_checkpoint(qat_checkpoint)
     with torch.inference_mode():
         prob = torch.softmax(model(torch.from_numpy(x)), dim=1)[:, 1].numpy()
-    m = binary_metrics(y, prob)
-    return {**{k: m[k] for k in METRIC_KEYS}, "agreement": _agree(p32, prob)}
+    return {**summary(binary_metrics(y, prob)), "agreement": top1_agreement(p32, prob)}

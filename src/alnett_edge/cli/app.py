@@ -81,13 +81,14 @@ def _root(
 
 
 def _register() -> None:
-    from alnett_edge.cli import compress, data, demo, evaluate, model, train
+    from alnett_edge.cli import compress, data, demo, devices, evaluate, model, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
     train.register(app)
     evaluate.register(app)
     compress.register(app)
+    devices.register(app)
     demo.register(app)
 
 

@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/qat"), "--out", "-o"),
         scheme: str = typer.Option("symmetric", help="symmetric (TensorRT: zero-point 0) or asymmetric (LiteRT/XNNPACK)."),
         epochs: int = typer.Option(2),
-        lr: float = typer.Option(1e-4),
+        lr: float = typer.Option(2e-5, help="QAT learning rate (low: QAT should tune ranges, not re-train)."),
         batch_size: int = typer.Option(32, "--batch-size", "-b"),
         extra_eval: Path = typer.Option(None, help="Also compare fp32 vs int8 on these labelled images."),
     ) -> None:

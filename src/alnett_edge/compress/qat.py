@@ -24,7 +24,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -39,6 +38,7 @@ from alnett_edge.errors import CheckpointError, CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett
 from alnett_edge.model.checkpoint import CARD_KEY, load_checkpoint, model_from_card, read_card
 from alnett_edge.train.loop import cosine_schedule, finetune_config, make_criterion, run_epoch
+from alnett_edge.train.metrics import top1_agreement
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def activation_zero_points(converted: torch.fx.GraphModule) -> list[int]:
 def weight_ranges(converted: torch.fx.GraphModule) -> list[tuple[int, int]]:
     """(min, max) of every int8 weight tensor stored in a converted graph."""
     out = []
-    for name, buf in list(converted.named_buffers()) + list(converted.named_parameters()):
+    for _name, buf in list(converted.named_buffers()) + list(converted.named_parameters()):
         if buf.dtype == torch.int8:
             out.append((int(buf.min()), int(buf.max())))
     for node in converted.graph.nodes:  # weights folded as get_attr constants
@@ -162,13 +162,8 @@ def load_qat_checkpoint(path: str | Path) -> tuple[torch.fx.GraphModule, ModelCa
     return convert(prepared), card
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Top-1 agreement of two P(all) vectors at threshold 0.5."""
-    return float(((a >= 0.5) == (b >= 0.5)).mean()) if len(a) else 1.0
-
-
 def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, scheme: str = "symmetric",
-                   epochs: int = 2, lr: float = 1e-4, batch_size: int = 32,
+                   epochs: int = 2, lr: float = 2e-5, batch_size: int = 32,
                    extra_eval: str | Path | None = None) -> dict[str, Any]:
     """The ``alnett-edge qat`` job: QAT-fine-tune a fp32 checkpoint and compare int8 with fp32."""
     if epochs < 0:
@@ -196,7 +191,7 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
     path = save_qat_checkpoint(out / f"qat-{scheme}.safetensors", prepared, qcard)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "qat": str(path), "scheme": scheme, "epochs": epochs, "losses": losses,
-        "val": {"fp32": fp32_metrics, "int8": int8_metrics, "agreement": agreement(fp32_prob, int8_prob),
+        "val": {"fp32": fp32_metrics, "int8": int8_metrics, "agreement": top1_agreement(fp32_prob, int8_prob),
                 "n": len(sd.val)},
         "activation_zero_points": sorted(set(zps)),
     }  # fmt: skip
@@ -206,11 +201,11 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
         ds, _ = CellDataset.from_samples(load_samples(extra_eval), card.input, source=str(extra_eval))
         f_m, f_p = metrics_row(model, ds)
         q_m, q_p = metrics_row(converted, ds)
-        report["extra"] = {"data": str(extra_eval), "fp32": f_m, "int8": q_m, "agreement": agreement(f_p, q_p),
+        report["extra"] = {"data": str(extra_eval), "fp32": f_m, "int8": q_m, "agreement": top1_agreement(f_p, q_p),
                            "n": len(ds)}
     (out / f"qat-{scheme}_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
 __all__ = ["SCHEMES", "prepare_qat", "convert", "qat_checkpoint", "load_qat_checkpoint", "save_qat_checkpoint",
-           "activation_zero_points", "weight_ranges", "agreement"]
+           "activation_zero_points", "weight_ranges"]

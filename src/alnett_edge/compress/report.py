@@ -14,13 +14,12 @@ from alnett_edge.data.dataset import CellDataset
 from alnett_edge.export.onnx import export_onnx
 from alnett_edge.model.profile import profile_model
 from alnett_edge.train.loop import evaluate_dataset
-
-METRIC_KEYS = ("accuracy", "sensitivity", "specificity", "f1")
+from alnett_edge.train.metrics import summary
 
 
 def metrics_row(model: nn.Module, ds: CellDataset) -> tuple[dict[str, Any], Any]:
     metrics, prob_all = evaluate_dataset(model, ds, torch.device("cpu"))
-    return {k: metrics[k] for k in METRIC_KEYS}, prob_all
+    return summary(metrics), prob_all
 
 
 def fp32_row(name: str, model: nn.Module, card: ModelCard, ds: CellDataset, workdir: Path,

@@ -12,6 +12,20 @@ from collections import defaultdict
 import numpy as np
 
 
+#: The headline metrics reports show side by side.
+SUMMARY_KEYS = ("accuracy", "sensitivity", "specificity", "f1")
+
+
+def summary(metrics: dict[str, object]) -> dict[str, object]:
+    return {k: metrics[k] for k in SUMMARY_KEYS}
+
+
+def top1_agreement(prob_a: np.ndarray, prob_b: np.ndarray, threshold: float = 0.5) -> float:
+    """Share of images on which two models make the same decision (P(all) >= threshold)."""
+    a, b = np.asarray(prob_a), np.asarray(prob_b)
+    return float(((a >= threshold) == (b >= threshold)).mean()) if len(a) else 1.0
+
+
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """[[TN, FP], [FN, TP]] (rows = truth hem/all, columns = prediction hem/all)."""
     y_true = np.asarray(y_true).astype(int)

@@ -1,0 +1,99 @@
+"""Device profiles: what each target can run, shipped as TOML data files in ``devices/profiles/``.
+
+A profile names its runtimes in preference order, the formats it runs, the precisions it supports
+(with the reason for each one it does not), threads, maximum batch, input size, camera kind, the
+ONNX opset its TensorRT parses and, for Jetsons, the TensorRT workspace and the CSI camera's
+GStreamer pipeline. Adding a device is adding one TOML file.
+
+``--target`` takes a profile name or a family alias (``jetson`` -> ``jetson-orin-nano``,
+``rpi`` -> ``rpi5``, ``x86`` -> ``x86-cpu``); asking for something the device cannot do is an
+:class:`UnsupportedOnDevice` error naming the reason, never a silent fallback. Torch-free.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from alnett_edge.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ALIASES = {"jetson": "jetson-orin-nano", "rpi": "rpi5", "raspberry-pi": "rpi5", "x86": "x86-cpu", "cpu": "x86-cpu"}
+
+
+class UnsupportedOnDevice(ConfigError):
+    """The target device cannot run what was asked (precision, format, batch)."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    family: str
+    description: str
+    runtimes: tuple[str, ...]
+    formats: tuple[str, ...]
+    precisions: tuple[str, ...]
+    default_precision: str
+    threads: int
+    max_batch: int
+    input_size: int
+    camera: str
+    onnx_opset: int
+    unsupported: dict[str, str] = field(default_factory=dict)
+    tensorrt: dict[str, Any] = field(default_factory=dict)
+    gstreamer: dict[str, str] = field(default_factory=dict)
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if precision not in self.precisions:
+            reason = self.unsupported.get(precision, f"it supports {', '.join(self.precisions)}")
+            raise UnsupportedOnDevice(f"{self.name} cannot run {precision}: {reason}")
+
+    def check_batch(self, batch: int) -> None:
+        if not 1 <= batch <= self.max_batch:
+            raise UnsupportedOnDevice(f"{self.name} runs batches of 1..{self.max_batch}, not {batch}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _parse(text: str, source: str) -> DeviceProfile:
+    try:
+        d = tomllib.loads(text)
+        profile = DeviceProfile(
+            name=d["name"], family=d["family"], description=d["description"], runtimes=tuple(d["runtimes"]),
+            formats=tuple(d["formats"]), precisions=tuple(d["precisions"]), default_precision=d["default_precision"],
+            threads=int(d["threads"]), max_batch=int(d["max_batch"]), input_size=int(d["input_size"]),
+            camera=d["camera"], onnx_opset=int(d["onnx_opset"]), unsupported=dict(d.get("unsupported", {})),
+            tensorrt=dict(d.get("tensorrt", {})), gstreamer=dict(d.get("gstreamer", {})),
+        )  # fmt: skip
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"device profile {source} is invalid: {exc}") from exc
+    if profile.default_precision not in profile.precisions or any(p not in PRECISIONS for p in profile.precisions):
+        raise ConfigError(f"device profile {source}: precisions {profile.precisions} / default {profile.default_precision}")
+    return profile
+
+
+def load_profiles() -> dict[str, DeviceProfile]:
+    folder = resources.files("alnett_edge.devices") / "profiles"
+    profiles = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            p = _parse(entry.read_text(), entry.name)
+            profiles[p.name] = p
+    return profiles
+
+
+def resolve_target(target: str) -> tuple[DeviceProfile, str | None]:
+    """The profile for ``target`` and, when an alias was resolved, a sentence saying which."""
+    profiles = load_profiles()
+    key = target.strip().lower()
+    if key in profiles:
+        return profiles[key], None
+    if key in ALIASES:
+        p = profiles[ALIASES[key]]
+        return p, f"--target {target} means {p.name} ({p.description}); name another profile to change it"
+    raise ConfigError(f"unknown target {target!r}; devices: {', '.join(profiles)} (aliases: {', '.join(ALIASES)})")
