@@ -46,3 +46,23 @@ def trained(easy_cells: Path, tmp_path_factory: pytest.TempPathFactory):
     cfg = TrainConfig(data=str(easy_cells), out=str(out), variant="alnett-tiny", epochs=12, patience=12, batch_size=32,
                       lr=5e-3, workers=0, seed=0)
     return cfg, train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def qat_runs(trained, tmp_path_factory):
+    """One-epoch QAT of ``trained`` in both schemes (reports with the checkpoint paths)."""
+    from alnett_edge.compress.qat import qat_checkpoint
+
+    cfg, result = trained
+    out = tmp_path_factory.mktemp("qat")
+    return {s: qat_checkpoint(result.best, cfg.data, out, s, epochs=1) for s in ("symmetric", "asymmetric")}
+
+
+@pytest.fixture(scope="session")
+def qat_sym(qat_runs):
+    return qat_runs["symmetric"]["qat"]
+
+
+@pytest.fixture(scope="session")
+def qat_asym(qat_runs):
+    return qat_runs["asymmetric"]["qat"]

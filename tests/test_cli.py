@@ -133,3 +133,23 @@ def test_devices_and_trt_lint_commands(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     res = run("trt-lint", tmp_path / "junk.onnx")
     assert res.exit_code == 2 and "not a readable ONNX model" in res.output
+
+
+def test_export_command_and_its_errors(trained, tmp_path):
+    cfg, result = trained
+    res = run("export", result.best, "--target", "x86", "--out", tmp_path / "b", "--precision", "fp32")
+    assert res.exit_code == 0, res.output
+    assert "model.fp32.onnx" in res.output and "pass" in res.output and (tmp_path / "b" / "manifest.json").is_file()
+    (tmp_path / "b" / "card.json").write_text("{}")
+    res = run("build-engine", tmp_path / "b")
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        "error: bundle file card.json does not match its sha256 in the manifest (tampered or truncated)"]
+    res = run("export", result.best, "--target", "jetson-nano", "--precision", "int8", "--out", tmp_path / "n")
+    assert res.exit_code == 2 and "jetson-nano cannot run int8" in res.output and len(res.output.strip().splitlines()) == 1
+    res = run("export", result.best, "--target", "pi-zero")
+    assert res.exit_code == 2 and "unknown target 'pi-zero'" in res.output
+    res = run("export", result.best, "--target", "jetson", "--precision", "fp16", "--out", tmp_path / "j")
+    assert res.exit_code == 0, res.output
+    assert "--target jetson means jetson-orin-nano" in res.output
+    res = run("build-engine", tmp_path / "j")
+    assert res.exit_code == 2 and "TensorRT is not installed" in res.output

@@ -9,7 +9,6 @@ from alnett_edge.compress.prune import PruneConfig, prune, prune_checkpoint
 from alnett_edge.compress.qat import (
     activation_zero_points,
     load_qat_checkpoint,
-    qat_checkpoint,
     weight_ranges,
 )
 from alnett_edge.errors import CompressionError, ConfigError
@@ -94,13 +93,6 @@ def test_prune_job_shrinks_exported_files_and_records_the_card(trained, tmp_path
     assert abs(a["accuracy"] - b["accuracy"]) < 0.2  # fine-tuned, not destroyed
     saved = json.loads((tmp_path / "prune_report.json").read_text())
     assert saved["after"]["macs"] == a["macs"]
-
-
-@pytest.fixture(scope="module")
-def qat_runs(trained, tmp_path_factory):
-    cfg, result = trained
-    out = tmp_path_factory.mktemp("qat")
-    return {s: qat_checkpoint(result.best, cfg.data, out, s, epochs=1) for s in ("symmetric", "asymmetric")}
 
 
 @pytest.fixture(scope="module")

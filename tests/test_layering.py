@@ -23,6 +23,10 @@ import numpy as np
 from alnett_edge.card import ModelCard, InputSpec
 from alnett_edge.data import preprocess, sources, splits, synth, augment, sheet
 from alnett_edge.train import metrics
+from alnett_edge.export import bundle, trt_lint, metadata
+from alnett_edge.calibrate import reader
+from alnett_edge import devices, files
+assert devices.resolve_target("rpi")[0].name == "rpi5"
 img = synth.synth_cell(np.random.default_rng(0), 1, 96, 0.3)
 x = preprocess.preprocess(augment.augment(img, np.random.default_rng(1)), InputSpec(size=(64, 64)))
 assert x.shape == (3, 64, 64)

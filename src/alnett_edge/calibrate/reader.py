@@ -77,7 +77,24 @@ class CalibrationSet:
 
 def load_calibration_set(root: str | Path, card: ModelCard, limit: int | None = MIN_IMAGES, seed: int = 0,
                          allow_any_size: bool = False) -> CalibrationSet:
-    samples = calibration_files(root)
+    return calibration_set_from_samples(calibration_files(root), card, limit, seed, allow_any_size)
+
+
+def training_calibration_set(card: ModelCard, limit: int = MIN_IMAGES) -> CalibrationSet:
+    """Calibration images from the training side of the split the model was trained with."""
+    from alnett_edge.data.splits import make_split
+
+    data = card.training.get("data")
+    if not data:
+        raise DataError("the model card records no training data; pass calibration images")
+    cfg = card.training.get("config", {})
+    samples = load_samples(data, cfg.get("layout", "auto"), cfg.get("labels_csv"))
+    split = make_split(samples, cfg.get("val_fraction", 0.2), cfg.get("seed", 0), cfg.get("val_fold"))
+    return calibration_set_from_samples(split.train, card, limit)
+
+
+def calibration_set_from_samples(samples: list[Sample], card: ModelCard, limit: int | None = MIN_IMAGES,
+                                 seed: int = 0, allow_any_size: bool = False) -> CalibrationSet:
     if limit is not None and len(samples) > limit:
         idx = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
         samples = [samples[i] for i in sorted(idx)]

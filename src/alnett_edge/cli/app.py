@@ -81,7 +81,7 @@ def _root(
 
 
 def _register() -> None:
-    from alnett_edge.cli import compress, data, demo, devices, evaluate, model, train
+    from alnett_edge.cli import compress, data, demo, devices, evaluate, export, model, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
@@ -89,6 +89,7 @@ def _register() -> None:
     evaluate.register(app)
     compress.register(app)
     devices.register(app)
+    export.register(app)
     demo.register(app)
 
 

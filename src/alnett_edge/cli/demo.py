@@ -40,4 +40,8 @@ def register(app: typer.Typer) -> None:
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.info.items())
             table.add_row(r.name, f"{r.seconds:.1f}", shown)
         console.print(table)
+        from alnett_edge.cli.export import gate_table
+
+        for target, manifest in ctx.artifacts.get("manifests", {}).items():
+            console.print(gate_table(manifest), f"bundle {target}: {manifest['bundle']}")
         console.print(f"files: {out.resolve()}")

@@ -146,8 +146,10 @@ def save_qat_checkpoint(path: str | Path, prepared: torch.fx.GraphModule, card: 
     return path
 
 
-def load_qat_checkpoint(path: str | Path) -> tuple[torch.fx.GraphModule, ModelCard]:
-    """Rebuild the prepared graph from the card, load its state and convert to the int8 model."""
+def load_qat_prepared(path: str | Path) -> tuple[torch.fx.GraphModule, ModelCard]:
+    """The prepared (fake-quant) graph of a QAT checkpoint, rebuilt from its card, in eval mode."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
     card = read_card(path)
     q = card.quantization
     if q.get("format") != QAT_FORMAT:
@@ -159,7 +161,36 @@ def load_qat_checkpoint(path: str | Path) -> tuple[torch.fx.GraphModule, ModelCa
         prepared.load_state_dict(state, strict=True)
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: QAT state does not match its card ({str(exc).splitlines()[0]})") from exc
+    move_exported_model_to_eval(prepared)
+    return prepared, card
+
+
+def load_qat_checkpoint(path: str | Path) -> tuple[torch.fx.GraphModule, ModelCard]:
+    """Rebuild the prepared graph from the card, load its state and convert to the int8 model."""
+    prepared, card = load_qat_prepared(path)
     return convert(prepared), card
+
+
+def to_litert_int8(path: str | Path, sample: torch.Tensor) -> tuple[Any, ModelCard]:
+    """A litert-torch edge model (fully int8 .tflite when exported) from an asymmetric QAT checkpoint.
+
+    litert-torch lowers torchao's *unfolded* quantize/dequantize pairs (``fold_quantize=False``) with
+    its own quantizer passed as ``quant_config``; a folded graph fails in its converter
+    ("'stablehlo.uniform_dequantize' op operand #0 must be ... quantized").
+    """
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    from alnett_edge.compress._litert_compat import quiet_native_stderr
+
+    prepared, card = load_qat_prepared(path)
+    scheme = card.quantization.get("scheme")
+    converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
+    with quiet_native_stderr():
+        import litert_torch
+
+        edge = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer_for(scheme)))
+    return edge, card
 
 
 def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, scheme: str = "symmetric",

@@ -6,7 +6,6 @@ optimiser state used by ``--resume`` is read with ``torch.load(weights_only=True
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -93,14 +92,6 @@ def load_checkpoint(path: str | Path) -> tuple[ALNett, ModelCard]:
         raise CheckpointError(f"{path}: weights do not match the model card ({first})") from exc
     model.eval()
     return model, card
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_training_state(path: str | Path) -> dict:

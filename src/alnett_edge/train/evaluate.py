@@ -12,7 +12,8 @@ from alnett_edge.data.dataset import CellDataset
 from alnett_edge.data.sources import class_counts, load_samples
 from alnett_edge.data.splits import make_split
 from alnett_edge.errors import ConfigError
-from alnett_edge.model.checkpoint import file_sha256, load_checkpoint
+from alnett_edge.files import sha256_file
+from alnett_edge.model.checkpoint import load_checkpoint
 from alnett_edge.train.loop import pick_device, evaluate_dataset
 from alnett_edge.train.plots import plot_confusion, plot_roc
 
@@ -43,7 +44,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": str(checkpoint),
-        "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
         "variant": card.variant,
         "data": str(data),
         "split": split,

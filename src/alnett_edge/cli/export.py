@@ -1,0 +1,61 @@
+"""``alnett-edge export`` and ``alnett-edge build-engine``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def gate_table(manifest: dict) -> Table:
+    table = Table(title=f"accuracy gate vs fp32 on {manifest['gate_set']['source']} ({manifest['gate_set']['n']} images)")
+    for col in ("artifact", "precision", "size", "accuracy", "Δacc pts", "ΔF1 pts", "agreement", "ms b1 here", "gate"):
+        table.add_column(col, justify="left" if col in ("artifact", "precision", "gate") else "right")
+    rows = [(a, "") for a in manifest["artifacts"]] + [(a, "rejected: ") for a in manifest.get("rejected_by_gate", [])]
+    for a, tag in rows:
+        g = a["gate"]
+        if g.get("passed") is None:
+            table.add_row(a["file"], a["precision"], f"{a['bytes']:,}", "", "", "", "", "", "not run here")
+            continue
+        table.add_row(a["file"], a["precision"], f"{a['bytes']:,}", f"{g['metrics']['accuracy']:.4f}",
+                      f"{g['drop_points']['accuracy']:+.2f}", f"{g['drop_points']['f1']:+.2f}", f"{g['agreement']:.2%}",
+                      f"{a.get('latency_b1_ms_here', 0):.3f}", tag + ("pass" if g["passed"] else "FAIL"))
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export(
+        checkpoint: Path = typer.Argument(..., help="fp32 (optionally pruned) .safetensors checkpoint."),
+        target: str = typer.Option(..., "--target", "-t", help="Device profile or alias (see `alnett-edge devices`)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Bundle folder (default runs/export/<profile>)."),
+        precision: str = typer.Option("default", help="default (the profile's), auto, fp32, fp16 or int8."),
+        qat: Path = typer.Option(None, help="QAT checkpoint for int8 (symmetric for TensorRT, asymmetric for TFLite)."),
+        calib_images: Path = typer.Option(None, help="Images for ONNX int8 calibration (default: training split)."),
+        gate_images: Path = typer.Option(None, help="Labelled gate set (default: the validation split)."),
+        allow_drop: float = typer.Option(1.0, help="Largest accepted drop, in points, of any gate metric."),
+        min_agreement: float = typer.Option(0.99, help="Smallest accepted top-1 agreement with fp32."),
+        archive: bool = typer.Option(False, "--archive", help="Also write <bundle>.tar.gz."),
+    ) -> None:
+        """Export a gated bundle (model files, card, manifest, golden inputs) for a device."""
+        from alnett_edge.export.exporter import export_bundle
+
+        manifest = export_bundle(checkpoint, target, out, precision, qat, calib_images, gate_images, allow_drop, archive,
+                                 min_agreement)
+        Console().print(gate_table(manifest))
+        typer.echo(f"bundle: {manifest['bundle']} (selected artifact: {manifest['selected']})")
+        if "archive" in manifest:
+            typer.echo(f"archive: {manifest['archive']}")
+
+    @app.command("build-engine")
+    def build_engine(
+        bundle: Path = typer.Argument(..., help="A bundle exported for a Jetson target."),
+        workspace_mb: int = typer.Option(None, help="Override the profile's TensorRT workspace."),
+        max_batch: int = typer.Option(None, help="Override the optimisation profile's largest batch."),
+    ) -> None:
+        """Build (or reuse) the TensorRT engine for this GPU from a bundle — run it on the Jetson."""
+        from alnett_edge.export.tensorrt_engine import build_engine as run
+
+        typer.echo(f"engine: {run(bundle, workspace_mb, max_batch)}")

@@ -1,0 +1,131 @@
+"""Export bundles: a directory (optionally a .tar.gz) a device can run and trust. Torch-free.
+
+    card.json        the preprocessing contract, labels, input spec
+    manifest.json    sha256 of every file, source checkpoint sha256, versions, options, target profile,
+                     artifacts with their gate results, status
+    model.*          the artifacts
+    golden/          inputs.npy (preprocessed gate images) + <artifact>.probs.npy (host outputs)
+
+Loading verifies every hash; a tampered, truncated or missing file is a one-line error. Archive
+extraction refuses absolute paths, ``..`` and links.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alnett_edge.card import ModelCard
+from alnett_edge.errors import AlnettError
+from alnett_edge.files import sha256_file
+
+BUNDLE_FORMAT = "alnett-edge-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+CARD = "card.json"
+
+
+class BundleError(AlnettError):
+    """A bundle that is missing, tampered with, truncated or failed."""
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, **manifest, "files": file_hashes(root)}
+    path = root / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+    card: ModelCard
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return list(self.manifest.get("artifacts", []))
+
+    def artifact_path(self, artifact: dict[str, Any]) -> Path:
+        return self.root / artifact["file"]
+
+
+def load_bundle(path: str | Path, allow_failed: bool = False) -> Bundle:
+    """Open a bundle directory or .tar.gz (extracted beside it) and verify every file's sha256."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        path = extract_archive(path, path.with_name(path.name.split(".tar")[0].removesuffix(".tgz")))
+    if not (path / MANIFEST).is_file():
+        raise BundleError(f"{path} is not an alnett-edge bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path / MANIFEST} is not valid JSON ({exc})") from exc
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not an alnett-edge bundle (format {manifest.get('format')!r})")
+    for rel, expected in manifest.get("files", {}).items():
+        f = path / rel
+        if not f.is_file():
+            raise BundleError(f"bundle file missing: {rel}")
+        if sha256_file(f) != expected:
+            raise BundleError(f"bundle file {rel} does not match its sha256 in the manifest (tampered or truncated)")
+    if manifest.get("status") != "ok" and not allow_failed:
+        raise BundleError(f"{path} failed its accuracy gate at export; it must not be deployed")
+    return Bundle(path, manifest, ModelCard.from_json((path / CARD).read_text()))
+
+
+def make_archive(root: Path) -> Path:
+    archive = root.with_name(root.name + ".tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                tar.add(p, arcname=f"{root.name}/{p.relative_to(root).as_posix()}")
+    return archive
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract a bundle archive safely: regular files and folders only, all inside ``dest``."""
+    try:
+        tar = tarfile.open(archive, "r:gz")
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{archive} is not a readable .tar.gz ({exc})") from exc
+    with tar:
+        members = tar.getmembers()
+        for m in members:
+            name = m.name
+            if name.startswith("/") or ".." in Path(name).parts:
+                raise BundleError(f"{archive}: refusing unsafe path {name!r}")
+            if not (m.isfile() or m.isdir()):
+                raise BundleError(f"{archive}: refusing link or special file {name!r}")
+        tops = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
+        if len(tops) != 1:
+            raise BundleError(f"{archive}: expected one top-level bundle folder, found {sorted(tops)}")
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging = dest.with_name(dest.name + ".extracting")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        for m in members:
+            target = staging / m.name
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(m)
+            if src is None:
+                raise BundleError(f"{archive}: cannot read {m.name!r}")
+            with src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+        (staging / tops.pop()).rename(dest)
+        shutil.rmtree(staging)
+    return dest

@@ -1,0 +1,192 @@
+"""``alnett-edge export``: checkpoint -> a gated bundle for a device profile.
+
+For each format the profile runs (primary first) the chosen precision is built (a secondary format
+that lacks it gets fp32), every artifact that runs here is gated against the fp32 PyTorch model,
+golden inputs and host outputs are stored for the on-device parity check, and the manifest is written.
+The bundle is assembled in ``<out>.partial`` and renamed to ``<out>`` only when every gated artifact
+passed; otherwise it becomes ``<out>.failed`` (status "failed") and export exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alnett_edge import __version__
+from alnett_edge.devices import DeviceProfile, resolve_target
+from alnett_edge.errors import AlnettError, ConfigError
+from alnett_edge.export.bundle import CARD, make_archive, sha256_file, write_manifest
+from alnett_edge.export.formats import ExportJob, get_format
+from alnett_edge.export.gate import (
+    DEFAULT_ALLOW_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    gate_result,
+    load_gate_set,
+    predict_batched,
+)
+from alnett_edge.model.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+GOLDEN_IMAGES = 8
+_LIBS = ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert", "torchao", "numpy", "opencv-python-headless")
+
+
+class GateFailed(AlnettError):
+    """At least one artifact failed the accuracy gate."""
+
+
+def host_is(profile: DeviceProfile) -> bool:
+    machine = platform.machine().lower()
+    return (profile.family == "x86" and machine in ("x86_64", "amd64")) or (profile.family == "rpi" and machine == "aarch64")
+
+
+def _versions() -> dict[str, str]:
+    out = {"alnett-edge": __version__, "python": platform.python_version()}
+    for lib in _LIBS:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _latency_ms(predict: Any, x: np.ndarray, runs: int = 30) -> float:
+    for _ in range(3):
+        predict(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        predict(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def precisions_to_build(profile: DeviceProfile, precision: str) -> list[str]:
+    if precision == "default":
+        return [profile.default_precision]
+    if precision == "auto":
+        return list(profile.precisions) if host_is(profile) else [profile.default_precision]
+    profile.check_precision(precision)
+    return [precision]
+
+
+def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = None, precision: str = "default",
+                  qat: str | Path | None = None, calib_images: str | Path | None = None,
+                  gate_images: str | Path | None = None, allow_drop: float = DEFAULT_ALLOW_DROP,
+                  archive: bool = False, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> dict[str, Any]:
+    profile, alias_note = resolve_target(target)
+    if alias_note:
+        log.warning(alias_note)
+    wanted = precisions_to_build(profile, precision)
+    model, card = load_checkpoint(checkpoint)
+    model.eval()
+    if qat:
+        from alnett_edge.model.checkpoint import read_card
+
+        qcard = read_card(qat)
+        if qcard.arch != card.arch or qcard.input != card.input:
+            raise ConfigError(f"{qat} was not made from {checkpoint} (architecture or input differ); "
+                              "pass the fp32 checkpoint the QAT run started from")
+    out = Path(out) if out else Path("runs") / "export" / profile.name
+    staging = out.with_name(out.name + ".partial")
+    failed_dir = out.with_name(out.name + ".failed")
+    for d in (staging, failed_dir):
+        if d.exists():
+            shutil.rmtree(d)
+    (staging / "golden").mkdir(parents=True)
+
+    gate = load_gate_set(card, gate_images)
+    with torch.inference_mode():
+        ref = torch.softmax(model(torch.from_numpy(gate.inputs)), dim=1).numpy()
+    golden = gate.inputs[:GOLDEN_IMAGES]
+    np.save(staging / "golden" / "inputs.npy", golden)
+    np.save(staging / "golden" / "fp32_reference.probs.npy", ref[:GOLDEN_IMAGES])
+
+    job = ExportJob(model, card, staging, Path(qat) if qat else None, Path(calib_images) if calib_images else None, profile)
+    artifacts: list[dict[str, Any]] = []
+    built: set[tuple[str, str]] = set()
+    try:
+        for rank, fmt_name in enumerate(profile.formats):
+            fmt = get_format(fmt_name)
+            for p in wanted:
+                # the preferred runtime's format gets the asked precision; fallback runtimes get fp32
+                prec = p if rank == 0 and p in fmt.precisions else "fp32"
+                if (fmt_name, prec) in built:
+                    continue
+                built.add((fmt_name, prec))
+                art = fmt.build(job, prec)
+                entry = art.to_dict()
+                predict = fmt.predictor(staging / art.file, art)
+                if predict is None:
+                    entry["gate"] = {"passed": None, "reason": "this format cannot run on this machine"}
+                else:
+                    probs = predict_batched(predict, gate.inputs)
+                    entry["gate"] = gate_result(ref[:, 1], probs[:, 1], gate.labels, allow_drop, min_agreement)
+                    entry["latency_b1_ms_here"] = round(_latency_ms(predict, gate.inputs[:1]), 4)
+                    np.save(staging / "golden" / f"{art.file}.probs.npy", predict(golden))
+                entry["bytes"] = (staging / art.file).stat().st_size
+                artifacts.append(entry)
+                log.info("built %s (%s): gate %s", art.file, prec, entry["gate"].get("passed"))
+    except AlnettError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as exc:  # converters raise many types; never leave a half-written bundle
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConfigError(f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+    rejected: list[dict[str, Any]] = []
+    if precision == "auto":
+        # auto tries every precision: a candidate that fails the gate is left out, not fatal
+        for a in [a for a in artifacts if a["gate"].get("passed") is False]:
+            artifacts.remove(a)
+            rejected.append(a)
+            (staging / a["file"]).unlink()
+            (staging / "golden" / f"{a['file']}.probs.npy").unlink(missing_ok=True)
+    passed = [a for a in artifacts if a["gate"].get("passed")]
+    failed = [a for a in artifacts if a["gate"].get("passed") is False]
+    if not artifacts:
+        failed = rejected
+    selected = None
+    if precision == "auto" and host_is(profile) and passed:
+        selected = min(passed, key=lambda a: a["latency_b1_ms_here"])["file"]
+    elif artifacts:
+        primary = [a for a in artifacts if a["format"] == profile.formats[0] and a["precision"] in wanted]
+        selected = (primary or artifacts)[0]["file"]
+    (staging / CARD).write_text(card.to_json())
+    manifest = {
+        "status": "failed" if failed else "ok",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "toolkit": _versions(),
+        "source_checkpoint": {"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)},
+        "options": {"target": target, "precision": precision, "qat": str(qat) if qat else None,
+                    "calib_images": str(calib_images) if calib_images else None, "allow_drop": allow_drop,
+                    "min_agreement": min_agreement},
+        "target": profile.to_dict(),
+        "gate_set": {"source": gate.source, "n": int(len(gate.labels))},
+        "artifacts": artifacts,
+        "rejected_by_gate": rejected,
+        "selected": selected,
+        "golden": {"inputs": "golden/inputs.npy", "count": int(len(golden))},
+        "notes": ([alias_note] if alias_note else []) + job.notes,
+    }  # fmt: skip
+    write_manifest(staging, manifest)
+    if failed:
+        staging.rename(failed_dir)
+        msgs = "; ".join(f"{a['file']}: {', '.join(a['gate']['failures'])}" for a in failed)
+        raise GateFailed(f"accuracy gate failed ({msgs}); bundle marked failed at {failed_dir} (--allow-drop / --min-agreement to accept)")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    manifest["bundle"] = str(out)
+    if archive:
+        manifest["archive"] = str(make_archive(out))
+    return manifest

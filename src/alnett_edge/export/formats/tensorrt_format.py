@@ -1,0 +1,51 @@
+"""TensorRT: the bundle carries the ONNX (fp32 for fp16/fp32 engines, symmetric int8 QDQ for int8)
+and a build config; the engine is built on the Jetson (``alnett-edge build-engine``) because engines
+do not move between GPUs or TensorRT versions. The ONNX is linted for TensorRT here and gated with
+ONNX Runtime, which runs the same graph."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alnett_edge.errors import ConfigError
+from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, Predictor, register
+from alnett_edge.export.formats.onnx_format import int8_onnx, ort_predictor
+from alnett_edge.export.onnx import ExportError, export_onnx
+from alnett_edge.export.trt_lint import lint_tensorrt
+
+BUILD_CONFIG = "tensorrt.json"
+
+
+@register
+class TensorRTFormat(ExportFormat):
+    name = "tensorrt"
+    precisions = ("fp32", "fp16", "int8")
+    runtime = "tensorrt"
+
+    def build(self, job: ExportJob, precision: str) -> Artifact:
+        if precision not in self.precisions:
+            raise ConfigError(f"TensorRT export has no precision {precision!r}")
+        dest = job.out / f"model.trt-{precision}.onnx"
+        extra: dict[str, object] = {}
+        if precision == "int8":
+            _, extra = int8_onnx(job, dest, "symmetric")
+        else:
+            export_onnx(job.model, job.card, dest)
+        profile = job.profile
+        lint = lint_tensorrt(dest, getattr(profile, "onnx_opset", None))
+        if not lint.ok:
+            raise ExportError(f"{dest.name}: {lint.summary()}")
+        max_batch = getattr(profile, "max_batch", 16)
+        config = {
+            "onnx": dest.name, "precision": precision,
+            "workspace_mb": (getattr(profile, "tensorrt", {}) or {}).get("workspace_mb", 1024),
+            "batch": {"min": 1, "opt": min(8, max_batch), "max": max_batch},
+            "input": {"name": "input", "shape": [3, *job.card.input.size]},
+        }  # fmt: skip
+        (job.out / BUILD_CONFIG).write_text(json.dumps(config, indent=2))
+        extra.update(build_config=BUILD_CONFIG, lint=lint.summary(), engine="built on the device: alnett-edge build-engine")
+        return Artifact(dest.name, self.name, precision, self.runtime, extra=extra)
+
+    def predictor(self, path: Path, artifact: Artifact) -> Predictor | None:
+        return ort_predictor(path)  # the same graph TensorRT compiles; the engine is verified on the device

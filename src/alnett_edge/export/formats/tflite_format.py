@@ -1,0 +1,116 @@
+"""TFLite (LiteRT) through litert-torch, no TensorFlow: fp32, and full int8 (int8 input and output,
+XNNPACK-delegated) from an asymmetric QAT checkpoint. Input stays NCHW (one TRANSPOSE inside), batch
+dynamic (converted with a batch-2 sample: batch 1 would be specialised). Run with ai-edge-litert."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from alnett_edge.errors import ConfigError
+from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, Predictor, register, softmax
+from alnett_edge.export.onnx import ExportError
+
+
+def _sample(job: ExportJob):  # noqa: ANN202
+    import torch
+
+    return torch.randn(2, 3, *job.card.input.size)
+
+
+@register
+class TFLiteFormat(ExportFormat):
+    name = "tflite"
+    precisions = ("fp32", "int8")
+    runtime = "litert"
+
+    def build(self, job: ExportJob, precision: str) -> Artifact:
+        dest = job.out / f"model.{precision}.tflite"
+        extra: dict[str, object] = {}
+        chatter = io.StringIO()  # litert-torch prints its conversion progress
+        from alnett_edge.compress._litert_compat import quiet_native_stderr
+
+        with contextlib.redirect_stdout(chatter), quiet_native_stderr():
+            edge = self._convert(job, precision, extra)
+            edge.export(str(dest))
+        dtype, quant = _input_spec(dest)
+        extra["input_quantization"] = quant
+        return Artifact(dest.name, self.name, precision, self.runtime, input_dtype=dtype, extra=extra)
+
+    def _convert(self, job: ExportJob, precision: str, extra: dict[str, object]):  # noqa: ANN202
+        from alnett_edge.compress._litert_compat import quiet_native_stderr
+
+        try:
+            if precision == "fp32":
+                with quiet_native_stderr():
+                    import litert_torch
+
+                    edge = litert_torch.convert(job.model.eval(), (_sample(job),))
+            elif precision == "int8":
+                if job.qat_checkpoint is None:
+                    raise ConfigError("TFLite int8 needs an asymmetric QAT checkpoint (alnett-edge qat --scheme "
+                                      "asymmetric, then --qat); or export --precision fp32")
+                from alnett_edge.compress.qat import to_litert_int8
+                from alnett_edge.model.checkpoint import read_card
+
+                scheme = read_card(job.qat_checkpoint).quantization.get("scheme")
+                if scheme != "asymmetric":
+                    raise ConfigError(f"TFLite int8 needs an asymmetric QAT checkpoint (LiteRT/XNNPACK), got {scheme}")
+                edge, _ = to_litert_int8(job.qat_checkpoint, _sample(job))
+                extra.update(source="qat", scheme=scheme)
+            else:
+                raise ConfigError(f"TFLite export has no precision {precision!r}")
+        except ImportError as exc:
+            raise ExportError("TFLite export needs litert-torch: pip install 'alnett-edge[tflite]'") from exc
+        return edge
+
+    def predictor(self, path: Path, artifact: Artifact) -> Predictor | None:
+        try:
+            interp_cls = _interpreter_class()
+        except ImportError:
+            return None
+        from alnett_edge.compress._litert_compat import quiet_native_stderr
+
+        with quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interp = interp_cls(model_path=str(path), num_threads=2)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+            if list(inp["shape"]) != list(x.shape):
+                interp.resize_tensor_input(inp["index"], list(x.shape))
+                interp.allocate_tensors()
+                inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+            feed = x.astype(np.float32)
+            if inp["dtype"] == np.int8:
+                scale, zp = inp["quantization"]
+                feed = np.clip(np.round(feed / scale + zp), -128, 127).astype(np.int8)
+            interp.set_tensor(inp["index"], feed)
+            interp.invoke()
+            y = interp.get_tensor(out["index"]).astype(np.float32)
+            if out["dtype"] == np.int8:
+                scale, zp = out["quantization"]
+                y = (y - zp) * scale
+            return softmax(y)
+
+        return run
+
+
+def _interpreter_class():  # noqa: ANN202
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter  # old devices; needs numpy < 2
+    return Interpreter
+
+
+def _input_spec(path: Path) -> tuple[str, list[float] | None]:
+    from alnett_edge.compress._litert_compat import quiet_native_stderr
+
+    with quiet_native_stderr():
+        interp = _interpreter_class()(model_path=str(path))
+    d = interp.get_input_details()[0]
+    quant = list(d["quantization"]) if d["dtype"] == np.int8 else None
+    return np.dtype(d["dtype"]).name, quant

@@ -1,0 +1,118 @@
+"""``alnett-edge build-engine BUNDLE``: build the TensorRT engine on the device (TensorRT Python API).
+
+Engines do not move between GPUs or TensorRT versions, so the engine is built where it runs and
+cached under a key of TensorRT version + GPU name + compute capability + ONNX sha256; loading an
+engine whose key does not match this device is an error that says to rebuild. Parsing uses
+``OnnxParser``; fp16 sets ``BuilderFlag.FP16``; int8 is explicit quantization only (the ONNX carries
+symmetric Q/DQ, so ``BuilderFlag.INT8`` with no calibrator) with fp16 allowed for the rest; one
+optimisation profile covers batch min/opt/max; the workspace comes from the device profile; a timing
+cache beside the engine speeds up rebuilds. Without TensorRT (any non-Jetson host) every entry point
+fails with a one-line :class:`TensorRTUnavailable`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from alnett_edge.calibrate.tensorrt import TensorRTUnavailable, _cuda_runtime
+from alnett_edge.errors import AlnettError
+from alnett_edge.export.bundle import load_bundle, sha256_file
+from alnett_edge.export.formats.tensorrt_format import BUILD_CONFIG
+
+log = logging.getLogger(__name__)
+
+
+class EngineMismatch(AlnettError):
+    """An engine built for another GPU, TensorRT version or model."""
+
+
+def engine_key(trt_version: str, gpu_name: str, compute_capability: str, onnx_sha256: str) -> dict[str, str]:
+    key = {"tensorrt": trt_version, "gpu": gpu_name, "compute_capability": compute_capability, "onnx_sha256": onnx_sha256}
+    key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return key
+
+
+def check_engine_key(recorded: dict[str, str], current: dict[str, str]) -> None:
+    diffs = [f"{k}: engine {recorded.get(k)!r} vs here {current[k]!r}" for k in
+             ("tensorrt", "gpu", "compute_capability", "onnx_sha256") if recorded.get(k) != current[k]]
+    if diffs:
+        raise EngineMismatch("the TensorRT engine was built elsewhere (" + "; ".join(diffs) +
+                             "); rebuild it here with: alnett-edge build-engine BUNDLE")
+
+
+def _trt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "TensorRT is not installed here; build engines on the Jetson (JetPack provides python3-libnvinfer)"
+        ) from exc
+    return trt
+
+
+def _gpu() -> tuple[str, str]:
+    cudart = _cuda_runtime()
+    err, props = cudart.cudaGetDeviceProperties(0)
+    if int(err) != 0:
+        raise TensorRTUnavailable(f"no CUDA device ({err})")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name, f"{props.major}.{props.minor}"
+
+
+def current_key(onnx_path: Path) -> dict[str, str]:
+    trt = _trt()
+    name, cc = _gpu()
+    return engine_key(trt.__version__, name, cc, sha256_file(onnx_path))
+
+
+def build_engine(bundle_path: str | Path, workspace_mb: int | None = None, max_batch: int | None = None) -> Path:
+    bundle = load_bundle(bundle_path)  # a tampered bundle is refused before anything else
+    trt = _trt()
+    cfg_path = bundle.root / BUILD_CONFIG
+    if not cfg_path.is_file():
+        raise AlnettError(f"{bundle.root} has no {BUILD_CONFIG}: export it for a Jetson target")
+    cfg = json.loads(cfg_path.read_text())
+    onnx_path = bundle.root / cfg["onnx"]
+    key = current_key(onnx_path)
+    engine_dir = bundle.root / "engines"
+    engine_path = engine_dir / f"model.{key['id']}.engine"
+    if engine_path.is_file():
+        log.info("engine cache hit: %s", engine_path)
+        return engine_path
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise AlnettError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, (workspace_mb or cfg["workspace_mb"]) << 20)
+    if cfg["precision"] in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if cfg["precision"] == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the Q/DQ nodes
+    b = cfg["batch"]
+    top = max_batch or b["max"]
+    shape = cfg["input"]["shape"]
+    profile = builder.create_optimization_profile()
+    profile.set_shape(cfg["input"]["name"], (1, *shape), (min(b["opt"], top), *shape), (top, *shape))
+    config.add_optimization_profile(profile)
+    engine_dir.mkdir(exist_ok=True)
+    cache_file = engine_dir / "timing.cache"
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise AlnettError("TensorRT failed to build the engine (see the TensorRT log above)")
+    engine_path.write_bytes(bytes(serialized))
+    cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+    (engine_dir / f"model.{key['id']}.json").write_text(json.dumps({**key, "precision": cfg["precision"],
+                                                                     "max_batch": top}, indent=2))
+    return engine_path
