@@ -8,25 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
+from alnett_edge.bench.latency import median_ms
 from alnett_edge.export.bundle import load_bundle
 from alnett_edge.export.exporter import GateFailed, export_bundle
 from alnett_edge.export.formats import get_format
 
 
 def p50_ms(predict, x: np.ndarray, runs: int = 50) -> float:
-    for _ in range(5):
-        predict(x)
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        predict(x)
-        t.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(t))
+    return median_ms(lambda: predict(x), runs, warmup=5)
 
 
 def main() -> None:

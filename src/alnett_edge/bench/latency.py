@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,22 @@ def summarize(samples_ms: list[float] | np.ndarray, batch: int, threads: int) ->
                    float(p90), float(p99), float(a.max()))
 
 
+def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
+    """Milliseconds per call of ``fn`` over ``runs`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def median_ms(fn: Callable[[], object], runs: int = 30, warmup: int = 3) -> float:
+    return float(np.median(time_calls(fn, runs, warmup)))
+
+
 def ort_session(path: str | Path, threads: int = 0):  # noqa: ANN201 - onnxruntime type
     import onnxruntime as ort
 
@@ -53,11 +70,5 @@ def ort_latency(path: str | Path, batch: int = 1, runs: int = 200, warmup: int =
     shape = [batch if not isinstance(d, int) else d for d in inp.shape]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     feed = {inp.name: x}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = time_calls(lambda: sess.run(None, feed), runs, warmup)
     return summarize(times, batch, threads or (os.cpu_count() or 1))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from alnett_edge import __version__
+from alnett_edge.bench.latency import median_ms
 from alnett_edge.devices import DeviceProfile, resolve_target
 from alnett_edge.errors import AlnettError, ConfigError
 from alnett_edge.export.bundle import CARD, make_archive, sha256_file, write_manifest
@@ -57,17 +58,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def _latency_ms(predict: Any, x: np.ndarray, runs: int = 30) -> float:
-    for _ in range(3):
-        predict(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        predict(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
 
 
 def precisions_to_build(profile: DeviceProfile, precision: str) -> list[str]:
@@ -131,7 +121,8 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
                 else:
                     probs = predict_batched(predict, gate.inputs)
                     entry["gate"] = gate_result(ref[:, 1], probs[:, 1], gate.labels, allow_drop, min_agreement)
-                    entry["latency_b1_ms_here"] = round(_latency_ms(predict, gate.inputs[:1]), 4)
+                    x1 = gate.inputs[:1]
+                    entry["latency_b1_ms_here"] = round(median_ms(lambda p=predict, x=x1: p(x)), 4)
                     np.save(staging / "golden" / f"{art.file}.probs.npy", predict(golden))
                 entry["bytes"] = (staging / art.file).stat().st_size
                 artifacts.append(entry)
