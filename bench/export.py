@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from alnett_edge.bench.latency import median_ms
-from alnett_edge.export.bundle import load_bundle
+from alnett_edge.bundle import load_bundle
 from alnett_edge.export.exporter import GateFailed, export_bundle
 from alnett_edge.export.formats import get_format
 
@@ -46,7 +46,7 @@ def main() -> None:
                    "acc_drop_pts": a["gate"].get("drop_points", {}).get("accuracy")}
             path = bundle.root / a["file"]
             if path.exists():
-                pred = get_format(a["format"]).predictor(path, None)
+                pred = get_format(a["format"]).predictor(path, None, bundle.card)
                 if pred is not None:
                     row["b1_ms"], row["b8_ms"] = round(p50_ms(pred, x1), 3), round(p50_ms(pred, x8), 3)
             rows.append(row)

@@ -66,3 +66,14 @@ def qat_sym(qat_runs):
 @pytest.fixture(scope="session")
 def qat_asym(qat_runs):
     return qat_runs["asymmetric"]["qat"]
+
+
+@pytest.fixture(scope="session")
+def rpi_bundle(trained, qat_asym, tmp_path_factory):
+    """``trained`` exported for rpi5 from the asymmetric QAT checkpoint: int8 .tflite (selected) plus
+    the fp32 ONNX fallback; gated leniently (alnett-tiny on 64 px is not an int8-friendly model)."""
+    from alnett_edge.export.exporter import export_bundle
+
+    _, result = trained
+    out = tmp_path_factory.mktemp("rpi") / "rpi8"
+    return export_bundle(result.best, "rpi", out, qat=qat_asym, allow_drop=10.0, min_agreement=0.9)

@@ -8,12 +8,13 @@ import pytest
 
 from alnett_edge.devices import UnsupportedOnDevice
 from alnett_edge.errors import ConfigError
-from alnett_edge.export.bundle import BundleError, extract_archive, load_bundle
+from alnett_edge.bundle import BundleError, extract_archive, load_bundle
 from alnett_edge.export.exporter import GateFailed, export_bundle
 from alnett_edge.export.formats import FORMATS, get_format
-from alnett_edge.export.tensorrt_engine import EngineMismatch, build_engine, check_engine_key, engine_key
+from alnett_edge.export.tensorrt_engine import build_engine
+from alnett_edge.runtime.tensorrt_backend import EngineMismatch, check_engine_key, engine_key
 from alnett_edge.export.trt_lint import lint_tensorrt
-from alnett_edge.calibrate.tensorrt import TensorRTUnavailable
+from alnett_edge.runtime.tensorrt_backend import TensorRTUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_x86_auto_bundle_gates_every_artifact_and_verifies(x86_bundle):
     probs = np.load(bundle.root / "golden" / "model.fp32.onnx.probs.npy")
     assert golden.shape[1:] == (3, 64, 64) and probs.shape == (len(golden), 2)
     # the stored host outputs are reproducible from the artifact itself
-    pred = get_format("onnx").predictor(bundle.root / "model.fp32.onnx", None)
+    pred = get_format("onnx").predictor(bundle.root / "model.fp32.onnx", None, bundle.card)
     assert np.allclose(pred(golden), probs, atol=1e-6)
     assert set(bundle.manifest["files"]) >= {"card.json", "model.fp32.onnx", "golden/inputs.npy"}
     assert bundle.manifest["source_checkpoint"]["sha256"] and bundle.manifest["toolkit"]["onnxruntime"]
@@ -105,14 +106,14 @@ def test_failing_gate_marks_the_bundle_failed(trained, tmp_path):
         load_bundle(tmp_path / "b.failed")
 
 
-def test_tflite_fp32_and_int8_from_qat(trained, qat_asym, tmp_path):
+def test_tflite_fp32_and_int8_from_qat(trained, rpi_bundle, tmp_path):
     _, result = trained
     m = export_bundle(result.best, "rpi5", tmp_path / "rpi", precision="fp32")
     a = {x["file"]: x for x in m["artifacts"]}
     assert a["model.fp32.tflite"]["gate"]["agreement"] == 1.0
     assert a["model.fp32.tflite"]["gate"]["drop_points"]["accuracy"] == 0.0
     # int8: a fully int8 .tflite from the asymmetric QAT checkpoint; gate it leniently (alnett-tiny)
-    m = export_bundle(result.best, "rpi", tmp_path / "rpi8", qat=qat_asym, allow_drop=10.0, min_agreement=0.9)
+    m = rpi_bundle
     assert [x["precision"] for x in m["artifacts"]] == ["int8", "fp32"]  # the ONNX fallback stays fp32
     t = {x["file"]: x for x in m["artifacts"]}["model.int8.tflite"]
     assert t["input_dtype"] == "int8" and t["extra"]["input_quantization"]
@@ -160,7 +161,7 @@ def test_onnx_fp16_runs_and_matches(trained, tmp_path):
     fmt = get_format("onnx")
     a32, a16 = fmt.build(job, "fp32"), fmt.build(job, "fp16")
     x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
-    p32 = fmt.predictor(tmp_path / a32.file, a32)(x)
-    p16 = fmt.predictor(tmp_path / a16.file, a16)(x)
+    p32 = fmt.predictor(tmp_path / a32.file, a32, card)(x)
+    p16 = fmt.predictor(tmp_path / a16.file, a16, card)(x)
     assert np.abs(p32 - p16).max() < 0.01
     assert (tmp_path / a16.file).stat().st_size < 0.7 * (tmp_path / a32.file).stat().st_size

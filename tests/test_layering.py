@@ -23,9 +23,12 @@ import numpy as np
 from alnett_edge.card import ModelCard, InputSpec
 from alnett_edge.data import preprocess, sources, splits, synth, augment, sheet
 from alnett_edge.train import metrics
-from alnett_edge.export import bundle, trt_lint, metadata
+from alnett_edge.export import trt_lint, metadata
 from alnett_edge.calibrate import reader
-from alnett_edge import devices, files
+from alnett_edge import bundle, devices, files
+from alnett_edge.runtime import base, loader, ort_backend, litert_backend, tensorrt_backend, predict, verify
+from alnett_edge.bench import latency, runner, system, worker
+from alnett_edge.cli import app
 assert devices.resolve_target("rpi")[0].name == "rpi5"
 img = synth.synth_cell(np.random.default_rng(0), 1, 96, 0.3)
 x = preprocess.preprocess(augment.augment(img, np.random.default_rng(1)), InputSpec(size=(64, 64)))
@@ -54,6 +57,11 @@ def test_nothing_outside_cli_imports_cli_and_bottom_layer_stays_at_the_bottom():
         imports = _imports(path)
         if rel.parts[0] != "cli" and rel.name != "__main__.py":
             assert not any(i.startswith("alnett_edge.cli") for i in imports), rel
+        if rel.parts[0] in ("runtime", "capture", "daemon", "bench"):  # the device side: no torch, no training layers
+            assert not any(i.split(".")[0] == "torch" for i in imports), rel
+            training = ("alnett_edge.model", "alnett_edge.train", "alnett_edge.compress", "alnett_edge.export")
+            torch_free = ("alnett_edge.train.metrics",)  # pure numpy, imported in the torch-blocked test above
+            assert not any(i.startswith(training) and i not in torch_free for i in imports), rel
         if rel.name in ("errors.py", "card.py"):
             assert not any(i.startswith("torch") for i in imports), rel
             assert all(i in ("alnett_edge.errors",) or not i.startswith("alnett_edge") for i in imports), rel

@@ -55,17 +55,10 @@ def median_ms(fn: Callable[[], object], runs: int = 30, warmup: int = 3) -> floa
     return float(np.median(time_calls(fn, runs, warmup)))
 
 
-def ort_session(path: str | Path, threads: int = 0):  # noqa: ANN201 - onnxruntime type
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def ort_latency(path: str | Path, batch: int = 1, runs: int = 200, warmup: int = 20, threads: int = 0) -> Latency:
-    sess = ort_session(path, threads)
+    from alnett_edge.runtime.ort_backend import open_session
+
+    sess = open_session(Path(path), threads)
     inp = sess.get_inputs()[0]
     shape = [batch if not isinstance(d, int) else d for d in inp.shape]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

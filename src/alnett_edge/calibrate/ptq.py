@@ -98,21 +98,14 @@ def onnx_zero_points(path: str | Path) -> list[int]:
     return zps
 
 
-def _ort_session(path: str | Path):  # noqa: ANN202
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    # Without this, AVX2 u8s8 kernels saturate and int8 logits drift by up to ~0.8 (measured here).
-    opts.add_session_config_entry("session.x64quantprecision", "1")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def evaluate_onnx(path: str | Path, inputs: np.ndarray, labels: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    sess = _ort_session(path)
+    from alnett_edge.runtime.base import softmax
+    from alnett_edge.runtime.ort_backend import open_session
+
+    sess = open_session(Path(path))
     name = sess.get_inputs()[0].name
     logits = np.concatenate([sess.run(None, {name: inputs[i : i + 32]})[0] for i in range(0, len(inputs), 32)])
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    prob_all = (e / e.sum(axis=1, keepdims=True))[:, 1]
+    prob_all = softmax(logits)[:, 1]
     return summary(binary_metrics(labels, prob_all)), prob_all
 
 

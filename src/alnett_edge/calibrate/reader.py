@@ -17,28 +17,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from alnett_edge.card import ModelCard
-from alnett_edge.data.preprocess import IMAGE_SUFFIXES, preprocess, to_rgb
+from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_cell_image, preprocess
 from alnett_edge.data.sources import Sample, detect_layout, load_samples, parse_cnmc_name
 from alnett_edge.errors import DataError
 
 log = logging.getLogger(__name__)
 
 MIN_IMAGES = 300
-
-
-def _decode_strict(path: Path) -> np.ndarray:
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise DataError(f"cannot decode calibration image {path}")
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    if channels != 3:
-        raise DataError(f"calibration image {path} has {channels} channel(s); RGB cell images (3 channels) are needed")
-    return to_rgb(img, str(path))
 
 
 def calibration_files(root: str | Path) -> list[Sample]:
@@ -101,13 +89,7 @@ def calibration_set_from_samples(samples: list[Sample], card: ModelCard, limit: 
     expected = card.training.get("source_size")
     inputs, files = [], []
     for s in samples:
-        img = _decode_strict(s.path)
-        size = f"{img.shape[0]}x{img.shape[1]}"
-        if expected and size != expected and not allow_any_size:
-            raise DataError(
-                f"calibration image {s.path} is {size} but the model was trained on {expected} cell images "
-                "(wrong folder? pass --any-size to calibrate on it anyway)"
-            )
+        img = load_cell_image(s.path, expected, allow_any_size, "calibration image")
         inputs.append(preprocess(img, card.input))
         files.append(s.path)
     warnings = []

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from alnett_edge.calibrate.reader import CalibrationSet
-from alnett_edge.errors import AlnettError, ConfigError
+from alnett_edge.errors import ConfigError
+from alnett_edge.runtime.tensorrt_backend import (  # noqa: F401 - TensorRTUnavailable re-exported
+    TensorRTUnavailable,
+    cuda_runtime,
+    tensorrt_module,
+)
 
 log = logging.getLogger(__name__)
-
-
-class TensorRTUnavailable(AlnettError):
-    """TensorRT (or its CUDA runtime bindings) is not installed on this machine."""
 
 
 class BatchFeeder:
@@ -71,26 +72,10 @@ class CalibrationCache:
         os.replace(tmp, self.path)
 
 
-def _cuda_runtime() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise TensorRTUnavailable("the TensorRT calibrator needs cuda-python (pip install cuda-python)") from exc
-    return cudart
-
-
 def make_tensorrt_calibrator(calib: CalibrationSet, cache_path: str | Path, batch_size: int = 8) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``calib`` to TensorRT, with a calibration cache."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TensorRTUnavailable(
-            "TensorRT is not installed here; int8 calibration for TensorRT runs on the Jetson (JetPack's python3-libnvinfer)"
-        ) from exc
-    cudart = _cuda_runtime()
+    trt = tensorrt_module("int8 calibration for TensorRT runs on the Jetson (JetPack's python3-libnvinfer)")
+    cudart = cuda_runtime()
     feeder = BatchFeeder(calib, batch_size)
     cache = CalibrationCache(cache_path)
 

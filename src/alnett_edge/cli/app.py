@@ -25,6 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
 # torch's own log handler (onnx exporter registrations, pytree deprecations): errors only.
 os.environ.setdefault("TORCH_LOGS", "-all")
+#: packages of the [train]/[tflite] extras; a command that needs one on a device install says so
+_TRAIN_ONLY = {"torch", "onnx", "onnxscript", "onnxslim", "safetensors", "torch_pruning", "onnxconverter_common",
+               "litert_torch", "torchao"}
 _NOISY_LOGGERS = ("torchao", "torch", "onnxscript", "onnx_ir", "absl", "jax")
 
 
@@ -49,6 +52,13 @@ class _Group(TyperGroup):
                 raise
             typer.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:
+            # a device install (alnett-edge[rpi] / [jetson]) has no torch or exporters
+            if os.environ.get(DEBUG_ENV) or (exc.name or "").split(".")[0] not in _TRAIN_ONLY:
+                raise
+            typer.echo(f"error: this command needs {exc.name}, which device installs leave out: "
+                       "pip install 'alnett-edge[train]' (or [tflite] for LiteRT export)", err=True)
+            ctx.exit(2)
 
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -81,7 +91,7 @@ def _root(
 
 
 def _register() -> None:
-    from alnett_edge.cli import compress, data, demo, devices, evaluate, export, model, train
+    from alnett_edge.cli import compress, data, demo, devices, evaluate, export, model, runtime, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
@@ -90,6 +100,7 @@ def _register() -> None:
     compress.register(app)
     devices.register(app)
     export.register(app)
+    runtime.register(app)
     demo.register(app)
 
 

@@ -10,14 +10,13 @@ attribute, and only when the installed litert-torch still passes bare functions.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from alnett_edge.runtime.litert_backend import quiet_native_stderr  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 _APPLIED = False
@@ -43,23 +42,3 @@ def patch_litert_qat() -> None:
     log.debug("patched litert_torch pt2e_quantizer_utils._get_aten_graph_module_for_pattern (QAT pattern wrap)")
 
 
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 while litert-torch's native libraries load.
-
-    They log through absl before it is initialised ("All log messages before absl::InitializeLog()
-    ...", oneDNN notices), which no Python logging setting reaches. Python exceptions still propagate.
-    """
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (embedded interpreter)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)

@@ -38,6 +38,28 @@ def load_image(path: str | Path) -> np.ndarray:
     return to_rgb(img, source=str(path))
 
 
+def load_cell_image(path: str | Path, expected_size: str | None = None, allow_any_size: bool = False,
+                    what: str = "image") -> np.ndarray:
+    """Decode a cell image strictly: 3-channel colour only (grayscale or RGBA cells mean the wrong folder
+    or a broken export) and, when ``expected_size`` ("HxW", the card's ``training.source_size``) is
+    known, that size unless ``allow_any_size``. Every refusal is a one-line :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise DataError(f"cannot decode {what} {path} (not an image file?)")
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels != 3:
+        raise DataError(f"{what} {path} has {channels} channel(s); RGB cell images (3 channels) are needed")
+    size = f"{img.shape[0]}x{img.shape[1]}"
+    if expected_size and size != expected_size and not allow_any_size:
+        raise DataError(f"{what} {path} is {size} but the model was trained on {expected_size} cell images "
+                        "(wrong folder? pass --any-size to use it anyway)")
+    return to_rgb(img, str(path))
+
+
 def to_rgb(img: np.ndarray, source: str = "image") -> np.ndarray:
     """Any OpenCV decode result (gray, BGR, BGRA, 16-bit) -> RGB uint8."""
     if img.dtype == np.uint16:

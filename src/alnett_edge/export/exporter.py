@@ -24,7 +24,7 @@ from alnett_edge import __version__
 from alnett_edge.bench.latency import median_ms
 from alnett_edge.devices import DeviceProfile, resolve_target
 from alnett_edge.errors import AlnettError, ConfigError
-from alnett_edge.export.bundle import CARD, make_archive, sha256_file, write_manifest
+from alnett_edge.bundle import CARD, make_archive, sha256_file, write_manifest
 from alnett_edge.export.formats import ExportJob, get_format
 from alnett_edge.export.gate import (
     DEFAULT_ALLOW_DROP,
@@ -34,6 +34,7 @@ from alnett_edge.export.gate import (
     predict_batched,
 )
 from alnett_edge.model.checkpoint import load_checkpoint
+from alnett_edge.model.profile import profile_model
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,10 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
             shutil.rmtree(d)
     (staging / "golden").mkdir(parents=True)
 
+    prof = profile_model(model, card.input.size)
     gate = load_gate_set(card, gate_images)
-    with torch.inference_mode():
-        ref = torch.softmax(model(torch.from_numpy(gate.inputs)), dim=1).numpy()
+    with torch.inference_mode():  # batched: a whole gate set at once would need GBs of activations
+        ref = predict_batched(lambda x: torch.softmax(model(torch.from_numpy(x)), dim=1).numpy(), gate.inputs)
     golden = gate.inputs[:GOLDEN_IMAGES]
     np.save(staging / "golden" / "inputs.npy", golden)
     np.save(staging / "golden" / "fp32_reference.probs.npy", ref[:GOLDEN_IMAGES])
@@ -115,7 +117,7 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
                 built.add((fmt_name, prec))
                 art = fmt.build(job, prec)
                 entry = art.to_dict()
-                predict = fmt.predictor(staging / art.file, art)
+                predict = fmt.predictor(staging / art.file, art, card)
                 if predict is None:
                     entry["gate"] = {"passed": None, "reason": "this format cannot run on this machine"}
                 else:
@@ -162,6 +164,7 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
                     "calib_images": str(calib_images) if calib_images else None, "allow_drop": allow_drop,
                     "min_agreement": min_agreement},
         "target": profile.to_dict(),
+        "model": {"variant": card.variant, "macs": prof.macs, "params": prof.params},
         "gate_set": {"source": gate.source, "n": int(len(gate.labels))},
         "artifacts": artifacts,
         "rejected_by_gate": rejected,

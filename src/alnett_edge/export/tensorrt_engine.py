@@ -12,73 +12,36 @@ fails with a one-line :class:`TensorRTUnavailable`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
-from alnett_edge.calibrate.tensorrt import TensorRTUnavailable, _cuda_runtime
 from alnett_edge.errors import AlnettError
-from alnett_edge.export.bundle import load_bundle, sha256_file
+from alnett_edge.bundle import load_bundle
 from alnett_edge.export.formats.tensorrt_format import BUILD_CONFIG
+from alnett_edge.runtime.tensorrt_backend import (  # noqa: F401 - EngineMismatch, check_engine_key re-exported
+    ENGINE_DIR,
+    EngineMismatch,
+    TensorRTUnavailable,
+    check_engine_key,
+    current_key,
+    engine_key,
+    tensorrt_module,
+)
 
 log = logging.getLogger(__name__)
 
 
-class EngineMismatch(AlnettError):
-    """An engine built for another GPU, TensorRT version or model."""
-
-
-def engine_key(trt_version: str, gpu_name: str, compute_capability: str, onnx_sha256: str) -> dict[str, str]:
-    key = {"tensorrt": trt_version, "gpu": gpu_name, "compute_capability": compute_capability, "onnx_sha256": onnx_sha256}
-    key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return key
-
-
-def check_engine_key(recorded: dict[str, str], current: dict[str, str]) -> None:
-    diffs = [f"{k}: engine {recorded.get(k)!r} vs here {current[k]!r}" for k in
-             ("tensorrt", "gpu", "compute_capability", "onnx_sha256") if recorded.get(k) != current[k]]
-    if diffs:
-        raise EngineMismatch("the TensorRT engine was built elsewhere (" + "; ".join(diffs) +
-                             "); rebuild it here with: alnett-edge build-engine BUNDLE")
-
-
-def _trt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TensorRTUnavailable(
-            "TensorRT is not installed here; build engines on the Jetson (JetPack provides python3-libnvinfer)"
-        ) from exc
-    return trt
-
-
-def _gpu() -> tuple[str, str]:
-    cudart = _cuda_runtime()
-    err, props = cudart.cudaGetDeviceProperties(0)
-    if int(err) != 0:
-        raise TensorRTUnavailable(f"no CUDA device ({err})")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name, f"{props.major}.{props.minor}"
-
-
-def current_key(onnx_path: Path) -> dict[str, str]:
-    trt = _trt()
-    name, cc = _gpu()
-    return engine_key(trt.__version__, name, cc, sha256_file(onnx_path))
-
-
 def build_engine(bundle_path: str | Path, workspace_mb: int | None = None, max_batch: int | None = None) -> Path:
     bundle = load_bundle(bundle_path)  # a tampered bundle is refused before anything else
-    trt = _trt()
+    trt = tensorrt_module("build engines on the Jetson (JetPack provides python3-libnvinfer)")
     cfg_path = bundle.root / BUILD_CONFIG
     if not cfg_path.is_file():
         raise AlnettError(f"{bundle.root} has no {BUILD_CONFIG}: export it for a Jetson target")
     cfg = json.loads(cfg_path.read_text())
     onnx_path = bundle.root / cfg["onnx"]
     key = current_key(onnx_path)
-    engine_dir = bundle.root / "engines"
+    engine_dir = bundle.root / ENGINE_DIR
     engine_path = engine_dir / f"model.{key['id']}.engine"
     if engine_path.is_file():
         log.info("engine cache hit: %s", engine_path)

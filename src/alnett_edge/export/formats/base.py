@@ -51,9 +51,15 @@ class ExportFormat:
     def build(self, job: ExportJob, precision: str) -> Artifact:
         raise NotImplementedError
 
-    def predictor(self, path: Path, artifact: Artifact) -> Predictor | None:
-        """A runner for the gate on this machine, or None when the format cannot run here."""
-        return None
+    def predictor(self, path: Path, artifact: Artifact, card: ModelCard) -> Predictor | None:
+        """A runner for the gate on this machine (the device runtime's backend for this format), or
+        None when the format cannot run here."""
+        from alnett_edge.runtime.base import backend_class, unavailable_reason
+
+        backend = {"onnx": "onnxruntime", "tensorrt": "onnxruntime", "tflite": "litert"}.get(self.name)
+        if backend is None or unavailable_reason(backend):
+            return None
+        return backend_class(backend)(path, card, artifact.to_dict() if artifact else {}, provider="cpu").infer
 
 
 FORMATS: dict[str, ExportFormat] = {}
@@ -70,7 +76,3 @@ def get_format(name: str) -> ExportFormat:
     except KeyError:
         raise ConfigError(f"unknown export format {name!r}; formats: {', '.join(FORMATS)}") from None
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from alnett_edge.errors import ConfigError
-from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, Predictor, register, softmax
+from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, register
 from alnett_edge.export.metadata import set_card
 from alnett_edge.export.onnx import export_onnx
 
@@ -38,26 +37,6 @@ def int8_onnx(job: ExportJob, dest: Path, scheme: str) -> tuple[Path, dict[str, 
     return dest, {"source": "ptq", "scheme": scheme, "calibration_images": len(calib.inputs)}
 
 
-def ort_predictor(path: Path) -> Predictor:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    # Precise u8s8 on x86 (AVX2 saturation otherwise moves int8 logits by up to ~0.8). ONNX Runtime
-    # refuses this option on PT2E (QAT) exports ("Attempt to replace the existing tensor"): retry without.
-    opts.add_session_config_entry("session.x64quantprecision", "1")
-    opts.log_severity_level = 4  # the expected refusal below is not an error worth printing
-    try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception:  # onnxruntime raises its own Fail type
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return softmax(sess.run(None, {name: x.astype(np.float32)})[0])
-
-    return run
-
-
 @register
 class OnnxFormat(ExportFormat):
     name = "onnx"
@@ -82,6 +61,3 @@ class OnnxFormat(ExportFormat):
         else:
             raise ConfigError(f"ONNX export has no precision {precision!r}")
         return Artifact(dest.name, self.name, precision, self.runtime, extra=extra)
-
-    def predictor(self, path: Path, artifact: Artifact) -> Predictor | None:
-        return ort_predictor(path)

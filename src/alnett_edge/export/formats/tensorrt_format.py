@@ -1,7 +1,7 @@
 """TensorRT: the bundle carries the ONNX (fp32 for fp16/fp32 engines, symmetric int8 QDQ for int8)
 and a build config; the engine is built on the Jetson (``alnett-edge build-engine``) because engines
 do not move between GPUs or TensorRT versions. The ONNX is linted for TensorRT here and gated with
-ONNX Runtime, which runs the same graph."""
+ONNX Runtime, which runs the same graph (the engine is verified on the device)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from alnett_edge.errors import ConfigError
-from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, Predictor, register
-from alnett_edge.export.formats.onnx_format import int8_onnx, ort_predictor
+from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, register
+from alnett_edge.export.formats.onnx_format import int8_onnx
 from alnett_edge.export.onnx import ExportError, export_onnx
 from alnett_edge.export.trt_lint import lint_tensorrt
 
@@ -46,6 +46,3 @@ class TensorRTFormat(ExportFormat):
         (job.out / BUILD_CONFIG).write_text(json.dumps(config, indent=2))
         extra.update(build_config=BUILD_CONFIG, lint=lint.summary(), engine="built on the device: alnett-edge build-engine")
         return Artifact(dest.name, self.name, precision, self.runtime, extra=extra)
-
-    def predictor(self, path: Path, artifact: Artifact) -> Predictor | None:
-        return ort_predictor(path)  # the same graph TensorRT compiles; the engine is verified on the device

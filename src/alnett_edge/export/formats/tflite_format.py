@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from alnett_edge.errors import ConfigError
-from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, Predictor, register, softmax
+from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, register
 from alnett_edge.export.onnx import ExportError
 
 
@@ -67,50 +67,12 @@ class TFLiteFormat(ExportFormat):
             raise ExportError("TFLite export needs litert-torch: pip install 'alnett-edge[tflite]'") from exc
         return edge
 
-    def predictor(self, path: Path, artifact: Artifact) -> Predictor | None:
-        try:
-            interp_cls = _interpreter_class()
-        except ImportError:
-            return None
-        from alnett_edge.compress._litert_compat import quiet_native_stderr
-
-        with quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            interp = interp_cls(model_path=str(path), num_threads=2)
-
-        def run(x: np.ndarray) -> np.ndarray:
-            inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-            if list(inp["shape"]) != list(x.shape):
-                interp.resize_tensor_input(inp["index"], list(x.shape))
-                interp.allocate_tensors()
-                inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-            feed = x.astype(np.float32)
-            if inp["dtype"] == np.int8:
-                scale, zp = inp["quantization"]
-                feed = np.clip(np.round(feed / scale + zp), -128, 127).astype(np.int8)
-            interp.set_tensor(inp["index"], feed)
-            interp.invoke()
-            y = interp.get_tensor(out["index"]).astype(np.float32)
-            if out["dtype"] == np.int8:
-                scale, zp = out["quantization"]
-                y = (y - zp) * scale
-            return softmax(y)
-
-        return run
-
-
-def _interpreter_class():  # noqa: ANN202
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tflite_runtime.interpreter import Interpreter  # old devices; needs numpy < 2
-    return Interpreter
-
 
 def _input_spec(path: Path) -> tuple[str, list[float] | None]:
-    from alnett_edge.compress._litert_compat import quiet_native_stderr
+    from alnett_edge.runtime.litert_backend import interpreter_class, quiet_native_stderr
 
     with quiet_native_stderr():
-        interp = _interpreter_class()(model_path=str(path))
+        interp = interpreter_class()(model_path=str(path))
     d = interp.get_input_details()[0]
     quant = list(d["quantization"]) if d["dtype"] == np.int8 else None
     return np.dtype(d["dtype"]).name, quant

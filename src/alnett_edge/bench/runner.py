@@ -1,0 +1,286 @@
+"""``alnett-edge bench``: every artifact of every bundle (or ONNX / checkpoint) on every asked
+backend and batch size, one row each, in one table, JSON and a latency plot.
+
+Each row runs in a fresh process (:mod:`alnett_edge.bench.worker`) so its load time, first inference
+and peak RSS are its own. Inputs are real preprocessed images: the ``--images`` folder when given
+(labelled layouts also give accuracy, sensitivity and specificity), else the bundle's golden gate
+images; random inputs only with ``random_inputs`` and the report says so. Agreement is top-1 against
+the fp32 reference row (the PyTorch checkpoint when one is benchmarked, else the fp32 ONNX on ONNX
+Runtime). Achieved GFLOP/s = 2 x MACs x batch / mean latency, against the machine's fp32 peak.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alnett_edge.bench.system import machine_info
+from alnett_edge.card import InputSpec
+from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.runtime.base import BACKENDS, backend_formats, unavailable_reason
+from alnett_edge.runtime.loader import Target, backend_order, targets_of
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES = 256
+
+
+@dataclass
+class BenchOptions:
+    backends: list[str] = field(default_factory=lambda: ["auto"])  # "auto", "all" or backend names
+    batches: list[int] = field(default_factory=lambda: [1, 8])
+    threads: int = 0
+    images: Path | None = None
+    random_inputs: bool = False
+    warmup: int = 10
+    runs: int | None = 200
+    duration: float | None = None
+    max_seconds: float = 20.0
+    op_profile: bool = False
+    reference: Path | None = None  # an fp32 checkpoint for the PyTorch-eager row
+    peak_gflops: float | None = None
+    any_size: bool = False
+    limit: int = MAX_IMAGES
+
+    def validate(self) -> None:
+        if not self.batches or min(self.batches) < 1:
+            raise ConfigError("--batch needs sizes >= 1, e.g. --batch 1,8")
+        if self.runs is not None and self.runs < 1:
+            raise ConfigError("--runs must be >= 1")
+        if self.duration is not None and self.duration <= 0:
+            raise ConfigError("--duration must be > 0 seconds")
+        if self.warmup < 0 or self.threads < 0:
+            raise ConfigError("--warmup and --threads must be >= 0")
+        for b in self.backends:
+            if b not in ("auto", "all") and b not in BACKENDS:
+                raise ConfigError(f"unknown backend {b!r}; use auto, all or one of {', '.join(BACKENDS)}")
+
+
+@dataclass
+class Inputs:
+    x: np.ndarray
+    labels: np.ndarray | None
+    source: str
+
+
+def load_inputs(card_input: InputSpec, opts: BenchOptions, golden: Path | None, expected_size: str | None) -> Inputs:
+    if opts.images is not None:
+        from alnett_edge.data.preprocess import load_cell_image, preprocess
+        from alnett_edge.data.sources import detect_layout, load_samples
+        from alnett_edge.runtime.predict import image_files
+
+        labels = None
+        try:
+            detect_layout(opts.images)
+            samples = load_samples(opts.images)
+            files, labels = [s.path for s in samples], np.array([s.label for s in samples])
+        except DataError:
+            files = image_files([opts.images])
+        if len(files) > opts.limit:  # a fixed, class-mixed subset
+            idx = np.sort(np.random.default_rng(0).choice(len(files), opts.limit, replace=False))
+            files = [files[i] for i in idx]
+            labels = labels[idx] if labels is not None else None
+        x = np.stack([preprocess(load_cell_image(f, expected_size, opts.any_size), card_input) for f in files])
+        return Inputs(x, labels, f"{len(files)} images from {opts.images}" + (" (labelled)" if labels is not None else ""))
+    if opts.random_inputs:
+        shape = (3, *card_input.size) if card_input.layout == "NCHW" else (*card_input.size, 3)
+        x = np.random.default_rng(0).standard_normal((32, *shape)).astype(np.float32)
+        return Inputs(x, None, "RANDOM inputs (--random): latency only, no accuracy")
+    if golden is not None and golden.is_file():
+        x = np.load(golden)
+        return Inputs(x, None, f"{len(x)} golden gate images of the bundle (real, preprocessed at export)")
+    raise ConfigError("give --images DIR (real cell images) or --random; this model has no golden images")
+
+
+def _backends_for(target: Target, wanted: list[str]) -> list[tuple[str, str | None]]:
+    """(backend, reason it cannot run or None) for one target."""
+    order = backend_order(target)
+    if "all" in wanted:
+        names = order
+    elif "auto" in wanted:
+        usable = [b for b in order if unavailable_reason(b) is None]
+        names = usable[:1] or order[:1]
+    else:
+        names = [b for b in wanted if target.format in backend_formats(b)]
+    return [(b, unavailable_reason(b)) for b in names]
+
+
+def plan(models: list[str | Path], opts: BenchOptions) -> list[dict[str, Any]]:
+    rows = []
+    paths = [Path(m) for m in models] + ([opts.reference] if opts.reference else [])
+    for path in paths:
+        for target in targets_of(path):
+            for backend, reason in _backends_for(target, opts.backends if path != opts.reference else ["pytorch"]):
+                rows.append({"model": str(path), "target": target, "backend": backend, "skip": reason})
+    if not rows:
+        raise ConfigError("nothing to benchmark: no artifact runs on the asked backends")
+    return rows
+
+
+def _source_sha(target: Target) -> str | None:
+    """The fp32 checkpoint a model came from (bundles record it; a checkpoint is its own source)."""
+    if target.bundle is not None:
+        return target.bundle.manifest.get("source_checkpoint", {}).get("sha256")
+    if target.format == "checkpoint":
+        from alnett_edge.files import sha256_file
+
+        return sha256_file(target.path)
+    return None
+
+
+def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
+    opts.validate()
+    rows = plan(models, opts)
+    machine = machine_info(opts.peak_gflops)
+    inputs: dict[tuple[str, str], tuple[Inputs, Path]] = {}
+    # a checkpoint (the PyTorch reference) runs on the golden images of the bundle exported from it
+    golden_of = {_source_sha(r["target"]): r["target"].bundle.root / "golden" / "inputs.npy"
+                 for r in rows if r["target"].bundle is not None}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="alnett-bench-") as tmp:
+        for i, row in enumerate(rows):
+            target: Target = row["target"]
+            entry: dict[str, Any] = {
+                "model": row["model"], "artifact": target.path.name, "format": target.format,
+                "precision": target.artifact.get("precision", "fp32"), "backend": row["backend"],
+                "bytes": target.path.stat().st_size, "threads": opts.threads or machine["cores"],
+                "source_sha256": _source_sha(target),
+            }  # fmt: skip
+            if row["skip"]:
+                results.append({**entry, "skipped": row["skip"]})
+                continue
+            golden = target.bundle.root / "golden" / "inputs.npy" if target.bundle else golden_of.get(entry["source_sha256"])
+            key = (repr(target.card.input), "" if opts.images or opts.random_inputs or golden is None else str(golden))
+            if key not in inputs:
+                inp = load_inputs(target.card.input, opts, golden, target.card.training.get("source_size"))
+                inputs[key] = (inp, Path(tmp) / f"inputs{len(inputs)}.npy")
+                np.save(inputs[key][1], inp.x)
+            inp, inp_file = inputs[key]
+            spec = {"model": row["model"], "file": target.path.name, "backend": row["backend"], "threads": opts.threads,
+                    "inputs": str(inp_file), "batches": opts.batches, "warmup": opts.warmup, "runs": opts.runs,
+                    "duration": opts.duration, "max_seconds": opts.max_seconds, "predict": True,
+                    "op_profile": opts.op_profile,
+                    "options": {"provider": "cpu"} if row["backend"] == "onnxruntime" else {}}
+            log.info("bench %d/%d: %s on %s", i + 1, len(rows), target.path.name, row["backend"])
+            out = _run_worker(spec, Path(tmp) / f"row{i}")
+            entry.update(inputs=inp.source, _inputs_key=key)
+            if "error" in out:
+                results.append({**entry, "error": out["error"]})
+                continue
+            macs = out.pop("macs", None) or (target.bundle.manifest.get("model", {}).get("macs") if target.bundle else None)
+            entry.update(out, macs=macs, _probs=np.asarray(out.pop("probs")), _labels=inp.labels)
+            results.append(entry)
+    _accuracy_and_agreement(results)
+    _fill_macs(results)
+    _flops(results, machine)
+    for r in results:
+        r.pop("_inputs_key", None)
+    return {"machine": machine, "options": _opts_dict(opts), "rows": results}
+
+
+def _run_worker(spec: dict[str, Any], stem: Path) -> dict[str, Any]:
+    spec_file, out_file = stem.with_suffix(".spec.json"), stem.with_suffix(".out.json")
+    spec_file.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "alnett_edge.bench.worker", str(spec_file), str(out_file)],
+                          capture_output=True, text=True, env=env)
+    if not out_file.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        return {"error": f"benchmark process died: {tail[0][:200]}"}
+    return json.loads(out_file.read_text())
+
+
+def _reference_for(row: dict[str, Any], ran: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fp32 reference of a row: the PyTorch checkpoint it was exported from, else the fp32 ONNX of
+    the same bundle on ONNX Runtime; always on the same inputs."""
+    same = [r for r in ran if r["_inputs_key"] == row["_inputs_key"]]
+    return next((r for r in same if r["backend"] == "pytorch" and r["source_sha256"] == row["source_sha256"]), None) or next(
+        (r for r in same if r["model"] == row["model"] and r["precision"] == "fp32" and r["backend"] == "onnxruntime"), None)
+
+
+def _accuracy_and_agreement(rows: list[dict[str, Any]]) -> None:
+    from alnett_edge.train.metrics import binary_metrics, top1_agreement
+
+    ran = [r for r in rows if "_probs" in r]
+    for r in ran:
+        probs, labels = r["_probs"], r["_labels"]
+        if labels is not None:
+            m = binary_metrics(labels, probs[:, 1])
+            r.update(accuracy=m["accuracy"], sensitivity=m["sensitivity"], specificity=m["specificity"])
+        ref = _reference_for(r, ran)
+        if ref is not None:
+            r["reference"] = f"{ref['artifact']} on {ref['backend']}"
+            r["agreement"] = top1_agreement(ref["_probs"][:, 1], probs[:, 1])
+    for r in ran:
+        del r["_probs"], r["_labels"]
+
+
+def _fill_macs(rows: list[dict[str, Any]]) -> None:
+    """Rows without MACs (an older bundle, a bare ONNX) take them from a benchmarked source checkpoint."""
+    known = {r["source_sha256"]: r["macs"] for r in rows if r.get("macs") and r.get("source_sha256")}
+    for r in rows:
+        if not r.get("macs") and r.get("source_sha256") in known:
+            r["macs"] = known[r["source_sha256"]]
+
+
+def _flops(rows: list[dict[str, Any]], machine: dict[str, Any]) -> None:
+    peak = machine.get("peak_gflops")
+    for r in rows:
+        if not r.get("macs") or "batches" not in r:
+            continue
+        for b, lat in r["batches"].items():
+            gflops = 2 * r["macs"] * int(b) / (lat["mean_ms"] * 1e6)
+            lat["gflops"] = round(gflops, 2)
+            lat["peak_share"] = round(gflops / peak, 4) if peak else None
+
+
+def _opts_dict(opts: BenchOptions) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items()}
+
+
+def write_json(report: dict[str, Any], dest: str | Path, samples: bool = True) -> Path:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(json.dumps(report))
+    if not samples:
+        for r in data["rows"]:
+            for lat in r.get("batches", {}).values():
+                lat.pop("samples_ms", None)
+    dest.write_text(json.dumps(data, indent=2))
+    return dest
+
+
+def plot_latency(report: dict[str, Any], dest: str | Path) -> Path:
+    """A PNG: latency distribution (box + points) per row and batch size, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [(f"{r['artifact']}\n{r['backend']} b{b}", lat["samples_ms"]) for r in report["rows"]
+              for b, lat in r.get("batches", {}).items()]
+    if not series:
+        raise ConfigError("no row ran, nothing to plot")
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(series)), 4.5))
+    ax.boxplot([s for _, s in series], whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
+    ax.set_xticks(range(1, len(series) + 1), [n for n, _ in series], fontsize=7, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per call (ms, log)")
+    m = report["machine"]
+    ax.set_title(f"alnett-edge bench: {m['cpu']} ({m['cores']} cores); whiskers p1-p99", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest

@@ -1,0 +1,156 @@
+"""``alnett-edge verify``, ``predict`` and ``bench``: the device-side commands (no torch needed,
+except for a PyTorch reference row in bench)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alnett_edge.errors import ConfigError
+
+BACKEND_HELP = "onnxruntime, litert, tensorrt or pytorch (default: the device profile's order, first one installed here)."
+
+
+def _console() -> Console:
+    """Wide tables stay readable when the output is a file or a pipe (rich assumes 80 columns there)."""
+    return Console() if sys.stdout.isatty() else Console(width=220)
+
+
+def _f(value: object, fmt: str = "{:.3f}") -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def bench_table(report: dict) -> Table:
+    m = report["machine"]
+    table = Table(title=f"{m['cpu']} | {m['cores']} cores | {m['simd']} | peak ~{m['peak_gflops']} GFLOP/s fp32 "
+                        f"| load {m['loadavg_1m']}", title_justify="left")
+    cols = ("artifact", "prec", "backend", "MB", "load s", "first ms", "batch", "min", "mean", "p50", "p90", "p99",
+            "max", "img/s", "GFLOP/s", "%peak", "RSS MB", "acc", "sens", "spec", "agree")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("artifact", "prec", "backend") else "right")
+    for r in report["rows"]:
+        head = [r["artifact"], r["precision"], r["backend"], f"{r['bytes'] / 1e6:.2f}"]
+        if "skipped" in r or "error" in r:
+            table.add_row(*head, "", "", "", *[""] * 14, f"[yellow]{'skipped' if 'skipped' in r else 'error'}: "
+                          f"{r.get('skipped') or r.get('error')}"[:80])
+            continue
+        for i, (b, lat) in enumerate(r["batches"].items()):
+            first = [f"{r['load_s']:.2f}", f"{r['first_inference_ms']:.1f}"] if i == 0 else ["", ""]
+            tail = [_f(r.get("accuracy"), "{:.4f}"), _f(r.get("sensitivity"), "{:.4f}"),
+                    _f(r.get("specificity"), "{:.4f}"), _f(r.get("agreement"), "{:.2%}")] if i == 0 else [""] * 4
+            table.add_row(*(head if i == 0 else ["", "", "", ""]), *first, b, *(f"{lat[k]:.3f}" for k in
+                          ("min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")), f"{lat['throughput_ips']:.1f}",
+                          _f(lat.get("gflops"), "{:.1f}"), _f(lat.get("peak_share"), "{:.1%}"), _f(lat.get("rss_mb"), "{:.0f}"), *tail)
+    return table
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{name} takes comma-separated integers, e.g. 1,8 (got {text!r})") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("verify")
+    def verify(
+        bundle: Path = typer.Argument(..., help="Bundle folder or .tar.gz copied to this machine."),
+        backend: str = typer.Option(None, help=BACKEND_HELP),
+        threads: int = typer.Option(0, help="Threads (0 = the backend's default)."),
+        tolerance: float = typer.Option(None, help="Max probability difference (default by precision: fp32 1e-3, fp16 0.02, int8 0.05)."),
+        json_out: Path = typer.Option(None, "--json", help="Write the rows as JSON."),
+    ) -> None:
+        """Run the bundle's golden inputs here and compare with the export host's outputs."""
+        from alnett_edge.runtime.verify import check_verified, rows_to_dicts, verify_bundle
+
+        rows = verify_bundle(bundle, backend, threads, tolerance)
+        table = Table(title=f"verify {bundle}")
+        for c in ("artifact", "precision", "backend", "vs", "n", "max diff", "agreement", "vs fp32: diff", "agree", "result"):
+            table.add_column(c)
+        for r in rows:
+            result = "not run" if r.passed is None else "pass" if r.passed else "FAIL"
+            table.add_row(r.artifact, r.precision, r.backend, r.compared_with, str(r.n), _f(r.max_abs_diff, "{:.2e}"),
+                          _f(r.agreement, "{:.2%}"), _f(r.max_abs_diff_vs_fp32, "{:.2e}"), _f(r.agreement_vs_fp32, "{:.2%}"),
+                          result + (f" ({r.note})" if r.note else ""))
+        _console().print(table)
+        if json_out:
+            json_out.write_text(json.dumps(rows_to_dicts(rows), indent=2))
+        check_verified(rows, bundle)
+
+    @app.command("predict")
+    def predict(
+        model: Path = typer.Argument(..., help="Bundle (folder or .tar.gz), card-carrying .onnx or .safetensors."),
+        images: list[Path] = typer.Argument(..., help="Cell image files and/or folders."),
+        backend: str = typer.Option(None, help=BACKEND_HELP),
+        artifact: str = typer.Option(None, help="Artifact file name or precision in the bundle (default: the selected one)."),
+        batch: int = typer.Option(1, min=1, help="Images per inference call."),
+        threads: int = typer.Option(0, help="Threads (0 = the backend's default)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Write predictions to .csv or .jsonl."),
+        any_size: bool = typer.Option(False, "--any-size", help="Accept images of another size than the training cells."),
+    ) -> None:
+        """Classify cell images: label, probability and latency per image."""
+        from alnett_edge.runtime.loader import open_runtime
+        from alnett_edge.runtime.predict import image_files, predict_files, write_predictions
+
+        files = image_files(images)
+        with open_runtime(model, backend, artifact, threads) as rt:
+            preds = predict_files(rt, files, batch, any_size)
+        typer.echo(f"model: {rt.describe()}", err=True)
+        for p in preds:
+            typer.echo(f"{p.file}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.3f} ms")
+        if out:
+            typer.echo(f"wrote {write_predictions(preds, out)}", err=True)
+
+    @app.command("bench")
+    def bench(
+        models: list[Path] = typer.Argument(..., help="Bundles, .onnx or .safetensors (a checkpoint runs on PyTorch)."),
+        backend: str = typer.Option("auto", help="auto (best installed per artifact), all, or comma-separated backends."),
+        batch: str = typer.Option("1,8", help="Batch sizes, comma-separated."),
+        threads: int = typer.Option(0, help="Threads per backend (0 = all cores)."),
+        images: Path = typer.Option(None, help="Real cell images (a labelled layout adds accuracy); default: the bundle's golden images."),
+        random_inputs: bool = typer.Option(False, "--random", help="Random inputs (latency only; said so in the output)."),
+        warmup: int = typer.Option(10, help="Untimed calls before timing, per batch size."),
+        runs: int = typer.Option(200, help="Timed calls per batch size (capped at --max-seconds)."),
+        duration: float = typer.Option(None, help="Time for this many seconds per batch size instead of --runs."),
+        max_seconds: float = typer.Option(20.0, help="Cap per batch size when using --runs."),
+        reference: Path = typer.Option(None, help="fp32 .safetensors checkpoint: adds a PyTorch-eager row and is the agreement reference."),
+        profile_ops: bool = typer.Option(False, "--profile-ops", help="Top operators by time (ONNX Runtime profiling)."),
+        peak_gflops: float = typer.Option(None, help="This machine's fp32 peak, instead of the estimate."),
+        json_out: Path = typer.Option(None, "--json", help="Write the full report (with every latency sample) as JSON."),
+        plot: Path = typer.Option(None, help="Write a PNG of the latency distributions."),
+        any_size: bool = typer.Option(False, "--any-size", help="Accept --images of another size than the training cells."),
+    ) -> None:
+        """Latency percentiles, throughput, memory, FLOP/s and accuracy of every artifact, side by side."""
+        from alnett_edge.bench.runner import BenchOptions, plot_latency, run_bench, write_json
+
+        opts = BenchOptions(backends=[b.strip() for b in backend.split(",")], batches=_ints(batch, "--batch"),
+                            threads=threads, images=images, random_inputs=random_inputs, warmup=warmup,
+                            runs=None if duration else runs, duration=duration, max_seconds=max_seconds,
+                            op_profile=profile_ops, reference=reference, peak_gflops=peak_gflops, any_size=any_size)
+        report = run_bench(models, opts)
+        _console().print(bench_table(report))
+        sources = {r["inputs"] for r in report["rows"] if "inputs" in r}
+        typer.echo("inputs: " + "; ".join(sorted(sources)))
+        typer.echo("RSS MB: the row's own process after that batch size (peak in --json); latency in ms per call; "
+                   "agreement: top-1 vs the fp32 reference of the same model")
+        notes = {lat["note"] for r in report["rows"] for lat in r.get("batches", {}).values() if lat.get("note")}
+        for note in sorted(notes):
+            typer.echo(f"note: {note}")
+        for r in report["rows"]:
+            if r.get("op_profile"):
+                ops = ", ".join(f"{o['op']} {o['share']:.0%}" for o in r["op_profile"][:6])
+                typer.echo(f"top ops {r['artifact']} ({r['backend']}): {ops}")
+            elif profile_ops and "batches" in r and r["backend"] != "onnxruntime":
+                hint = {"litert": " (use LiteRT's benchmark_model --enable_op_profiling=true)",
+                        "pytorch": " (use torch.profiler)", "tensorrt": " (use trtexec --dumpProfile)"}
+                typer.echo(f"top ops {r['artifact']} ({r['backend']}): not exposed by this backend's Python API"
+                           + hint.get(r["backend"], ""))
+        if json_out:
+            typer.echo(f"json: {write_json(report, json_out)}")
+        if plot:
+            typer.echo(f"plot: {plot_latency(report, plot)}")

@@ -1,0 +1,101 @@
+"""LiteRT backend: ``ai-edge-litert`` (``tflite-runtime`` as the fallback on old devices, which needs
+numpy < 2), XNNPACK delegate on by default, thread count settable. Full-int8 models take int8 input
+and give int8 output; their quantization parameters are applied here, so callers always pass the
+card's float32 batch and get probabilities."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alnett_edge.runtime.base import Runtime, RuntimeUnavailable, softmax
+
+
+def interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter  # old devices; needs numpy < 2
+    return Interpreter
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while native LiteRT / litert-torch code logs through absl or prints
+    "Created TensorFlow Lite XNNPACK delegate", which no Python logging setting reaches. Python
+    exceptions still propagate."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (embedded interpreter)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class LiteRTRuntime(Runtime):
+    name = "litert"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        try:
+            interpreter_class()
+        except ImportError:
+            return "LiteRT is not installed (pip install ai-edge-litert, or tflite-runtime on older devices)"
+        return None
+
+    def __init__(self, path: str | Path, card: Any, artifact: dict[str, Any] | None = None, threads: int = 0,
+                 xnnpack: bool = True, **options: Any) -> None:
+        super().__init__(path, card, artifact, threads, **options)
+        cls = interpreter_class()
+        kwargs: dict[str, Any] = {"model_path": str(self.path), "num_threads": threads or (os.cpu_count() or 1)}
+        if not xnnpack:
+            from ai_edge_litert.interpreter import OpResolverType
+
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        try:
+            with quiet_native_stderr():
+                self.interp = cls(**kwargs)
+                self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeUnavailable(f"LiteRT cannot load {self.path.name}: {str(exc).splitlines()[0][:200]}") from exc
+        self._batch = -1
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        interp = self.interp
+        inp = interp.get_input_details()[0]
+        if len(batch) != self._batch:
+            interp.resize_tensor_input(inp["index"], list(batch.shape))
+            interp.allocate_tensors()
+            self._batch = len(batch)
+            inp = interp.get_input_details()[0]
+        out = interp.get_output_details()[0]
+        feed = batch
+        if inp["dtype"] == np.int8:
+            scale, zp = inp["quantization"]
+            feed = np.clip(np.round(batch / scale + zp), -128, 127).astype(np.int8)
+        interp.set_tensor(inp["index"], feed)
+        interp.invoke()
+        y = interp.get_tensor(out["index"]).astype(np.float32)
+        if out["dtype"] == np.int8:
+            scale, zp = out["quantization"]
+            y = (y - zp) * scale
+        return softmax(y)
+
+    def _release(self) -> None:
+        self.interp = None
+
+    @property
+    def input_dtype(self) -> str:
+        return np.dtype(self.interp.get_input_details()[0]["dtype"]).name
