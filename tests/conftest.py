@@ -22,6 +22,24 @@ def require_shared(path: Path) -> Path:
     return path
 
 
+def cli(*args):
+    """Run the CLI in-process (typer's runner) with every argument as a string."""
+    from typer.testing import CliRunner
+
+    from alnett_edge.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(res, *needles):
+    """The command failed with exactly one ``error: ...`` line on stderr and no traceback."""
+    assert res.exit_code != 0, res.output
+    err = res.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in res.output, res.output
+    for n in needles:
+        assert n in err, err
+
+
 @pytest.fixture(scope="session")
 def cnmc_sample() -> Path:
     return require_shared(CNMC_SAMPLE)
@@ -77,3 +95,13 @@ def rpi_bundle(trained, qat_asym, tmp_path_factory):
     _, result = trained
     out = tmp_path_factory.mktemp("rpi") / "rpi8"
     return export_bundle(result.best, "rpi", out, qat=qat_asym, allow_drop=10.0, min_agreement=0.9)
+
+
+@pytest.fixture(scope="session")
+def x86_bundle(trained, tmp_path_factory):
+    """``trained`` exported for x86-cpu with --precision auto (fp32 and int8 ONNX tried), plus archive."""
+    from alnett_edge.export.exporter import export_bundle
+
+    _, result = trained
+    out = tmp_path_factory.mktemp("exp") / "x86"
+    return export_bundle(result.best, "x86-cpu", out, precision="auto", archive=True)

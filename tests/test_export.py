@@ -17,13 +17,6 @@ from alnett_edge.export.trt_lint import lint_tensorrt
 from alnett_edge.runtime.tensorrt_backend import TensorRTUnavailable
 
 
-@pytest.fixture(scope="module")
-def x86_bundle(trained, tmp_path_factory):
-    _, result = trained
-    out = tmp_path_factory.mktemp("exp") / "x86"
-    return export_bundle(result.best, "x86-cpu", out, precision="auto", archive=True)
-
-
 def test_registry_has_one_entry_per_format():
     assert set(FORMATS) == {"onnx", "tflite", "tensorrt"}
     with pytest.raises(ConfigError, match="unknown export format"):

@@ -28,6 +28,8 @@ from alnett_edge.calibrate import reader
 from alnett_edge import bundle, devices, files
 from alnett_edge.runtime import base, loader, ort_backend, litert_backend, tensorrt_backend, predict, verify
 from alnett_edge.bench import latency, runner, system, worker
+from alnett_edge.capture import base as cbase, watchdog, images, video, v4l2, gstreamer, url, synthetic, picamera2
+from alnett_edge.daemon import detector, cells, config, pipeline, sinks, stats, http
 from alnett_edge.cli import app
 assert devices.resolve_target("rpi")[0].name == "rpi5"
 img = synth.synth_cell(np.random.default_rng(0), 1, 96, 0.3)

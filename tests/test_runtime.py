@@ -12,13 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from alnett_edge.bench.latency import summarize
 from alnett_edge.bench.runner import BenchOptions, plot_latency, run_bench, write_json
 from alnett_edge.bench.system import simd
 from alnett_edge.bundle import write_manifest
-from alnett_edge.cli.app import app
 from alnett_edge.data.dataset import CellDataset, prepare_samples
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.data.sources import load_samples
@@ -27,20 +25,7 @@ from alnett_edge.runtime.ort_backend import OrtRuntime
 from alnett_edge.runtime.predict import classify_arrays
 from alnett_edge.runtime.verify import VerifyFailed, check_verified, verify_bundle
 
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(res, *needles):
-    assert res.exit_code != 0, res.output
-    err = res.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in res.output, res.output
-    for n in needles:
-        assert n in err, err
-
+from conftest import cli, one_line_error
 
 def test_every_backend_here_runs_the_bundle_and_agrees(rpi_bundle, trained):
     root = Path(rpi_bundle["bundle"])
@@ -95,7 +80,7 @@ def test_runtime_preprocessing_is_the_training_preprocessing(cnmc_sample, rpi_bu
     assert probs.shape == (4, 2) and ms > 0
 
 
-def test_runtime_and_device_commands_run_without_torch(rpi_bundle, tmp_path):
+def test_runtime_daemon_and_device_commands_run_without_torch(rpi_bundle, tmp_path):
     root = rpi_bundle["bundle"]
     img = tmp_path / "cells"
     img.mkdir()
@@ -110,7 +95,9 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 from alnett_edge.cli.app import app
 for args in (["verify", {str(root)!r}], ["predict", {str(root)!r}, {str(img)!r}],
-             ["bench", {str(root)!r}, "--backend", "all", "--runs", "5", "--warmup", "1", "--json", {str(tmp_path / 'b.json')!r}]):
+             ["bench", {str(root)!r}, "--backend", "all", "--runs", "5", "--warmup", "1", "--json", {str(tmp_path / 'b.json')!r}],
+             ["daemon", "--bundle", {str(root)!r}, "--source", "synthetic:1", "--max-frames", "3", "--port", "0",
+              "--db", {str(tmp_path / 'd.db')!r}]):
     rc = app(args, standalone_mode=False)  # click returns the exit code here instead of exiting
     assert not rc, (args, rc)
 assert "torch" not in sys.modules
@@ -118,7 +105,7 @@ print("NO-TORCH-OK")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "NO-TORCH-OK" in proc.stdout, proc.stderr[-2000:]
-    assert "a.png\t" in proc.stdout and "pass" in proc.stdout
+    assert "a.png\t" in proc.stdout and "pass" in proc.stdout and "frame_to_decision" in proc.stdout
     report = json.loads((tmp_path / "b.json").read_text())
     assert {r["backend"] for r in report["rows"]} == {"litert", "onnxruntime"}
     assert all(r["torch_loaded"] is False for r in report["rows"])

@@ -37,6 +37,7 @@ class PipelineContext:
     qat_epochs: int = 2
     qat_scheme: str = "asymmetric"  # the rpi5 bundle's TFLite int8 is built from it
     export_targets: tuple[str, ...] = ("x86-cpu", "rpi5")
+    daemon_seconds: float = 4.0  # the daemon stage runs the x86-cpu bundle on a synthetic smear video
     artifacts: dict[str, Any] = field(default_factory=dict)
     results: list["StageResult"] = field(default_factory=list)
 
@@ -184,3 +185,29 @@ def _export(ctx: PipelineContext) -> dict[str, Any]:
         except GateFailed as exc:  # the demo reports a failed gate instead of stopping
             info[target] = f"GATE FAILED: {exc}"
     return info
+
+
+@stage("daemon")
+def _daemon(ctx: PipelineContext) -> dict[str, Any]:
+    """A few seconds of the camera daemon on a synthetic smear video replayed at 30 fps."""
+    from alnett_edge.daemon.config import build_config
+    from alnett_edge.daemon.pipeline import Daemon
+    from alnett_edge.data.synth import write_smear_video
+
+    bundle = ctx.artifacts.get("bundle:x86-cpu") or next((v for k, v in ctx.artifacts.items() if k.startswith("bundle:")), None)
+    if bundle is None:
+        bundle = ctx.workdir / "export" / "x86-cpu"
+    out = ctx.workdir / "daemon"
+    video = out / "smear.avi"
+    write_smear_video(video, 60, ctx.seed)
+    db = out / "cells.db"
+    db.unlink(missing_ok=True)
+    cfg = build_config({}, {
+        "source": {"spec": f"video:{video}", "fps": 30.0, "loop": True}, "runtime": {"bundle": str(bundle)},
+        "sinks": {"db": str(db), "snapshots": str(out / "snapshots"), "snapshot_every": 30}, "http": {"port": 0},
+        "run": {"duration": ctx.daemon_seconds}})  # fmt: skip
+    summary = Daemon(cfg).run()
+    ctx.artifacts["daemon_summary"] = summary
+    f2d = summary["stages"].get("frame_to_decision", {})
+    return {"fps": summary["mean_fps"], "frames": summary["frames_processed"], "dropped": summary["frames_dropped"],
+            "cells": summary["cells_processed"], "p99_frame_to_decision_ms": f2d.get("p99_ms"), "db": str(db)}

@@ -91,7 +91,7 @@ def _root(
 
 
 def _register() -> None:
-    from alnett_edge.cli import compress, data, demo, devices, evaluate, export, model, runtime, train
+    from alnett_edge.cli import compress, daemon, data, demo, devices, evaluate, export, model, runtime, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
@@ -101,6 +101,7 @@ def _register() -> None:
     devices.register(app)
     export.register(app)
     runtime.register(app)
+    daemon.register(app)
     demo.register(app)
 
 

@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from alnett_edge.cli.common import wide_console
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +26,7 @@ def register(app: typer.Typer) -> None:
         """Generate data, train, evaluate (and every later stage), then print a summary."""
         from alnett_edge.pipeline import PipelineContext, resolve_stages, run_pipeline
 
-        console = Console()
+        console = wide_console()
         ctx = PipelineContext(workdir=out, variant=variant, n_cells=n_cells, epochs=epochs, difficulty=difficulty,
                               seed=seed, real_data=real)
         only = resolve_stages([s.strip() for s in stages.split(",")] if stages else None)
@@ -44,4 +45,8 @@ def register(app: typer.Typer) -> None:
 
         for target, manifest in ctx.artifacts.get("manifests", {}).items():
             console.print(gate_table(manifest), f"bundle {target}: {manifest['bundle']}")
+        if "daemon_summary" in ctx.artifacts:
+            from alnett_edge.cli.daemon import stage_table
+
+            console.print(stage_table(ctx.artifacts["daemon_summary"]))
         console.print(f"files: {out.resolve()}")

@@ -4,21 +4,15 @@ except for a PyTorch reference row in bench)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from alnett_edge.cli.common import wide_console
 from alnett_edge.errors import ConfigError
 
 BACKEND_HELP = "onnxruntime, litert, tensorrt or pytorch (default: the device profile's order, first one installed here)."
-
-
-def _console() -> Console:
-    """Wide tables stay readable when the output is a file or a pipe (rich assumes 80 columns there)."""
-    return Console() if sys.stdout.isatty() else Console(width=220)
 
 
 def _f(value: object, fmt: str = "{:.3f}") -> str:
@@ -77,7 +71,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(r.artifact, r.precision, r.backend, r.compared_with, str(r.n), _f(r.max_abs_diff, "{:.2e}"),
                           _f(r.agreement, "{:.2%}"), _f(r.max_abs_diff_vs_fp32, "{:.2e}"), _f(r.agreement_vs_fp32, "{:.2%}"),
                           result + (f" ({r.note})" if r.note else ""))
-        _console().print(table)
+        wide_console().print(table)
         if json_out:
             json_out.write_text(json.dumps(rows_to_dicts(rows), indent=2))
         check_verified(rows, bundle)
@@ -91,6 +85,7 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(1, min=1, help="Images per inference call."),
         threads: int = typer.Option(0, help="Threads (0 = the backend's default)."),
         out: Path = typer.Option(None, "--out", "-o", help="Write predictions to .csv or .jsonl."),
+        ort_provider: str = typer.Option("auto", help="ONNX Runtime execution provider: auto, cpu, cuda or tensorrt."),
         any_size: bool = typer.Option(False, "--any-size", help="Accept images of another size than the training cells."),
     ) -> None:
         """Classify cell images: label, probability and latency per image."""
@@ -98,7 +93,7 @@ def register(app: typer.Typer) -> None:
         from alnett_edge.runtime.predict import image_files, predict_files, write_predictions
 
         files = image_files(images)
-        with open_runtime(model, backend, artifact, threads) as rt:
+        with open_runtime(model, backend, artifact, threads, provider=ort_provider) as rt:
             preds = predict_files(rt, files, batch, any_size)
         typer.echo(f"model: {rt.describe()}", err=True)
         for p in preds:
@@ -133,7 +128,7 @@ def register(app: typer.Typer) -> None:
                             runs=None if duration else runs, duration=duration, max_seconds=max_seconds,
                             op_profile=profile_ops, reference=reference, peak_gflops=peak_gflops, any_size=any_size)
         report = run_bench(models, opts)
-        _console().print(bench_table(report))
+        wide_console().print(bench_table(report))
         sources = {r["inputs"] for r in report["rows"] if "inputs" in r}
         typer.echo("inputs: " + "; ".join(sorted(sources)))
         typer.echo("RSS MB: the row's own process after that batch size (peak in --json); latency in ms per call; "

@@ -318,3 +318,21 @@ def generate_smears(out: str | Path, n: int, seed: int = 0) -> dict[str, object]
         (out / "Annotations" / name.replace(".jpg", ".xml")).write_text(voc_xml(name, frame))
         wbc += sum(o.name == "WBC" for o in frame.objects)
     return {"root": str(out), "frames": n, "wbc": wbc}
+
+
+def write_smear_video(path: str | Path, n: int, seed: int = 0, fps: float = 30.0) -> list[list[tuple[int, int, int, int]]]:
+    """An MJPEG .avi of ``n`` synthetic smear frames (a camera stand-in); returns each frame's WBC boxes."""
+    if n < 1:
+        raise ConfigError("the number of video frames must be >= 1")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 480))
+    truth = []
+    try:
+        for i in range(n):
+            frame = synth_smear(np.random.default_rng([seed, 11, i]))
+            writer.write(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+            truth.append([o.box for o in frame.objects if o.name == "WBC"])
+    finally:
+        writer.release()
+    return truth

@@ -83,6 +83,7 @@ class Runtime:
         self.artifact = dict(artifact or {})
         self.threads = threads
         self.options = options
+        self.bundle: Any = None  # set by the loader: the Bundle this artifact came from
         self._closed = False
 
     # -- what a backend implements -------------------------------------------------------------------

@@ -142,5 +142,6 @@ def open_target(target: Target, backend: str, threads: int = 0, **options: Any) 
     if backend != "onnxruntime":
         options.pop("provider", None)
     rt = cls(target.path, target.card, target.artifact, threads, **options)
+    rt.bundle = target.bundle  # the verified bundle it came from (None for a bare file)
     log.info("opened %s", rt.describe())
     return rt

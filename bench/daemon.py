@@ -1,0 +1,88 @@
+"""Issue-6 targets: the daemon on 640x480 frames with an ``alnett-s`` bundle on this machine.
+
+Videos: the 364 real BCCD frames (../shared/data/bccd) and 300 synthetic smear frames, as MJPEG .avi.
+Runs per video: (1) as fast as the pipeline goes (file source unpaced: the sustained throughput and
+drops with a producer faster than the consumer), (2) replayed at 30 fps for ``--seconds`` (a camera
+stand-in: fps, p99 frame-to-decision, drops), with this process's RSS sampled every 0.5 s (flat memory).
+
+Usage: .venv/bin/python bench/daemon.py runs/bench-runtime/alnett-s --out runs/bench-daemon
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from pathlib import Path
+
+import cv2
+
+from alnett_edge.bench.system import rss_mb
+from alnett_edge.daemon.config import build_config
+from alnett_edge.daemon.pipeline import Daemon
+from alnett_edge.data.synth import write_smear_video
+
+BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" / "JPEGImages"
+
+
+def bccd_video(dest: Path) -> Path:
+    frames = sorted(BCCD.glob("*.jpg"))
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
+    for f in frames:
+        img = cv2.imread(str(f))
+        if img is not None:
+            writer.write(cv2.resize(img, (640, 480)))
+    writer.release()
+    return dest
+
+
+def run(bundle: str, video: Path, out: Path, fps: float, seconds: float, queue: int = 8) -> dict:
+    db = out / f"{video.stem}-{int(fps)}.db"
+    db.unlink(missing_ok=True)
+    cfg = build_config({}, {"source": {"spec": f"video:{video}", "fps": fps, "loop": True, "queue": queue},
+                            "runtime": {"bundle": bundle}, "sinks": {"db": str(db)}, "http": {"port": 0},
+                            "run": {"duration": seconds}})
+    d = Daemon(cfg)
+    rss: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            rss.append(round(rss_mb(), 1))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    s = d.run()
+    stop.set()
+    f2d = s["stages"]["frame_to_decision"]
+    return {"video": video.name, "paced_fps": fps or "unpaced", "seconds": seconds, "mean_fps": s["mean_fps"],
+            "frames": s["frames_processed"], "captured": s["capture"]["frames"], "dropped": s["frames_dropped"],
+            "cells": s["cells_processed"], "classified": s["session"]["classified"],
+            "f2d_p50_ms": f2d["p50_ms"], "f2d_p99_ms": f2d["p99_ms"],
+            "stage_p50_ms": {k: v["p50_ms"] for k, v in s["stages"].items()},
+            "rss_first_mb": rss[1] if len(rss) > 1 else None, "rss_last_mb": rss[-1] if rss else None,
+            "rss_max_mb": max(rss) if rss else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle")
+    ap.add_argument("--out", default="runs/bench-daemon")
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    videos = [bccd_video(out / "bccd.avi")]
+    write_smear_video(out / "synthetic.avi", 300, seed=1)
+    videos.append(out / "synthetic.avi")
+    rows = []
+    for video in videos:
+        for fps in (0.0, 30.0):
+            row = run(args.bundle, video, out, fps, args.seconds)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    (out / "daemon.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

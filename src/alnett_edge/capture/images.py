@@ -1,0 +1,46 @@
+"""A folder of frames (JPEG/PNG/BMP), in name order, optionally looped and replayed at ``fps``. The
+folder is listed again on every pass, so frames dropped in by another program are picked up; a folder
+that disappears is a read failure the watchdog reconnects from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from alnett_edge.capture.base import Source, SourceError
+
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class ImageFolderSource(Source):
+    kind = "images"
+    paced = True
+
+    def open(self) -> None:
+        self.files = self._list()
+        self.pos = 0
+        self.ended = False
+
+    def _list(self) -> list[Path]:
+        root = Path(self.arg)
+        if not root.is_dir():
+            raise SourceError(f"image folder not found: {root}")
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise SourceError(f"no images in {root}")
+        return files
+
+    def read(self) -> np.ndarray | None:
+        if self.pos >= len(self.files):
+            if not self.settings.loop:
+                self.ended = True
+                return None
+            self.files, self.pos = self._list(), 0
+        path = self.files[self.pos]
+        self.pos += 1
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SourceError(f"cannot read frame {path}")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

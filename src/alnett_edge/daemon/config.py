@@ -1,0 +1,165 @@
+"""The daemon's configuration: a TOML file (validated: unknown sections or keys and wrong types are
+one-line errors) with command-line overrides on top. YAML is not read: TOML needs no extra package
+(``tomllib``) and is what the device profiles use.
+
+Example (every key optional except a bundle and a source, from the file or the command line)::
+
+    [source]
+    spec = "v4l2:0"          # or picamera2:0, gstreamer:<pipeline>, video:clip.avi, images:DIR, url:rtsp://...
+    width = 640
+    height = 480
+    fps = 30
+    stall_timeout = 5.0      # seconds without a frame -> reconnect
+    queue = 8                # frames; the oldest is dropped when full
+
+    [runtime]
+    bundle = "/opt/alnett/bundle"
+    backend = ""             # empty: the device profile's order
+
+    [detector]
+    cell_scale = 1.4
+
+    [quality]
+    min_confidence = 0.6
+
+    [sinks]
+    db = "/var/lib/alnett-edge/cells.db"
+    snapshots = "/var/lib/alnett-edge/snapshots"
+
+    [http]
+    host = "127.0.0.1"       # another address needs a token
+    port = 8080
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alnett_edge.daemon.cells import QualityConfig
+from alnett_edge.daemon.detector import DetectorConfig
+from alnett_edge.errors import ConfigError
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class SourceConfig:
+    spec: str = ""
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    exposure: float = 0.0
+    loop: bool = False
+    stall_timeout: float = 5.0
+    backoff_min: float = 0.5
+    backoff_max: float = 30.0
+    queue: int = 8
+
+
+@dataclass
+class RuntimeConfig:
+    bundle: str = ""
+    backend: str = ""
+    threads: int = 0
+    max_batch: int = 8
+
+
+@dataclass
+class SinkConfig:
+    db: str = "alnett-edge.db"
+    jsonl: str = ""
+    snapshots: str = ""
+    snapshot_every: int = 100
+    snapshot_min_interval_s: float = 1.0  # at most one blast snapshot per interval
+
+
+@dataclass
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0 = no HTTP server
+    token: str = ""
+    preview: bool = False  # /preview.mjpg of annotated frames
+
+
+@dataclass
+class RunConfig:
+    max_frames: int = 0  # 0 = until stopped
+    duration: float = 0.0  # seconds; 0 = until stopped
+
+
+@dataclass
+class DaemonConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    sinks: SinkConfig = field(default_factory=SinkConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        if not self.runtime.bundle:
+            raise ConfigError("no bundle: pass --bundle or set [runtime] bundle in the config")
+        if not self.source.spec:
+            raise ConfigError("no source: pass --source or set [source] spec in the config")
+        if self.source.queue < 1 or self.runtime.max_batch < 1:
+            raise ConfigError("[source] queue and [runtime] max_batch must be >= 1")
+        if self.source.stall_timeout <= 0 or self.source.backoff_min <= 0 or self.source.backoff_max < self.source.backoff_min:
+            raise ConfigError("[source] stall_timeout and backoff_min must be > 0 and backoff_max >= backoff_min")
+        if not 0 <= self.http.port <= 65535:
+            raise ConfigError(f"[http] port must be 0..65535, got {self.http.port}")
+        if self.http.port and self.http.host not in LOCAL_HOSTS and not self.http.token:
+            raise ConfigError(f"binding HTTP to {self.http.host} (not localhost) needs a token: --http-token or [http] token")
+        if not 0 <= self.quality.min_confidence <= 1:
+            raise ConfigError("[quality] min_confidence must be in [0, 1]")
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    want = type(default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(f"[{section}] {key} must be {want.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(obj: Any, name: str, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"[{name}] has unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return dataclasses.replace(obj, **{k: _coerce(name, k, v, known[k]) for k, v in values.items()})
+
+
+def build_config(data: dict[str, Any], overrides: dict[str, dict[str, Any]] | None = None) -> DaemonConfig:
+    cfg = DaemonConfig()
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(data) - sections)
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; sections: {', '.join(sorted(sections))}")
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for name, values in (overrides or {}).items():
+        merged.setdefault(name, {}).update({k: v for k, v in values.items() if v is not None})
+    for name, values in merged.items():
+        setattr(cfg, name, _section(getattr(cfg, name), name, values))
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> DaemonConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return build_config(data, overrides)

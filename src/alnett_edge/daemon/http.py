@@ -1,0 +1,133 @@
+"""The daemon's HTTP endpoints: ``/healthz``, ``/status`` (JSON), ``/metrics`` (Prometheus, via
+prometheus-client) and, when enabled, ``/preview.mjpg`` (annotated frames). Localhost by default; any
+other address needs a token, sent as ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``."""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from alnett_edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class DaemonCollector:
+    """Prometheus metrics read from the daemon's status at scrape time."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+
+    def collect(self):  # noqa: ANN201 - prometheus collector protocol
+        st = self.daemon.status()
+        cap, agg = st["capture"], st["session"]
+        for name, value, doc in (("frames_captured", cap["frames"], "frames read from the source"),
+                                 ("frames_processed", st["frames_processed"], "frames through the whole pipeline"),
+                                 ("frames_dropped", st["frames_dropped"], "frames dropped because the queue was full"),
+                                 ("source_stalls", cap["stalls"], "source stalls and read errors"),
+                                 ("source_reconnects", cap["reconnects"], "successful source reopenings")):
+            yield CounterMetricFamily(f"alnett_{name}", doc, value=value)
+        cells = CounterMetricFamily("alnett_cells", "cells by outcome", labels=["outcome"])
+        for label, n in agg["labels"].items():
+            cells.add_metric([label], n)
+        for reason, n in agg["abstained"].items():
+            cells.add_metric([f"abstain:{reason}"], n)
+        yield cells
+        yield GaugeMetricFamily("alnett_queue_depth", "frames waiting", value=st["queue_depth"])
+        yield GaugeMetricFamily("alnett_fps", "processed frames per second (recent)", value=st["fps"])
+        if agg["blast_ratio"] is not None:
+            yield GaugeMetricFamily("alnett_blast_ratio", "blasts / classified cells this session", value=agg["blast_ratio"])
+        lat = GaugeMetricFamily("alnett_stage_latency_ms", "per-stage latency percentiles", labels=["stage", "quantile"])
+        for stage, s in st["stages"].items():
+            for q in ("p50", "p95", "p99"):
+                lat.add_metric([stage, q], s[f"{q}_ms"])
+        yield lat
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+
+def make_handler(daemon: Any, token: str, preview: bool, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("http: " + fmt, *args)
+
+        def _authorised(self, query: dict[str, list[str]]) -> bool:
+            if not token:
+                return True
+            given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip() or query.get("token", [""])[0]
+            return hmac.compare_digest(given, token)
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            url = urlparse(self.path)
+            if not self._authorised(parse_qs(url.query)):
+                return self._send(401, b"token required\n", "text/plain")
+            if url.path == "/healthz":
+                ok, why = daemon.healthy()
+                return self._send(200 if ok else 503, (json.dumps({"ok": ok, "reason": why}) + "\n").encode(), "application/json")
+            if url.path == "/status":
+                return self._send(200, (json.dumps(daemon.status(), indent=2) + "\n").encode(), "application/json")
+            if url.path == "/metrics":
+                return self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            if url.path == "/preview.mjpg" and preview:
+                return self._mjpeg()
+            return self._send(404, b"not found\n", "text/plain")
+
+        def _mjpeg(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            daemon.preview_clients += 1
+            try:
+                while not daemon.stopping:
+                    jpg = daemon.latest_preview
+                    if jpg:
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " +
+                                         str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                daemon.preview_clients -= 1
+
+    return Handler
+
+
+class HttpServer:
+    def __init__(self, daemon: Any, host: str, port: int, token: str = "", preview: bool = False) -> None:
+        registry = CollectorRegistry()
+        registry.register(DaemonCollector(daemon))
+        try:
+            self.server = _Server((host, port), make_handler(daemon, token, preview, registry))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use (another daemon?); pick another with --port") from exc
+            raise ConfigError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

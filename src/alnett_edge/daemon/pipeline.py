@@ -1,0 +1,204 @@
+"""The daemon: capture thread -> bounded queue (drop oldest) -> detect -> crop -> quality gate ->
+batched classification (the runtime) -> post-processing -> aggregator -> sinks, with every stage timed.
+
+Stop (SIGTERM / SIGINT, ``--max-frames``, ``--duration`` or the end of a file source): capture stops,
+the frames already queued are still processed, sinks are flushed and closed, and the session summary
+is returned; no processed cell is lost (each frame's rows are committed before it counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from alnett_edge.capture.base import Frame, SourceSettings, make_source
+from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
+from alnett_edge.daemon.cells import build_crop, quality_reason
+from alnett_edge.daemon.config import DaemonConfig
+from alnett_edge.daemon.detector import CellDetector
+from alnett_edge.daemon.sinks import CellRecord, JsonlSink, Sink, SnapshotSink, SqliteSink, annotate
+from alnett_edge.daemon.stats import Aggregator, StageTimes
+from alnett_edge.data.preprocess import normalize
+from alnett_edge.errors import ConfigError
+from alnett_edge.runtime.loader import open_runtime
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        bundle = Path(cfg.runtime.bundle)
+        if not bundle.exists():
+            raise ConfigError(f"bundle not found: {bundle}")
+        self.runtime = open_runtime(bundle, cfg.runtime.backend or None, threads=cfg.runtime.threads)
+        files = self.runtime.bundle.manifest.get("files", {}) if self.runtime.bundle else {}
+        self.model_sha256 = files.get(self.runtime.path.name) or _sha(self.runtime.path)
+        self.card = self.runtime.card
+        self.detector = CellDetector(cfg.detector)
+        s = cfg.source
+        settings = SourceSettings(s.width or None, s.height or None, s.fps or None, s.exposure or None, s.loop)
+        self.source = make_source(s.spec, settings)
+        self.queue = FrameQueue(s.queue)
+        self.times = StageTimes()
+        self.agg = Aggregator(self.card.class_names)
+        self.capture = CaptureThread(self.source, self.queue, s.stall_timeout, s.backoff_min, s.backoff_max,
+                                     cfg.run.max_frames or None, on_capture=lambda ms: self.times.add("capture", ms))
+        self.sinks: list[Sink] = [SqliteSink(cfg.sinks.db)]
+        if cfg.sinks.jsonl:
+            self.sinks.append(JsonlSink(cfg.sinks.jsonl))
+        if cfg.sinks.snapshots:
+            self.sinks.append(SnapshotSink(cfg.sinks.snapshots, cfg.sinks.snapshot_every, cfg.sinks.snapshot_min_interval_s))
+        self.frames_processed = 0
+        self.cells_processed = 0
+        self.stopping = False
+        self.stop_reason = ""
+        self.preview_clients = 0
+        self.latest_preview: bytes | None = None
+        self._stop = threading.Event()
+        self._recent: list[float] = []
+        self.http = None
+        self.started = 0.0
+
+    # -- control -----------------------------------------------------------------------------------
+    def request_stop(self, reason: str = "signal") -> None:
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            log.info("stopping (%s): draining %d queued frames", reason, len(self.queue))
+        self._stop.set()
+        self.capture.stop()
+
+    def start(self) -> None:
+        self.capture.open_now()  # an unopenable source fails here, in one line
+        if self.cfg.http.port:
+            from alnett_edge.daemon.http import HttpServer
+
+            self.http = HttpServer(self, self.cfg.http.host, self.cfg.http.port, self.cfg.http.token, self.cfg.http.preview)
+        self.started = time.time()
+        self.session = {"started": self.started, "source": self.source.source_id, "bundle": str(self.cfg.runtime.bundle),
+                        "model_sha256": self.model_sha256, "backend": self.runtime.backend, "precision": self.runtime.precision}
+        for sink in self.sinks:
+            sink.open(self.session)
+        if self.http:
+            self.http.start()
+        self.capture.start()
+
+    def run(self) -> dict[str, Any]:
+        self.start()
+        deadline = self.started + self.cfg.run.duration if self.cfg.run.duration else None
+        try:
+            while True:
+                if deadline and time.time() >= deadline and not self._stop.is_set():
+                    self.request_stop("duration")
+                frame = self.queue.get(timeout=0.1)
+                if frame is None:
+                    if self.queue.closed and not len(self.queue):
+                        break
+                    continue
+                self.process(frame)
+        finally:
+            summary = self.finish()
+        return summary
+
+    def finish(self) -> dict[str, Any]:
+        self.stopping = True
+        self.capture.stop()
+        self.capture.join(timeout=5)
+        summary = self.status()
+        summary["stop_reason"] = self.stop_reason or self.capture.stats.state
+        for sink in self.sinks:
+            sink.close(summary)
+        if self.http:
+            self.http.stop()
+        self.runtime.close()
+        return summary
+
+    # -- one frame ---------------------------------------------------------------------------------
+    def process(self, frame: Frame) -> list[CellRecord]:
+        t0 = time.perf_counter()
+        dets = self.detector.detect(frame.rgb)
+        t1 = time.perf_counter()
+        reasons = [quality_reason(frame.rgb, d, self.cfg.quality) for d in dets]
+        keep = [i for i, r in enumerate(reasons) if r is None]
+        crops = [build_crop(frame.rgb, dets[i], self.card.input) for i in keep]
+        t2 = time.perf_counter()
+        probs = np.zeros((0, len(self.card.class_names)), np.float32)
+        if crops:
+            x = np.stack([normalize(c, self.card.input) for c in crops])
+            step = self.cfg.runtime.max_batch
+            probs = np.concatenate([self.runtime.infer(x[i : i + step]) for i in range(0, len(x), step)])
+        t3 = time.perf_counter()
+        records = self._records(frame, dets, reasons, keep, probs)
+        for sink in self.sinks:
+            sink.write(frame.rgb, frame.index, records)
+        if self.preview_clients:
+            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(frame.rgb, records), cv2.COLOR_RGB2BGR))
+            self.latest_preview = jpg.tobytes() if ok else None
+        t4 = time.perf_counter()
+        for r in records:
+            self.agg.add(r.label, r.abstain_reason)
+        self.frames_processed += 1
+        self.agg.frames = self.frames_processed
+        self.cells_processed += len(records)
+        for stage, a, b in (("detect", t0, t1), ("crop", t1, t2), ("infer", t2, t3), ("sink", t3, t4)):
+            self.times.add(stage, (b - a) * 1e3)
+        self.times.add("frame_to_decision", (time.time() - frame.timestamp) * 1e3)
+        now = time.monotonic()
+        self._recent = [t for t in self._recent if now - t < 5.0] + [now]
+        return records
+
+    def _records(self, frame: Frame, dets: list, reasons: list[str | None], keep: list[int], probs: np.ndarray) -> list[CellRecord]:
+        names = self.card.class_names
+        row = {i: p for i, p in zip(keep, probs)}
+        out = []
+        now = time.time()
+        for i, det in enumerate(dets):
+            reason, label, p = reasons[i], None, row.get(i)
+            if p is not None:
+                k = int(np.argmax(p))
+                if p[k] < self.cfg.quality.min_confidence:
+                    reason = "low confidence"
+                else:
+                    label = names[k]
+            out.append(CellRecord(now, frame.index, det.box, None if p is None else round(float(p[0]), 6),
+                                  None if p is None else round(float(p[1]), 6), label, reason, self.model_sha256))
+        return out
+
+    # -- observability -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        cap = self.capture.stats
+        now = time.monotonic()
+        recent = [t for t in self._recent if now - t < 5.0]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        elapsed = time.time() - self.started if self.started else 0.0
+        return {
+            "source": self.source.source_id, "backend": self.runtime.backend, "precision": self.runtime.precision,
+            "model_sha256": self.model_sha256, "uptime_s": round(elapsed, 2), "fps": round(fps, 2),
+            "mean_fps": round(self.frames_processed / elapsed, 2) if elapsed else 0.0,
+            "frames_processed": self.frames_processed, "frames_dropped": self.queue.dropped,
+            "queue_depth": len(self.queue), "cells_processed": self.cells_processed,
+            "capture": {"frames": cap.frames, "stalls": cap.stalls, "reconnects": cap.reconnects,
+                        "read_errors": cap.read_errors, "state": cap.state, "last_error": cap.last_error},
+            "stages": self.times.summary(), "session": self.agg.snapshot(),
+        }  # fmt: skip
+
+    def healthy(self) -> tuple[bool, str]:
+        cap = self.capture.stats
+        if cap.state == "reconnecting":
+            return False, f"source reconnecting ({cap.last_error})"
+        if cap.state == "running" and time.time() - cap.last_frame_time > self.cfg.source.stall_timeout:
+            return False, "no frame within the stall timeout"
+        return True, cap.state
+
+
+def _sha(path: Path) -> str:
+    from alnett_edge.files import sha256_file
+
+    return sha256_file(path)

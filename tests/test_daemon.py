@@ -1,0 +1,289 @@
+"""Capture, the cell detector and the camera daemon (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from alnett_edge.capture import Frame, FrameQueue, make_source, parse_spec
+from alnett_edge.card import InputSpec
+from alnett_edge.daemon.cells import build_crop
+from alnett_edge.daemon.config import build_config
+from alnett_edge.daemon.detector import CellDetector
+from alnett_edge.daemon.pipeline import Daemon
+from alnett_edge.daemon.stats import wilson_interval
+from alnett_edge.data.synth import synth_smear, write_smear_video
+
+from conftest import BCCD, cli, one_line_error, require_shared
+
+def iou(a, b):
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def match(preds, gts, thr=0.5):
+    """Greedy IoU matching -> (true positives, false positives, false negatives)."""
+    used, tp = set(), 0
+    for p in preds:
+        best = max(((iou(p, g), j) for j, g in enumerate(gts) if j not in used), default=(0.0, -1))
+        if best[0] >= thr:
+            tp += 1
+            used.add(best[1])
+    return tp, len(preds) - tp, len(gts) - tp
+
+
+def voc_wbc(xml_path: Path):
+    t = ET.parse(xml_path)
+    boxes = []
+    for o in t.findall("object"):
+        if o.find("name").text == "WBC":
+            bb = o.find("bndbox")
+            boxes.append(tuple(int(float(bb.find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax")))
+    return t.find("filename").text, boxes
+
+
+def test_detector_meets_the_target_on_real_bccd_frames():
+    root = require_shared(BCCD)
+    det = CellDetector()
+    tp = fp = fn = 0
+    for xml in sorted((root / "Annotations").glob("*.xml")):
+        name, gts = voc_wbc(xml)
+        img = cv2.imread(str(root / "JPEGImages" / name))
+        if img is None:
+            continue
+        a, b, c = match([d.box for d in det.detect(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))], gts)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    recall, precision = tp / (tp + fn), tp / (tp + fp)
+    assert tp + fn >= 350  # every annotated WBC was scored
+    assert recall >= 0.90 and precision >= 0.80, (recall, precision)
+
+
+def test_crop_builder_gives_the_cnmc_look():
+    frame = synth_smear(np.random.default_rng(4))
+    (det, *_) = CellDetector().detect(frame.image)
+    crop = build_crop(frame.image, det, InputSpec(size=(96, 96)))
+    assert crop.shape == (96, 96, 3) and crop.dtype == np.uint8
+    corners = np.concatenate([crop[:6, :6], crop[:6, -6:], crop[-6:, :6], crop[-6:, -6:]]).reshape(-1, 3)
+    assert corners.max() == 0  # the cell sits on black, like C-NMC
+    ys, xs = np.nonzero(crop.max(axis=2))
+    assert abs((xs.min() + xs.max()) / 2 - 47.5) < 8 and abs((ys.min() + ys.max()) / 2 - 47.5) < 8  # centred
+
+
+def test_frame_queue_drops_the_oldest_and_counts():
+    q = FrameQueue(3)
+    for i in range(10):
+        q.put(Frame(np.zeros((2, 2, 3), np.uint8), time.time(), i, "t"))
+    assert q.dropped == 7 and len(q) == 3
+    assert [q.get(0).index for _ in range(3)] == [7, 8, 9]
+    assert q.get(timeout=0.01) is None
+    q.close()
+    assert q.get() is None and q.closed
+
+
+def test_wilson_interval_and_source_specs(tmp_path):
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert wilson_interval(0, 0) is None and wilson_interval(0, 20)[0] == 0.0
+    assert parse_spec("0") == ("v4l2", "0") and parse_spec("/dev/video2") == ("v4l2", "/dev/video2")
+    assert parse_spec("rtsp://u:p@cam/stream")[0] == "url" and parse_spec("synthetic") == ("synthetic", "0")
+    assert parse_spec("videotestsrc ! appsink")[0] == "gstreamer" and parse_spec(str(tmp_path)) == ("images", str(tmp_path))
+    assert make_source("url:rtsp://user:secret@cam/x").source_id == "url:cam/x"  # no credentials in logs
+
+
+def test_end_to_end_every_known_cell_reaches_the_database(x86_bundle, tmp_path):
+    video = tmp_path / "smear.avi"
+    truth = write_smear_video(video, 16)
+    db = tmp_path / "cells.db"
+    cfg = build_config({}, {"source": {"spec": f"video:{video}", "queue": 64}, "runtime": {"bundle": x86_bundle["bundle"]},
+                            "sinks": {"db": str(db), "jsonl": str(tmp_path / "cells.jsonl"), "snapshots": str(tmp_path / "snaps"),
+                                      "snapshot_every": 5}, "http": {"port": 0}})
+    summary = Daemon(cfg).run()
+    assert summary["frames_processed"] == 16 and summary["frames_dropped"] == 0 and summary["stop_reason"] == "ended"
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT frame_index, x0, y0, x1, y1, label, abstain_reason, prob_all, model_sha256 FROM cells").fetchall()
+    for i, gts in enumerate(truth):
+        boxes = [r[1:5] for r in rows if r[0] == i]
+        assert match(boxes, gts)[2] == 0, (i, boxes, gts)  # no known cell is missing
+    manifest = json.loads((Path(x86_bundle["bundle"]) / "manifest.json").read_text())
+    selected_sha = manifest["files"][manifest["selected"]]
+    for _, *_box, label, reason, p_all, sha in rows:
+        assert sha == selected_sha and ((label in ("all", "hem") and reason is None) or (label is None and reason))
+    (frames, cells, ended) = con.execute("SELECT frames, cells, ended FROM sessions").fetchone()
+    assert (frames, cells) == (16, len(rows)) and ended is not None
+    assert summary["cells_processed"] == len(rows) == summary["session"]["cells"]
+    assert len((tmp_path / "cells.jsonl").read_text().splitlines()) == len(rows) + 2  # + session + summary lines
+    assert list((tmp_path / "snaps").glob("frame0000000*.jpg"))
+    for stage in ("capture", "detect", "crop", "infer", "sink", "frame_to_decision"):
+        assert summary["stages"][stage]["p99_ms"] >= summary["stages"][stage]["p50_ms"] > 0
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_slow_consumer_drops_frames_and_counts_them(x86_bundle, tmp_path):
+    video = tmp_path / "v.avi"
+    write_smear_video(video, 40, seed=2)
+    cfg = build_config({}, {"source": {"spec": f"video:{video}", "queue": 1}, "runtime": {"bundle": x86_bundle["bundle"]},
+                            "sinks": {"db": str(tmp_path / "d.db")}, "http": {"port": 0}})
+    d = Daemon(cfg)
+    slow = d.process
+    d.process = lambda frame: (time.sleep(0.02), slow(frame))[1]  # a consumer slower than the file source
+    s = d.run()
+    assert s["frames_dropped"] > 0 and s["frames_processed"] + s["frames_dropped"] == s["capture"]["frames"] == 40
+
+
+def test_source_that_vanishes_and_returns_is_reconnected(x86_bundle, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(frames / f"{i}.jpg"), cv2.cvtColor(synth_smear(np.random.default_rng(i)).image, cv2.COLOR_RGB2BGR))
+    cfg = build_config({}, {"source": {"spec": f"images:{frames}", "loop": True, "fps": 40.0, "stall_timeout": 0.3,
+                                       "backoff_min": 0.1, "backoff_max": 0.2},
+                            "runtime": {"bundle": x86_bundle["bundle"]}, "sinks": {"db": str(tmp_path / "d.db")},
+                            "http": {"port": 0}})
+    d = Daemon(cfg)
+    t = threading.Thread(target=d.run)
+    t.start()
+    try:
+        _wait(lambda: d.frames_processed >= 5)
+        frames.rename(tmp_path / "gone")  # the camera disappears ...
+        _wait(lambda: d.capture.stats.state == "reconnecting")
+        assert not d.healthy()[0]
+        time.sleep(0.5)
+        (tmp_path / "gone").rename(frames)  # ... and comes back
+        before = d.frames_processed
+        _wait(lambda: d.capture.stats.reconnects >= 1 and d.frames_processed > before + 5)
+        assert d.healthy()[0]
+    finally:
+        d.request_stop("test")
+        t.join(10)
+    assert d.capture.stats.stalls >= 1 and d.capture.stats.reconnects >= 1 and not t.is_alive()
+
+
+def _wait(cond, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, token=None):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_http_status_metrics_and_token(x86_bundle, tmp_path):
+    port = free_port()
+    cfg = build_config({}, {"source": {"spec": "synthetic:3", "fps": 20.0}, "runtime": {"bundle": x86_bundle["bundle"]},
+                            "sinks": {"db": str(tmp_path / "d.db")},
+                            "http": {"port": port, "host": "127.0.0.1", "token": "s3cret", "preview": True}})
+    d = Daemon(cfg)
+    t = threading.Thread(target=d.run)
+    t.start()
+    try:
+        _wait(lambda: d.frames_processed >= 3)
+        base = f"http://127.0.0.1:{port}"
+        assert get(base + "/status")[0] == 401
+        code, body = get(base + "/healthz", "s3cret")
+        assert code == 200 and json.loads(body)["ok"] is True
+        status = json.loads(get(base + "/status", "s3cret")[1])
+        for key in ("fps", "frames_dropped", "queue_depth", "stages", "capture", "session"):
+            assert key in status
+        assert status["capture"]["reconnects"] == 0 and status["stages"]["frame_to_decision"]["p99_ms"] > 0
+        code, metrics = get(base + "/metrics?token=s3cret")
+        assert code == 200 and "alnett_frames_processed_total" in metrics and 'stage="infer"' in metrics
+        with urllib.request.urlopen(base + "/preview.mjpg?token=s3cret", timeout=5) as r:  # annotated frames
+            head = r.read(4096)
+        assert head.startswith(b"--frame\r\nContent-Type: image/jpeg") and b"\xff\xd8" in head
+    finally:
+        d.request_stop()
+        t.join(10)
+
+
+def test_sigterm_mid_run_loses_no_processed_cell(x86_bundle, tmp_path):
+    db, summary = tmp_path / "d.db", tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-m", "alnett_edge", "daemon", "--bundle", x86_bundle["bundle"],
+                             "--source", "synthetic:5", "--fps", "25", "--db", str(db), "--port", "0",
+                             "--summary-json", str(summary)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ALNETT_EDGE_DEBUG": "1"})
+    try:
+        _wait(lambda: db.exists() and _count(db) >= 5, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    s = json.loads(summary.read_text())
+    assert s["stop_reason"] == "SIGTERM" and s["cells_processed"] == _count(db) > 0
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT cells, frames FROM sessions").fetchone() == (s["cells_processed"], s["frames_processed"])
+    assert "frame_to_decision" in out
+
+
+def _count(db: Path) -> int:
+    try:
+        con = sqlite3.connect(db)
+        try:
+            return con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_shipped_example_config_is_valid():
+    from alnett_edge.daemon.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "deploy" / "daemon.toml")
+    assert cfg.source.spec == "picamera2:0" and cfg.http.host == "127.0.0.1" and cfg.quality.min_sharpness == 4.5
+
+
+def test_bad_config_bundle_source_and_port_are_one_line_errors(x86_bundle, tmp_path):
+    bundle = x86_bundle["bundle"]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[source]\nspec = "synthetic"\nfps = "fast"\n')
+    one_line_error(cli("daemon", "--config", cfg, "--bundle", bundle), "[source] fps must be float")
+    cfg.write_text('[source]\nspec = "synthetic"\nframerate = 30\n')
+    one_line_error(cli("daemon", "--config", cfg, "--bundle", bundle), "unknown key(s) framerate")
+    cfg.write_text('[camera]\nspec = "x"\n')
+    one_line_error(cli("daemon", "--config", cfg, "--bundle", bundle), "unknown config section")
+    one_line_error(cli("daemon", "--bundle", tmp_path / "nope", "--source", "synthetic", "--port", 0), "bundle not found")
+    one_line_error(cli("daemon", "--bundle", bundle, "--source", "video:/nonexistent.avi", "--port", 0, "--db", tmp_path / "a.db"),
+                   "video file not found")
+    one_line_error(cli("daemon", "--bundle", bundle, "--source", "v4l2:/dev/video99", "--port", 0, "--db", tmp_path / "a.db"),
+                   "cannot open v4l2:/dev/video99")
+    one_line_error(cli("daemon", "--bundle", bundle, "--source", "synthetic", "--host", "0.0.0.0"), "needs a token")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        one_line_error(cli("daemon", "--bundle", bundle, "--source", "synthetic", "--port", busy, "--db", tmp_path / "b.db"),
+                       f"port {busy}", "in use")
