@@ -18,6 +18,9 @@ from alnett_edge.errors import CheckpointError
 
 CARD_SCHEMA = 1
 
+#: The metadata key that carries the card (JSON) in safetensors checkpoints and ONNX metadata_props.
+CARD_KEY = "alnett_edge.card"
+
 #: C-NMC labels cells 0 = hem (normal), 1 = all (blast); index i of the model output is CLASS_NAMES[i].
 CLASS_NAMES: tuple[str, ...] = ("hem", "all")
 

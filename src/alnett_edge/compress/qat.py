@@ -30,13 +30,13 @@ from safetensors.torch import save_file
 from torch.export import Dim
 from torch.utils.data import DataLoader
 
-from alnett_edge.card import ModelCard
+from alnett_edge.card import CARD_KEY, ModelCard
 from alnett_edge.compress.report import metrics_row
 from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.data.dataset import CellDataset, load_split_datasets
 from alnett_edge.errors import CheckpointError, CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett
-from alnett_edge.model.checkpoint import CARD_KEY, load_checkpoint, model_from_card, read_card
+from alnett_edge.model.checkpoint import load_checkpoint, model_from_card, read_card
 from alnett_edge.train.loop import cosine_schedule, finetune_config, make_criterion, run_epoch
 from alnett_edge.train.metrics import top1_agreement
 

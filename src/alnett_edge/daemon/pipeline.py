@@ -26,6 +26,7 @@ from alnett_edge.daemon.sinks import CellRecord, JsonlSink, Sink, SnapshotSink, 
 from alnett_edge.daemon.stats import Aggregator, StageTimes
 from alnett_edge.data.preprocess import normalize
 from alnett_edge.errors import ConfigError
+from alnett_edge.files import sha256_file
 from alnett_edge.runtime.loader import open_runtime
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Daemon:
             raise ConfigError(f"bundle not found: {bundle}")
         self.runtime = open_runtime(bundle, cfg.runtime.backend or None, threads=cfg.runtime.threads)
         files = self.runtime.bundle.manifest.get("files", {}) if self.runtime.bundle else {}
-        self.model_sha256 = files.get(self.runtime.path.name) or _sha(self.runtime.path)
+        self.model_sha256 = files.get(self.runtime.path.name) or sha256_file(self.runtime.path)
         self.card = self.runtime.card
         self.detector = CellDetector(cfg.detector)
         s = cfg.source
@@ -196,9 +197,3 @@ class Daemon:
         if cap.state == "running" and time.time() - cap.last_frame_time > self.cfg.source.stall_timeout:
             return False, "no frame within the stall timeout"
         return True, cap.state
-
-
-def _sha(path: Path) -> str:
-    from alnett_edge.files import sha256_file
-
-    return sha256_file(path)

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import onnx
 
-from alnett_edge.card import ModelCard
+from alnett_edge.card import CARD_KEY, ModelCard
 from alnett_edge.errors import CheckpointError
 
-CARD_KEY = "alnett_edge.card"
 
 
 def set_card(proto: onnx.ModelProto, card: ModelCard) -> None:

@@ -13,14 +13,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from alnett_edge.card import InputSpec, ModelCard
+from alnett_edge.card import CARD_KEY, InputSpec, ModelCard
 from alnett_edge.errors import CheckpointError, ConfigError
 from alnett_edge.model.alnett import ALNett, ALNettConfig, config_of
 from alnett_edge.model.registry import get_variant
 
 log = logging.getLogger(__name__)
 
-CARD_KEY = "alnett_edge.card"
 
 
 def new_card(model: ALNett, variant: str, input_size: int | None = None, **input_overrides: object) -> ModelCard:

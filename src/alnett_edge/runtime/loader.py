@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alnett_edge.card import ModelCard
+from alnett_edge.card import CARD_KEY, ModelCard
 from alnett_edge.errors import CheckpointError, ConfigError
 from alnett_edge.bundle import Bundle, load_bundle
 from alnett_edge.runtime.base import BACKENDS, Runtime, RuntimeUnavailable, backend_class, backend_formats, unavailable_reason
 
 log = logging.getLogger(__name__)
 
-CARD_KEY = "alnett_edge.card"  # the same key in ONNX metadata_props and safetensors metadata
 DEFAULT_ORDER = ("tensorrt", "onnxruntime", "litert", "pytorch")
 
 

@@ -54,12 +54,14 @@ class ExportFormat:
     def predictor(self, path: Path, artifact: Artifact, card: ModelCard) -> Predictor | None:
         """A runner for the gate on this machine (the device runtime's backend for this format), or
         None when the format cannot run here."""
-        from alnett_edge.runtime.base import backend_class, unavailable_reason
+        from alnett_edge.runtime.base import BACKENDS, backend_class, backend_formats, unavailable_reason
 
-        backend = {"onnx": "onnxruntime", "tensorrt": "onnxruntime", "tflite": "litert"}.get(self.name)
-        if backend is None or unavailable_reason(backend):
+        # the first registered backend that runs this format here (a TensorRT bundle's ONNX: ONNX Runtime)
+        backend = next((b for b in BACKENDS if self.name in backend_formats(b) and not unavailable_reason(b)), None)
+        if backend is None:
             return None
-        return backend_class(backend)(path, card, artifact.to_dict() if artifact else {}, provider="cpu").infer
+        options = {"provider": "cpu"} if backend == "onnxruntime" else {}
+        return backend_class(backend)(path, card, artifact.to_dict() if artifact else {}, **options).infer
 
 
 FORMATS: dict[str, ExportFormat] = {}
