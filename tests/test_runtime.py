@@ -154,7 +154,7 @@ def test_bench_reports_every_field_json_and_png(rpi_bundle, trained, easy_cells,
     # fp32 ONNX vs eager PyTorch: the same decisions, bar at most one image sitting on the 0.5 threshold
     assert onnx["agreement"] >= 47 / 48 and abs(onnx["accuracy"] - ref["accuracy"]) <= 1 / 48, (onnx, ref)
     ops = rows[("model.fp32.onnx", "onnxruntime")]["op_profile"]
-    assert ops[0]["op"] in ("Conv", "FusedConv") and sum(o["share"] for o in ops) <= 1.0001
+    assert ops[0]["op"] in ("Conv", "FusedConv") and sum(o["share"] for o in ops) <= 1 + 1e-3  # shares are rounded to 4 places
     assert report["machine"]["cores"] >= 1 and report["machine"]["peak_gflops"] > 0
     data = json.loads(write_json(report, tmp_path / "b.json").read_text())
     assert data["rows"][0]["batches"]["1"]["p99_ms"] > 0
