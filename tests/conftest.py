@@ -87,6 +87,16 @@ def qat_asym(qat_runs):
 
 
 @pytest.fixture(scope="session")
+def qat_sym_onnx(qat_sym, tmp_path_factory):
+    """The symmetric QAT checkpoint exported to a QDQ ONNX (8-bit weights, as TensorRT takes it)."""
+    from alnett_edge.compress.qat import load_qat_checkpoint
+    from alnett_edge.export.onnx import export_onnx
+
+    model, card = load_qat_checkpoint(qat_sym)
+    return export_onnx(model, card, tmp_path_factory.mktemp("qatonnx") / "q.onnx", simplify=False)
+
+
+@pytest.fixture(scope="session")
 def rpi_bundle(trained, qat_asym, tmp_path_factory):
     """``trained`` exported for rpi5 from the asymmetric QAT checkpoint: int8 .tflite (selected) plus
     the fp32 ONNX fallback; gated leniently (alnett-tiny on 64 px is not an int8-friendly model)."""

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -20,6 +22,19 @@ def test_profiles_ship_and_resolve():
     with pytest.raises(ConfigError, match="unknown target 'coral'"):
         resolve_target("coral")
 
+
+
+def test_profiles_say_which_int8_kernels_their_cpus_have():
+    profiles = load_profiles()
+    assert all(p.cpu_int8 for p in profiles.values())
+    assert profiles["x86-cpu"].int8_fits_avx2 and set(profiles["x86-cpu"].cpu_int8) == {"x86-avx2", "x86-vnni"}
+    assert not profiles["x86-vnni"].int8_fits_avx2 and not profiles["rpi5"].int8_fits_avx2
+    assert {p.int8_scheme for name, p in profiles.items() if name.startswith("jetson")} == {"symmetric"}
+    from alnett_edge.devices import _parse
+
+    text = (Path(__file__).resolve().parents[1] / "src/alnett_edge/devices/profiles/x86-cpu.toml").read_text()
+    with pytest.raises(ConfigError, match="cpu_int8 takes"):
+        _parse(text.replace('cpu_int8 = ["x86-avx2", "x86-vnni"]', 'cpu_int8 = ["avx9"]'), "bad.toml")
 
 def test_impossible_requests_are_explicit_errors():
     nano = load_profiles()["jetson-nano"]

@@ -116,7 +116,8 @@ def test_tflite_fp32_and_int8_from_qat(trained, rpi_bundle, tmp_path):
 
 def test_jetson_bundle_lints_and_engine_is_built_on_device(trained, qat_sym, qat_asym, tmp_path):
     _, result = trained
-    m = export_bundle(result.best, "jetson", tmp_path / "j", qat=qat_sym)
+    # lenient gate: alnett-tiny on 64 px has near-tie cells that any int8 arithmetic may flip (test_int8.py)
+    m = export_bundle(result.best, "jetson", tmp_path / "j", qat=qat_sym, allow_drop=5.0, min_agreement=0.95)
     art = m["artifacts"][0]
     assert art["format"] == "tensorrt" and art["precision"] == "int8" and "passed" in art["extra"]["lint"]
     assert lint_tensorrt(tmp_path / "j" / art["file"]).ok

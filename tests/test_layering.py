@@ -24,8 +24,8 @@ from alnett_edge.card import ModelCard, InputSpec
 from alnett_edge.data import preprocess, sources, splits, synth, augment, sheet
 from alnett_edge.train import metrics
 from alnett_edge.export import trt_lint, metadata
-from alnett_edge.calibrate import reader
-from alnett_edge import bundle, devices, files
+from alnett_edge.calibrate import reader, int8_safety
+from alnett_edge import bundle, devices, evaluation, files, machine
 from alnett_edge.runtime import base, loader, ort_backend, litert_backend, tensorrt_backend, predict, verify
 from alnett_edge.bench import latency, runner, system, worker
 from alnett_edge.capture import base as cbase, watchdog, images, video, v4l2, gstreamer, url, synthetic, picamera2

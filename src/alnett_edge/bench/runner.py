@@ -276,7 +276,8 @@ def plot_latency(report: dict[str, Any], dest: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("latency per call (ms, log)")
     m = report["machine"]
-    ax.set_title(f"alnett-edge bench: {m['cpu']} ({m['cores']} cores); whiskers p1-p99", fontsize=9)
+    ax.set_title(f"alnett-edge bench: {m['cpu']} ({m['cores']} cores, {m['simd']}, int8 kernel {m.get('int8_kernel')}); "
+                 "whiskers p1-p99", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     dest = Path(dest)

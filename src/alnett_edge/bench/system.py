@@ -15,32 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from alnett_edge.machine import _cpuinfo, cpu_flags, isa_line, isa_summary, simd
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_flags(info: str | None = None) -> set[str]:
-    info = _cpuinfo() if info is None else info
-    m = re.search(r"^(flags|Features)\s*:\s*(.*)$", info, re.M)
-    return set(m.group(2).split()) if m else set()
-
-
-def simd(flags: set[str], machine: str | None = None) -> tuple[str, int]:
-    """(name, fp32 FLOPs per cycle per core)."""
-    machine = (machine or platform.machine()).lower()
-    if "avx512f" in flags:
-        return "AVX-512", 64
-    if "avx2" in flags and "fma" in flags:
-        return "AVX2+FMA", 32
-    if machine in ("aarch64", "arm64"):
-        return "NEON", 16
-    if "avx" in flags:
-        return "AVX", 16
-    return "SSE", 8
+__all__ = ["clock_ghz", "machine_info", "peak_rss_mb", "rss_mb", "simd"]
 
 
 def clock_ghz(info: str | None = None) -> float | None:
@@ -53,25 +30,15 @@ def clock_ghz(info: str | None = None) -> float | None:
     return float(m.group(1)) / 1e3 if m else None
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def machine_info(peak_gflops: float | None = None) -> dict[str, Any]:
+    """CPU, SIMD, int8 kernel kind (see ``alnett_edge.machine``), clock, fp32 peak estimate and load."""
     info = _cpuinfo()
-    flags = cpu_flags(info)
-    isa, per_cycle = simd(flags)
+    _, per_cycle = simd(cpu_flags(info))
+    isa = isa_summary()
     ghz = clock_ghz(info)
-    cores = cpu_count()
-    model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    int8 = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm") if f in flags]
-    est = round(cores * ghz * per_cycle, 1) if ghz else None
+    est = round(isa["cores"] * ghz * per_cycle, 1) if ghz else None
     return {
-        "cpu": model.group(1).strip() if model else platform.processor() or platform.machine(),
-        "machine": platform.machine(), "cores": cores, "simd": isa, "int8_dot_product": int8 or None,
+        **isa, "isa": isa_line(isa),
         "clock_ghz": round(ghz, 3) if ghz else None, "fp32_flops_per_cycle_per_core": per_cycle,
         "peak_gflops": peak_gflops if peak_gflops else est,
         "peak_source": "given (--peak-gflops)" if peak_gflops else "estimate: cores x clock x FLOPs/cycle",

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from alnett_edge.calibrate.reader import (
     CalibrationSet,
@@ -28,6 +29,7 @@ from alnett_edge.calibrate.reader import (
     check_patient_overlap,
     load_calibration_set,
 )
+from alnett_edge.calibrate.int8_safety import check_saturation, fit_weights_to_int16_pairs, saturation_summary
 from alnett_edge.card import ModelCard
 from alnett_edge.data.preprocess import load_image, preprocess
 from alnett_edge.data.sources import Sample, load_samples
@@ -42,8 +44,12 @@ SCHEMES = ("symmetric", "asymmetric")
 
 
 def quantize_onnx(model_path: str | Path, out_path: str | Path, calib: CalibrationSet, card: ModelCard,
-                  method: str = "minmax", scheme: str = "symmetric") -> Path:
-    """Write an int8 QDQ ONNX calibrated on ``calib``; the card records how it was made."""
+                  method: str = "minmax", scheme: str = "symmetric", fit_avx2: bool = False) -> Path:
+    """Write an int8 QDQ ONNX calibrated on ``calib``; the card records how it was made.
+
+    ``fit_avx2``: the GEMM layers' weights are re-quantized from the fp32 weights so that x86 CPUs
+    without VNNI compute them without int16 saturation; depthwise layers keep 8 bits (see
+    ``calibrate.int8_safety``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -77,9 +83,11 @@ def quantize_onnx(model_path: str | Path, out_path: str | Path, calib: Calibrati
             )
         log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
         q = onnx.load_model(str(tmp_out))
+    if fit_avx2:
+        fit_weights_to_int16_pairs(q, {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer})
     qcard = card.copy()
     qcard.quantization = {"method": "ptq", "calibration": method, "scheme": scheme, "format": "onnx-qdq",
-                          "images": len(calib.inputs)}
+                          "images": len(calib.inputs), "fit_avx2": fit_avx2}
     set_card(q, qcard)
     onnx.save_model(q, str(out_path))
     return out_path
@@ -87,8 +95,6 @@ def quantize_onnx(model_path: str | Path, out_path: str | Path, calib: Calibrati
 
 def onnx_zero_points(path: str | Path) -> list[int]:
     """Zero-points of every QuantizeLinear/DequantizeLinear of a QDQ model (initializers only)."""
-    from onnx import numpy_helper
-
     proto = load_onnx(path)
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     zps: list[int] = []
@@ -116,7 +122,7 @@ def _eval_inputs(samples: list[Sample], card: ModelCard) -> tuple[np.ndarray, np
 def calibrate(model: str | Path, images: str | Path, out: str | Path | None = None, method: str = "minmax",
               scheme: str = "symmetric", num: int = 300, allow_any_size: bool = False,
               eval_data: str | Path | None = None, allow_patient_overlap: bool = False,
-              qat_checkpoint: str | Path | None = None) -> dict[str, Any]:
+              qat_checkpoint: str | Path | None = None, fit_avx2: bool = True) -> dict[str, Any]:
     """The ``alnett-edge calibrate`` job. Returns the report (also written next to the output)."""
     if num < 1:
         raise ConfigError("--num must be >= 1")
@@ -130,9 +136,10 @@ def calibrate(model: str | Path, images: str | Path, out: str | Path | None = No
     eval_samples = load_samples(eval_data) if eval_data else None
     if eval_samples is not None:
         report["patient_overlap"] = check_patient_overlap(calib, eval_samples, allow_patient_overlap)
-    quantize_onnx(model, out, calib, card, method, scheme)
+    quantize_onnx(model, out, calib, card, method, scheme, fit_avx2)
     zps = onnx_zero_points(out)
     report["zero_points"] = sorted(set(zps))
+    report["int8_saturation"] = saturation_summary(check_saturation(str(out)))
     if eval_samples is not None:
         x, y = _eval_inputs(eval_samples, card)
         fp32, p32 = evaluate_onnx(model, x, y)

@@ -93,13 +93,19 @@ def register(app: typer.Typer) -> None:
         eval_data: Path = typer.Option(None, help="Labelled images: compare fp32 / PTQ (/ QAT) side by side."),
         qat: Path = typer.Option(None, help="A QAT checkpoint to add to the comparison."),
         allow_patient_overlap: bool = typer.Option(False, help="Allow patients shared by calibration and evaluation."),
+        fit_avx2: bool = typer.Option(True, "--fit-avx2/--no-fit-avx2", help="Fit the weights so x86 CPUs without "
+                                      "VNNI cannot saturate (exact on every x86-64); off: VNNI x86, ARM, TensorRT."),
     ) -> None:
         """Post-training int8 calibration (ONNX Runtime, QDQ) with an optional side-by-side report."""
         from alnett_edge.calibrate.ptq import calibrate as run
 
-        rep = run(model, images, out, method, scheme, num, any_size, eval_data, allow_patient_overlap, qat)
+        rep = run(model, images, out, method, scheme, num, any_size, eval_data, allow_patient_overlap, qat,
+                  fit_avx2)
         if "eval" in rep:
             Console().print(_table(f"{rep['eval']['data']} ({rep['eval']['n']} images)", rep["eval"]["rows"],
                                    ["accuracy", "sensitivity", "specificity", "f1", "agreement"]))
         typer.echo(f"int8 model: {rep['int8']} ({rep['calibration_images']} calibration images, "
                    f"zero-points {rep['zero_points'][:6]})")
+        sat = rep["int8_saturation"]
+        typer.echo("int8 on x86 without VNNI: " + ("exact (no int16 saturation possible)" if sat["exact_on_x86_without_vnni"]
+                   else f"may saturate in {len(sat['layers_that_may_saturate'])} layers (use --fit-avx2)"))

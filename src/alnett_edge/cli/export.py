@@ -11,8 +11,9 @@ from rich.table import Table
 
 def gate_table(manifest: dict) -> Table:
     table = Table(title=f"accuracy gate vs fp32 on {manifest['gate_set']['source']} ({manifest['gate_set']['n']} images)")
-    for col in ("artifact", "precision", "size", "accuracy", "Δacc pts", "ΔF1 pts", "agreement", "ms b1 here", "gate"):
-        table.add_column(col, justify="left" if col in ("artifact", "precision", "gate") else "right")
+    for col in ("artifact", "prec", "bytes", "accuracy", "Δacc", "ΔF1", "agree", "ms b1", "gate"):
+        table.add_column(col, justify="left" if col in ("artifact", "prec", "gate") else "right",
+                         no_wrap=col == "artifact", min_width=20 if col == "artifact" else None)
     rows = [(a, "") for a in manifest["artifacts"]] + [(a, "rejected: ") for a in manifest.get("rejected_by_gate", [])]
     for a, tag in rows:
         g = a["gate"]
@@ -25,6 +26,24 @@ def gate_table(manifest: dict) -> Table:
     return table
 
 
+def gate_notes(manifest: dict) -> list[str]:
+    """Where the gate was measured and what it proves, one line each."""
+    lines = [f"gate measured on: {manifest['gate_host']['isa']}"]
+    for a in manifest["artifacts"] + manifest.get("rejected_by_gate", []):
+        g, sat = a["gate"], a.get("extra", {}).get("int8_saturation")
+        if len(g.get("arithmetic", {})) > 1:
+            lines.append(f"{a['file']}: int8 gated on this CPU's kernels and on the exact int8 arithmetic")
+        if sat:
+            lines.append(f"{a['file']}: " + ("no int16 saturation possible on x86 without VNNI (worst weight "
+                                             f"pair x 255 = {sat['worst_pair']} <= 32767)" if sat["exact_on_x86_without_vnni"]
+                                             else f"{len(sat['layers_that_may_saturate'])} layers may saturate on "
+                                                  "x86 without VNNI (fine on the target's own hardware)"))
+        if g.get("proxy"):
+            lines.append(f"{a['file']}: a proxy gate (see the manifest); on the device run "
+                         "`alnett-edge verify BUNDLE --gate-images DIR`")
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
@@ -32,8 +51,10 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Option(..., "--target", "-t", help="Device profile or alias (see `alnett-edge devices`)."),
         out: Path = typer.Option(None, "--out", "-o", help="Bundle folder (default runs/export/<profile>)."),
         precision: str = typer.Option("default", help="default (the profile's), auto, fp32, fp16 or int8."),
-        qat: Path = typer.Option(None, help="QAT checkpoint for int8 (symmetric for TensorRT, asymmetric for TFLite)."),
-        calib_images: Path = typer.Option(None, help="Images for ONNX int8 calibration (default: training split)."),
+        qat: Path = typer.Option(None, help="QAT checkpoint for int8 (symmetric for TensorRT, asymmetric for "
+                                 "TFLite); without it int8 is calibrated from the fp32 checkpoint."),
+        calib_images: Path = typer.Option(None, help="Images for int8 calibration without --qat (ONNX and TFLite; "
+                                          "default: the training split)."),
         gate_images: Path = typer.Option(None, help="Labelled gate set (default: the validation split)."),
         allow_drop: float = typer.Option(1.0, help="Largest accepted drop, in points, of any gate metric."),
         min_agreement: float = typer.Option(0.99, help="Smallest accepted top-1 agreement with fp32."),
@@ -45,6 +66,8 @@ def register(app: typer.Typer) -> None:
         manifest = export_bundle(checkpoint, target, out, precision, qat, calib_images, gate_images, allow_drop, archive,
                                  min_agreement)
         Console().print(gate_table(manifest))
+        for line in gate_notes(manifest):
+            typer.echo(line)
         typer.echo(f"bundle: {manifest['bundle']} (selected artifact: {manifest['selected']})")
         if "archive" in manifest:
             typer.echo(f"archive: {manifest['archive']}")

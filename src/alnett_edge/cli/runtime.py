@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from alnett_edge.cli.common import wide_console
@@ -21,8 +22,8 @@ def _f(value: object, fmt: str = "{:.3f}") -> str:
 
 def bench_table(report: dict) -> Table:
     m = report["machine"]
-    table = Table(title=f"{m['cpu']} | {m['cores']} cores | {m['simd']} | peak ~{m['peak_gflops']} GFLOP/s fp32 "
-                        f"| load {m['loadavg_1m']}", title_justify="left")
+    table = Table(title=f"{m.get('isa') or m['cpu'] + ' | ' + m['simd']} | {m['cores']} cores | peak "
+                        f"~{m['peak_gflops']} GFLOP/s fp32 | load {m['loadavg_1m']}", title_justify="left")
     cols = ("artifact", "prec", "backend", "MB", "load s", "first ms", "batch", "min", "mean", "p50", "p90", "p99",
             "max", "img/s", "GFLOP/s", "%peak", "RSS MB", "acc", "sens", "spec", "agree")
     for c in cols:
@@ -43,6 +44,27 @@ def bench_table(report: dict) -> Table:
     return table
 
 
+def _regate(bundle: Path, gate_images: Path, backend: str | None, threads: int) -> dict:
+    from alnett_edge.runtime.verify import regate_bundle, rows_to_dicts
+
+    rows, info = regate_bundle(bundle, gate_images, backend, threads)
+    table = Table(title=f"accuracy gate here: {info['n']} images of {gate_images}", title_justify="left")
+    for c in ("artifact", "prec", "backend", "accuracy", "Δacc", "Δsens", "agree", "gate"):
+        table.add_column(c, justify="left" if c in ("artifact", "prec", "backend", "gate") else "right")
+    for r in rows:
+        gate = "not run" if r.passed is None else "pass" if r.passed else "FAIL"
+        table.add_row(r.artifact, r.precision, r.backend, _f(r.accuracy, "{:.4f}"),
+                      _f(r.drop_points.get("accuracy"), "{:+.2f}"), _f(r.drop_points.get("sensitivity"), "{:+.2f}"),
+                      _f(r.agreement, "{:.2%}"), gate)
+    Console().print(table)
+    typer.echo(f"reference: {info['reference']}")
+    typer.echo(f"limits (the bundle's): drop <= {info['allow_drop']} points, agreement >= {info['min_agreement']:.0%}")
+    for r in rows:
+        for line in r.failures + ([r.note] if r.note else []):
+            typer.echo(f"{'FAIL' if r.failures and line in r.failures else 'note'}: {r.artifact}: {line}")
+    return {**info, "rows": rows_to_dicts(rows)}
+
+
 def _ints(text: str, name: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -57,24 +79,38 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option(None, help=BACKEND_HELP),
         threads: int = typer.Option(0, help="Threads (0 = the backend's default)."),
         tolerance: float = typer.Option(None, help="Max probability difference (default by precision: fp32 1e-3, fp16 0.02, int8 0.05)."),
+        gate_images: Path = typer.Option(None, help="Labelled cell images of this site: re-run the accuracy gate here "
+                                         "(every artifact vs the bundle's fp32 reference, with the bundle's limits)."),
         json_out: Path = typer.Option(None, "--json", help="Write the rows as JSON."),
     ) -> None:
-        """Run the bundle's golden inputs here and compare with the export host's outputs."""
+        """Run the bundle's golden inputs here and compare with the export host's outputs
+        (with --gate-images: re-run the accuracy gate on this machine)."""
+        from alnett_edge.machine import isa_line
         from alnett_edge.runtime.verify import check_verified, rows_to_dicts, verify_bundle
 
         rows = verify_bundle(bundle, backend, threads, tolerance)
-        table = Table(title=f"verify {bundle}")
-        for c in ("artifact", "precision", "backend", "vs", "n", "max diff", "agreement", "vs fp32: diff", "agree", "result"):
+        typer.echo(f"machine: {isa_line()}")
+        table = Table(title=f"verify {bundle}: golden inputs", title_justify="left")
+        for c in ("artifact", "prec", "backend", "vs", "max diff", "agree", "vs fp32", "result"):
             table.add_column(c)
         for r in rows:
             result = "not run" if r.passed is None else "pass" if r.passed else "FAIL"
-            table.add_row(r.artifact, r.precision, r.backend, r.compared_with, str(r.n), _f(r.max_abs_diff, "{:.2e}"),
-                          _f(r.agreement, "{:.2%}"), _f(r.max_abs_diff_vs_fp32, "{:.2e}"), _f(r.agreement_vs_fp32, "{:.2%}"),
-                          result + (f" ({r.note})" if r.note else ""))
-        wide_console().print(table)
+            table.add_row(r.artifact, r.precision, r.backend, r.compared_with, _f(r.max_abs_diff, "{:.1e}"),
+                          _f(r.agreement, "{:.0%}"), _f(r.max_abs_diff_vs_fp32, "{:.1e}"), result)
+        Console().print(table)
+        for r in rows:
+            if r.note:
+                typer.echo(f"note: {r.artifact}: {r.note}")
+        out = {"golden": rows_to_dicts(rows)}
+        if gate_images is not None:
+            out["gate"] = _regate(bundle, gate_images, backend, threads)
         if json_out:
-            json_out.write_text(json.dumps(rows_to_dicts(rows), indent=2))
+            json_out.write_text(json.dumps(out, indent=2))
         check_verified(rows, bundle)
+        if gate_images is not None:
+            from alnett_edge.runtime.verify import GateRow, check_regated
+
+            check_regated([GateRow(**r) for r in out["gate"]["rows"]], bundle)
 
     @app.command("predict")
     def predict(

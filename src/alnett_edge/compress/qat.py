@@ -46,7 +46,9 @@ SCHEMES = ("symmetric", "asymmetric")
 QAT_FORMAT = "pt2e-qat-prepared"
 
 
-def quantizer_for(scheme: str) -> Any:
+def quantizer_for(scheme: str, is_qat: bool = True) -> Any:
+    """litert-torch's PT2E quantizer (int8 per-channel symmetric weights) for ``scheme``; ``is_qat``
+    False gives the post-training (calibration) flavour of the same quantization."""
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
     from alnett_edge.compress._litert_compat import patch_litert_qat, quiet_native_stderr
@@ -57,8 +59,9 @@ def quantizer_for(scheme: str) -> Any:
     except ImportError as exc:
         raise CompressionError("QAT needs litert-torch and torchao: pip install 'alnett-edge[tflite]'") from exc
 
-    patch_litert_qat()
-    cfg = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    if is_qat:
+        patch_litert_qat()
+    cfg = get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat)
     if scheme == "symmetric":
         sym = {f: dataclasses.replace(getattr(cfg, f), qscheme=torch.per_tensor_symmetric)
                for f in ("input_activation", "output_activation")}
@@ -193,6 +196,34 @@ def to_litert_int8(path: str | Path, sample: torch.Tensor) -> tuple[Any, ModelCa
     return edge, card
 
 
+def to_litert_int8_ptq(model: ALNett, card: ModelCard, calib_inputs: Any, sample: torch.Tensor,
+                       scheme: str = "asymmetric") -> Any:
+    """A fully int8 litert-torch edge model from a plain fp32 model by post-training calibration.
+
+    litert-torch's PT2E quantizer in PTQ mode: ``prepare_pt2e`` inserts observers, the calibration
+    images (the card's preprocessing) run through it once, ``convert_pt2e(fold_quantize=False)`` and
+    ``litert_torch.convert`` with the same quantizer lower it to int8 TFLite. QAT is the
+    better-accuracy option; the export gate judges either.
+    """
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from alnett_edge.compress._litert_compat import quiet_native_stderr
+
+    model = model.cpu().eval()
+    exported = torch.export.export(model, (sample,), dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}})
+    quantizer = quantizer_for(scheme, is_qat=False)
+    prepared = prepare_pt2e(exported.module(), quantizer)
+    with torch.no_grad():
+        for i in range(0, len(calib_inputs), 32):
+            prepared(torch.from_numpy(calib_inputs[i : i + 32]))
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    with quiet_native_stderr():
+        import litert_torch
+
+        return litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+
+
 def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, scheme: str = "symmetric",
                    epochs: int = 2, lr: float = 2e-5, batch_size: int = 32,
                    extra_eval: str | Path | None = None) -> dict[str, Any]:
@@ -238,5 +269,5 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
     return report
 
 
-__all__ = ["SCHEMES", "prepare_qat", "convert", "qat_checkpoint", "load_qat_checkpoint", "save_qat_checkpoint",
+__all__ = ["SCHEMES", "prepare_qat", "to_litert_int8", "to_litert_int8_ptq", "convert", "qat_checkpoint", "load_qat_checkpoint", "save_qat_checkpoint",
            "activation_zero_points", "weight_ranges"]

@@ -2,8 +2,9 @@
 
 A profile names its runtimes in preference order, the formats it runs, the precisions it supports
 (with the reason for each one it does not), threads, maximum batch, input size, camera kind, the
-ONNX opset its TensorRT parses and, for Jetsons, the TensorRT workspace and the CSI camera's
-GStreamer pipeline. Adding a device is adding one TOML file.
+ONNX opset its TensorRT parses, its int8 scheme, the int8 kernels of the CPUs it covers (an x86
+profile that includes CPUs without VNNI gets int8 weights that cannot saturate them) and, for Jetsons, the TensorRT workspace
+and the CSI camera's GStreamer pipeline. Adding a device is adding one TOML file.
 
 ``--target`` takes a profile name or a family alias (``jetson`` -> ``jetson-orin-nano``,
 ``rpi`` -> ``rpi5``, ``x86`` -> ``x86-cpu``); asking for something the device cannot do is an
@@ -18,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from alnett_edge.errors import ConfigError
+from alnett_edge.machine import INT8_KERNELS
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ALIASES = {"jetson": "jetson-orin-nano", "rpi": "rpi5", "raspberry-pi": "rpi5", "x86": "x86-cpu", "cpu": "x86-cpu"}
@@ -41,6 +43,8 @@ class DeviceProfile:
     input_size: int
     camera: str
     onnx_opset: int
+    int8_scheme: str = "asymmetric"  # "symmetric": zero-point 0 everywhere (TensorRT)
+    cpu_int8: tuple[str, ...] = ()  # int8 kernel kinds of the CPUs it covers (machine.int8_kernel)
     unsupported: dict[str, str] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
     gstreamer: dict[str, str] = field(default_factory=dict)
@@ -51,6 +55,12 @@ class DeviceProfile:
         if precision not in self.precisions:
             reason = self.unsupported.get(precision, f"it supports {', '.join(self.precisions)}")
             raise UnsupportedOnDevice(f"{self.name} cannot run {precision}: {reason}")
+
+    @property
+    def int8_fits_avx2(self) -> bool:
+        """Whether int8 weights must be fitted to the int16 pairs of x86 CPUs without VNNI (the
+        profile covers such CPUs; see ``calibrate.int8_safety``)."""
+        return "x86-avx2" in self.cpu_int8
 
     def check_batch(self, batch: int) -> None:
         if not 1 <= batch <= self.max_batch:
@@ -67,13 +77,18 @@ def _parse(text: str, source: str) -> DeviceProfile:
             name=d["name"], family=d["family"], description=d["description"], runtimes=tuple(d["runtimes"]),
             formats=tuple(d["formats"]), precisions=tuple(d["precisions"]), default_precision=d["default_precision"],
             threads=int(d["threads"]), max_batch=int(d["max_batch"]), input_size=int(d["input_size"]),
-            camera=d["camera"], onnx_opset=int(d["onnx_opset"]), unsupported=dict(d.get("unsupported", {})),
+            camera=d["camera"], onnx_opset=int(d["onnx_opset"]), int8_scheme=str(d.get("int8_scheme", "asymmetric")),
+            cpu_int8=tuple(d.get("cpu_int8", ())), unsupported=dict(d.get("unsupported", {})),
             tensorrt=dict(d.get("tensorrt", {})), gstreamer=dict(d.get("gstreamer", {})),
         )  # fmt: skip
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"device profile {source} is invalid: {exc}") from exc
     if profile.default_precision not in profile.precisions or any(p not in PRECISIONS for p in profile.precisions):
         raise ConfigError(f"device profile {source}: precisions {profile.precisions} / default {profile.default_precision}")
+    if profile.int8_scheme not in ("symmetric", "asymmetric"):
+        raise ConfigError(f"device profile {source}: int8_scheme must be symmetric or asymmetric")
+    if not set(profile.cpu_int8) <= set(INT8_KERNELS):
+        raise ConfigError(f"device profile {source}: cpu_int8 takes {', '.join(INT8_KERNELS)}")
     return profile
 
 

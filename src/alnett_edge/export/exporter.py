@@ -26,19 +26,17 @@ from alnett_edge.devices import DeviceProfile, resolve_target
 from alnett_edge.errors import AlnettError, ConfigError
 from alnett_edge.bundle import CARD, make_archive, sha256_file, write_manifest
 from alnett_edge.export.formats import ExportJob, get_format
-from alnett_edge.export.gate import (
-    DEFAULT_ALLOW_DROP,
-    DEFAULT_MIN_AGREEMENT,
-    gate_result,
-    load_gate_set,
-    predict_batched,
-)
+from alnett_edge.export.formats.base import KERNELS
+from alnett_edge.export.gate import DEFAULT_ALLOW_DROP, DEFAULT_MIN_AGREEMENT, gate_artifact, load_gate_set, predict_batched
+from alnett_edge.export.onnx import export_onnx
+from alnett_edge.machine import isa_line, isa_summary
 from alnett_edge.model.checkpoint import load_checkpoint
 from alnett_edge.model.profile import profile_model
 
 log = logging.getLogger(__name__)
 
 GOLDEN_IMAGES = 8
+REFERENCE_FILE = "reference.fp32.onnx"
 _LIBS = ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert", "torchao", "numpy", "opencv-python-headless")
 
 
@@ -68,6 +66,25 @@ def precisions_to_build(profile: DeviceProfile, precision: str) -> list[str]:
         return list(profile.precisions) if host_is(profile) else [profile.default_precision]
     profile.check_precision(precision)
     return [precision]
+
+
+def _saturation_failures(extra: dict[str, Any], profile: DeviceProfile) -> list[str]:
+    """An int8 artifact for a profile that covers x86 CPUs without VNNI must be proven exact there."""
+    sat = extra.get("int8_saturation")
+    if not sat or sat.get("exact_on_x86_without_vnni") or "x86-avx2" not in profile.cpu_int8:
+        return []
+    return [f"int8 weights up to {sat['max_weight']} may saturate on x86 CPUs without VNNI "
+            f"({len(sat['layers_that_may_saturate'])} layers; worst pair {sat['worst_pair']} > 32767)"]
+
+
+def _reference_model(model: Any, card: Any, staging: Path, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fp32 model ``verify --gate-images`` compares with on the device: an fp32 ONNX artifact of the
+    bundle, else a ``reference.fp32.onnx`` added for that purpose (never selected or run by predict)."""
+    fp32 = next((a for a in artifacts if a["precision"] == "fp32" and a["file"].endswith(".onnx")), None)
+    if fp32 is not None:
+        return {"file": fp32["file"], "precision": "fp32", "added": False}
+    export_onnx(model, card, staging / REFERENCE_FILE)
+    return {"file": REFERENCE_FILE, "precision": "fp32", "added": True}
 
 
 def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = None, precision: str = "default",
@@ -117,12 +134,13 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
                 built.add((fmt_name, prec))
                 art = fmt.build(job, prec)
                 entry = art.to_dict()
-                predict = fmt.predictor(staging / art.file, art, card)
-                if predict is None:
+                runners = fmt.gate_predictors(staging / art.file, art, card)
+                if not runners:
                     entry["gate"] = {"passed": None, "reason": "this format cannot run on this machine"}
                 else:
-                    probs = predict_batched(predict, gate.inputs)
-                    entry["gate"] = gate_result(ref[:, 1], probs[:, 1], gate.labels, allow_drop, min_agreement)
+                    entry["gate"] = gate_artifact(runners, ref, gate, allow_drop, min_agreement, fmt.proxy,
+                                                  _saturation_failures(art.extra, profile))
+                    predict = runners.get(KERNELS) or next(iter(runners.values()))
                     x1 = gate.inputs[:1]
                     entry["latency_b1_ms_here"] = round(median_ms(lambda p=predict, x=x1: p(x)), 4)
                     np.save(staging / "golden" / f"{art.file}.probs.npy", predict(golden))
@@ -155,6 +173,7 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
         primary = [a for a in artifacts if a["format"] == profile.formats[0] and a["precision"] in wanted]
         selected = (primary or artifacts)[0]["file"]
     (staging / CARD).write_text(card.to_json())
+    reference = _reference_model(model, card, staging, artifacts)
     manifest = {
         "status": "failed" if failed else "ok",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -166,6 +185,8 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
         "target": profile.to_dict(),
         "model": {"variant": card.variant, "macs": prof.macs, "params": prof.params},
         "gate_set": {"source": gate.source, "n": int(len(gate.labels))},
+        "gate_host": {**isa_summary(), "isa": isa_line()},
+        "reference": reference,
         "artifacts": artifacts,
         "rejected_by_gate": rejected,
         "selected": selected,

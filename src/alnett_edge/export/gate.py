@@ -8,28 +8,30 @@ trained with) each artifact's accuracy, sensitivity, specificity and F1 must not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alnett_edge.card import ModelCard
-from alnett_edge.data.preprocess import load_image, preprocess
 from alnett_edge.data.sources import Sample, load_samples
 from alnett_edge.data.splits import make_split
 from alnett_edge.errors import DataError
-from alnett_edge.train.metrics import SUMMARY_KEYS, binary_metrics, summary, top1_agreement
+from alnett_edge.export.formats.base import KERNELS, Predictor
+from alnett_edge.evaluation import (
+    DEFAULT_ALLOW_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    LabelledInputs,
+    gate_result,
+    labelled_inputs,
+    predict_batched,
+)
+from alnett_edge.machine import isa_line
 
-DEFAULT_ALLOW_DROP = 1.0  # points
-DEFAULT_MIN_AGREEMENT = 0.99
+GateSet = LabelledInputs
 
-
-@dataclass
-class GateSet:
-    inputs: np.ndarray
-    labels: np.ndarray
-    source: str
+__all__ = ["DEFAULT_ALLOW_DROP", "DEFAULT_MIN_AGREEMENT", "GateSet", "gate_artifact", "gate_result", "gate_samples",
+           "load_gate_set", "predict_batched"]
 
 
 def gate_samples(card: ModelCard, gate_images: str | Path | None) -> tuple[list[Sample], str]:
@@ -46,22 +48,23 @@ def gate_samples(card: ModelCard, gate_images: str | Path | None) -> tuple[list[
 
 def load_gate_set(card: ModelCard, gate_images: str | Path | None) -> GateSet:
     samples, source = gate_samples(card, gate_images)
-    inputs = np.stack([preprocess(load_image(s.path), card.input) for s in samples])
-    return GateSet(inputs, np.array([s.label for s in samples]), source)
+    return labelled_inputs(samples, card, source)
 
 
-def predict_batched(predict: Any, inputs: np.ndarray, batch: int = 16) -> np.ndarray:
-    return np.concatenate([predict(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])
+def gate_artifact(runners: dict[str, Predictor], ref: np.ndarray, gate: GateSet, allow_drop: float,
+                  min_agreement: float, proxy: str | None = None, extra_failures: list[str] | None = None) -> dict[str, Any]:
+    """Gate one artifact under every arithmetic in ``runners`` (each must pass) and record where.
 
-
-def gate_result(ref_prob_all: np.ndarray, prob_all: np.ndarray, labels: np.ndarray,
-                allow_drop: float = DEFAULT_ALLOW_DROP, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> dict[str, Any]:
-    ref = summary(binary_metrics(labels, ref_prob_all))
-    got = summary(binary_metrics(labels, prob_all))
-    drops = {k: round(100.0 * (ref[k] - got[k]), 3) for k in SUMMARY_KEYS}
-    agreement = top1_agreement(ref_prob_all, prob_all)
-    failures = [f"{k} drops {d:.2f} points (> {allow_drop})" for k, d in drops.items() if d > allow_drop]
-    if agreement < min_agreement:
-        failures.append(f"agreement {agreement:.2%} < {min_agreement:.0%}")
-    return {"passed": not failures, "metrics": got, "drop_points": drops, "agreement": agreement,
-            "failures": failures, "n": int(len(labels))}
+    The headline metrics are this machine's kernels' (else the only arithmetic run); ``arithmetic``
+    holds every run; ``measured_on`` the CPU and ISA; ``proxy`` why the host only approximates the device.
+    """
+    results = {name: gate_result(ref[:, 1], predict_batched(p, gate.inputs)[:, 1], gate.labels, allow_drop, min_agreement)
+               for name, p in runners.items()}
+    head = results.get(KERNELS) or next(iter(results.values()))
+    failures = [f + (f" ({name} int8 arithmetic)" if len(results) > 1 else "") for name, r in results.items()
+                for f in r["failures"]]
+    failures += extra_failures or []
+    return {**head, "passed": not failures, "failures": failures,
+            "arithmetic": {name: {k: r[k] for k in ("passed", "metrics", "drop_points", "agreement")}
+                           for name, r in results.items()},
+            "measured_on": isa_line(), "proxy": proxy}

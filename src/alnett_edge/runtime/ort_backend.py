@@ -32,31 +32,39 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def session_options(threads: int = 0, precise_int8: bool = True, profile_prefix: str | None = None) -> Any:
+def session_options(threads: int = 0, profile_prefix: str | None = None, unfused: bool = False) -> Any:
+    """ONNX Runtime session options.
+
+    ``unfused``: no graph optimisation, so a QDQ model runs as DequantizeLinear -> float op ->
+    QuantizeLinear: the exact int8 arithmetic (int32 accumulation, up to float rounding) that TensorRT,
+    VNNI CPUs and ARM compute, independent of this CPU's integer kernels. It is the reference the gate
+    compares the fused kernels with, and the host's stand-in for a TensorRT engine.
+
+    ``session.x64quantprecision`` is not set: it made ONNX Runtime fail to initialise PT2E (QAT)
+    exports (a raw "Attempt to replace the existing tensor" line on stderr, then a retry), and it is not
+    needed: x86 int8 artifacts are exported with weights that provably cannot saturate AVX2's int16
+    pairs (``calibrate.int8_safety``), so the default kernels compute what VNNI CPUs compute.
+    """
     ort = _ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if unfused
+                                     else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     opts.log_severity_level = 3
-    if precise_int8:
-        # exact u8s8 on x86 (AVX2 saturation otherwise moves int8 logits by up to ~0.8)
-        opts.add_session_config_entry("session.x64quantprecision", "1")
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
     return opts
 
 
-def open_session(path: Path, threads: int = 0, providers: list[str] | None = None, profile_prefix: str | None = None) -> Any:
+def open_session(path: Path, threads: int = 0, providers: list[str] | None = None, profile_prefix: str | None = None,
+                 unfused: bool = False) -> Any:
     ort = _ort()
     providers = providers or PROVIDERS["cpu"]
     try:
-        return ort.InferenceSession(str(path), session_options(threads, True, profile_prefix), providers=providers)
-    except Exception:  # noqa: BLE001 - ORT refuses x64quantprecision on PT2E exports; retry without it
-        try:
-            return ort.InferenceSession(str(path), session_options(threads, False, profile_prefix), providers=providers)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
-            raise RuntimeUnavailable(f"ONNX Runtime cannot load {path.name}: {str(exc).splitlines()[0][:200]}") from exc
+        return ort.InferenceSession(str(path), session_options(threads, profile_prefix, unfused), providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+        raise RuntimeUnavailable(f"ONNX Runtime cannot load {path.name}: {str(exc).splitlines()[0][:200]}") from exc
 
 
 class OrtRuntime(Runtime):
@@ -71,10 +79,12 @@ class OrtRuntime(Runtime):
         return None
 
     def __init__(self, path: str | Path, card: Any, artifact: dict[str, Any] | None = None, threads: int = 0,
-                 provider: str = "auto", **options: Any) -> None:
+                 provider: str = "auto", int8_reference: bool = False, **options: Any) -> None:
+        """``int8_reference``: run a QDQ model unfused (exact int8 arithmetic; see :func:`session_options`)."""
         super().__init__(path, card, artifact, threads, **options)
         self.providers = self._providers(provider)
-        self.session = open_session(self.path, threads, self.providers)
+        self.unfused = int8_reference
+        self.session = open_session(self.path, threads, self.providers, unfused=int8_reference)
         self.input_name = self.session.get_inputs()[0].name
         used = self.session.get_providers()
         if used[0] != self.providers[0]:
@@ -95,7 +105,7 @@ class OrtRuntime(Runtime):
         return [p for p in PROVIDERS[provider] if p in have]
 
     def describe(self) -> str:
-        return f"{super().describe()} [{self.providers[0]}]"
+        return f"{super().describe()} [{self.providers[0]}{', int8 reference arithmetic' if self.unfused else ''}]"
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return softmax(self.session.run(None, {self.input_name: batch})[0])
@@ -106,7 +116,8 @@ class OrtRuntime(Runtime):
     def op_profile(self, batch: np.ndarray, runs: int = 20) -> list[dict[str, Any]] | None:
         batch = self.check_batch(batch)
         with tempfile.TemporaryDirectory() as tmp:
-            sess = open_session(self.path, self.threads, self.providers, profile_prefix=os.path.join(tmp, "ort"))
+            sess = open_session(self.path, self.threads, self.providers, profile_prefix=os.path.join(tmp, "ort"),
+                                unfused=self.unfused)
             for _ in range(runs + 2):
                 sess.run(None, {self.input_name: batch})
             trace = json.loads(Path(sess.end_profiling()).read_text())

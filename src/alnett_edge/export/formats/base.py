@@ -43,24 +43,43 @@ class Artifact:
         return dict(self.__dict__)
 
 
+#: the arithmetic an int8 artifact is gated with on the export host
+KERNELS = "kernels"  # this machine's own int8 kernels (what the device runs, when it is this kind of CPU)
+REFERENCE = "reference"  # the exact int8 arithmetic: the QDQ graph unfused (int32 accumulation, no saturation)
+
+
 class ExportFormat:
     name: str = ""
     precisions: tuple[str, ...] = ()
     runtime: str = ""
+    #: how the host gates this format's int8 artifacts (every listed arithmetic must pass)
+    int8_gate: tuple[str, ...] = (KERNELS,)
+    #: why the host's gate only approximates what the device runs (None: the host runs the device's code)
+    proxy: str | None = None
 
     def build(self, job: ExportJob, precision: str) -> Artifact:
         raise NotImplementedError
 
-    def predictor(self, path: Path, artifact: Artifact, card: ModelCard) -> Predictor | None:
+    def gate_predictors(self, path: Path, artifact: Artifact, card: ModelCard) -> dict[str, Predictor]:
+        """Arithmetic name -> runner for the gate here; empty when the format cannot run here."""
+        kinds = self.int8_gate if artifact.precision == "int8" else (KERNELS,)
+        runners = {k: self.predictor(path, artifact, card, int8_reference=k == REFERENCE) for k in kinds}
+        return {k: p for k, p in runners.items() if p is not None} if all(runners.values()) else {}
+
+    def predictor(self, path: Path, artifact: Artifact | None, card: ModelCard,
+                  int8_reference: bool = False) -> Predictor | None:
         """A runner for the gate on this machine (the device runtime's backend for this format), or
-        None when the format cannot run here."""
+        None when the format cannot run here. ``int8_reference``: the exact int8 arithmetic instead of
+        this CPU's fused kernels (ONNX Runtime only)."""
         from alnett_edge.runtime.base import BACKENDS, backend_class, backend_formats, unavailable_reason
 
         # the first registered backend that runs this format here (a TensorRT bundle's ONNX: ONNX Runtime)
         backend = next((b for b in BACKENDS if self.name in backend_formats(b) and not unavailable_reason(b)), None)
         if backend is None:
             return None
-        options = {"provider": "cpu"} if backend == "onnxruntime" else {}
+        options = {"provider": "cpu", "int8_reference": int8_reference} if backend == "onnxruntime" else {}
+        if int8_reference and backend != "onnxruntime":
+            return None
         return backend_class(backend)(path, card, artifact.to_dict() if artifact else {}, **options).infer
 
 

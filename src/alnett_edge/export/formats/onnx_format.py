@@ -1,5 +1,10 @@
 """ONNX: fp32 (dynamo exporter + onnxslim), fp16 (onnxconverter-common, float I/O kept) and int8 QDQ
-(from a QAT checkpoint, else post-training calibration on the checkpoint's own training images)."""
+(from a QAT checkpoint, else post-training calibration on the checkpoint's own training images).
+
+int8 follows the device profile: its scheme (``asymmetric`` u8 activations, or ``symmetric`` with
+zero-point 0 for TensorRT) and, when it covers x86 CPUs without VNNI, GEMM weights fitted so their
+int16 pairs cannot saturate (see ``calibrate.int8_safety``). Every int8 artifact carries
+the static saturation check in its manifest entry."""
 
 from __future__ import annotations
 
@@ -8,13 +13,15 @@ from pathlib import Path
 import onnx
 
 from alnett_edge.errors import ConfigError
-from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, register
+from alnett_edge.export.formats.base import KERNELS, REFERENCE, Artifact, ExportFormat, ExportJob, register
+from alnett_edge.calibrate.int8_safety import check_saturation, fit_weights_to_int16_pairs, saturation_summary
 from alnett_edge.export.metadata import set_card
 from alnett_edge.export.onnx import export_onnx
 
 
-def int8_onnx(job: ExportJob, dest: Path, scheme: str) -> tuple[Path, dict[str, object]]:
-    """An int8 QDQ ONNX: the QAT checkpoint when given (its scheme must fit), else PTQ calibration."""
+def int8_onnx(job: ExportJob, dest: Path, scheme: str, fit_avx2: bool = False) -> tuple[Path, dict[str, object]]:
+    """An int8 QDQ ONNX: the QAT checkpoint when given (its scheme must fit), else PTQ calibration.
+    ``fit_avx2``: GEMM weights fitted so x86 CPUs without VNNI cannot saturate (``calibrate.int8_safety``)."""
     if job.qat_checkpoint is not None:
         from alnett_edge.compress.qat import load_qat_checkpoint
 
@@ -23,18 +30,23 @@ def int8_onnx(job: ExportJob, dest: Path, scheme: str) -> tuple[Path, dict[str, 
         if scheme == "symmetric" and have != "symmetric":
             raise ConfigError(f"this target needs a symmetric QAT checkpoint (TensorRT zero-point 0), got {have}")
         export_onnx(qmodel, qcard, dest, simplify=False)
-        return dest, {"source": "qat", "scheme": have}
-    from alnett_edge.calibrate.ptq import quantize_onnx
-    from alnett_edge.calibrate.reader import load_calibration_set, training_calibration_set
-
-    fp32 = export_onnx(job.model, job.card, dest.with_suffix(".calib-src.onnx"))
-    if job.calib_images is not None:
-        calib = load_calibration_set(job.calib_images, job.card)
+        extra: dict[str, object] = {"source": "qat", "scheme": have}
     else:
-        calib = training_calibration_set(job.card)
-    quantize_onnx(fp32, dest, calib, job.card, "minmax", scheme)
-    fp32.unlink()
-    return dest, {"source": "ptq", "scheme": scheme, "calibration_images": len(calib.inputs)}
+        from alnett_edge.calibrate.ptq import quantize_onnx
+        from alnett_edge.calibrate.reader import load_calibration_set, training_calibration_set
+
+        fp32 = export_onnx(job.model, job.card, dest.with_suffix(".calib-src.onnx"))
+        calib = load_calibration_set(job.calib_images, job.card) if job.calib_images is not None \
+            else training_calibration_set(job.card)
+        quantize_onnx(fp32, dest, calib, job.card, "minmax", scheme, fit_avx2)
+        fp32.unlink()
+        extra = {"source": "ptq", "scheme": scheme, "calibration_images": len(calib.inputs)}
+    proto = onnx.load(str(dest))
+    if fit_avx2 and fit_weights_to_int16_pairs(proto):  # a QAT graph carries full 8-bit weights
+        onnx.save(proto, str(dest))
+    extra["fit_avx2"] = fit_avx2
+    extra["int8_saturation"] = saturation_summary(check_saturation(proto))
+    return dest, extra
 
 
 @register
@@ -42,6 +54,7 @@ class OnnxFormat(ExportFormat):
     name = "onnx"
     precisions = ("fp32", "fp16", "int8")
     runtime = "onnxruntime"
+    int8_gate = (KERNELS, REFERENCE)  # this CPU's kernels and the exact arithmetic other CPUs compute
 
     def build(self, job: ExportJob, precision: str) -> Artifact:
         dest = job.out / f"model.{precision}.onnx"
@@ -56,8 +69,9 @@ class OnnxFormat(ExportFormat):
             set_card(half, job.card)
             onnx.save(half, str(dest))
         elif precision == "int8":
-            family = getattr(job.profile, "family", "x86")
-            _, extra = int8_onnx(job, dest, "symmetric" if family == "jetson" else "asymmetric")
+            if job.profile is None:
+                raise ConfigError("ONNX int8 export needs a device profile (its int8 scheme and CPUs)")
+            _, extra = int8_onnx(job, dest, job.profile.int8_scheme, job.profile.int8_fits_avx2)
         else:
             raise ConfigError(f"ONNX export has no precision {precision!r}")
         return Artifact(dest.name, self.name, precision, self.runtime, extra=extra)

@@ -1,7 +1,10 @@
 """TensorRT: the bundle carries the ONNX (fp32 for fp16/fp32 engines, symmetric int8 QDQ for int8)
 and a build config; the engine is built on the Jetson (``alnett-edge build-engine``) because engines
 do not move between GPUs or TensorRT versions. The ONNX is linted for TensorRT here and gated with
-ONNX Runtime, which runs the same graph (the engine is verified on the device)."""
+ONNX Runtime, which runs the same graph — a proxy, said so in the manifest: int8 is gated with the
+exact int8 arithmetic of the QDQ graph (unfused, as TensorRT's int32 accumulation computes it, not
+this CPU's kernels), and the engine itself is verified on the device (``alnett-edge verify``).
+TensorRT's rules hold for int8: symmetric, zero-point 0, full 8-bit weights."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import json
 from pathlib import Path
 
 from alnett_edge.errors import ConfigError
-from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, register
+from alnett_edge.export.formats.base import REFERENCE, Artifact, ExportFormat, ExportJob, register
 from alnett_edge.export.formats.onnx_format import int8_onnx
 from alnett_edge.export.onnx import ExportError, export_onnx
 from alnett_edge.export.trt_lint import lint_tensorrt
@@ -22,6 +25,9 @@ class TensorRTFormat(ExportFormat):
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     runtime = "tensorrt"
+    int8_gate = (REFERENCE,)
+    proxy = ("the TensorRT engine is built and run on the Jetson; the host gates the same ONNX in ONNX Runtime "
+             "(int8: exact QDQ arithmetic), which approximates the engine (its own kernels, fusions and rounding)")
 
     def build(self, job: ExportJob, precision: str) -> Artifact:
         if precision not in self.precisions:

@@ -1,5 +1,7 @@
 """TFLite (LiteRT) through litert-torch, no TensorFlow: fp32, and full int8 (int8 input and output,
-XNNPACK-delegated) from an asymmetric QAT checkpoint. Input stays NCHW (one TRANSPOSE inside), batch
+XNNPACK-delegated) from an asymmetric QAT checkpoint (better accuracy) or, without one, by post-training
+calibration of the fp32 model with litert-torch's PT2E quantizer (``--calib-images``, else the
+checkpoint's own training images). Input stays NCHW (one TRANSPOSE inside), batch
 dynamic (converted with a batch-2 sample: batch 1 would be specialised). Run with ai-edge-litert."""
 
 from __future__ import annotations
@@ -49,10 +51,15 @@ class TFLiteFormat(ExportFormat):
                     import litert_torch
 
                     edge = litert_torch.convert(job.model.eval(), (_sample(job),))
+            elif precision == "int8" and job.qat_checkpoint is None:
+                from alnett_edge.calibrate.reader import load_calibration_set, training_calibration_set
+                from alnett_edge.compress.qat import to_litert_int8_ptq
+
+                calib = load_calibration_set(job.calib_images, job.card) if job.calib_images is not None \
+                    else training_calibration_set(job.card)
+                edge = to_litert_int8_ptq(job.model, job.card, calib.inputs, _sample(job))
+                extra.update(source="ptq", scheme="asymmetric", calibration_images=len(calib.inputs))
             elif precision == "int8":
-                if job.qat_checkpoint is None:
-                    raise ConfigError("TFLite int8 needs an asymmetric QAT checkpoint (alnett-edge qat --scheme "
-                                      "asymmetric, then --qat); or export --precision fp32")
                 from alnett_edge.compress.qat import to_litert_int8
                 from alnett_edge.model.checkpoint import read_card
 
