@@ -33,7 +33,7 @@ def main() -> None:
     plans = [("x86-cpu", "auto", None), ("rpi5", "default", args.qat_asym), ("jetson", "default", args.qat_sym)]
     for target, precision, qat in plans:
         try:
-            m = export_bundle(args.checkpoint, target, Path(args.out) / target, precision, qat=qat)
+            m = export_bundle(args.checkpoint, target, Path(args.out) / target, precision, qat=qat, force=True)
         except GateFailed as exc:
             rows.append({"target": target, "error": str(exc)})
             continue

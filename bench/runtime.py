@@ -68,7 +68,8 @@ def main() -> None:
             refs.append(ckpt)
             continue
         m = export_bundle(ckpt, "x86-cpu", out / name, precision="auto", gate_images=args.images, calib_images=args.images,
-                          allow_drop=100.0 if name == "alnett" else 1.0, min_agreement=0.0 if name == "alnett" else 0.99)
+                          allow_drop=100.0 if name == "alnett" else 1.0, min_agreement=0.0 if name == "alnett" else 0.99,
+                          force=True)
         bundles.append(m["bundle"])
         refs.append(ckpt)
         print(f"{name}: selected {m['selected']}; rejected by gate: {[a['file'] for a in m['rejected_by_gate']]}", flush=True)

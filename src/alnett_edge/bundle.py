@@ -33,6 +33,45 @@ class BundleError(AlnettError):
     """A bundle that is missing, tampered with, truncated or failed."""
 
 
+def is_bundle_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder holding an alnett-edge bundle manifest (any status)."""
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def guard_output(path: Path, force: bool, option: str = "--out") -> None:
+    """The one rule for replacing output: a folder that is not a bundle is never replaced; a bundle
+    only with ``force``. Raises before any work is done."""
+    if not path.exists():
+        return
+    if not path.is_dir() or not is_bundle_dir(path):
+        raise BundleError(f"{path} exists and is not an alnett-edge bundle; refusing to replace it "
+                          f"(choose another {option})")
+    if not force:
+        raise BundleError(f"{path} already holds a bundle; pass --force to replace it")
+
+
+def remove_own_staging(path: Path) -> None:
+    """Remove a ``.partial``/``.failed``/``.extracting`` folder that an earlier run of ours left; refuse
+    anything else of that name."""
+    if not path.exists():
+        return
+    if path.is_dir() and (is_bundle_dir(path) or (path / "golden").is_dir() or not any(path.iterdir())):
+        shutil.rmtree(path)
+        return
+    raise BundleError(f"{path} exists and was not left by alnett-edge; move it away first")
+
+
+def _safe_rel(root: Path, rel: str) -> Path:
+    """``root / rel`` when ``rel`` is a plain relative path inside the bundle, else a BundleError."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise BundleError(f"bundle manifest names a file outside the bundle: {rel!r}")
+    return root / rel
+
+
 def file_hashes(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != MANIFEST}
@@ -56,7 +95,13 @@ class Bundle:
         return list(self.manifest.get("artifacts", []))
 
     def artifact_path(self, artifact: dict[str, Any]) -> Path:
-        return self.root / artifact["file"]
+        return self.file(artifact["file"])
+
+    def file(self, rel: str) -> Path:
+        """A file of the bundle: inside it and listed (hash-checked at load), else a BundleError."""
+        if rel not in self.manifest.get("files", {}):
+            raise BundleError(f"{self.root}: {rel!r} is not listed with a sha256 in the manifest; refusing to open it")
+        return _safe_rel(self.root, rel)
 
 
 def load_bundle(path: str | Path, allow_failed: bool = False) -> Bundle:
@@ -72,8 +117,16 @@ def load_bundle(path: str | Path, allow_failed: bool = False) -> Bundle:
         raise BundleError(f"{path / MANIFEST} is not valid JSON ({exc})") from exc
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not an alnett-edge bundle (format {manifest.get('format')!r})")
-    for rel, expected in manifest.get("files", {}).items():
-        f = path / rel
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{path / MANIFEST} lists no files with their sha256")
+    opened = [CARD, *(a.get("file", "") for a in manifest.get("artifacts", []) if isinstance(a, dict)),
+              (manifest.get("reference") or {}).get("file"), (manifest.get("golden") or {}).get("inputs")]
+    unlisted = [rel for rel in opened if rel is not None and rel not in files]
+    if unlisted:
+        raise BundleError(f"bundle file not listed with a sha256 in the manifest: {unlisted[0]!r} (tampered?)")
+    for rel, expected in files.items():
+        f = _safe_rel(path, rel)
         if not f.is_file():
             raise BundleError(f"bundle file missing: {rel}")
         if sha256_file(f) != expected:
@@ -110,10 +163,12 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         if len(tops) != 1:
             raise BundleError(f"{archive}: expected one top-level bundle folder, found {sorted(tops)}")
         if dest.exists():
-            shutil.rmtree(dest)
+            if _same_bundle(tar, members, dest):
+                return dest  # extracted before: load_bundle verifies every hash again
+            raise BundleError(f"{dest} exists and is not this archive's bundle; move it away or extract "
+                              f"{archive.name} elsewhere")
         staging = dest.with_name(dest.name + ".extracting")
-        if staging.exists():
-            shutil.rmtree(staging)
+        remove_own_staging(staging)
         staging.mkdir(parents=True)
         for m in members:
             target = staging / m.name
@@ -129,3 +184,12 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         (staging / tops.pop()).rename(dest)
         shutil.rmtree(staging)
     return dest
+
+
+def _same_bundle(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path) -> bool:
+    """Whether ``dest`` holds the bundle this archive carries (the same manifest, byte for byte)."""
+    entry = next((m for m in members if m.isfile() and Path(m.name).parts[1:] == (MANIFEST,)), None)
+    if entry is None or not (dest / MANIFEST).is_file() or entry.size > 16 << 20:
+        return False
+    src = tar.extractfile(entry)
+    return src is not None and src.read() == (dest / MANIFEST).read_bytes()

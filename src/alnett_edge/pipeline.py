@@ -176,7 +176,8 @@ def _export(ctx: PipelineContext) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for target in ctx.export_targets:
         try:
-            m = export_bundle(source, target, ctx.workdir / "export" / target, "auto", qat=ctx.artifacts.get("qat"))
+            m = export_bundle(source, target, ctx.workdir / "export" / target, "auto", qat=ctx.artifacts.get("qat"),
+                              force=True)
             ctx.artifacts[f"bundle:{target}"] = Path(m["bundle"])
             ctx.artifacts.setdefault("manifests", {})[target] = m
             kept = ", ".join(a["file"] for a in m["artifacts"])

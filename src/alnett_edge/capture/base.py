@@ -19,6 +19,10 @@ import numpy as np
 from alnett_edge.errors import AlnettError, ConfigError
 
 
+class FrameSkipped(AlnettError):
+    """One frame could not be decoded; the source has moved past it (counted, no reconnect)."""
+
+
 class SourceError(AlnettError):
     """A frame source that cannot be opened or read."""
 

@@ -1,6 +1,7 @@
 """A folder of frames (JPEG/PNG/BMP), in name order, optionally looped and replayed at ``fps``. The
 folder is listed again on every pass, so frames dropped in by another program are picked up; a folder
-that disappears is a read failure the watchdog reconnects from."""
+that disappears is a read failure the watchdog reconnects from. A file that does not decode is skipped
+and counted (``skipped_frames``), never retried from the start."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alnett_edge.capture.base import Source, SourceError
+from alnett_edge.capture.base import FrameSkipped, Source, SourceError
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -40,7 +41,10 @@ class ImageFolderSource(Source):
             self.files, self.pos = self._list(), 0
         path = self.files[self.pos]
         self.pos += 1
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise SourceError(f"cannot read frame {path}")
+        try:
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        except cv2.error:
+            img = None
+        if img is None:  # skipped, not a reconnect: reopening would replay the frames before it forever
+            raise FrameSkipped(f"cannot decode frame {path.name}; skipped")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

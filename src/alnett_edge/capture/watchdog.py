@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import cv2
 
-from alnett_edge.capture.base import Frame, Source, SourceError
+from alnett_edge.capture.base import FrameSkipped, Frame, Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class CaptureStats:
     stalls: int = 0
     reconnects: int = 0
     read_errors: int = 0
+    skipped_frames: int = 0  # frames a source could not decode and moved past
     state: str = "starting"  # running | reconnecting | ended | stopped
     last_frame_time: float = 0.0
     last_error: str = ""
@@ -124,6 +125,11 @@ class CaptureThread(threading.Thread):
                 t0, wall0 = time.perf_counter(), time.time()  # the frame's time: when its read began
                 try:
                     rgb = self.source.read()
+                except FrameSkipped as exc:
+                    stats.skipped_frames += 1
+                    stats.last_error = str(exc)
+                    log.warning("%s: %s", self.source.source_id, exc)
+                    continue
                 except (SourceError, cv2.error, OSError) as exc:
                     stats.read_errors += 1
                     stats.last_error = str(exc)

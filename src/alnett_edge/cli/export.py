@@ -59,12 +59,13 @@ def register(app: typer.Typer) -> None:
         allow_drop: float = typer.Option(1.0, help="Largest accepted drop, in points, of any gate metric."),
         min_agreement: float = typer.Option(0.99, help="Smallest accepted top-1 agreement with fp32."),
         archive: bool = typer.Option(False, "--archive", help="Also write <bundle>.tar.gz."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (never another folder)."),
     ) -> None:
         """Export a gated bundle (model files, card, manifest, golden inputs) for a device."""
         from alnett_edge.export.exporter import export_bundle
 
         manifest = export_bundle(checkpoint, target, out, precision, qat, calib_images, gate_images, allow_drop, archive,
-                                 min_agreement)
+                                 min_agreement, force)
         Console().print(gate_table(manifest))
         for line in gate_notes(manifest):
             typer.echo(line)

@@ -8,6 +8,7 @@ import errno
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,19 +57,22 @@ class DaemonCollector:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    allow_reuse_address = False
+    # SO_REUSEADDR: a restart may bind while the previous run's socket is in TIME_WAIT (Linux still
+    # refuses a port another process is listening on, so a second daemon gets EADDRINUSE as before)
+    allow_reuse_address = True
 
 
 def make_handler(daemon: Any, token: str, preview: bool, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("http: " + fmt, *args)
+            # the request line may carry ?token=...: never log query strings
+            log.debug("http: " + fmt, *(re.sub(r"\?\S*", "?…", a) if isinstance(a, str) else a for a in args))
 
         def _authorised(self, query: dict[str, list[str]]) -> bool:
             if not token:
                 return True
             given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip() or query.get("token", [""])[0]
-            return hmac.compare_digest(given, token)
+            return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))  # any text, no TypeError
 
         def _send(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)

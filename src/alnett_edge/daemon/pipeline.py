@@ -186,7 +186,7 @@ class Daemon:
             "frames_processed": self.frames_processed, "frames_dropped": self.queue.dropped,
             "queue_depth": len(self.queue), "cells_processed": self.cells_processed,
             "capture": {"frames": cap.frames, "stalls": cap.stalls, "reconnects": cap.reconnects,
-                        "read_errors": cap.read_errors, "state": cap.state, "last_error": cap.last_error},
+                        "read_errors": cap.read_errors, "skipped_frames": cap.skipped_frames, "state": cap.state, "last_error": cap.last_error},
             "stages": self.times.summary(), "session": self.agg.snapshot(),
         }  # fmt: skip
 

@@ -24,7 +24,7 @@ from alnett_edge import __version__
 from alnett_edge.bench.latency import median_ms
 from alnett_edge.devices import DeviceProfile, resolve_target
 from alnett_edge.errors import AlnettError, ConfigError
-from alnett_edge.bundle import CARD, make_archive, sha256_file, write_manifest
+from alnett_edge.bundle import CARD, guard_output, make_archive, remove_own_staging, sha256_file, write_manifest
 from alnett_edge.export.formats import ExportJob, get_format
 from alnett_edge.export.formats.base import KERNELS
 from alnett_edge.export.gate import DEFAULT_ALLOW_DROP, DEFAULT_MIN_AGREEMENT, gate_artifact, load_gate_set, predict_batched
@@ -90,7 +90,8 @@ def _reference_model(model: Any, card: Any, staging: Path, artifacts: list[dict[
 def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = None, precision: str = "default",
                   qat: str | Path | None = None, calib_images: str | Path | None = None,
                   gate_images: str | Path | None = None, allow_drop: float = DEFAULT_ALLOW_DROP,
-                  archive: bool = False, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> dict[str, Any]:
+                  archive: bool = False, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+                  force: bool = False) -> dict[str, Any]:
     profile, alias_note = resolve_target(target)
     if alias_note:
         log.warning(alias_note)
@@ -105,11 +106,11 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
             raise ConfigError(f"{qat} was not made from {checkpoint} (architecture or input differ); "
                               "pass the fp32 checkpoint the QAT run started from")
     out = Path(out) if out else Path("runs") / "export" / profile.name
+    guard_output(out, force)  # before any work: an unrelated folder is never replaced
     staging = out.with_name(out.name + ".partial")
     failed_dir = out.with_name(out.name + ".failed")
     for d in (staging, failed_dir):
-        if d.exists():
-            shutil.rmtree(d)
+        remove_own_staging(d)
     (staging / "golden").mkdir(parents=True)
 
     prof = profile_model(model, card.input.size)

@@ -35,11 +35,10 @@ log = logging.getLogger(__name__)
 def build_engine(bundle_path: str | Path, workspace_mb: int | None = None, max_batch: int | None = None) -> Path:
     bundle = load_bundle(bundle_path)  # a tampered bundle is refused before anything else
     trt = tensorrt_module("build engines on the Jetson (JetPack provides python3-libnvinfer)")
-    cfg_path = bundle.root / BUILD_CONFIG
-    if not cfg_path.is_file():
+    if BUILD_CONFIG not in bundle.manifest["files"]:
         raise AlnettError(f"{bundle.root} has no {BUILD_CONFIG}: export it for a Jetson target")
-    cfg = json.loads(cfg_path.read_text())
-    onnx_path = bundle.root / cfg["onnx"]
+    cfg = json.loads(bundle.file(BUILD_CONFIG).read_text())
+    onnx_path = bundle.file(str(cfg.get("onnx", "")))
     key = current_key(onnx_path)
     engine_dir = bundle.root / ENGINE_DIR
     engine_path = engine_dir / f"model.{key['id']}.engine"

@@ -77,9 +77,8 @@ def _agree(a: np.ndarray, b: np.ndarray) -> float:
 def verify_bundle(path: str | Path, backend: str | None = None, threads: int = 0,
                   tolerance: float | None = None) -> list[VerifyRow]:
     bundle = load_bundle(path)
-    golden_dir = bundle.root / "golden"
-    inputs = np.load(golden_dir / "inputs.npy")
-    ref = np.load(golden_dir / "fp32_reference.probs.npy")
+    inputs = np.load(bundle.file("golden/inputs.npy"))
+    ref = np.load(bundle.file("golden/fp32_reference.probs.npy"))
     rows: list[VerifyRow] = []
     for target in _targets(bundle, backend):
         names = [backend] if backend else backend_order(target)
@@ -93,9 +92,9 @@ def verify_bundle(path: str | Path, backend: str | None = None, threads: int = 0
             continue
         with open_target(target, usable[0], threads) as rt:
             probs = rt.infer(inputs)
-        host_file = golden_dir / f"{target.path.name}.probs.npy"
-        if host_file.is_file():
-            host, against = np.load(host_file), "export host"
+        host_file = f"golden/{target.path.name}.probs.npy"
+        if host_file in bundle.manifest["files"]:
+            host, against = np.load(bundle.file(host_file)), "export host"
         else:  # e.g. a TensorRT engine: nothing ran it at export, so the fp32 reference is the yardstick
             host, against = ref, "fp32 reference"
         diff = float(np.abs(probs - host).max())
@@ -162,7 +161,7 @@ def _reference_probs(bundle: Bundle, inputs: np.ndarray, threads: int) -> tuple[
                         "re-export it to re-gate on the device")
     from alnett_edge.runtime.loader import Target
 
-    target = Target(bundle.root / ref["file"], bundle.card, {"file": ref["file"], "format": "onnx", "precision": "fp32"},
+    target = Target(bundle.file(ref["file"]), bundle.card, {"file": ref["file"], "format": "onnx", "precision": "fp32"},
                     bundle)
     if unavailable_reason("onnxruntime"):
         raise RuntimeUnavailable("the fp32 reference needs ONNX Runtime here: pip install onnxruntime")
