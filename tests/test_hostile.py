@@ -212,3 +212,22 @@ def test_http_token_is_not_logged_and_any_text_token_is_just_wrong(caplog):
         assert err.value.code == 401
     finally:
         server.stop()
+
+
+# -- 8. bad values are one-line errors, never accepted with exit 0 ----------------------------------------------
+
+@pytest.mark.parametrize("section,key,value", [("source", "fps", -5.0), ("run", "duration", -5.0),
+                                               ("run", "max_frames", -1), ("runtime", "threads", -5),
+                                               ("source", "stall_timeout", float("nan")),
+                                               ("detector", "cell_scale", -1.4), ("source", "backoff_max", float("inf"))])
+def test_daemon_numbers_must_be_finite_and_not_negative(section, key, value):
+    from alnett_edge.daemon.config import build_config
+
+    with pytest.raises(ConfigError, match=f"\\[{section}\\] {key} must be a finite number >= 0"):
+        build_config({}, {"source": {"spec": "synthetic:1"}, "runtime": {"bundle": "b"}, section: {key: value}})
+
+
+def test_daemon_cli_refuses_negative_fps(x86_bundle, tmp_path):
+    for args in (["--fps", "-5"], ["--duration", "-5"], ["--max-frames", "-1"]):
+        one_line_error(cli("daemon", "--bundle", x86_bundle["bundle"], "--source", "synthetic:1", "--port", "0",
+                           "--db", tmp_path / "d.db", *args), "must be a finite number >= 0")

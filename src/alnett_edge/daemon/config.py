@@ -34,6 +34,7 @@ Example (every key optional except a bundle and a source, from the file or the c
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,17 @@ class DaemonConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
+        for name in ("source", "runtime", "detector", "quality", "sinks", "http", "run"):
+            section = getattr(self, name)
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                # every number of the config is a count, a size, a time or a rate: finite and >= 0
+                if not math.isfinite(value) or value < 0:
+                    raise ConfigError(f"[{name}] {f.name} must be a finite number >= 0, got {value!r}")
+        if self.detector.cell_scale <= 0 or self.detector.work_width < 16:
+            raise ConfigError("[detector] cell_scale must be > 0 and work_width >= 16")
         if not self.runtime.bundle:
             raise ConfigError("no bundle: pass --bundle or set [runtime] bundle in the config")
         if not self.source.spec:
