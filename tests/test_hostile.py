@@ -231,3 +231,47 @@ def test_daemon_cli_refuses_negative_fps(x86_bundle, tmp_path):
     for args in (["--fps", "-5"], ["--duration", "-5"], ["--max-frames", "-1"]):
         one_line_error(cli("daemon", "--bundle", x86_bundle["bundle"], "--source", "synthetic:1", "--port", "0",
                            "--db", tmp_path / "d.db", *args), "must be a finite number >= 0")
+
+
+# -- 7. an image is refused from its header, before its pixels are decoded -----------------------------------
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    import resource
+    import zlib
+
+    from alnett_edge.data.preprocess import MAX_IMAGE_PIXELS, load_cell_image, load_image
+    from alnett_edge.errors import DataError
+
+    def png_header_only(w: int, h: int) -> bytes:  # a valid header, a few rows of pixels
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+        ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * (w * 3 + 1) * 4))
+                + chunk(b"IEND", b""))
+
+    w = h = 20000  # 400 megapixels, 1.2 GB decoded; the file is a few kB
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(w, h))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for load in (load_image, load_cell_image):
+        with pytest.raises(DataError, match="over 179 megapixels .* refused before decoding"):
+            load(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: nothing was decoded
+    assert w * h > MAX_IMAGE_PIXELS
+    small_bomb = tmp_path / "b2.png"  # under Pillow's own limit, over ours: our check speaks
+    small_bomb.write_bytes(png_header_only(10000, 8000))
+    with pytest.raises(DataError, match="10000x8000 pixels .* 50 megapixel limit"):
+        load_image(small_bomb)
+    (tmp_path / "frames").mkdir()
+    bomb.rename(tmp_path / "frames" / "0.png")
+    source = make_source(f"images:{tmp_path / 'frames'}", SourceSettings())
+    source.open()
+    from alnett_edge.capture.base import FrameSkipped
+
+    with pytest.raises(FrameSkipped, match="refused before decoding"):
+        source.read()
+
+
+def test_bench_batch_size_is_capped(rpi_bundle):
+    one_line_error(cli("bench", rpi_bundle["bundle"], "--batch", "1,100000", "--runs", "1"), "--batch sizes go up to 256")

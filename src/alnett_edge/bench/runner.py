@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_IMAGES = 256
 
 
+MAX_BATCH = 256  # largest --batch: memory stays bounded on a device
+
 @dataclass
 class BenchOptions:
     backends: list[str] = field(default_factory=lambda: ["auto"])  # "auto", "all" or backend names
@@ -54,6 +56,9 @@ class BenchOptions:
     def validate(self) -> None:
         if not self.batches or min(self.batches) < 1:
             raise ConfigError("--batch needs sizes >= 1, e.g. --batch 1,8")
+        if max(self.batches) > MAX_BATCH:  # activations grow with the batch: 100000 took 12 GB of RSS
+            raise ConfigError(f"--batch sizes go up to {MAX_BATCH} (got {max(self.batches)}); throughput stops "
+                              "growing long before that")
         if self.runs is not None and self.runs < 1:
             raise ConfigError("--runs must be >= 1")
         if self.duration is not None and self.duration <= 0:

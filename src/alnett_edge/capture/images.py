@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from alnett_edge.capture.base import FrameSkipped, Source, SourceError
+from alnett_edge.data.preprocess import decode_image_file, to_rgb
+from alnett_edge.errors import DataError
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -42,9 +43,6 @@ class ImageFolderSource(Source):
         path = self.files[self.pos]
         self.pos += 1
         try:
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        except cv2.error:
-            img = None
-        if img is None:  # skipped, not a reconnect: reopening would replay the frames before it forever
-            raise FrameSkipped(f"cannot decode frame {path.name}; skipped")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            return to_rgb(decode_image_file(path, "frame"), str(path))
+        except DataError as exc:  # skipped, not a reconnect: reopening would replay the frames before it forever
+            raise FrameSkipped(f"{exc}; skipped") from exc

@@ -15,6 +15,7 @@ bits for the same image. Images enter as RGB; :func:`load_image` decodes a file 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -24,18 +25,49 @@ from alnett_edge.card import InputSpec
 from alnett_edge.errors import DataError
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: largest image decoded (width x height): a 20-megapixel microscope camera fits; a decompression bomb
+#: (a 20000 x 20000 PNG of a few kB) is refused from its header, before any pixel is decoded
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def decode_image_file(path: str | Path, what: str = "image") -> np.ndarray:
+    """The one bounded decoder: the header's size is checked (Pillow reads only the header) before
+    OpenCV decodes the pixels. Returns OpenCV's array (BGR/BGRA/gray, as stored); a missing,
+    unreadable, undecodable or oversized file is a one-line :class:`DataError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    pixels, size = 0, ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we say it ourselves, below
+            with Image.open(path) as header:  # lazy: parses the header only
+                pixels, size = header.size[0] * header.size[1], "{}x{}".format(*header.size)
+    except Image.DecompressionBombError:  # Pillow's own limit (about 179 megapixels) is above ours
+        pixels, size = MAX_IMAGE_PIXELS + 1, "over 179 megapixels"
+    except (UnidentifiedImageError, OSError, ValueError):
+        pass  # not a format Pillow knows: OpenCV decides below (and refuses what it cannot read)
+    if pixels > MAX_IMAGE_PIXELS:
+        raise DataError(f"{what} {path} is {size} pixels (from its header), over the "
+                        f"{MAX_IMAGE_PIXELS // 1_000_000} megapixel limit; refused before decoding")
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error:
+        img = None
+    if img is None:
+        raise DataError(f"cannot decode {what} {path} (not an image file?)")
+    return img
 
 
 def load_image(path: str | Path) -> np.ndarray:
     """Decode an image file to an RGB uint8 HxWx3 array; unreadable files raise :class:`DataError`."""
-    path = Path(path)
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    if data is None:
-        raise DataError(f"image not found: {path}")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise DataError(f"cannot decode image: {path}")
-    return to_rgb(img, source=str(path))
+    return to_rgb(decode_image_file(path), source=str(path))
 
 
 def load_cell_image(path: str | Path, expected_size: str | None = None, allow_any_size: bool = False,
@@ -43,13 +75,7 @@ def load_cell_image(path: str | Path, expected_size: str | None = None, allow_an
     """Decode a cell image strictly: 3-channel colour only (grayscale or RGBA cells mean the wrong folder
     or a broken export) and, when ``expected_size`` ("HxW", the card's ``training.source_size``) is
     known, that size unless ``allow_any_size``. Every refusal is a one-line :class:`DataError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise DataError(f"cannot decode {what} {path} (not an image file?)")
+    img = decode_image_file(path, what)
     channels = 1 if img.ndim == 2 else img.shape[2]
     if channels != 3:
         raise DataError(f"{what} {path} has {channels} channel(s); RGB cell images (3 channels) are needed")
