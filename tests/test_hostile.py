@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
