@@ -105,7 +105,7 @@ def test_wilson_interval_and_source_specs(tmp_path):
     assert parse_spec("0") == ("v4l2", "0") and parse_spec("/dev/video2") == ("v4l2", "/dev/video2")
     assert parse_spec("rtsp://u:p@cam/stream")[0] == "url" and parse_spec("synthetic") == ("synthetic", "0")
     assert parse_spec("videotestsrc ! appsink")[0] == "gstreamer" and parse_spec(str(tmp_path)) == ("images", str(tmp_path))
-    assert make_source("url:rtsp://user:secret@cam/x").source_id == "url:cam/x"  # no credentials in logs
+    assert make_source("url:rtsp://user:secret@cam/x").source_id == "url:rtsp://cam/x"  # no credentials in logs
 
 
 def test_end_to_end_every_known_cell_reaches_the_database(x86_bundle, tmp_path):
