@@ -24,7 +24,7 @@ passes (bias re-quantized to match), the fix for artifacts that must run on ever
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -217,7 +217,3 @@ def _requantize_bias(node: onnx.NodeProto, act: onnx.NodeProto, w_scale: np.ndar
     b_q = np.round(bias / b_scale).astype(np.int32)
     by_name[bdq.input[0]].CopyFrom(numpy_helper.from_array(b_q, bdq.input[0]))
     by_name[bdq.input[1]].CopyFrom(numpy_helper.from_array(b_scale, bdq.input[1]))
-
-
-def rows_as_dicts(checks: list[LayerCheck]) -> list[dict[str, Any]]:
-    return [asdict(c) for c in checks]

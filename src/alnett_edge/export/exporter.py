@@ -71,7 +71,7 @@ def precisions_to_build(profile: DeviceProfile, precision: str) -> list[str]:
 def _saturation_failures(extra: dict[str, Any], profile: DeviceProfile) -> list[str]:
     """An int8 artifact for a profile that covers x86 CPUs without VNNI must be proven exact there."""
     sat = extra.get("int8_saturation")
-    if not sat or sat.get("exact_on_x86_without_vnni") or "x86-avx2" not in profile.cpu_int8:
+    if not sat or sat.get("exact_on_x86_without_vnni") or not profile.int8_fits_avx2:
         return []
     return [f"int8 weights up to {sat['max_weight']} may saturate on x86 CPUs without VNNI "
             f"({len(sat['layers_that_may_saturate'])} layers; worst pair {sat['worst_pair']} > 32767)"]
