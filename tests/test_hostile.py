@@ -1,7 +1,9 @@
 """Hostile inputs and faults (issue 13): each class is fixed at its root, and these probes keep it fixed.
 
-Covered so far: 1 data loss (output guard), 2 a corrupt frame looping the daemon, 3 same-port restart,
-5 bundle integrity (paths outside the bundle, files without a hash).
+The classes of the issue: 1 data loss (output guard), 2 a corrupt frame looping the daemon, 3 same-port
+restart, 4 sink faults (disk full, a deleted output folder, unwritable paths), 5 bundle integrity (paths
+outside the bundle, files without a hash), 6 ordinary mistakes, 7 unbounded resources (decoder, batch,
+archive members, HTTP connections), 8 bad values, 9 secrets, native noise and a stop held by a hung camera.
 """
 
 from __future__ import annotations
@@ -274,3 +276,333 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
 
 def test_bench_batch_size_is_capped(rpi_bundle):
     one_line_error(cli("bench", rpi_bundle["bundle"], "--batch", "1,100000", "--runs", "1"), "--batch sizes go up to 256")
+
+
+# -- 4. sink faults: the database is the store of record; nothing unstored is counted; restart works -----
+
+_LIMITED = """
+import resource, signal, sys, threading, time
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
+limit, lift_after = int(sys.argv[1]), float(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+if lift_after > 0:  # the disk is freed again after a while
+    threading.Timer(lift_after, resource.setrlimit, (resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)).start()
+sys.argv = ["alnett-edge", *sys.argv[3:]]
+from alnett_edge.cli.app import main
+main()
+"""
+
+
+def _daemon_under_file_limit(bundle, tmp_path, limit, lift_after, frames, *extra):
+    import subprocess
+    import sys
+
+    db, summary = tmp_path / "cells.db", tmp_path / f"summary-{lift_after}.json"
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, str(limit), str(lift_after), "daemon", "--bundle", bundle,
+                           "--source", "synthetic:7", "--fps", "20", "--max-frames", str(frames), "--port", "0",
+                           "--db", db, "--summary-json", summary, *map(str, extra)],
+                          capture_output=True, text=True, timeout=300)
+    return proc, db, json.loads(summary.read_text()) if summary.is_file() else None
+
+
+def _rows(db: Path) -> tuple[int, list[tuple]]:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        sessions = con.execute("SELECT id, frames, cells, ended IS NOT NULL FROM sessions ORDER BY id").fetchall()
+        return con.execute("SELECT COUNT(*) FROM cells").fetchone()[0], sessions
+    finally:
+        con.close()
+
+
+def test_disk_full_stops_cleanly_counts_only_stored_cells_and_restart_works(x86_bundle, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[sinks]\nmax_pending_cells = 12\n")
+    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 120_000, 0, 400, "--config", config)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "were not stored and not counted" in last and "Traceback" not in proc.stderr
+    assert summary["stop_reason"] == "database failing" and summary["store"]["pending_cells"] > 12
+    n, sessions = _rows(db)
+    assert n == summary["session"]["cells"] == summary["store"]["stored_cells"] == sessions[0][2] > 0
+    assert summary["cells_processed"] == n + summary["store"]["pending_cells"]  # classified, not all counted
+    # the disk has room again: a restart just works, in the same database
+    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 1 << 40, 0, 3)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n2, sessions = _rows(db)
+    # the full disk may have refused the first session's end row; its counts were committed with its cells
+    assert len(sessions) == 2 and sessions[1][3] and n2 == n + summary["session"]["cells"] == n + sessions[1][2]
+
+
+def test_a_disk_that_fills_and_frees_loses_nothing(x86_bundle, tmp_path):
+    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 60_000, 4.0, 120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cannot write the database" in proc.stderr and "writable again" in proc.stderr
+    n, sessions = _rows(db)
+    assert summary["store"]["errors"]["db"]["count"] > 0 and summary["store"]["pending_cells"] == 0
+    assert n == summary["cells_processed"] == summary["session"]["cells"] == sessions[0][2] > 0  # every cell stored
+
+
+def _run_daemon_in_thread(bundle, spec, sinks, **sections):
+    cfg = {"source": {"spec": spec, "fps": 20.0, "stall_timeout": 2.0}, "runtime": {"bundle": str(bundle)},
+           "sinks": sinks, "http": {"port": 0}, **sections}
+    from alnett_edge.daemon.config import build_config
+    from alnett_edge.daemon.pipeline import Daemon
+
+    daemon = Daemon(build_config(cfg))
+    box = {}
+    thread = __import__("threading").Thread(target=lambda: box.setdefault("summary", daemon.run()), daemon=True)
+    thread.start()
+    return daemon, thread, box
+
+
+def _until(cond, timeout=60.0):
+    t0 = time.time()
+    while not cond():
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def test_output_folder_deleted_mid_run_is_restored_with_every_row(x86_bundle, tmp_path):
+    out = tmp_path / "out"
+    daemon, thread, box = _run_daemon_in_thread(
+        x86_bundle["bundle"], "synthetic:8",
+        {"db": str(out / "cells.db"), "jsonl": str(out / "cells.jsonl"), "snapshots": str(out / "snaps"),
+         "snapshot_every": 1}, run={"max_frames": 12})
+    _until(lambda: daemon.frames_processed >= 4)
+    shutil.rmtree(out)  # everything: database, WAL, JSONL, snapshots
+    thread.join(120)
+    summary = box["summary"]
+    n, sessions = _rows(out / "cells.db")
+    assert summary["store"]["restored"] >= 1 and summary["store_error"] is None
+    assert n == summary["cells_processed"] == summary["session"]["cells"] == sessions[0][2] > 0
+    assert sessions[0][1] == summary["frames_processed"] == 12
+    assert any((out / "snaps").glob("*.jpg")) and (out / "cells.jsonl").is_file()  # copies start again
+
+
+def test_snapshot_folder_lost_mid_run_is_counted_not_fatal(x86_bundle, tmp_path):
+    snaps = tmp_path / "snaps"
+    daemon, thread, box = _run_daemon_in_thread(
+        x86_bundle["bundle"], "synthetic:9", {"db": str(tmp_path / "c.db"), "snapshots": str(snaps), "snapshot_every": 1},
+        run={"max_frames": 10})
+    _until(lambda: daemon.frames_processed >= 3)
+    shutil.rmtree(snaps)
+    snaps.write_text("a file where the folder was")  # cannot be made again: every snapshot fails
+    thread.join(120)
+    s = box["summary"]
+    assert s["frames_processed"] == 10 and s["store_error"] is None
+    assert s["store"]["errors"]["SnapshotSink"]["count"] >= 1 and "snap" in s["store"]["errors"]["SnapshotSink"]["last"]
+    assert _rows(tmp_path / "c.db")[0] == s["session"]["cells"]
+
+
+@pytest.mark.parametrize("option,where,needle", [
+    ("--db", "{tmp}/out", "is a folder"), ("--db", "{tmp}/file.txt/cells.db", "cannot write the database"),
+    ("--jsonl", "{tmp}/out", "is a folder"), ("--snapshots", "{tmp}/file.txt/s", "cannot write snapshots"),
+    ("--snapshots", "/proc/alnett-snaps", "cannot write snapshots"), ("--summary-json", "{tmp}/out", "is a folder")])
+def test_unwritable_sink_paths_are_refused_before_capture(x86_bundle, tmp_path, option, where, needle):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    args = ["--db", tmp_path / "d.db"] if option != "--db" else []
+    one_line_error(cli("daemon", "--bundle", x86_bundle["bundle"], "--source", "synthetic:1", "--port", "0",
+                       "--max-frames", "1", *args, option, where.format(tmp=tmp_path)), needle)
+
+
+# -- 6. ordinary mistakes are one-line errors ------------------------------------------------------------------
+
+def _safetensors_with_header(src: Path, dest: Path, edit) -> Path:
+    import struct
+
+    raw = src.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = edit(json.loads(raw[8 : 8 + n]))
+    body = json.dumps(header).encode()
+    dest.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n :])
+    return dest
+
+
+def test_ordinary_mistakes_are_one_line_errors(x86_bundle, trained, tmp_path):
+    bundle = Path(x86_bundle["bundle"])
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    cv2.imwrite(str(cells / "a.png"), np.full((64, 64, 3), 120, np.uint8))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    one_line_error(cli("predict", bundle, cells, "--out", folder), "is a folder")
+    one_line_error(cli("predict", bundle, cells, "--out", tmp_path / "p.txt"), ".csv or .jsonl")
+    one_line_error(cli("verify", bundle, "--json", folder), "is a folder")
+    one_line_error(cli("bench", bundle, "--json", folder, "--runs", "1"), "is a folder")
+    binary = tmp_path / "c.toml"
+    binary.write_bytes(bytes(range(256)) * 8)
+    one_line_error(cli("daemon", "--config", binary, "--bundle", bundle, "--source", "synthetic:1"), "not a text file")
+    one_line_error(cli("daemon", "--bundle", bundle, "--source", "synthetic:abc", "--port", "0", "--db", tmp_path / "d.db"),
+                   "integer seed")
+    # a bundle whose manifest is a JSON list, whose card has one class, whose golden .npy is a pickle
+    for name, edit in (("list", lambda d: (d / "manifest.json").write_text("[1, 2]")),
+                       ("nocard", lambda d: (d / "card.json").unlink())):
+        bad = tmp_path / name
+        shutil.copytree(bundle, bad)
+        edit(bad)
+        one_line_error(cli("predict", bad, cells), "bundle")
+
+    def rehash(d: Path, rel: str) -> None:
+        from alnett_edge.files import sha256_file
+
+        m = json.loads((d / "manifest.json").read_text())
+        m["files"][rel] = sha256_file(d / rel)
+        (d / "manifest.json").write_text(json.dumps(m))
+
+    one = tmp_path / "one"
+    shutil.copytree(bundle, one)
+    card = json.loads((one / "card.json").read_text())
+    (one / "card.json").write_text(json.dumps({**card, "class_names": ["all"]}))
+    rehash(one, "card.json")
+    one_line_error(cli("predict", one, cells), "two or more distinct names")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(bundle, pickled)
+    np.save(pickled / "golden" / "inputs.npy", np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    rehash(pickled, "golden/inputs.npy")
+    one_line_error(cli("verify", pickled), "not a plain numeric .npy")
+    # safetensors whose header, or its __metadata__, is a JSON list
+    _, result = trained
+    for name, edit in (("list", lambda h: [1, 2]), ("meta", lambda h: {**h, "__metadata__": [1]})):
+        bad = _safetensors_with_header(Path(result.best), tmp_path / f"{name}.safetensors", edit)
+        one_line_error(cli("predict", bad, cells), "not a readable safetensors checkpoint")
+
+
+# -- 7. archives are bounded and a truncated one is a one-line error, not "Aborted." ----------------------------
+
+def test_archive_members_are_size_capped_and_truncation_is_reported(x86_bundle, tmp_path, monkeypatch):
+    import alnett_edge.bundle as bundle_mod
+
+    archive = tmp_path / "x86.tar.gz"
+    shutil.copy(x86_bundle["archive"], archive)
+    data = archive.read_bytes()
+    truncated = tmp_path / "t.tar.gz"
+    truncated.write_bytes(data[: len(data) // 2])
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    cv2.imwrite(str(cells / "a.png"), np.full((64, 64, 3), 120, np.uint8))
+    one_line_error(cli("predict", truncated, cells), "not a readable .tar.gz")
+    assert not (tmp_path / "t").exists() and not (tmp_path / "t.extracting").exists()  # nothing half-extracted
+    biggest = max(Path(x86_bundle["bundle"]).rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", biggest.stat().st_size - 1)  # the cap, made small
+    with pytest.raises(BundleError, match=f"refusing .*{biggest.name}.* over the"):
+        load_bundle(archive)
+    assert not (tmp_path / "x86").exists()
+
+
+# -- 7. HTTP: idle connections time out, connections are bounded, a client that leaves is not a traceback --------
+
+def test_http_is_bounded_and_quiet(capfd, monkeypatch):
+    import alnett_edge.daemon.http as http_mod
+
+    monkeypatch.setattr(http_mod, "IO_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http_mod, "MAX_CONNECTIONS", 4)
+    server = http_mod.HttpServer(IdleDaemon(), "127.0.0.1", 0)
+    server.start()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]  # say nothing
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert extra.recv(100).startswith(b"HTTP/1.0 503")  # the pool is full: refused at once
+        time.sleep(1.5)  # the idle ones time out and free their slots
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
+            assert r.status == 200
+        for _ in range(5):  # ask, then leave before the answer is read
+            with socket.create_connection(("127.0.0.1", server.port)) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")  # RST on close
+                s.sendall(b"GET /status HTTP/1.0\r\n\r\n")
+        time.sleep(0.3)
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
+
+
+# -- 8. video: pointed at a still image --------------------------------------------------------------------------
+
+def test_video_source_refuses_a_still_image(x86_bundle, tmp_path):
+    png = tmp_path / "frame.png"
+    cv2.imwrite(str(png), np.full((48, 64, 3), 90, np.uint8))
+    one_line_error(cli("daemon", "--bundle", x86_bundle["bundle"], "--source", f"video:{png}", "--port", "0",
+                       "--db", tmp_path / "d.db"), "still image, not a video")
+
+
+# -- 9. a hung camera cannot hold a stop; native decoder lines stay out of the output -----------------------------
+
+def _hung_mjpeg_server(frames: int):
+    """An HTTP MJPEG camera that sends ``frames`` frames, then keeps the connection open and silent."""
+    import threading
+
+    ok, jpg = cv2.imencode(".jpg", np.full((120, 160, 3), 200, np.uint8))
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            held.append(c)
+            c.recv(4096)
+            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=f\r\n\r\n")
+            for _ in range(frames):
+                c.sendall(b"--f\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg) + jpg.tobytes() + b"\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, held
+
+
+def test_stop_is_bounded_with_a_hung_camera(x86_bundle, tmp_path):
+    from alnett_edge.daemon.pipeline import STOP_GRACE_S
+
+    srv, held = _hung_mjpeg_server(3)
+    try:
+        daemon, thread, box = _run_daemon_in_thread(
+            x86_bundle["bundle"], f"url:http://127.0.0.1:{srv.getsockname()[1]}/cam.mjpg", {"db": str(tmp_path / "c.db")},
+            source={"spec": f"url:http://127.0.0.1:{srv.getsockname()[1]}/cam.mjpg", "stall_timeout": 30.0})
+        _until(lambda: daemon.capture.stats.frames >= 1)
+        time.sleep(0.5)  # the camera now hangs in the middle of a read
+        t0 = time.time()
+        daemon.request_stop("SIGTERM")
+        thread.join(30)
+        took = time.time() - t0
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+    assert not thread.is_alive() and took <= STOP_GRACE_S + 3.0 <= 10.0, took
+    assert box["summary"]["stop_reason"] == "SIGTERM" and box["summary"]["store_error"] is None
+
+
+def test_native_decoder_lines_stay_out_of_the_output(x86_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for i in range(20):
+        writer.write(np.full((120, 160, 3), 10 * i, np.uint8))
+    writer.release()
+    data = bytearray(clip.read_bytes())
+    rng = np.random.default_rng(0)
+    for pos in rng.integers(len(data) // 4, len(data), 200):  # corrupt the JPEG payloads
+        data[pos] ^= 0xFF
+    clip.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "alnett_edge", "daemon", "--bundle", str(x86_bundle["bundle"]),
+                           "--source", f"video:{clip}", "--port", "0", "--db", str(tmp_path / "d.db"), "--fps", "100"],
+                          capture_output=True, text=True, timeout=120)
+    native = [line for line in proc.stderr.splitlines() if line.startswith(("[", "OpenCV", "[ WARN"))]
+    assert not native, proc.stderr[-2000:]
+    unreachable = subprocess.run([sys.executable, "-m", "alnett_edge", "daemon", "--bundle", str(x86_bundle["bundle"]),
+                                  "--source", "url:http://127.0.0.1:9/cam.mjpg", "--port", "0", "--db", str(tmp_path / "e.db")],
+                                 capture_output=True, text=True, timeout=120)
+    assert unreachable.returncode == 2 and unreachable.stderr.strip().startswith("error: cannot open url:"), unreachable.stderr
+    assert "\n" not in unreachable.stderr.strip()

@@ -12,16 +12,20 @@ extraction refuses absolute paths, ``..`` and links.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from alnett_edge.card import ModelCard
 from alnett_edge.errors import AlnettError
-from alnett_edge.files import sha256_file
+from alnett_edge.files import load_plain_npy, sha256_file
 
 BUNDLE_FORMAT = "alnett-edge-bundle"
 BUNDLE_VERSION = 1
@@ -103,6 +107,10 @@ class Bundle:
             raise BundleError(f"{self.root}: {rel!r} is not listed with a sha256 in the manifest; refusing to open it")
         return _safe_rel(self.root, rel)
 
+    def array(self, rel: str) -> np.ndarray:
+        """A listed ``.npy`` of the bundle (golden inputs and outputs): plain numbers only, never pickles."""
+        return load_plain_npy(self.file(rel))
+
 
 def load_bundle(path: str | Path, allow_failed: bool = False) -> Bundle:
     """Open a bundle directory or .tar.gz (extracted beside it) and verify every file's sha256."""
@@ -115,8 +123,9 @@ def load_bundle(path: str | Path, allow_failed: bool = False) -> Bundle:
         manifest = json.loads((path / MANIFEST).read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path / MANIFEST} is not valid JSON ({exc})") from exc
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path} is not an alnett-edge bundle (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        kind = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{path} is not an alnett-edge bundle (format {kind!r})")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{path / MANIFEST} lists no files with their sha256")
@@ -145,30 +154,53 @@ def make_archive(root: Path) -> Path:
     return archive
 
 
+#: an archive member over this (from its header) is refused before it is read; a bundle's largest
+#: file, a TensorRT engine of the largest variant, is tens of MB
+MAX_MEMBER_BYTES = 512 << 20
+MAX_ARCHIVE_BYTES = 1 << 30  # all members together, uncompressed
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)  # EOFError: a truncated .gz
+
+
+def _checked_members(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Every member's header checked as it is read (a bad one stops the scan before its data)."""
+    members, total = [], 0
+    for m in tar:
+        name = m.name
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise BundleError(f"{archive}: refusing unsafe path {name!r}")
+        if not (m.isfile() or m.isdir()):
+            raise BundleError(f"{archive}: refusing link or special file {name!r}")
+        total += m.size
+        if m.size > MAX_MEMBER_BYTES or total > MAX_ARCHIVE_BYTES:
+            raise BundleError(f"{archive}: refusing {name!r}: {m.size / 1e6:.0f} MB ({total / 1e6:.0f} MB in all) is over "
+                              f"the {MAX_MEMBER_BYTES >> 20} MiB per file / {MAX_ARCHIVE_BYTES >> 20} MiB per bundle limit")
+        members.append(m)
+    return members
+
+
 def extract_archive(archive: Path, dest: Path) -> Path:
-    """Extract a bundle archive safely: regular files and folders only, all inside ``dest``."""
+    """Extract a bundle archive safely: regular files and folders only, all inside ``dest``, each
+    under :data:`MAX_MEMBER_BYTES` and all under :data:`MAX_ARCHIVE_BYTES` (checked from the headers)."""
     try:
-        tar = tarfile.open(archive, "r:gz")
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"{archive} is not a readable .tar.gz ({exc})") from exc
-    with tar:
-        members = tar.getmembers()
-        for m in members:
-            name = m.name
-            if name.startswith("/") or ".." in Path(name).parts:
-                raise BundleError(f"{archive}: refusing unsafe path {name!r}")
-            if not (m.isfile() or m.isdir()):
-                raise BundleError(f"{archive}: refusing link or special file {name!r}")
-        tops = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
-        if len(tops) != 1:
-            raise BundleError(f"{archive}: expected one top-level bundle folder, found {sorted(tops)}")
-        if dest.exists():
-            if _same_bundle(tar, members, dest):
-                return dest  # extracted before: load_bundle verifies every hash again
-            raise BundleError(f"{dest} exists and is not this archive's bundle; move it away or extract "
-                              f"{archive.name} elsewhere")
-        staging = dest.with_name(dest.name + ".extracting")
-        remove_own_staging(staging)
+        with tarfile.open(archive, "r:gz") as tar:
+            return _extract(archive, tar, dest)
+    except _TAR_ERRORS as exc:
+        raise BundleError(f"{archive} is not a readable .tar.gz ({exc or type(exc).__name__})") from exc
+
+
+def _extract(archive: Path, tar: tarfile.TarFile, dest: Path) -> Path:
+    members = _checked_members(archive, tar)
+    tops = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
+    if len(tops) != 1:
+        raise BundleError(f"{archive}: expected one top-level bundle folder, found {sorted(tops)}")
+    if dest.exists():
+        if _same_bundle(tar, members, dest):
+            return dest  # extracted before: load_bundle verifies every hash again
+        raise BundleError(f"{dest} exists and is not this archive's bundle; move it away or extract "
+                          f"{archive.name} elsewhere")
+    staging = dest.with_name(dest.name + ".extracting")
+    remove_own_staging(staging)
+    try:
         staging.mkdir(parents=True)
         for m in members:
             target = staging / m.name
@@ -180,9 +212,15 @@ def extract_archive(archive: Path, dest: Path) -> Path:
             if src is None:
                 raise BundleError(f"{archive}: cannot read {m.name!r}")
             with src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+                try:
+                    shutil.copyfileobj(src, out)
+                except gzip.BadGzipFile:
+                    raise  # the archive, not the disk
+                except OSError as exc:  # the disk: full, read-only, ...
+                    raise BundleError(f"cannot extract {archive.name} into {dest.parent}: {exc.strerror or exc}") from exc
         (staging / tops.pop()).rename(dest)
-        shutil.rmtree(staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a half-extracted bundle is never left behind
     return dest
 
 

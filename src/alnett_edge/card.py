@@ -88,6 +88,11 @@ class ModelCard:
     quantization: dict[str, Any] = field(default_factory=dict)
     schema: int = CARD_SCHEMA
 
+    def __post_init__(self) -> None:
+        names = self.class_names
+        if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise CheckpointError(f"model card class_names must be two or more distinct names, got {list(names)!r}")
+
     @property
     def positive_class(self) -> int:
         return self.class_names.index("all") if "all" in self.class_names else len(self.class_names) - 1

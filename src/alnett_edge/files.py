@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
+from alnett_edge.errors import ConfigError, DataError
+
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -12,3 +16,32 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Check, before any work is done, that a file can be written at ``path``: not a folder, its
+    folder exists or can be made. A command that writes a report after minutes of work asks first."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the folder for {what} {path}: {exc.strerror or exc}") from None
+    existed = path.exists()
+    try:
+        with open(path, "ab"):  # appends nothing: an existing file is left as it is
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+    return path
+
+
+def load_plain_npy(path: str | Path) -> np.ndarray:
+    """An ``.npy`` of plain numbers; a pickled or broken one is a DataError (never unpickled)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path} is not a plain numeric .npy ({exc})") from exc

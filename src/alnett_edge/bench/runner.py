@@ -26,6 +26,7 @@ import numpy as np
 from alnett_edge.bench.system import machine_info
 from alnett_edge.card import InputSpec
 from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.files import load_plain_npy
 from alnett_edge.runtime.base import BACKENDS, backend_formats, unavailable_reason
 from alnett_edge.runtime.loader import Target, backend_order, targets_of
 
@@ -101,7 +102,7 @@ def load_inputs(card_input: InputSpec, opts: BenchOptions, golden: Path | None, 
         x = np.random.default_rng(0).standard_normal((32, *shape)).astype(np.float32)
         return Inputs(x, None, "RANDOM inputs (--random): latency only, no accuracy")
     if golden is not None and golden.is_file():
-        x = np.load(golden)
+        x = load_plain_npy(golden)
         return Inputs(x, None, f"{len(x)} golden gate images of the bundle (real, preprocessed at export)")
     raise ConfigError("give --images DIR (real cell images) or --random; this model has no golden images")
 
@@ -286,6 +287,7 @@ def plot_latency(report: dict[str, Any], dest: str | Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     dest = Path(dest)
+    dest = dest if dest.suffix else dest.with_suffix(".png")  # what matplotlib would write; say the real name
     dest.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(dest, dpi=110)
     plt.close(fig)

@@ -43,6 +43,7 @@ class SourceSettings:
     fps: float | None = None  # camera frame rate, or the pace at which files are replayed
     exposure: float | None = None  # microseconds where the source supports it
     loop: bool = False  # files and folders: start again at the end
+    timeout: float | None = None  # network sources: seconds an open or a read may block
 
 
 class Source:

@@ -14,8 +14,13 @@ class OpenCVSource(Source):
     def target(self) -> str | int:
         return self.arg
 
+    def open_params(self) -> list[int]:
+        """``cv2.CAP_PROP_*`` id/value pairs given to ``VideoCapture`` when it opens."""
+        return []
+
     def open(self) -> None:
-        self.cap = cv2.VideoCapture(self.target(), self.api)
+        params = self.open_params()
+        self.cap = cv2.VideoCapture(self.target(), self.api, params) if params else cv2.VideoCapture(self.target(), self.api)
         if not self.cap.isOpened():
             self.cap.release()
             raise SourceError(f"cannot open {self.source_id}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alnett_edge.capture.base import Source
+from alnett_edge.capture.base import Source, SourceError
 from alnett_edge.data.synth import synth_smear
 
 
@@ -14,6 +14,8 @@ class SyntheticSmearSource(Source):
     paced = True
 
     def open(self) -> None:
+        if not (self.arg or "0").isdigit():
+            raise SourceError(f"synthetic:SEED takes a non-negative integer seed, got {self.arg!r}")
         self.rng = np.random.default_rng(int(self.arg or 0))
         self.last_objects: list = []
 

@@ -31,5 +31,10 @@ class UrlSource(OpenCVSource):
     def source_id(self) -> str:
         return "url:" + redact_url(self.arg)  # never store or log credentials (status, database, JSONL)
 
+    def open_params(self) -> list[int]:
+        # a camera server that hangs must not hold a read (or a stop) for FFmpeg's default 30 s
+        ms = int(1000 * (self.settings.timeout or 5.0))
+        return [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+
     def configure(self) -> None:
         self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)

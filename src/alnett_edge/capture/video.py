@@ -17,6 +17,8 @@ class VideoFileSource(OpenCVSource):
     def open(self) -> None:
         if not Path(self.arg).is_file():
             raise SourceError(f"video file not found: {self.arg}")
+        if _is_still_image(Path(self.arg)):  # FFmpeg would play it as a one-frame "video"
+            raise SourceError(f"{self.arg} is a still image, not a video; for image files use images:FOLDER")
         super().open()
 
     def grab_bgr(self) -> np.ndarray | None:
@@ -27,3 +29,14 @@ class VideoFileSource(OpenCVSource):
         if frame is None:
             self.ended = True
         return frame
+
+
+def _is_still_image(path: Path) -> bool:
+    """Whether Pillow recognises the file as an image (it reads only the header)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False

@@ -23,6 +23,10 @@ DEBUG_ENV = "ALNETT_EDGE_DEBUG"
 # Native logs of the TFLite/LiteRT converter stack (absl/glog) unless the user set their own level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
+# OpenCV's own warnings and FFmpeg's decoder/network lines ("[mjpeg @ 0x..] bad vlc", "[tcp @ ..]"):
+# a bad frame or an unreachable camera is reported once, by alnett-edge, in its own words
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 # torch's own log handler (onnx exporter registrations, pytree deprecations): errors only.
 os.environ.setdefault("TORCH_LOGS", "-all")
 #: packages of the [train]/[tflite] extras; a command that needs one on a device install says so
@@ -52,6 +56,14 @@ class _Group(TyperGroup):
                 raise
             typer.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            # a file or folder the user named cannot be read or written (permissions, a folder where a
+            # file was meant, disk full): what the system said, and about which path
+            if os.environ.get(DEBUG_ENV):
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(2)
         except ModuleNotFoundError as exc:
             # a device install (alnett-edge[rpi] / [jetson]) has no torch or exporters
             if os.environ.get(DEBUG_ENV) or (exc.name or "").split(".")[0] not in _TRAIN_ONLY:

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alnett_edge.cli.common import output_file
+
 
 def _fmt(v: object) -> str:
     if isinstance(v, float):
@@ -85,7 +87,8 @@ def register(app: typer.Typer) -> None:
     def calibrate(
         model: Path = typer.Option(..., "--model", "-m", help="fp32 ONNX exported by alnett-edge."),
         images: Path = typer.Option(..., "--images", "-i", help="Calibration images (folder or dataset)."),
-        out: Path = typer.Option(None, "--out", "-o", help="Output int8 ONNX (default: beside the model)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Output int8 ONNX (default: beside the model).",
+                                  callback=output_file),
         method: str = typer.Option("minmax", help="minmax, percentile or entropy."),
         scheme: str = typer.Option("symmetric", help="symmetric (TensorRT) or asymmetric (ORT x86 u8s8)."),
         num: int = typer.Option(300, help="Calibration images to use (a warning below 300)."),

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import wide_console
+from alnett_edge.cli.common import output_file, wide_console
 
 
 def stage_table(summary: dict) -> Table:
@@ -44,11 +44,13 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(None, help="HTTP port for /healthz /status /metrics (0 = off; default 8080)."),
         http_token: str = typer.Option(None, help="Token required by the HTTP endpoints.", envvar="ALNETT_EDGE_HTTP_TOKEN"),
         preview: bool = typer.Option(None, "--preview/--no-preview", help="Serve /preview.mjpg of annotated frames."),
-        summary_json: Path = typer.Option(None, help="Write the session summary (per-stage latency, counts) as JSON."),
+        summary_json: Path = typer.Option(None, help="Write the session summary (per-stage latency, counts) as JSON.",
+                                          callback=output_file),
     ) -> None:
         """Run the microscope daemon: capture -> detect -> crop -> quality gate -> classify -> record."""
         from alnett_edge.daemon.config import load_config
         from alnett_edge.daemon.pipeline import Daemon
+        from alnett_edge.daemon.sinks import StoreError
 
         overrides = {
             "source": {"spec": source, "fps": fps, "loop": loop, "queue": queue},
@@ -67,3 +69,5 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"database: {cfg.sinks.db} (stopped: {summary['stop_reason']})")
         if summary_json:
             summary_json.write_text(json.dumps(summary, indent=2))
+        if summary["store_error"]:
+            raise StoreError(summary["store_error"])

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alnett_edge.cli.common import wide_console
+from alnett_edge.cli.common import output_file, wide_console
 from alnett_edge.errors import ConfigError
 
 BACKEND_HELP = "onnxruntime, litert, tensorrt or pytorch (default: the device profile's order, first one installed here)."
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         tolerance: float = typer.Option(None, help="Max probability difference (default by precision: fp32 1e-3, fp16 0.02, int8 0.05)."),
         gate_images: Path = typer.Option(None, help="Labelled cell images of this site: re-run the accuracy gate here "
                                          "(every artifact vs the bundle's fp32 reference, with the bundle's limits)."),
-        json_out: Path = typer.Option(None, "--json", help="Write the rows as JSON."),
+        json_out: Path = typer.Option(None, "--json", help="Write the rows as JSON.", callback=output_file),
     ) -> None:
         """Run the bundle's golden inputs here and compare with the export host's outputs
         (with --gate-images: re-run the accuracy gate on this machine)."""
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
         artifact: str = typer.Option(None, help="Artifact file name or precision in the bundle (default: the selected one)."),
         batch: int = typer.Option(1, min=1, help="Images per inference call."),
         threads: int = typer.Option(0, help="Threads (0 = the backend's default)."),
-        out: Path = typer.Option(None, "--out", "-o", help="Write predictions to .csv or .jsonl."),
+        out: Path = typer.Option(None, "--out", "-o", help="Write predictions to .csv or .jsonl.", callback=output_file),
         ort_provider: str = typer.Option("auto", help="ONNX Runtime execution provider: auto, cpu, cuda or tensorrt."),
         any_size: bool = typer.Option(False, "--any-size", help="Accept images of another size than the training cells."),
     ) -> None:
@@ -128,6 +128,8 @@ def register(app: typer.Typer) -> None:
         from alnett_edge.runtime.loader import open_runtime
         from alnett_edge.runtime.predict import image_files, predict_files, write_predictions
 
+        if out is not None and out.suffix not in (".csv", ".jsonl"):
+            raise ConfigError(f"--out {out}: predictions are written as .csv or .jsonl")
         files = image_files(images)
         with open_runtime(model, backend, artifact, threads, provider=ort_provider) as rt:
             preds = predict_files(rt, files, batch, any_size)
@@ -152,8 +154,9 @@ def register(app: typer.Typer) -> None:
         reference: Path = typer.Option(None, help="fp32 .safetensors checkpoint: adds a PyTorch-eager row and is the agreement reference."),
         profile_ops: bool = typer.Option(False, "--profile-ops", help="Top operators by time (ONNX Runtime profiling)."),
         peak_gflops: float = typer.Option(None, help="This machine's fp32 peak, instead of the estimate."),
-        json_out: Path = typer.Option(None, "--json", help="Write the full report (with every latency sample) as JSON."),
-        plot: Path = typer.Option(None, help="Write a PNG of the latency distributions."),
+        json_out: Path = typer.Option(None, "--json", help="Write the full report (with every latency sample) as JSON.",
+                                      callback=output_file),
+        plot: Path = typer.Option(None, help="Write a PNG of the latency distributions.", callback=output_file),
         any_size: bool = typer.Option(False, "--any-size", help="Accept --images of another size than the training cells."),
     ) -> None:
         """Latency percentiles, throughput, memory, FLOP/s and accuracy of every artifact, side by side."""

@@ -25,6 +25,7 @@ Example (every key optional except a bundle and a source, from the file or the c
     [sinks]
     db = "/var/lib/alnett-edge/cells.db"
     snapshots = "/var/lib/alnett-edge/snapshots"
+    max_pending_cells = 10000  # held in memory while the database cannot be written, then a clean stop
 
     [http]
     host = "127.0.0.1"       # another address needs a token
@@ -76,6 +77,7 @@ class SinkConfig:
     snapshots: str = ""
     snapshot_every: int = 100
     snapshot_min_interval_s: float = 1.0  # at most one blast snapshot per interval
+    max_pending_cells: int = 10000  # rows held in memory while the database cannot be written; then stop
 
 
 @dataclass
@@ -171,7 +173,9 @@ def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | 
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a text file (not UTF-8); the config is TOML text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     return build_config(data, overrides)

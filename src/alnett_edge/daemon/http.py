@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import re
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,15 +56,50 @@ class DaemonCollector:
         yield lat
 
 
+#: connections served at once (each holds a thread); more are answered 503 and closed at once
+MAX_CONNECTIONS = 16
+#: seconds a connection may stay silent (a request not sent, a client not reading) before it is closed
+IO_TIMEOUT_S = 10.0
+_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nbusy\n"
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # SO_REUSEADDR: a restart may bind while the previous run's socket is in TIME_WAIT (Linux still
     # refuses a port another process is listening on, so a second daemon gets EADDRINUSE as before)
     allow_reuse_address = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):  # bounded: idle clients cannot pile up threads
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away mid-answer is not the daemon's error: one debug line, no traceback
+        exc = sys.exc_info()[1]
+        log.debug("http: %s: %s", client_address[0] if client_address else "?", exc)
+
 
 def make_handler(daemon: Any, token: str, preview: bool, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = IO_TIMEOUT_S  # socket timeout for every read and write of this connection
+
         def log_message(self, fmt: str, *args: Any) -> None:
             # the request line may carry ?token=...: never log query strings
             log.debug("http: " + fmt, *(re.sub(r"\?\S*", "?…", a) if isinstance(a, str) else a for a in args))
@@ -108,7 +144,7 @@ def make_handler(daemon: Any, token: str, preview: bool, registry: CollectorRegi
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " +
                                          str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
                     time.sleep(0.1)
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:  # the viewer went away (broken pipe, reset, timeout)
                 pass
             finally:
                 daemon.preview_clients -= 1

@@ -3,7 +3,9 @@ batched classification (the runtime) -> post-processing -> aggregator -> sinks, 
 
 Stop (SIGTERM / SIGINT, ``--max-frames``, ``--duration`` or the end of a file source): capture stops,
 the frames already queued are still processed, sinks are flushed and closed, and the session summary
-is returned; no processed cell is lost (each frame's rows are committed before it counts).
+is returned; no processed cell is lost (each frame's rows are committed before it counts). A source
+hung in a read is waited for at most ``STOP_GRACE_S`` seconds. What happens when the database cannot
+be written is the sink policy of :mod:`alnett_edge.daemon.sinks`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
 from alnett_edge.daemon.cells import build_crop, quality_reason
 from alnett_edge.daemon.config import DaemonConfig
 from alnett_edge.daemon.detector import CellDetector
-from alnett_edge.daemon.sinks import CellRecord, JsonlSink, Sink, SnapshotSink, SqliteSink, annotate
+from alnett_edge.daemon.sinks import CellRecord, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.daemon.stats import Aggregator, StageTimes
 from alnett_edge.data.preprocess import normalize
 from alnett_edge.errors import ConfigError
@@ -30,6 +32,9 @@ from alnett_edge.files import sha256_file
 from alnett_edge.runtime.loader import open_runtime
 
 log = logging.getLogger(__name__)
+
+#: after a stop, how long the capture thread may take to finish its read (a hung camera may never)
+STOP_GRACE_S = 5.0
 
 
 class Daemon:
@@ -45,20 +50,22 @@ class Daemon:
         self.card = self.runtime.card
         self.detector = CellDetector(cfg.detector)
         s = cfg.source
-        settings = SourceSettings(s.width or None, s.height or None, s.fps or None, s.exposure or None, s.loop)
+        settings = SourceSettings(s.width or None, s.height or None, s.fps or None, s.exposure or None, s.loop,
+                                  timeout=s.stall_timeout)
         self.source = make_source(s.spec, settings)
         self.queue = FrameQueue(s.queue)
         self.times = StageTimes()
         self.agg = Aggregator(self.card.class_names)
         self.capture = CaptureThread(self.source, self.queue, s.stall_timeout, s.backoff_min, s.backoff_max,
                                      cfg.run.max_frames or None, on_capture=lambda ms: self.times.add("capture", ms))
-        self.sinks: list[Sink] = [SqliteSink(cfg.sinks.db)]
+        copies: list[Sink] = []
         if cfg.sinks.jsonl:
-            self.sinks.append(JsonlSink(cfg.sinks.jsonl))
+            copies.append(JsonlSink(cfg.sinks.jsonl))
         if cfg.sinks.snapshots:
-            self.sinks.append(SnapshotSink(cfg.sinks.snapshots, cfg.sinks.snapshot_every, cfg.sinks.snapshot_min_interval_s))
+            copies.append(SnapshotSink(cfg.sinks.snapshots, cfg.sinks.snapshot_every, cfg.sinks.snapshot_min_interval_s))
+        self.recorder = Recorder(SqliteSink(cfg.sinks.db), copies, cfg.sinks.max_pending_cells)
         self.frames_processed = 0
-        self.cells_processed = 0
+        self.cells_processed = 0  # through the model (stored or pending); the session counts stored ones
         self.stopping = False
         self.stop_reason = ""
         self.preview_clients = 0
@@ -77,16 +84,20 @@ class Daemon:
         self.capture.stop()
 
     def start(self) -> None:
-        self.capture.open_now()  # an unopenable source fails here, in one line
-        if self.cfg.http.port:
-            from alnett_edge.daemon.http import HttpServer
-
-            self.http = HttpServer(self, self.cfg.http.host, self.cfg.http.port, self.cfg.http.token, self.cfg.http.preview)
         self.started = time.time()
         self.session = {"started": self.started, "source": self.source.source_id, "bundle": str(self.cfg.runtime.bundle),
                         "model_sha256": self.model_sha256, "backend": self.runtime.backend, "precision": self.runtime.precision}
-        for sink in self.sinks:
-            sink.open(self.session)
+        self.recorder.open(self.session)  # a path that cannot be written fails here, in one line
+        try:
+            self.capture.open_now()  # so does an unopenable source
+            if self.cfg.http.port:
+                from alnett_edge.daemon.http import HttpServer
+
+                self.http = HttpServer(self, self.cfg.http.host, self.cfg.http.port, self.cfg.http.token, self.cfg.http.preview)
+        except BaseException as exc:
+            self.recorder.close({"stop_reason": f"failed to start: {exc}"})  # the session row says why it is empty
+            self.source.close()
+            raise
         if self.http:
             self.http.start()
         self.capture.start()
@@ -100,10 +111,18 @@ class Daemon:
                     self.request_stop("duration")
                 frame = self.queue.get(timeout=0.1)
                 if frame is None:
-                    if self.queue.closed and not len(self.queue):
+                    # a stopped daemon does not wait for a source that hangs in a read
+                    if (self.queue.closed or self._stop.is_set()) and not len(self.queue):
                         break
                     continue
                 self.process(frame)
+                if self.recorder.over_limit and not self._stop.is_set():
+                    log.error("the database cannot be written and %d cells are waiting (limit [sinks] max_pending_cells):"
+                              " stopping", self.recorder.pending_cells)
+                    self.request_stop("database failing")
+            self.capture.join(timeout=STOP_GRACE_S)  # a source hung in a read is left behind (a daemon thread)
+            while len(self.queue):  # frames the capture thread queued while it stopped
+                self.process(self.queue.get(timeout=0))
         finally:
             summary = self.finish()
         return summary
@@ -111,11 +130,10 @@ class Daemon:
     def finish(self) -> dict[str, Any]:
         self.stopping = True
         self.capture.stop()
-        self.capture.join(timeout=5)
+        self._count(self.recorder.flush())
         summary = self.status()
         summary["stop_reason"] = self.stop_reason or self.capture.stats.state
-        for sink in self.sinks:
-            sink.close(summary)
+        summary["store_error"] = self.recorder.close(summary)
         if self.http:
             self.http.stop()
         self.runtime.close()
@@ -137,16 +155,12 @@ class Daemon:
             probs = np.concatenate([self.runtime.infer(x[i : i + step]) for i in range(0, len(x), step)])
         t3 = time.perf_counter()
         records = self._records(frame, dets, reasons, keep, probs)
-        for sink in self.sinks:
-            sink.write(frame.rgb, frame.index, records)
+        self._count(self.recorder.write(frame.rgb, frame.index, records))
         if self.preview_clients:
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(frame.rgb, records), cv2.COLOR_RGB2BGR))
             self.latest_preview = jpg.tobytes() if ok else None
         t4 = time.perf_counter()
-        for r in records:
-            self.agg.add(r.label, r.abstain_reason)
         self.frames_processed += 1
-        self.agg.frames = self.frames_processed
         self.cells_processed += len(records)
         for stage, a, b in (("detect", t0, t1), ("crop", t1, t2), ("infer", t2, t3), ("sink", t3, t4)):
             self.times.add(stage, (b - a) * 1e3)
@@ -154,6 +168,12 @@ class Daemon:
         now = time.monotonic()
         self._recent = [t for t in self._recent if now - t < 5.0] + [now]
         return records
+
+    def _count(self, stored: list[CellRecord]) -> None:
+        """Only rows committed to the database are counted (the sink policy in daemon/sinks.py)."""
+        for r in stored:
+            self.agg.add(r.label, r.abstain_reason)
+        self.agg.frames = self.recorder.db.frames
 
     def _records(self, frame: Frame, dets: list, reasons: list[str | None], keep: list[int], probs: np.ndarray) -> list[CellRecord]:
         names = self.card.class_names
@@ -187,10 +207,12 @@ class Daemon:
             "queue_depth": len(self.queue), "cells_processed": self.cells_processed,
             "capture": {"frames": cap.frames, "stalls": cap.stalls, "reconnects": cap.reconnects,
                         "read_errors": cap.read_errors, "skipped_frames": cap.skipped_frames, "state": cap.state, "last_error": cap.last_error},
-            "stages": self.times.summary(), "session": self.agg.snapshot(),
+            "stages": self.times.summary(), "session": self.agg.snapshot(), "store": self.recorder.status(),
         }  # fmt: skip
 
     def healthy(self) -> tuple[bool, str]:
+        if self.recorder.failing_since is not None:
+            return False, f"database failing, {self.recorder.pending_cells} cells waiting ({self.recorder.health['db'].last_error})"
         cap = self.capture.stats
         if cap.state == "reconnecting":
             return False, f"source reconnecting ({cap.last_error})"

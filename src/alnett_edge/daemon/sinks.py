@@ -1,20 +1,69 @@
 """Where decisions go: SQLite (WAL; one row per cell, one per session), JSON lines, and annotated
 snapshots (every N frames and on each blast). A sink is one class with ``open``, ``write`` and
-``close``; every write for a frame happens before the frame counts as processed."""
+``close``.
+
+The sink policy (:class:`Recorder`; the README's "When the disk fails"):
+
+- The database is the store of record. A cell counts (status, metrics, the session row, the summary)
+  only once its frame's rows are committed; a frame is one transaction.
+- A failed commit (disk full, I/O error, a read-only file system) or a database file that was deleted
+  or replaced while running does not stop capture: the frame's rows are kept in memory (up to
+  ``[sinks] max_pending_cells``) and retried with every later frame, ``/healthz`` answers 503 and
+  ``/status`` says why. A deleted database is restored from the open connection, rows and all.
+- When the pending rows pass the limit, the daemon stops cleanly (stop reason "database failing"); at
+  exit, rows that still could not be stored are named in a one-line error (exit code 3), never counted.
+- JSONL and snapshots are copies for people: their failures are logged once per kind, counted in
+  ``/status`` and never stop the daemon; a deleted JSONL file or snapshot folder is made again.
+- Paths that cannot be written at all are one-line errors at start-up, before capture opens.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from alnett_edge.errors import ConfigError
+from alnett_edge.errors import AlnettError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(AlnettError):
+    """Classified cells that could not be stored (the database could not be written)."""
+
+    exit_code = 3
+
+
+class SinkFault(Exception):
+    """One write of a sink failed (internal: the :class:`Recorder` applies the policy)."""
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Make ``folder`` and prove a file can be written in it, or a one-line ConfigError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".alnett-write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} in {folder}: {exc.strerror or exc}") from None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass
@@ -53,40 +102,85 @@ CREATE INDEX IF NOT EXISTS cells_session ON cells(session_id, frame_index);
 
 
 class SqliteSink(Sink):
+    """The store of record. ``write`` raises :class:`SinkFault` when the frame's rows were not committed."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.frames = self.cells = 0
+        self.restored = 0  # times the database file was deleted under us and restored
 
     def open(self, session: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise ConfigError(f"the database {self.path} is a folder; give a file path (e.g. {self.path / 'cells.db'})")
+        _writable_folder(self.path.parent, "the database")
         try:
             self.db = sqlite3.connect(str(self.path), check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            cur = self.db.execute("INSERT INTO sessions (started, source, bundle, model_sha256) VALUES (?, ?, ?, ?)",
+                                  (session["started"], session["source"], session["bundle"], session["model_sha256"]))
+            self.db.commit()
         except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the database {self.path}: {exc}") from exc
-        cur = self.db.execute("INSERT INTO sessions (started, source, bundle, model_sha256) VALUES (?, ?, ?, ?)",
-                              (session["started"], session["source"], session["bundle"], session["model_sha256"]))
+            raise ConfigError(f"cannot write the database {self.path}: {exc}") from exc
         self.session_id = cur.lastrowid
-        self.db.commit()
-        self.frames = self.cells = 0
+        self.ident = _identity(self.path)
+
+    def _ensure_file(self) -> None:
+        """The database file is still ours; if it was deleted or replaced, write it again from the
+        open connection (which still holds every row)."""
+        if _identity(self.path) == self.ident:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():  # replaced by another file: keep it, write ours beside it
+                self.path.rename(self.path.with_name(self.path.name + f".replaced-{int(time.time())}"))
+            fresh = sqlite3.connect(str(self.path), check_same_thread=False)
+            self.db.backup(fresh)
+            fresh.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise SinkFault(f"the database file {self.path} was deleted and cannot be written again: {exc}") from exc
+        self.db.close()
+        self.db = fresh
+        self.ident = _identity(self.path)
+        self.restored += 1
+        log.warning("the database %s was deleted or replaced while running; restored it with every row", self.path)
 
     def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> None:
-        self.db.executemany(
-            "INSERT INTO cells (session_id, time, frame_index, x0, y0, x1, y1, prob_hem, prob_all, label, abstain_reason,"
-            " model_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(self.session_id, c.time, c.frame_index, *c.box, c.prob_hem, c.prob_all, c.label, c.abstain_reason,
-              c.model_sha256) for c in cells])
-        self.frames += 1
-        self.cells += len(cells)
-        self.db.execute("UPDATE sessions SET frames = ?, cells = ? WHERE id = ?", (self.frames, self.cells, self.session_id))
-        self.db.commit()
+        self.write_frames([cells])
+
+    def write_frames(self, frames: list[list[CellRecord]]) -> None:
+        """Commit several frames' rows in one transaction (all or none)."""
+        self._ensure_file()
+        n = sum(len(c) for c in frames)
+        try:
+            self.db.executemany(
+                "INSERT INTO cells (session_id, time, frame_index, x0, y0, x1, y1, prob_hem, prob_all, label, abstain_reason,"
+                " model_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(self.session_id, c.time, c.frame_index, *c.box, c.prob_hem, c.prob_all, c.label, c.abstain_reason,
+                  c.model_sha256) for cells in frames for c in cells])
+            self.db.execute("UPDATE sessions SET frames = ?, cells = ? WHERE id = ?",
+                            (self.frames + len(frames), self.cells + n, self.session_id))
+            self.db.commit()
+        except sqlite3.Error as exc:
+            try:
+                self.db.rollback()
+            except sqlite3.Error:
+                pass
+            raise SinkFault(f"cannot write the database {self.path}: {exc}") from exc
+        self.frames += len(frames)
+        self.cells += n
 
     def close(self, summary: dict[str, Any]) -> None:
-        self.db.execute("UPDATE sessions SET ended = ?, summary = ? WHERE id = ?",
-                        (time.time(), json.dumps(summary), self.session_id))
-        self.db.commit()
-        self.db.close()
+        try:
+            self._ensure_file()
+            self.db.execute("UPDATE sessions SET ended = ?, summary = ? WHERE id = ?",
+                            (time.time(), json.dumps(summary), self.session_id))
+            self.db.commit()
+        except (sqlite3.Error, SinkFault) as exc:
+            raise SinkFault(f"cannot write the session summary to {self.path}: {exc}") from exc
+        finally:
+            self.db.close()
 
 
 class JsonlSink(Sink):
@@ -94,17 +188,42 @@ class JsonlSink(Sink):
         self.path = Path(path)
 
     def open(self, session: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a", buffering=1)
-        self.f.write(json.dumps({"session": session}) + "\n")
+        if self.path.is_dir():
+            raise ConfigError(f"the JSONL file {self.path} is a folder; give a file path")
+        _writable_folder(self.path.parent, "the JSONL file")
+        self._open()
+        self._line({"session": session})
+
+    def _open(self) -> None:
+        try:
+            self.f = open(self.path, "a", buffering=1)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the JSONL file {self.path}: {exc.strerror or exc}") from None
+        self.ident = _identity(self.path)
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        try:
+            if _identity(self.path) != self.ident:  # deleted or rotated away: start the file again
+                self.f.close()
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.f = open(self.path, "a", buffering=1)
+                self.ident = _identity(self.path)
+            self.f.write(json.dumps(obj) + "\n")
+        except OSError as exc:
+            raise SinkFault(f"cannot write the JSONL file {self.path}: {exc.strerror or exc}") from exc
 
     def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> None:
         for c in cells:
-            self.f.write(json.dumps(asdict(c)) + "\n")
+            self._line(asdict(c))
 
     def close(self, summary: dict[str, Any]) -> None:
-        self.f.write(json.dumps({"summary": summary}) + "\n")
-        self.f.close()
+        try:
+            self._line({"summary": summary})
+        finally:
+            try:
+                self.f.close()
+            except OSError:
+                pass
 
 
 COLOURS = {"all": (220, 30, 30), "hem": (30, 160, 60), None: (150, 150, 150)}
@@ -130,7 +249,7 @@ class SnapshotSink(Sink):
         self._last_blast = 0.0
 
     def open(self, session: dict[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        _writable_folder(self.folder, "snapshots")
 
     def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> None:
         now = time.monotonic()
@@ -140,5 +259,101 @@ class SnapshotSink(Sink):
         if blast:
             self._last_blast = now
         name = f"frame{frame_index:07d}{'-blast' if blast else ''}.jpg"
-        cv2.imwrite(str(self.folder / name), cv2.cvtColor(annotate(frame_rgb, cells), cv2.COLOR_RGB2BGR))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)  # made again if it was deleted
+            ok = cv2.imwrite(str(self.folder / name), cv2.cvtColor(annotate(frame_rgb, cells), cv2.COLOR_RGB2BGR))
+        except (OSError, cv2.error) as exc:
+            raise SinkFault(f"cannot write snapshot {self.folder / name}: {exc}") from exc
+        if not ok:  # OpenCV says nothing more than False
+            raise SinkFault(f"cannot write snapshot {self.folder / name}")
         self.written += 1
+
+
+@dataclass
+class SinkHealth:
+    errors: int = 0
+    last_error: str = ""
+    _logged: set[str] = field(default_factory=set)
+
+    def fault(self, name: str, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = str(exc)
+        kind = str(exc).split(":")[-1].strip()
+        if kind not in self._logged:  # once per kind of failure, not once per frame
+            self._logged.add(kind)
+            log.error("%s: %s (the daemon goes on; see /status)", name, exc)
+
+
+class Recorder:
+    """The sink policy above: the database is the store of record, the other sinks are copies."""
+
+    def __init__(self, db: SqliteSink, copies: list[Sink], max_pending_cells: int) -> None:
+        self.db, self.copies, self.max_pending_cells = db, copies, max_pending_cells
+        self.pending: list[list[CellRecord]] = []
+        self.health = {"db": SinkHealth(), **{type(c).__name__: SinkHealth() for c in copies}}
+        self.failing_since: float | None = None
+
+    @property
+    def pending_cells(self) -> int:
+        return sum(len(c) for c in self.pending)
+
+    @property
+    def over_limit(self) -> bool:
+        return self.pending_cells > self.max_pending_cells
+
+    def open(self, session: dict[str, Any]) -> None:
+        for sink in (self.db, *self.copies):  # every path is checked before capture starts
+            sink.open(session)
+
+    def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> list[CellRecord]:
+        """Write one frame; returns the rows committed to the database now (this frame's and any that
+        were pending), the only ones the caller may count."""
+        for sink in self.copies:
+            try:
+                sink.write(frame_rgb, frame_index, cells)
+            except SinkFault as exc:
+                self.health[type(sink).__name__].fault(type(sink).__name__, exc)
+        self.pending.append(cells)
+        return self.flush()
+
+    def flush(self) -> list[CellRecord]:
+        if not self.pending:
+            return []
+        try:
+            self.db.write_frames(self.pending)
+        except SinkFault as exc:
+            self.health["db"].fault("database", exc)
+            if self.failing_since is None:
+                self.failing_since = time.time()
+            return []
+        if self.failing_since is not None:
+            log.warning("the database %s is writable again: %d pending cells stored", self.db.path, self.pending_cells)
+            self.failing_since = None
+        stored = [c for cells in self.pending for c in cells]
+        self.pending = []
+        return stored
+
+    def close(self, summary: dict[str, Any]) -> str | None:
+        """The summary row, then the copies (call :meth:`flush` first and count what it stored). Returns
+        what was not stored, in one line, or None."""
+        problems = []
+        if self.pending:
+            problems.append(f"{self.pending_cells} classified cells of {len(self.pending)} frames were not stored "
+                            f"and not counted ({self.health['db'].last_error})")
+        try:
+            self.db.close(summary)
+        except SinkFault as exc:
+            problems.append(str(exc))
+        for sink in self.copies:
+            try:
+                sink.close(summary)
+            except SinkFault as exc:
+                self.health[type(sink).__name__].fault(type(sink).__name__, exc)
+        return "; ".join(problems) or None
+
+    def status(self) -> dict[str, Any]:
+        return {"db": str(self.db.path), "stored_frames": self.db.frames, "stored_cells": self.db.cells,
+                "pending_cells": self.pending_cells, "pending_frames": len(self.pending),
+                "max_pending_cells": self.max_pending_cells, "restored": self.db.restored,
+                "failing_since": self.failing_since,
+                "errors": {k: {"count": h.errors, "last": h.last_error} for k, h in self.health.items() if h.errors}}

@@ -51,7 +51,11 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > 100 << 20:
                 raise ValueError("header too large")
-            return dict(json.loads(f.read(n)).get("__metadata__") or {})
+            header = json.loads(f.read(n))
+            meta = header.get("__metadata__") if isinstance(header, dict) else None
+            if not isinstance(header, dict) or not isinstance(meta or {}, dict):
+                raise ValueError("its header or __metadata__ is not a JSON object")
+            return {str(k): v for k, v in (meta or {}).items() if isinstance(v, str)}
     except (OSError, ValueError, struct.error) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({exc})") from exc
 

@@ -77,8 +77,8 @@ def _agree(a: np.ndarray, b: np.ndarray) -> float:
 def verify_bundle(path: str | Path, backend: str | None = None, threads: int = 0,
                   tolerance: float | None = None) -> list[VerifyRow]:
     bundle = load_bundle(path)
-    inputs = np.load(bundle.file("golden/inputs.npy"))
-    ref = np.load(bundle.file("golden/fp32_reference.probs.npy"))
+    inputs = bundle.array("golden/inputs.npy")
+    ref = bundle.array("golden/fp32_reference.probs.npy")
     rows: list[VerifyRow] = []
     for target in _targets(bundle, backend):
         names = [backend] if backend else backend_order(target)
@@ -94,7 +94,7 @@ def verify_bundle(path: str | Path, backend: str | None = None, threads: int = 0
             probs = rt.infer(inputs)
         host_file = f"golden/{target.path.name}.probs.npy"
         if host_file in bundle.manifest["files"]:
-            host, against = np.load(bundle.file(host_file)), "export host"
+            host, against = bundle.array(host_file), "export host"
         else:  # e.g. a TensorRT engine: nothing ran it at export, so the fp32 reference is the yardstick
             host, against = ref, "fp32 reference"
         diff = float(np.abs(probs - host).max())
