@@ -471,6 +471,22 @@ def test_ordinary_mistakes_are_one_line_errors(x86_bundle, trained, tmp_path):
         one_line_error(cli("predict", bad, cells), "not a readable safetensors checkpoint")
 
 
+def test_usage_mistakes_and_bad_numbers_are_one_line_errors(x86_bundle, tmp_path):
+    bundle = x86_bundle["bundle"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(cli("nosuchcommand"), "No such command", "--help")
+    one_line_error(cli("calibrate", "--images", tmp_path), "Missing option '--model'")
+    one_line_error(cli("predict", bundle, tmp_path, "--threads", "-1"), "--threads")
+    one_line_error(cli("bench", bundle, "--max-seconds", "nan", "--runs", "1"), "--max-seconds must be a finite number")
+    one_line_error(cli("verify", bundle, "--tolerance", "nan"), "--tolerance must be a finite number")
+    one_line_error(cli("model", "info", "alnett-s", "--input-size", "3"), "below the")
+    for args in (["train", "--data", tmp_path], ["evaluate", tmp_path / "x.safetensors", "--data", tmp_path],
+                 ["data", "synth", "--n", "10"]):  # refused before any work, not after training
+        one_line_error(cli(*args, "--out", afile), "is a file; give a folder")
+    assert afile.read_text() == "x"
+
+
 # -- 7. archives are bounded and a truncated one is a one-line error, not "Aborted." ----------------------------
 
 def test_archive_members_are_size_capped_and_truncation_is_reported(x86_bundle, tmp_path, monkeypatch):

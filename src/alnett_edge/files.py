@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,19 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
         raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     if not existed:
         path.unlink(missing_ok=True)
+    return path
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Check, before any work is done, that ``path`` is a folder or can become one (nothing is made)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file; give a folder")
+    ancestor = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot make {what} {path}: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot make {what} {path}: {ancestor} is not writable")
     return path
 
 

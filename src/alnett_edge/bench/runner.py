@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -62,8 +63,9 @@ class BenchOptions:
                               "growing long before that")
         if self.runs is not None and self.runs < 1:
             raise ConfigError("--runs must be >= 1")
-        if self.duration is not None and self.duration <= 0:
-            raise ConfigError("--duration must be > 0 seconds")
+        for name, value in (("--duration", self.duration), ("--max-seconds", self.max_seconds)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
         if self.warmup < 0 or self.threads < 0:
             raise ConfigError("--warmup and --threads must be >= 0")
         for b in self.backends:

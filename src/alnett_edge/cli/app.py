@@ -6,6 +6,7 @@ code; set ``ALNETT_EDGE_DEBUG=1`` for the full traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -47,7 +48,34 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+# typer carries its own click; its exception classes, found from a public one
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 class _Group(TyperGroup):
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Usage mistakes (a missing option, a bad value, an unknown command) are one line too."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as before
+                typer.echo(exc.ctx.get_help() if exc.ctx else "")
+                sys.exit(exc.exit_code)
+            where = exc.ctx.command_path if exc.ctx else "alnett-edge"
+            typer.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except _ClickException as exc:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
@@ -61,6 +89,9 @@ class _Group(TyperGroup):
             # file was meant, disk full): what the system said, and about which path
             if os.environ.get(DEBUG_ENV):
                 raise
+            if exc.errno == errno.EPIPE:  # `... | head` closed the pipe: not an error worth a line
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the closed pipe
+                ctx.exit(1)
             where = f": {exc.filename}" if exc.filename else ""
             typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
             ctx.exit(2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from alnett_edge.files import check_output_file
+from alnett_edge.files import check_output_dir, check_output_file
 
 
 def wide_console() -> Console:
@@ -18,3 +18,8 @@ def wide_console() -> Console:
 def output_file(value: Path | None) -> Path | None:
     """typer callback for options that name a file to write: refused before the command runs."""
     return None if value is None else check_output_file(value, "output file")
+
+
+def output_dir(value: Path | None) -> Path | None:
+    """typer callback for options that name a folder to write into: refused before the command runs."""
+    return None if value is None else check_output_dir(value)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alnett_edge.cli.common import output_file
+from alnett_edge.cli.common import output_dir, output_file
 
 
 def _fmt(v: object) -> str:
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
     def prune(
         checkpoint: Path = typer.Argument(..., help="fp32 .safetensors checkpoint."),
         data: Path = typer.Option(..., "--data", "-d", help="The dataset it was trained on (for fine-tuning)."),
-        out: Path = typer.Option(Path("runs/prune"), "--out", "-o"),
+        out: Path = typer.Option(Path("runs/prune"), "--out", "-o", callback=output_dir),
         ratio: float = typer.Option(0.5, help="Share of MACs to remove, in (0, 1)."),
         target_macs: float = typer.Option(None, help="Absolute MAC target instead of --ratio (e.g. 5e7)."),
         importance: str = typer.Option("l1", help="l1, l2, bn (BatchNorm scale) or taylor."),
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
     def qat(
         checkpoint: Path = typer.Argument(..., help="fp32 (optionally pruned) .safetensors checkpoint."),
         data: Path = typer.Option(..., "--data", "-d", help="The dataset it was trained on."),
-        out: Path = typer.Option(Path("runs/qat"), "--out", "-o"),
+        out: Path = typer.Option(Path("runs/qat"), "--out", "-o", callback=output_dir),
         scheme: str = typer.Option("symmetric", help="symmetric (TensorRT: zero-point 0) or asymmetric (LiteRT/XNNPACK)."),
         epochs: int = typer.Option(2),
         lr: float = typer.Option(2e-5, help="QAT learning rate (low: QAT should tune ranges, not re-train)."),

@@ -8,12 +8,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alnett_edge.cli.common import output_dir
+
 app = typer.Typer(no_args_is_help=True, help="Synthetic data and dataset tools.")
 
 
 @app.command("synth")
 def synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (C-NMC training layout)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (C-NMC training layout).", callback=output_dir),
     n: int = typer.Option(600, "--n", help="Number of cells."),
     size: int = typer.Option(450, help="Image side in pixels (C-NMC: 450)."),
     difficulty: float = typer.Option(0.5, help="0 = classes separable, 1 = heavily overlapping."),

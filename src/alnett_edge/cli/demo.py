@@ -8,13 +8,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import wide_console
+from alnett_edge.cli.common import output_dir, wide_console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Work folder."),
+        out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Work folder.", callback=output_dir),
         variant: str = typer.Option("alnett-tiny", "--model", "-m", help="alnett-tiny (default) or alnett-s."),
         n_cells: int = typer.Option(600, help="Synthetic cells to generate."),
         epochs: int = typer.Option(15),

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import typer
 
+from alnett_edge.cli.common import output_dir
+
 
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint."),
         data: Path = typer.Option(..., "--data", "-d", help="Labelled dataset folder or manifest CSV."),
-        out: Path = typer.Option(Path("runs/eval"), "--out", "-o"),
+        out: Path = typer.Option(Path("runs/eval"), "--out", "-o", callback=output_dir),
         split: str = typer.Option("all", help="all images, or the val/train split the checkpoint was trained with."),
         layout: str = typer.Option("auto"),
         labels_csv: Path = typer.Option(None, help="Label CSV for the cnmc-prelim layout."),

@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alnett_edge.errors import ConfigError
+
 app = typer.Typer(no_args_is_help=True, help="Model variants.")
 
 
@@ -36,6 +38,8 @@ def info(
         model = create_model(name)
         size = input_size or get_variant(name).input_size
         title = name
+    if size < model.min_input_size():
+        raise ConfigError(f"--input-size {size} is below the {model.min_input_size()} this model needs")
     prof = profile_model(model, size)
     table = Table(title=f"{title} @ {size}x{size}")
     for col in ("layer", "type", "output", "params", "MACs"):

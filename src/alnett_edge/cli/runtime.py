@@ -4,6 +4,7 @@ except for a PyTorch reference row in bench)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
     def verify(
         bundle: Path = typer.Argument(..., help="Bundle folder or .tar.gz copied to this machine."),
         backend: str = typer.Option(None, help=BACKEND_HELP),
-        threads: int = typer.Option(0, help="Threads (0 = the backend's default)."),
+        threads: int = typer.Option(0, min=0, help="Threads (0 = the backend's default)."),
         tolerance: float = typer.Option(None, help="Max probability difference (default by precision: fp32 1e-3, fp16 0.02, int8 0.05)."),
         gate_images: Path = typer.Option(None, help="Labelled cell images of this site: re-run the accuracy gate here "
                                          "(every artifact vs the bundle's fp32 reference, with the bundle's limits)."),
@@ -88,6 +89,8 @@ def register(app: typer.Typer) -> None:
         from alnett_edge.machine import isa_line
         from alnett_edge.runtime.verify import check_verified, rows_to_dicts, verify_bundle
 
+        if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+            raise ConfigError(f"--tolerance must be a finite number >= 0, got {tolerance}")
         rows = verify_bundle(bundle, backend, threads, tolerance)
         typer.echo(f"machine: {isa_line()}")
         table = Table(title=f"verify {bundle}: golden inputs", title_justify="left")
@@ -119,7 +122,7 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option(None, help=BACKEND_HELP),
         artifact: str = typer.Option(None, help="Artifact file name or precision in the bundle (default: the selected one)."),
         batch: int = typer.Option(1, min=1, help="Images per inference call."),
-        threads: int = typer.Option(0, help="Threads (0 = the backend's default)."),
+        threads: int = typer.Option(0, min=0, help="Threads (0 = the backend's default)."),
         out: Path = typer.Option(None, "--out", "-o", help="Write predictions to .csv or .jsonl.", callback=output_file),
         ort_provider: str = typer.Option("auto", help="ONNX Runtime execution provider: auto, cpu, cuda or tensorrt."),
         any_size: bool = typer.Option(False, "--any-size", help="Accept images of another size than the training cells."),

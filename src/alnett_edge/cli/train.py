@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
+from alnett_edge.cli.common import output_dir
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
         data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or manifest CSV."),
-        out: Path = typer.Option(Path("runs/train"), "--out", "-o"),
+        out: Path = typer.Option(Path("runs/train"), "--out", "-o", callback=output_dir),
         variant: str = typer.Option("alnett-s", "--model", "-m", help="Model variant (see `model list`)."),
         input_size: int = typer.Option(None, help="Input side in pixels (default: the variant's)."),
         layout: str = typer.Option("auto", help="auto, cnmc, cnmc-prelim, manifest or folders."),
