@@ -293,14 +293,16 @@ main()
 """
 
 
-def _daemon_under_file_limit(bundle, tmp_path, limit, lift_after, frames, *extra):
+def _daemon_under_file_limit(bundle, tmp_path, limit, lift_after, frames, max_pending=10000):
     import subprocess
     import sys
 
     db, summary = tmp_path / "cells.db", tmp_path / f"summary-{lift_after}.json"
+    config = tmp_path / "small.toml"  # small synthetic frames: 0.15 s each to draw instead of 0.8 s
+    config.write_text(f"[source]\nwidth = 320\nheight = 240\n[sinks]\nmax_pending_cells = {max_pending}\n")
     proc = subprocess.run([sys.executable, "-c", _LIMITED, str(limit), str(lift_after), "daemon", "--bundle", bundle,
                            "--source", "synthetic:7", "--fps", "20", "--max-frames", str(frames), "--port", "0",
-                           "--db", db, "--summary-json", summary, *map(str, extra)],
+                           "--db", db, "--summary-json", summary, "--config", config],
                           capture_output=True, text=True, timeout=300)
     return proc, db, json.loads(summary.read_text()) if summary.is_file() else None
 
@@ -318,9 +320,7 @@ def _rows(db: Path) -> tuple[int, list[tuple]]:
 
 
 def test_disk_full_stops_cleanly_counts_only_stored_cells_and_restart_works(x86_bundle, tmp_path):
-    config = tmp_path / "c.toml"
-    config.write_text("[sinks]\nmax_pending_cells = 12\n")
-    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 120_000, 0, 400, "--config", config)
+    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 60_000, 0, 400, max_pending=12)
     assert proc.returncode == 3, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "were not stored and not counted" in last and "Traceback" not in proc.stderr
@@ -337,7 +337,7 @@ def test_disk_full_stops_cleanly_counts_only_stored_cells_and_restart_works(x86_
 
 
 def test_a_disk_that_fills_and_frees_loses_nothing(x86_bundle, tmp_path):
-    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 60_000, 4.0, 120)
+    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 40_000, 3.0, 50)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cannot write the database" in proc.stderr and "writable again" in proc.stderr
     n, sessions = _rows(db)
@@ -346,7 +346,8 @@ def test_a_disk_that_fills_and_frees_loses_nothing(x86_bundle, tmp_path):
 
 
 def _run_daemon_in_thread(bundle, spec, sinks, **sections):
-    cfg = {"source": {"spec": spec, "fps": 20.0, "stall_timeout": 2.0}, "runtime": {"bundle": str(bundle)},
+    cfg = {"source": {"spec": spec, "fps": 20.0, "stall_timeout": 2.0, "width": 320, "height": 240},
+           "runtime": {"bundle": str(bundle)},
            "sinks": sinks, "http": {"port": 0}, **sections}
     from alnett_edge.daemon.config import build_config
     from alnett_edge.daemon.pipeline import Daemon
