@@ -90,7 +90,7 @@ def qat_asym(qat_runs):
 def qat_sym_onnx(qat_sym, tmp_path_factory):
     """The symmetric QAT checkpoint exported to a QDQ ONNX (8-bit weights, as TensorRT takes it)."""
     from alnett_edge.compress.qat import load_qat_checkpoint
-    from alnett_edge.export.onnx import export_onnx
+    from alnett_edge.model.to_onnx import export_onnx
 
     model, card = load_qat_checkpoint(qat_sym)
     return export_onnx(model, card, tmp_path_factory.mktemp("qatonnx") / "q.onnx", simplify=False)

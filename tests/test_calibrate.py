@@ -10,11 +10,11 @@ from alnett_edge.calibrate.reader import (
     litert_representative_dataset,
     load_calibration_set,
 )
-from alnett_edge.calibrate.tensorrt import BatchFeeder, CalibrationCache, TensorRTUnavailable, make_tensorrt_calibrator
-from alnett_edge.data.dataset import CellDataset
+from alnett_edge.tensorrt.calibrator import BatchFeeder, CalibrationCache, TensorRTUnavailable, make_tensorrt_calibrator
+from alnett_edge.train.dataset import CellDataset
 from alnett_edge.data.preprocess import load_image, preprocess
 from alnett_edge.errors import ConfigError, DataError
-from alnett_edge.export.onnx import export_onnx
+from alnett_edge.model.to_onnx import export_onnx
 from alnett_edge.model import load_checkpoint
 
 

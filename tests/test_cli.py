@@ -90,7 +90,7 @@ def test_compression_commands(trained, tmp_path):
               "--finetune-epochs", 0, "--importance", "l2", "--round-to", 1)
     assert res.exit_code == 0, res.output
     assert "pruning: MACs x0.6" in res.output and (tmp_path / "p" / "pruned.safetensors").is_file()
-    from alnett_edge.export.onnx import export_onnx
+    from alnett_edge.model.to_onnx import export_onnx
     from alnett_edge.model import load_checkpoint
 
     model, card = load_checkpoint(tmp_path / "p" / "pruned.safetensors")

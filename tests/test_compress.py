@@ -119,10 +119,10 @@ def test_qat_asymmetric_and_checkpoint_roundtrip(qat_runs, trained):
     model, card = load_qat_checkpoint(rep["qat"])
     # The reloaded model reproduces the reported int8 validation metrics exactly.
     from alnett_edge.compress.report import metrics_row
-    from alnett_edge.data.dataset import load_split_datasets
+    from alnett_edge.train.dataset import load_split_datasets
 
     sd = load_split_datasets(cfg.data, card.input, seed=cfg.seed)
-    metrics, _ = metrics_row(model, sd.val)
+    metrics, _ = metrics_row(model, sd.val, card)
     assert metrics == pytest.approx(rep["val"]["int8"])
 
 

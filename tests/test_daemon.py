@@ -22,11 +22,12 @@ import pytest
 
 from alnett_edge.capture import Frame, FrameQueue, make_source, parse_spec
 from alnett_edge.card import InputSpec
-from alnett_edge.daemon.cells import build_crop
+from alnett_edge.daemon.cells import cell_image
 from alnett_edge.daemon.config import build_config
 from alnett_edge.daemon.detector import CellDetector
-from alnett_edge.daemon.pipeline import Daemon
+from alnett_edge.daemon.service import Daemon
 from alnett_edge.daemon.stats import wilson_interval
+from alnett_edge.data.preprocess import prepare
 from alnett_edge.data.synth import synth_smear, write_smear_video
 
 from conftest import BCCD, cli, one_line_error, require_shared
@@ -79,7 +80,7 @@ def test_detector_meets_the_target_on_real_bccd_frames():
 def test_crop_builder_gives_the_cnmc_look():
     frame = synth_smear(np.random.default_rng(4))
     (det, *_) = CellDetector().detect(frame.image)
-    crop = build_crop(frame.image, det, InputSpec(size=(96, 96)))
+    crop = prepare(cell_image(frame.image, det), InputSpec(size=(96, 96)))  # what preprocess normalizes
     assert crop.shape == (96, 96, 3) and crop.dtype == np.uint8
     corners = np.concatenate([crop[:6, :6], crop[:6, -6:], crop[-6:, :6], crop[-6:, -6:]]).reshape(-1, 3)
     assert corners.max() == 0  # the cell sits on black, like C-NMC

@@ -7,7 +7,7 @@ import pytest
 
 from alnett_edge.card import InputSpec
 from alnett_edge.data.augment import AugmentConfig, augment
-from alnett_edge.data.dataset import CellDataset, prepare_samples
+from alnett_edge.train.dataset import CellDataset, prepare_samples
 from alnett_edge.data.preprocess import load_image, prepare, preprocess
 from alnett_edge.data.sources import (
     Sample,

@@ -99,7 +99,7 @@ def test_trt_lint_catches_each_problem(tmp_path, kwargs, message):
 def test_trt_lint_on_real_exports(trained, tmp_path):
     """fp32 export passes with a warning; symmetric PTQ passes; asymmetric PTQ fails on zero-points."""
     from alnett_edge.calibrate.ptq import calibrate
-    from alnett_edge.export.onnx import export_onnx
+    from alnett_edge.model.to_onnx import export_onnx
     from alnett_edge.model import load_checkpoint
 
     cfg, result = trained

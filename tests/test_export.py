@@ -11,10 +11,10 @@ from alnett_edge.errors import ConfigError
 from alnett_edge.bundle import BundleError, extract_archive, load_bundle
 from alnett_edge.export.exporter import GateFailed, export_bundle
 from alnett_edge.export.formats import FORMATS, get_format
-from alnett_edge.export.tensorrt_engine import build_engine
-from alnett_edge.runtime.tensorrt_backend import EngineMismatch, check_engine_key, engine_key
+from alnett_edge.tensorrt.engine import build_engine
+from alnett_edge.tensorrt.backend import EngineMismatch, check_engine_key, engine_key
 from alnett_edge.export.trt_lint import lint_tensorrt
-from alnett_edge.runtime.tensorrt_backend import TensorRTUnavailable
+from alnett_edge.tensorrt.backend import TensorRTUnavailable
 
 
 def test_registry_has_one_entry_per_format():

@@ -22,14 +22,14 @@ def test_torch_free_modules_run_without_torch():
 import numpy as np
 from alnett_edge.card import ModelCard, InputSpec
 from alnett_edge.data import preprocess, sources, splits, synth, augment, sheet
-from alnett_edge.train import metrics
-from alnett_edge.export import trt_lint, metadata
+from alnett_edge.export import trt_lint
 from alnett_edge.calibrate import reader, int8_safety
-from alnett_edge import bundle, devices, evaluation, files, machine
-from alnett_edge.runtime import base, loader, ort_backend, litert_backend, tensorrt_backend, predict, verify
-from alnett_edge.bench import latency, runner, system, worker
+from alnett_edge import bundle, devices, evaluation, files, machine, metrics, onnx_io, timing
+from alnett_edge.runtime import base, loader, ort_backend, litert_backend, predict, verify
+from alnett_edge.tensorrt import backend, calibrator, engine
+from alnett_edge.bench import runner, system, worker
 from alnett_edge.capture import base as cbase, watchdog, images, video, v4l2, gstreamer, url, synthetic, picamera2
-from alnett_edge.daemon import detector, cells, config, pipeline, sinks, stats, http
+from alnett_edge.daemon import detector, cells, config, service, sinks, stats, http
 from alnett_edge.cli import app
 assert devices.resolve_target("rpi")[0].name == "rpi5"
 img = synth.synth_cell(np.random.default_rng(0), 1, 96, 0.3)
@@ -53,17 +53,37 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_nothing_outside_cli_imports_cli_and_bottom_layer_stays_at_the_bottom():
+#: the layers, bottom first: a module imports only from its own layer or below. The device side
+#: (runtime, capture, daemon, bench) never imports the workstation chain (model ... export).
+LAYERS = [("errors", "card", "files", "machine", "timing", "metrics", "plugins"),
+          ("devices", "data", "bundle", "evaluation", "onnx_io"),
+          ("runtime", "capture", "tensorrt"),
+          ("daemon", "bench"),
+          ("model",), ("train",), ("compress",), ("calibrate",), ("export",),
+          ("demo",), ("cli", "__main__")]
+RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
+DEVICE = {"runtime", "capture", "tensorrt", "daemon", "bench"}
+WORKSTATION = {"model", "train", "compress", "calibrate", "export"}
+
+
+def test_imports_run_one_way_at_module_and_function_level():
+    """Every ``import`` anywhere in a file (ast.walk sees function bodies too) follows the layer order."""
+    wrong = []
     for path in SRC.rglob("*.py"):
         rel = path.relative_to(SRC)
-        imports = _imports(path)
-        if rel.parts[0] != "cli" and rel.name != "__main__.py":
-            assert not any(i.startswith("alnett_edge.cli") for i in imports), rel
-        if rel.parts[0] in ("runtime", "capture", "daemon", "bench"):  # the device side: no torch, no training layers
-            assert not any(i.split(".")[0] == "torch" for i in imports), rel
-            training = ("alnett_edge.model", "alnett_edge.train", "alnett_edge.compress", "alnett_edge.export")
-            torch_free = ("alnett_edge.train.metrics",)  # pure numpy, imported in the torch-blocked test above
-            assert not any(i.startswith(training) and i not in torch_free for i in imports), rel
-        if rel.name in ("errors.py", "card.py"):
-            assert not any(i.startswith("torch") for i in imports), rel
-            assert all(i in ("alnett_edge.errors",) or not i.startswith("alnett_edge") for i in imports), rel
+        me = rel.parts[0].removesuffix(".py")
+        if me == "__init__":
+            continue
+        assert me in RANK, f"{rel}: put its package in LAYERS"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                if name.split(".")[0] == "torch" and (me in DEVICE or RANK[me] <= RANK["onnx_io"]):
+                    wrong.append(f"{rel}:{node.lineno} imports torch")
+                if not name.startswith("alnett_edge.") or name.split(".")[1] == me:
+                    continue
+                other = name.split(".")[1]
+                if RANK[other] > RANK[me] or (me in DEVICE and other in WORKSTATION):
+                    wrong.append(f"{rel}:{node.lineno} imports {name}")
+    assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)

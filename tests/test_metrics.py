@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from alnett_edge.train.metrics import binary_metrics, confusion, patient_metrics, roc_auc, roc_curve
+from alnett_edge.metrics import binary_metrics, confusion, patient_metrics, roc_auc, roc_curve
 
 
 def test_metrics_against_a_hand_computed_confusion_matrix():

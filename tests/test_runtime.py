@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from alnett_edge.bench.latency import summarize
+from alnett_edge.timing import summarize
 from alnett_edge.bench.runner import BenchOptions, plot_latency, run_bench, write_json
 from alnett_edge.bench.system import simd
 from alnett_edge.bundle import write_manifest
-from alnett_edge.data.dataset import CellDataset, prepare_samples
+from alnett_edge.train.dataset import CellDataset, prepare_samples
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.data.sources import load_samples
 from alnett_edge.runtime import InputError, RuntimeUnavailable, choose, open_runtime, unavailable_reason

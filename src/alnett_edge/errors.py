@@ -27,3 +27,7 @@ class TrainingError(AlnettError):
 
 class CompressionError(AlnettError):
     """Pruning or quantization could not reach what was asked."""
+
+
+class ExportError(AlnettError):
+    """An artifact could not be produced."""

@@ -1,5 +1,7 @@
-"""The accuracy gate's arithmetic, torch-free: used at export (``export.gate``) and again on the
-device (``alnett-edge verify --gate-images``), so both judge an artifact by the same rule.
+"""Evaluation shared by every stage, torch-free: the split a model was trained with (rebuilt from its
+card), "a labelled layout, else every image" for user folders, labelled inputs through the one
+preprocessing, and the accuracy gate's rule — used at export (``export.gate``), in calibration, in
+``evaluate``, in ``bench`` and again on the device (``verify --gate-images``), so all judge alike.
 
 An artifact passes when none of accuracy, sensitivity, specificity and F1 drops by more than
 ``allow_drop`` points against the fp32 reference on the same images, and its top-1 agreement with
@@ -10,17 +12,61 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alnett_edge.card import ModelCard
 from alnett_edge.data.preprocess import load_image, preprocess
-from alnett_edge.data.sources import Sample
-from alnett_edge.train.metrics import SUMMARY_KEYS, binary_metrics, summary, top1_agreement
+from alnett_edge.data.sources import Sample, detect_layout, load_samples, parse_cnmc_name
+from alnett_edge.data.splits import Split, make_split
+from alnett_edge.errors import DataError
+from alnett_edge.metrics import SUMMARY_KEYS, binary_metrics, summary, top1_agreement
 
 DEFAULT_ALLOW_DROP = 1.0  # points
 DEFAULT_MIN_AGREEMENT = 0.99
+
+
+def split_like_training(samples: list[Sample], card: ModelCard) -> Split:
+    """``samples`` split the way the model's training split its data (the card's seed and fractions)."""
+    cfg = card.training.get("config", {})
+    return make_split(samples, cfg.get("val_fraction", 0.2), cfg.get("seed", 0), cfg.get("val_fold"))
+
+
+def training_split(card: ModelCard, what: str = "this step") -> Split:
+    """The train/validation split the model was trained with, rebuilt from its card's data and config."""
+    data = card.training.get("data")
+    if not data or not Path(data).exists():
+        raise DataError(f"{what} needs the model's training data, which is not here ({data or 'not recorded'})")
+    cfg = card.training.get("config", {})
+    return split_like_training(load_samples(data, cfg.get("layout", "auto"), cfg.get("labels_csv")), card)
+
+
+def images_of(root: str | Path, layout: str = "auto", what: str = "images") -> list[Sample]:
+    """A labelled layout's samples, or else every image below ``root`` (label -1 where the name does
+    not say; C-NMC file names carry it)."""
+    from alnett_edge.data.preprocess import IMAGE_SUFFIXES
+
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{what} not found: {root}")
+    if layout != "auto":
+        return load_samples(root, layout)
+    try:
+        detect_layout(root)
+        return load_samples(root)
+    except DataError:
+        pass
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) \
+        if root.is_dir() else [root] if root.suffix.lower() in IMAGE_SUFFIXES else []
+    if not files:
+        raise DataError(f"no {what} in {root}")
+    out = []
+    for p in files:
+        parsed = parse_cnmc_name(p.name)
+        out.append(Sample(p, parsed[1] if parsed else -1, parsed[0] if parsed else None))
+    return out
 
 
 @dataclass
@@ -28,11 +74,12 @@ class LabelledInputs:
     inputs: np.ndarray  # N x C x H x W, the card's preprocessing
     labels: np.ndarray
     source: str
+    positive: int = 1  # the output column of the positive class (the card's positive_class)
 
 
 def labelled_inputs(samples: Sequence[Sample], card: ModelCard, source: str) -> LabelledInputs:
     inputs = np.stack([preprocess(load_image(s.path), card.input) for s in samples])
-    return LabelledInputs(inputs, np.array([s.label for s in samples]), source)
+    return LabelledInputs(inputs, np.array([s.label for s in samples]), source, card.positive_class)
 
 
 def predict_batched(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch: int = 16) -> np.ndarray:

@@ -26,12 +26,15 @@ import numpy as np
 
 from alnett_edge.bench.system import machine_info
 from alnett_edge.card import InputSpec
-from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.errors import ConfigError
 from alnett_edge.files import load_plain_npy
 from alnett_edge.runtime.base import BACKENDS, backend_formats, unavailable_reason
-from alnett_edge.runtime.loader import Target, backend_order, targets_of
+from alnett_edge.runtime.loader import Target, anchor_target, backend_order, targets_of
 
 log = logging.getLogger(__name__)
+
+#: the backends that run a training checkpoint as the fp32 reference (--reference)
+REFERENCE_BACKENDS = [b for b, spec in BACKENDS.items() if spec.reference]
 
 MAX_IMAGES = 256
 
@@ -54,6 +57,7 @@ class BenchOptions:
     peak_gflops: float | None = None
     any_size: bool = False
     limit: int = MAX_IMAGES
+    anchors: list[Path] = field(default_factory=list)  # plain ONNX classifiers timed alongside (--anchor)
 
     def validate(self) -> None:
         if not self.batches or min(self.batches) < 1:
@@ -80,29 +84,26 @@ class Inputs:
     source: str
 
 
-def load_inputs(card_input: InputSpec, opts: BenchOptions, golden: Path | None, expected_size: str | None) -> Inputs:
+def load_inputs(card_input: InputSpec, opts: BenchOptions, golden: Path | None, expected_size: str | None,
+                anchor: bool = False) -> Inputs:
     if opts.images is not None:
-        from alnett_edge.data.preprocess import load_cell_image, preprocess
-        from alnett_edge.data.sources import detect_layout, load_samples
-        from alnett_edge.runtime.predict import image_files
+        from alnett_edge.data.preprocess import load_image, preprocess
+        from alnett_edge.evaluation import images_of
 
-        labels = None
-        try:
-            detect_layout(opts.images)
-            samples = load_samples(opts.images)
-            files, labels = [s.path for s in samples], np.array([s.label for s in samples])
-        except DataError:
-            files = image_files([opts.images])
+        samples = images_of(opts.images, what="--images")
+        files = [s.path for s in samples]
+        labels = np.array([s.label for s in samples]) if all(s.label >= 0 for s in samples) else None
         if len(files) > opts.limit:  # a fixed, class-mixed subset
             idx = np.sort(np.random.default_rng(0).choice(len(files), opts.limit, replace=False))
             files = [files[i] for i in idx]
             labels = labels[idx] if labels is not None else None
-        x = np.stack([preprocess(load_cell_image(f, expected_size, opts.any_size), card_input) for f in files])
+        x = np.stack([preprocess(load_image(f, strict=True, expected_size=expected_size, allow_any_size=opts.any_size), card_input) for f in files])
         return Inputs(x, labels, f"{len(files)} images from {opts.images}" + (" (labelled)" if labels is not None else ""))
-    if opts.random_inputs:
+    if opts.random_inputs or anchor:  # an anchor has no preprocessing contract: its latency is all we ask
         shape = (3, *card_input.size) if card_input.layout == "NCHW" else (*card_input.size, 3)
         x = np.random.default_rng(0).standard_normal((32, *shape)).astype(np.float32)
-        return Inputs(x, None, "RANDOM inputs (--random): latency only, no accuracy")
+        return Inputs(x, None, "RANDOM inputs (--random): latency only, no accuracy" if not anchor
+                      else "random inputs of the anchor's shape (speed anchor: latency only)")
     if golden is not None and golden.is_file():
         x = load_plain_npy(golden)
         return Inputs(x, None, f"{len(x)} golden gate images of the bundle (real, preprocessed at export)")
@@ -127,8 +128,12 @@ def plan(models: list[str | Path], opts: BenchOptions) -> list[dict[str, Any]]:
     paths = [Path(m) for m in models] + ([opts.reference] if opts.reference else [])
     for path in paths:
         for target in targets_of(path):
-            for backend, reason in _backends_for(target, opts.backends if path != opts.reference else ["pytorch"]):
+            for backend, reason in _backends_for(target, opts.backends if path != opts.reference else REFERENCE_BACKENDS):
                 rows.append({"model": str(path), "target": target, "backend": backend, "skip": reason})
+    for path in opts.anchors:  # the same backends, batches, threads and runs: ratios from one run
+        target = anchor_target(path)
+        for backend, reason in _backends_for(target, opts.backends):
+            rows.append({"model": str(path), "target": target, "backend": backend, "skip": reason, "anchor": True})
     if not rows:
         raise ConfigError("nothing to benchmark: no artifact runs on the asked backends")
     return rows
@@ -166,18 +171,20 @@ def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
             if row["skip"]:
                 results.append({**entry, "skipped": row["skip"]})
                 continue
+            anchor = bool(row.get("anchor"))
+            entry["anchor"] = anchor
             golden = target.bundle.root / "golden" / "inputs.npy" if target.bundle else golden_of.get(entry["source_sha256"])
             key = (repr(target.card.input), "" if opts.images or opts.random_inputs or golden is None else str(golden))
             if key not in inputs:
-                inp = load_inputs(target.card.input, opts, golden, target.card.training.get("source_size"))
+                inp = load_inputs(target.card.input, opts, golden, target.card.training.get("source_size"), anchor)
                 inputs[key] = (inp, Path(tmp) / f"inputs{len(inputs)}.npy")
                 np.save(inputs[key][1], inp.x)
             inp, inp_file = inputs[key]
             spec = {"model": row["model"], "file": target.path.name, "backend": row["backend"], "threads": opts.threads,
                     "inputs": str(inp_file), "batches": opts.batches, "warmup": opts.warmup, "runs": opts.runs,
                     "duration": opts.duration, "max_seconds": opts.max_seconds, "predict": True,
-                    "op_profile": opts.op_profile,
-                    "options": {"provider": "cpu"} if row["backend"] == "onnxruntime" else {}}
+                    "op_profile": opts.op_profile, "anchor": anchor,
+                    "cpu": True}
             log.info("bench %d/%d: %s on %s", i + 1, len(rows), target.path.name, row["backend"])
             out = _run_worker(spec, Path(tmp) / f"row{i}")
             entry.update(inputs=inp.source, _inputs_key=key)
@@ -185,14 +192,27 @@ def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
                 results.append({**entry, "error": out["error"]})
                 continue
             macs = out.pop("macs", None) or (target.bundle.manifest.get("model", {}).get("macs") if target.bundle else None)
-            entry.update(out, macs=macs, _probs=np.asarray(out.pop("probs")), _labels=inp.labels)
+            entry.update(out, macs=macs, _probs=np.asarray(out.pop("probs")), _labels=None if anchor else inp.labels,
+                         _positive=target.card.positive_class)
             results.append(entry)
     _accuracy_and_agreement(results)
     _fill_macs(results)
     _flops(results, machine)
     for r in results:
         r.pop("_inputs_key", None)
-    return {"machine": machine, "options": _opts_dict(opts), "rows": results}
+    return {"machine": machine, "options": _opts_dict(opts), "rows": results, "anchor_ratios": anchor_ratios(results)}
+
+
+def anchor_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """p50 latency of every model row / the same backend's anchor row, per batch size (< 1: faster)."""
+    out = []
+    for a in (r for r in rows if r.get("anchor") and "batches" in r):
+        for r in (r for r in rows if not r.get("anchor") and "batches" in r and r["backend"] == a["backend"]):
+            ratios = {b: round(lat["p50_ms"] / a["batches"][b]["p50_ms"], 3)
+                      for b, lat in r["batches"].items() if b in a["batches"] and a["batches"][b]["p50_ms"] > 0}
+            out.append({"artifact": r["artifact"], "precision": r["precision"], "anchor": a["artifact"],
+                        "backend": a["backend"], "p50_ratio": ratios})
+    return out
 
 
 def _run_worker(spec: dict[str, Any], stem: Path) -> dict[str, Any]:
@@ -211,25 +231,26 @@ def _reference_for(row: dict[str, Any], ran: list[dict[str, Any]]) -> dict[str, 
     """The fp32 reference of a row: the PyTorch checkpoint it was exported from, else the fp32 ONNX of
     the same bundle on ONNX Runtime; always on the same inputs."""
     same = [r for r in ran if r["_inputs_key"] == row["_inputs_key"]]
-    return next((r for r in same if r["backend"] == "pytorch" and r["source_sha256"] == row["source_sha256"]), None) or next(
-        (r for r in same if r["model"] == row["model"] and r["precision"] == "fp32" and r["backend"] == "onnxruntime"), None)
+    return next((r for r in same if r["backend"] in REFERENCE_BACKENDS and r["source_sha256"] == row["source_sha256"]),
+                None) or next((r for r in same if r["model"] == row["model"] and r["precision"] == "fp32"
+                               and r["backend"] not in REFERENCE_BACKENDS), None)
 
 
 def _accuracy_and_agreement(rows: list[dict[str, Any]]) -> None:
-    from alnett_edge.train.metrics import binary_metrics, top1_agreement
+    from alnett_edge.metrics import binary_metrics, top1_agreement
 
     ran = [r for r in rows if "_probs" in r]
     for r in ran:
         probs, labels = r["_probs"], r["_labels"]
         if labels is not None:
-            m = binary_metrics(labels, probs[:, 1])
+            m = binary_metrics(labels, probs[:, r["_positive"]])
             r.update(accuracy=m["accuracy"], sensitivity=m["sensitivity"], specificity=m["specificity"])
-        ref = _reference_for(r, ran)
+        ref = None if r.get("anchor") else _reference_for(r, [x for x in ran if not x.get("anchor")])
         if ref is not None:
             r["reference"] = f"{ref['artifact']} on {ref['backend']}"
-            r["agreement"] = top1_agreement(ref["_probs"][:, 1], probs[:, 1])
+            r["agreement"] = top1_agreement(ref["_probs"][:, r["_positive"]], probs[:, r["_positive"]])
     for r in ran:
-        del r["_probs"], r["_labels"]
+        del r["_probs"], r["_labels"], r["_positive"]
 
 
 def _fill_macs(rows: list[dict[str, Any]]) -> None:
@@ -252,7 +273,10 @@ def _flops(rows: list[dict[str, Any]], machine: dict[str, Any]) -> None:
 
 
 def _opts_dict(opts: BenchOptions) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items()}
+    def plain(v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, list) else v
+
+    return {k: plain(v) for k, v in opts.__dict__.items()}
 
 
 def write_json(report: dict[str, Any], dest: str | Path, samples: bool = True) -> Path:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from alnett_edge.bench.latency import summarize
+from alnett_edge.plugins import load_plugins
+from alnett_edge.timing import summarize
 from alnett_edge.bench.system import peak_rss_mb, rss_mb
 
 
@@ -54,22 +55,25 @@ def time_batches(rt: Any, inputs: np.ndarray, batch: int, warmup: int, runs: int
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    from alnett_edge.runtime.loader import Target, open_target, targets_of
+    from alnett_edge.runtime.loader import Target, anchor_target, open_target, targets_of
 
-    targets: list[Target] = targets_of(spec["model"])
-    target = next(t for t in targets if t.path.name == spec["file"])
+    if spec.get("anchor"):
+        target = anchor_target(spec["model"])
+    else:
+        targets: list[Target] = targets_of(spec["model"])
+        target = next(t for t in targets if t.path.name == spec["file"])
     # memory-mapped: the evaluation images must not count as the runtime's memory; timing cycles
     # through a small in-memory pool, and RSS is read before the full set is touched for accuracy
     inputs = np.load(spec["inputs"], mmap_mode="r")
     pool = np.array(inputs[: max(16, 2 * max(spec["batches"]))])
     t0 = time.perf_counter()
-    rt = open_target(target, spec["backend"], spec.get("threads", 0), **spec.get("options", {}))
+    rt = open_target(target, spec["backend"], spec.get("threads", 0), cpu=spec.get("cpu", False))
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     rt.infer(pool[:1])
     first_ms = (time.perf_counter() - t0) * 1e3
     out: dict[str, Any] = {"load_s": round(load_s, 4), "first_inference_ms": round(first_ms, 3),
-                           "describe": rt.describe(), "batches": {}}
+                           "describe": rt.describe(), "memory": rt.memory_note(), "batches": {}}
     for b in spec["batches"]:
         samples, note = time_batches(rt, pool, b, spec["warmup"], spec.get("runs"), spec.get("duration"),
                                      spec.get("max_seconds", 20.0))
@@ -93,6 +97,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     try:
+        load_plugins()  # the same registry entries as the process that started this one
         result = run(spec)
     except Exception as exc:  # noqa: BLE001 - reported in the row, the benchmark goes on
         result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}

@@ -34,8 +34,9 @@ from alnett_edge.card import ModelCard
 from alnett_edge.data.preprocess import load_image, preprocess
 from alnett_edge.data.sources import Sample, load_samples
 from alnett_edge.errors import ConfigError
-from alnett_edge.export.metadata import card_from_onnx, load_onnx, set_card
-from alnett_edge.train.metrics import binary_metrics, summary, top1_agreement
+from alnett_edge.onnx_io import card_from_onnx, load_onnx, set_card
+from alnett_edge.evaluation import predict_batched
+from alnett_edge.metrics import binary_metrics, summary, top1_agreement
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,13 @@ def onnx_zero_points(path: str | Path) -> list[int]:
     return zps
 
 
-def evaluate_onnx(path: str | Path, inputs: np.ndarray, labels: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    from alnett_edge.runtime.base import softmax
-    from alnett_edge.runtime.ort_backend import open_session
+def evaluate_onnx(path: str | Path, card: ModelCard, inputs: np.ndarray, labels: np.ndarray,
+                  precision: str = "fp32") -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of an ONNX file through the runtime (the same classify path as predict and the gate)."""
+    from alnett_edge.runtime.loader import open_file
 
-    sess = open_session(Path(path))
-    name = sess.get_inputs()[0].name
-    logits = np.concatenate([sess.run(None, {name: inputs[i : i + 32]})[0] for i in range(0, len(inputs), 32)])
-    prob_all = softmax(logits)[:, 1]
+    with open_file(path, card, "onnx", precision) as rt:
+        prob_all = predict_batched(rt.infer, inputs)[:, card.positive_class]
     return summary(binary_metrics(labels, prob_all)), prob_all
 
 
@@ -142,22 +142,22 @@ def calibrate(model: str | Path, images: str | Path, out: str | Path | None = No
     report["int8_saturation"] = saturation_summary(check_saturation(str(out)))
     if eval_samples is not None:
         x, y = _eval_inputs(eval_samples, card)
-        fp32, p32 = evaluate_onnx(model, x, y)
-        int8, p8 = evaluate_onnx(out, x, y)
+        fp32, p32 = evaluate_onnx(model, card, x, y)
+        int8, p8 = evaluate_onnx(out, card, x, y, "int8")
         rows = {"fp32 (ORT)": fp32, f"PTQ int8 {method} (ORT)": {**int8, "agreement": top1_agreement(p32, p8)}}
         if qat_checkpoint is not None:
-            rows["QAT int8 (torch)"] = _qat_row(qat_checkpoint, x, y, p32)
+            rows["QAT int8 (torch)"] = _qat_row(qat_checkpoint, x, y, p32, card.positive_class)
         report["eval"] = {"data": str(eval_data), "n": len(y), "rows": rows}
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _qat_row(qat_checkpoint: str | Path, x: np.ndarray, y: np.ndarray, p32: np.ndarray) -> dict[str, Any]:
+def _qat_row(qat_checkpoint: str | Path, x: np.ndarray, y: np.ndarray, p32: np.ndarray, positive: int) -> dict[str, Any]:
     import torch
 
     from alnett_edge.compress.qat import load_qat_checkpoint
 
     model, _ = load_qat_checkpoint(qat_checkpoint)
     with torch.inference_mode():
-        prob = torch.softmax(model(torch.from_numpy(x)), dim=1)[:, 1].numpy()
+        prob = torch.softmax(model(torch.from_numpy(x)), dim=1)[:, positive].numpy()
     return {**summary(binary_metrics(y, prob)), "agreement": top1_agreement(p32, prob)}

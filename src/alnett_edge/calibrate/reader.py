@@ -1,7 +1,7 @@
 """Calibration images -> model-input batches, preprocessed by the model card (numpy/OpenCV, no torch).
 
 One reader feeds every backend: ONNX Runtime's ``CalibrationDataReader``, a LiteRT representative
-dataset, and a TensorRT INT8 calibrator on the device (:mod:`alnett_edge.calibrate.tensorrt`).
+dataset, and a TensorRT INT8 calibrator on the device (:mod:`alnett_edge.tensorrt.calibrator`).
 
 Checks, each a one-line :class:`DataError` naming the file: an empty or missing folder; an image that
 is not 3-channel colour (grayscale or RGBA cell images mean the wrong folder or a broken export); an
@@ -20,33 +20,19 @@ from pathlib import Path
 import numpy as np
 
 from alnett_edge.card import ModelCard
-from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_cell_image, preprocess
-from alnett_edge.data.sources import Sample, detect_layout, load_samples, parse_cnmc_name
+from alnett_edge.data.preprocess import load_image, preprocess
+from alnett_edge.data.sources import Sample
 from alnett_edge.errors import DataError
+from alnett_edge.evaluation import images_of, training_split
 
 log = logging.getLogger(__name__)
 
 MIN_IMAGES = 300
 
 
-def calibration_files(root: str | Path) -> list[Sample]:
+def calibration_files(root: str | Path, layout: str = "auto") -> list[Sample]:
     """Images of any labelled layout, or else every image below ``root`` (labels are not needed)."""
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"calibration images not found: {root}")
-    try:
-        detect_layout(root)
-        return load_samples(root)
-    except DataError:
-        pass
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
-    if not files:
-        raise DataError(f"no calibration images in {root}")
-    out = []
-    for p in files:
-        parsed = parse_cnmc_name(p.name)
-        out.append(Sample(p, parsed[1] if parsed else -1, parsed[0] if parsed else None))
-    return out
+    return images_of(root, layout, "calibration images")
 
 
 @dataclass
@@ -64,32 +50,26 @@ class CalibrationSet:
 
 
 def load_calibration_set(root: str | Path, card: ModelCard, limit: int | None = MIN_IMAGES, seed: int = 0,
-                         allow_any_size: bool = False) -> CalibrationSet:
-    return calibration_set_from_samples(calibration_files(root), card, limit, seed, allow_any_size)
+                         allow_any_size: bool = False, layout: str = "auto") -> CalibrationSet:
+    return calibration_set_from_samples(calibration_files(root, layout), card, limit, seed, allow_any_size)
 
 
 def training_calibration_set(card: ModelCard, limit: int = MIN_IMAGES) -> CalibrationSet:
     """Calibration images from the training side of the split the model was trained with."""
-    from alnett_edge.data.splits import make_split
-
-    data = card.training.get("data")
-    if not data:
-        raise DataError("the model card records no training data; pass calibration images")
-    cfg = card.training.get("config", {})
-    samples = load_samples(data, cfg.get("layout", "auto"), cfg.get("labels_csv"))
-    split = make_split(samples, cfg.get("val_fraction", 0.2), cfg.get("seed", 0), cfg.get("val_fold"))
-    return calibration_set_from_samples(split.train, card, limit)
+    split = training_split(card, "calibration without calibration images")
+    # the model's own training images: decoded as training decoded them (no size or channel check)
+    return calibration_set_from_samples(split.train, card, limit, strict=False)
 
 
 def calibration_set_from_samples(samples: list[Sample], card: ModelCard, limit: int | None = MIN_IMAGES,
-                                 seed: int = 0, allow_any_size: bool = False) -> CalibrationSet:
+                                 seed: int = 0, allow_any_size: bool = False, strict: bool = True) -> CalibrationSet:
     if limit is not None and len(samples) > limit:
         idx = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
         samples = [samples[i] for i in sorted(idx)]
     expected = card.training.get("source_size")
     inputs, files = [], []
     for s in samples:
-        img = load_cell_image(s.path, expected, allow_any_size, "calibration image")
+        img = load_image(s.path, strict, expected, allow_any_size, "calibration image")
         inputs.append(preprocess(img, card.input))
         files.append(s.path)
     warnings = []

@@ -9,6 +9,7 @@ images, a file -> video, a string with ``!`` -> gstreamer, ``synthetic`` -> synt
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,14 @@ class Source:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        """Release the device or file (idempotent: a source may be closed by its thread and its owner)."""
+
+    def __enter__(self) -> Source:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     #: files, folders and generators are replayed at ``settings.fps``; cameras pace themselves
     paced: ClassVar[bool] = False
@@ -85,40 +93,54 @@ class Source:
         self._next_due = max(now, self._next_due) + 1.0 / fps
 
 
-#: kind -> "module:Class"; a new source is one file plus one line here.
-SOURCES: dict[str, str] = {
-    "v4l2": "alnett_edge.capture.v4l2:V4L2Source",
-    "gstreamer": "alnett_edge.capture.gstreamer:GStreamerSource",
-    "picamera2": "alnett_edge.capture.picamera2:Picamera2Source",
-    "video": "alnett_edge.capture.video:VideoFileSource",
-    "images": "alnett_edge.capture.images:ImageFolderSource",
-    "url": "alnett_edge.capture.url:UrlSource",
-    "synthetic": "alnett_edge.capture.synthetic:SyntheticSmearSource",
+@dataclass(frozen=True)
+class SourceSpec:
+    """A capture source: its class, an example spec for help texts, and how a spec without a
+    ``KIND:`` prefix is recognised as this kind (a regular expression, or an existing path's kind)."""
+
+    target: str  # "module:Class", imported only when used
+    example: str
+    claims: str = ""  # regex a bare spec must match (re.search) to be this kind
+    claims_path: str = ""  # "dir" or "file": a bare spec naming an existing folder / file
+    default_arg: str = ""  # the argument when the bare kind name is given (e.g. "synthetic")
+
+
+#: kind -> spec; a new source is one file plus one entry here. The order is the order in which
+#: bare specs are recognised.
+SOURCES: dict[str, SourceSpec] = {
+    "url": SourceSpec("alnett_edge.capture.url:UrlSource", "url:rtsp://…", claims=r"^(rtsp|rtmp|https?)://"),
+    "v4l2": SourceSpec("alnett_edge.capture.v4l2:V4L2Source", "v4l2:0", claims=r"^(\d+|/dev/video\d+)$"),
+    "gstreamer": SourceSpec("alnett_edge.capture.gstreamer:GStreamerSource", "gstreamer:PIPELINE", claims=r"!"),
+    "picamera2": SourceSpec("alnett_edge.capture.picamera2:Picamera2Source", "picamera2:0"),
+    "images": SourceSpec("alnett_edge.capture.images:ImageFolderSource", "images:DIR", claims_path="dir"),
+    "video": SourceSpec("alnett_edge.capture.video:VideoFileSource", "video:FILE", claims_path="file"),
+    "synthetic": SourceSpec("alnett_edge.capture.synthetic:SyntheticSmearSource", "synthetic:SEED", default_arg="0"),
 }
 
 
+def source_help() -> str:
+    """Every registered kind as an example spec (plugins included)."""
+    return ", ".join(spec.example for spec in SOURCES.values())
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
+    """``KIND:ARG`` for a registered kind, else the first kind whose rule claims the bare spec."""
     kind, sep, arg = spec.partition(":")
-    if sep and kind in SOURCES and not spec.startswith(("rtsp:", "http:", "https:", "rtmp:")):
+    if sep and kind in SOURCES:
         return kind, arg
-    if spec.startswith(("rtsp://", "rtmp://", "http://", "https://")):
-        return "url", spec
-    if spec.isdigit() or spec.startswith("/dev/video"):
-        return "v4l2", spec
-    if "!" in spec:
-        return "gstreamer", spec
-    if spec == "synthetic":
-        return "synthetic", "0"
-    p = Path(spec)
-    if p.is_dir():
-        return "images", spec
-    if p.is_file():
-        return "video", spec
+    if spec in SOURCES and SOURCES[spec].default_arg:
+        return spec, SOURCES[spec].default_arg
+    path = Path(spec)
+    for name, s in SOURCES.items():
+        if s.claims and re.search(s.claims, spec):
+            return name, spec
+        if (s.claims_path == "dir" and path.is_dir()) or (s.claims_path == "file" and path.is_file()):
+            return name, spec
     raise ConfigError(f"cannot tell what source {spec!r} is (not a device, URL, folder or file); "
-                      f"write it as KIND:ARG with KIND one of {', '.join(SOURCES)}")
+                      f"write it as KIND:ARG, one of {source_help()}")
 
 
 def make_source(spec: str, settings: SourceSettings | None = None) -> Source:
     kind, arg = parse_spec(spec)
-    module, cls = SOURCES[kind].split(":")
+    module, cls = SOURCES[kind].target.split(":")
     return getattr(importlib.import_module(module), cls)(arg, settings)

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from alnett_edge.capture.base import FrameSkipped, Source, SourceError
-from alnett_edge.data.preprocess import decode_image_file, to_rgb
+from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image
 from alnett_edge.errors import DataError
 
-SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class ImageFolderSource(Source):
@@ -29,7 +28,7 @@ class ImageFolderSource(Source):
         root = Path(self.arg)
         if not root.is_dir():
             raise SourceError(f"image folder not found: {root}")
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in SUFFIXES)
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise SourceError(f"no images in {root}")
         return files
@@ -43,6 +42,6 @@ class ImageFolderSource(Source):
         path = self.files[self.pos]
         self.pos += 1
         try:
-            return to_rgb(decode_image_file(path, "frame"), str(path))
+            return load_image(path, what="frame")
         except DataError as exc:  # skipped, not a reconnect: reopening would replay the frames before it forever
             raise FrameSkipped(f"{exc}; skipped") from exc

@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from alnett_edge import __version__
 from alnett_edge.errors import AlnettError
+from alnett_edge.plugins import load_plugins
 
 DEBUG_ENV = "ALNETT_EDGE_DEBUG"
 # Native logs of the TFLite/LiteRT converter stack (absl/glog) unless the user set their own level.
@@ -127,6 +128,7 @@ def _root(
         handler._alnett = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+    load_plugins()  # registry entries of $ALNETT_EDGE_PLUGINS (a new backend, format or camera)
     if verbose < 2:  # library deprecation chatter (torch.export, torchao); our own code logs instead
         warnings.simplefilter("ignore")
     for name in _NOISY_LOGGERS:  # third-party warnings that are not the user's concern, unless -vv
@@ -134,6 +136,10 @@ def _root(
 
 
 def _register() -> None:
+    try:  # plugin entries appear in the help texts too; a bad plugin name is reported by _root
+        load_plugins()
+    except AlnettError:
+        pass
     from alnett_edge.cli import compress, daemon, data, demo, devices, evaluate, export, model, runtime, train
 
     app.add_typer(data.app, name="data")

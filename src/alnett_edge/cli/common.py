@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,9 +11,19 @@ from rich.console import Console
 from alnett_edge.files import check_output_dir, check_output_file
 
 
-def wide_console() -> Console:
-    """Wide tables stay readable when the output is a file or a pipe (rich assumes 80 columns there)."""
-    return Console() if sys.stdout.isatty() else Console(width=220)
+#: what a person reads fits this many columns by default; --wide shows every column on one line
+NARROW = 100
+WIDE = 240
+WIDE_HELP = "Every column (up to ~240 characters wide); the default fits 100 columns. --json has everything."
+
+
+def console(wide: bool = False) -> Console:
+    """A console for tables: 100 columns (or the terminal's, when narrower) unless ``wide``; a file or a
+    pipe gets the same widths (rich would assume 80 there)."""
+    if wide:
+        return Console(width=WIDE)
+    tty = sys.stdout.isatty()
+    return Console(width=min(NARROW, shutil.get_terminal_size((NARROW, 24)).columns) if tty else NARROW)
 
 
 def output_file(value: Path | None) -> Path | None:

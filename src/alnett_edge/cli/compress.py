@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from alnett_edge.cli.common import output_dir, output_file
+from alnett_edge.cli.common import console, output_dir, output_file
 
 
 def _fmt(v: object) -> str:
@@ -54,7 +53,7 @@ def register(app: typer.Typer) -> None:
                                finetune_epochs=finetune_epochs, lr=lr)
         cols = ["params", "macs", "checkpoint_bytes", "onnx_bytes", "ort_b1_p50_ms", "accuracy", "sensitivity",
                 "specificity", "f1"]
-        Console().print(_table(f"pruning: MACs x{rep['mac_ratio']:.3f}", {"before": rep["before"], "after": rep["after"]}, cols))
+        console().print(_table(f"pruning: MACs x{rep['mac_ratio']:.3f}", {"before": rep["before"], "after": rep["after"]}, cols))
         typer.echo(f"pruned checkpoint: {rep['pruned']} (report: {Path(out) / 'prune_report.json'})")
 
     @app.command("qat")
@@ -75,11 +74,11 @@ def register(app: typer.Typer) -> None:
         v = rep["val"]
         rows = {"fp32": v["fp32"], f"QAT int8 ({scheme})": {**v["int8"], "agreement": v["agreement"]}}
         cols = ["accuracy", "sensitivity", "specificity", "f1", "agreement"]
-        console = Console()
-        console.print(_table(f"validation ({v['n']} images)", rows, cols))
+        out = console()
+        out.print(_table(f"validation ({v['n']} images)", rows, cols))
         if "extra" in rep:
             e = rep["extra"]
-            console.print(_table(f"{e['data']} ({e['n']} images)",
+            out.print(_table(f"{e['data']} ({e['n']} images)",
                                  {"fp32": e["fp32"], "QAT int8": {**e["int8"], "agreement": e["agreement"]}}, cols))
         typer.echo(f"QAT checkpoint: {rep['qat']} (activation zero-points: {rep['activation_zero_points'][:8]})")
 
@@ -105,7 +104,7 @@ def register(app: typer.Typer) -> None:
         rep = run(model, images, out, method, scheme, num, any_size, eval_data, allow_patient_overlap, qat,
                   fit_avx2)
         if "eval" in rep:
-            Console().print(_table(f"{rep['eval']['data']} ({rep['eval']['n']} images)", rep["eval"]["rows"],
+            console().print(_table(f"{rep['eval']['data']} ({rep['eval']['n']} images)", rep["eval"]["rows"],
                                    ["accuracy", "sensitivity", "specificity", "f1", "agreement"]))
         typer.echo(f"int8 model: {rep['int8']} ({rep['calibration_images']} calibration images, "
                    f"zero-points {rep['zero_points'][:6]})")

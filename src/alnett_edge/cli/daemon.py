@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import output_file, wide_console
+from alnett_edge.capture.base import source_help
+from alnett_edge.cli.common import console, output_file
 
 
 def stage_table(summary: dict) -> Table:
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
     @app.command("daemon")
     def daemon(
         bundle: Path = typer.Option(None, help="Bundle to run (or [runtime] bundle in --config)."),
-        source: str = typer.Option(None, help="v4l2:0, picamera2:0, gstreamer:PIPELINE, video:FILE, images:DIR, url:URL, synthetic:SEED."),
+        source: str = typer.Option(None, help=f"The camera or file: {source_help()}."),
         config: Path = typer.Option(None, "--config", "-c", help="TOML config; options given here override it."),
         max_frames: int = typer.Option(None, help="Stop after this many captured frames."),
         duration: float = typer.Option(None, help="Stop after this many seconds."),
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the microscope daemon: capture -> detect -> crop -> quality gate -> classify -> record."""
         from alnett_edge.daemon.config import load_config
-        from alnett_edge.daemon.pipeline import Daemon
+        from alnett_edge.daemon.service import Daemon
         from alnett_edge.daemon.sinks import StoreError
 
         overrides = {
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda num, _frame: d.request_stop(signal.Signals(num).name))
         summary = d.run()
-        wide_console().print(stage_table(summary))
+        console().print(stage_table(summary))
         typer.echo(f"database: {cfg.sinks.db} (stopped: {summary['stop_reason']})")
         if summary_json:
             summary_json.write_text(json.dumps(summary, indent=2))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from alnett_edge.cli.common import output_dir
+from alnett_edge.cli.common import console, output_dir
 
 app = typer.Typer(no_args_is_help=True, help="Synthetic data and dataset tools.")
 
@@ -55,7 +54,7 @@ def inspect(
     for name, part in (("all", samples), ("train", split.train), ("val", split.val)):
         c = class_counts(part)
         table.add_row(name, str(len(part)), str(c["all"]), str(c["hem"]), str(len(patients_of(part))))
-    Console().print(table)
+    console().print(table)
     typer.echo(f"split: {split.method}")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import output_dir, wide_console
+from alnett_edge.cli.common import WIDE_HELP, console as make_console, output_dir
 
 
 def register(app: typer.Typer) -> None:
@@ -22,11 +22,12 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0),
         stages: str = typer.Option(None, help="Comma-separated subset of stages (default: all)."),
         real: Path = typer.Option(None, help="Also evaluate on real labelled cells (e.g. ../shared/data/cnmc-sample)."),
+        wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
     ) -> None:
         """Generate data, train, evaluate (and every later stage), then print a summary."""
-        from alnett_edge.pipeline import PipelineContext, resolve_stages, run_pipeline
+        from alnett_edge.demo import PipelineContext, resolve_stages, run_pipeline
 
-        console = wide_console()
+        console = make_console(wide)
         ctx = PipelineContext(workdir=out, variant=variant, n_cells=n_cells, epochs=epochs, difficulty=difficulty,
                               seed=seed, real_data=real)
         only = resolve_stages([s.strip() for s in stages.split(",")] if stages else None)

@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from alnett_edge.cli.common import WIDE_HELP, console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("devices")
-    def devices(target: str = typer.Argument(None, help="Show one profile in full (name or alias).")) -> None:
+    def devices(target: str = typer.Argument(None, help="Show one profile in full (name or alias)."),
+                wide: bool = typer.Option(False, "--wide", help=WIDE_HELP)) -> None:
         """List the device profiles (runtimes, formats, precisions) export targets."""
         from alnett_edge.devices import ALIASES, load_profiles, resolve_target
 
-        console = Console()
+        out = console(wide)
         if target:
             profile, note = resolve_target(target)
             if note:
@@ -25,11 +27,11 @@ def register(app: typer.Typer) -> None:
             return
         table = Table(title="device profiles")
         for col in ("name", "runtimes", "formats", "precisions (default)", "threads", "max batch", "camera"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col == "name", overflow="fold")  # a name is never cut
         for p in load_profiles().values():
             table.add_row(p.name, ", ".join(p.runtimes), ", ".join(p.formats),
                           f"{', '.join(p.precisions)} ({p.default_precision})", str(p.threads), str(p.max_batch), p.camera)
-        console.print(table)
+        out.print(table)
         typer.echo("aliases: " + ", ".join(f"{k} -> {v}" for k, v in ALIASES.items()))
 
     @app.command("trt-lint")

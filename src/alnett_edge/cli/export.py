@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from alnett_edge.cli.common import console
 
 
 def gate_table(manifest: dict) -> Table:
@@ -48,7 +49,8 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
         checkpoint: Path = typer.Argument(..., help="fp32 (optionally pruned) .safetensors checkpoint."),
-        target: str = typer.Option(..., "--target", "-t", help="Device profile or alias (see `alnett-edge devices`)."),
+        target: str = typer.Option(..., "--target", "-t", help="Device profile or alias (see `alnett-edge devices`), "
+                                   "or the path of a profile .toml of your own device."),
         out: Path = typer.Option(None, "--out", "-o", help="Bundle folder (default runs/export/<profile>)."),
         precision: str = typer.Option("default", help="default (the profile's), auto, fp32, fp16 or int8."),
         qat: Path = typer.Option(None, help="QAT checkpoint for int8 (symmetric for TensorRT, asymmetric for "
@@ -56,6 +58,8 @@ def register(app: typer.Typer) -> None:
         calib_images: Path = typer.Option(None, help="Images for int8 calibration without --qat (ONNX and TFLite; "
                                           "default: the training split)."),
         gate_images: Path = typer.Option(None, help="Labelled gate set (default: the validation split)."),
+        layout: str = typer.Option("auto", help="Layout of --gate-images and --calib-images: auto, cnmc, folders, "
+                                   "manifest or cnmc-prelim."),
         allow_drop: float = typer.Option(1.0, help="Largest accepted drop, in points, of any gate metric."),
         min_agreement: float = typer.Option(0.99, help="Smallest accepted top-1 agreement with fp32."),
         archive: bool = typer.Option(False, "--archive", help="Also write <bundle>.tar.gz."),
@@ -65,8 +69,8 @@ def register(app: typer.Typer) -> None:
         from alnett_edge.export.exporter import export_bundle
 
         manifest = export_bundle(checkpoint, target, out, precision, qat, calib_images, gate_images, allow_drop, archive,
-                                 min_agreement, force)
-        Console().print(gate_table(manifest))
+                                 min_agreement, force, layout)
+        console().print(gate_table(manifest))
         for line in gate_notes(manifest):
             typer.echo(line)
         typer.echo(f"bundle: {manifest['bundle']} (selected artifact: {manifest['selected']})")
@@ -80,6 +84,6 @@ def register(app: typer.Typer) -> None:
         max_batch: int = typer.Option(None, help="Override the optimisation profile's largest batch."),
     ) -> None:
         """Build (or reuse) the TensorRT engine for this GPU from a bundle — run it on the Jetson."""
-        from alnett_edge.export.tensorrt_engine import build_engine as run
+        from alnett_edge.tensorrt.engine import build_engine as run
 
         typer.echo(f"engine: {run(bundle, workspace_mb, max_batch)}")

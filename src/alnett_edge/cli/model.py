@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from alnett_edge.cli.common import console
 
 from alnett_edge.errors import ConfigError
 
@@ -47,6 +48,6 @@ def info(
     for layer in prof.layers:
         table.add_row(layer.name, layer.kind, "x".join(map(str, layer.output_shape[1:])), f"{layer.params:,}",
                       f"{layer.macs:,}")
-    console = Console()
-    console.print(table)
-    console.print(f"parameters: {prof.params:,}   MACs: {prof.macs / 1e6:.1f} M ({prof.macs / 1e9:.3f} G)")
+    out = console()
+    out.print(table)
+    out.print(f"parameters: {prof.params:,}   MACs: {prof.macs / 1e6:.1f} M ({prof.macs / 1e9:.3f} G)")

@@ -8,39 +8,52 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from alnett_edge.cli.common import output_file, wide_console
+from alnett_edge.cli.common import WIDE_HELP, console, output_file
 from alnett_edge.errors import ConfigError
+from alnett_edge.runtime.base import BACKENDS
 
-BACKEND_HELP = "onnxruntime, litert, tensorrt or pytorch (default: the device profile's order, first one installed here)."
+BACKEND_HELP = f"{', '.join(BACKENDS)} (default: the device profile's order, first one installed here)."
 
 
 def _f(value: object, fmt: str = "{:.3f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-def bench_table(report: dict) -> Table:
+#: the columns of the default (narrow) bench table; --wide shows every one
+NARROW_BENCH = ("artifact", "prec", "backend", "batch", "p50", "p99", "img/s", "RSS MB", "acc", "agree")
+
+
+def bench_table(report: dict, wide: bool = False) -> Table:
     m = report["machine"]
     table = Table(title=f"{m.get('isa') or m['cpu'] + ' | ' + m['simd']} | {m['cores']} cores | peak "
                         f"~{m['peak_gflops']} GFLOP/s fp32 | load {m['loadavg_1m']}", title_justify="left")
     cols = ("artifact", "prec", "backend", "MB", "load s", "first ms", "batch", "min", "mean", "p50", "p90", "p99",
             "max", "img/s", "GFLOP/s", "%peak", "RSS MB", "acc", "sens", "spec", "agree")
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("artifact", "prec", "backend") else "right")
+    labelled = any(r.get("accuracy") is not None for r in report["rows"])
+    keep = [i for i, c in enumerate(cols) if wide or (c in NARROW_BENCH and (c != "acc" or labelled))]
+    for i in keep:
+        c = cols[i]
+        table.add_column(c, justify="left" if c in ("artifact", "prec", "backend") else "right", no_wrap=True)
+    ms, ips = ("{:.3f}", "{:.1f}") if wide else ("{:.2f}", "{:.0f}")
+
+    def add(*cells: str) -> None:
+        table.add_row(*(cells[i] for i in keep))
+
     for r in report["rows"]:
         head = [r["artifact"], r["precision"], r["backend"], f"{r['bytes'] / 1e6:.2f}"]
         if "skipped" in r or "error" in r:
-            table.add_row(*head, "", "", "", *[""] * 14, f"[yellow]{'skipped' if 'skipped' in r else 'error'}: "
-                          f"{r.get('skipped') or r.get('error')}"[:80])
+            why = f"{'skipped' if 'skipped' in r else 'error'}: {r.get('skipped') or r.get('error')}"
+            table.add_row(*[head[i] for i in keep if i < 3], f"[yellow]{why[:60 if not wide else 120]}",
+                          *[""] * (len(keep) - 4))
             continue
         for i, (b, lat) in enumerate(r["batches"].items()):
             first = [f"{r['load_s']:.2f}", f"{r['first_inference_ms']:.1f}"] if i == 0 else ["", ""]
             tail = [_f(r.get("accuracy"), "{:.4f}"), _f(r.get("sensitivity"), "{:.4f}"),
-                    _f(r.get("specificity"), "{:.4f}"), _f(r.get("agreement"), "{:.2%}")] if i == 0 else [""] * 4
-            table.add_row(*(head if i == 0 else ["", "", "", ""]), *first, b, *(f"{lat[k]:.3f}" for k in
-                          ("min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")), f"{lat['throughput_ips']:.1f}",
+                    _f(r.get("specificity"), "{:.4f}"), _f(r.get("agreement"), "{:.1%}")] if i == 0 else [""] * 4
+            add(*(head if i == 0 else ["", "", "", ""]), *first, b, *(ms.format(lat[k]) for k in
+                          ("min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")), ips.format(lat["throughput_ips"]),
                           _f(lat.get("gflops"), "{:.1f}"), _f(lat.get("peak_share"), "{:.1%}"), _f(lat.get("rss_mb"), "{:.0f}"), *tail)
     return table
 
@@ -57,7 +70,7 @@ def _regate(bundle: Path, gate_images: Path, backend: str | None, threads: int) 
         table.add_row(r.artifact, r.precision, r.backend, _f(r.accuracy, "{:.4f}"),
                       _f(r.drop_points.get("accuracy"), "{:+.2f}"), _f(r.drop_points.get("sensitivity"), "{:+.2f}"),
                       _f(r.agreement, "{:.2%}"), gate)
-    Console().print(table)
+    console().print(table)
     typer.echo(f"reference: {info['reference']}")
     typer.echo(f"limits (the bundle's): drop <= {info['allow_drop']} points, agreement >= {info['min_agreement']:.0%}")
     for r in rows:
@@ -100,7 +113,7 @@ def register(app: typer.Typer) -> None:
             result = "not run" if r.passed is None else "pass" if r.passed else "FAIL"
             table.add_row(r.artifact, r.precision, r.backend, r.compared_with, _f(r.max_abs_diff, "{:.1e}"),
                           _f(r.agreement, "{:.0%}"), _f(r.max_abs_diff_vs_fp32, "{:.1e}"), result)
-        Console().print(table)
+        console().print(table)
         for r in rows:
             if r.note:
                 typer.echo(f"note: {r.artifact}: {r.note}")
@@ -161,6 +174,10 @@ def register(app: typer.Typer) -> None:
                                       callback=output_file),
         plot: Path = typer.Option(None, help="Write a PNG of the latency distributions.", callback=output_file),
         any_size: bool = typer.Option(False, "--any-size", help="Accept --images of another size than the training cells."),
+        anchor: list[Path] = typer.Option(None, "--anchor", help="A plain ONNX classifier (e.g. ../shared/anchors/"
+                                          "mobilenet_v3_small.onnx) timed alongside with the same options; "
+                                          "prints each model's p50 latency as a ratio to it. Repeatable."),
+        wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
     ) -> None:
         """Latency percentiles, throughput, memory, FLOP/s and accuracy of every artifact, side by side."""
         from alnett_edge.bench.runner import BenchOptions, plot_latency, run_bench, write_json
@@ -168,13 +185,22 @@ def register(app: typer.Typer) -> None:
         opts = BenchOptions(backends=[b.strip() for b in backend.split(",")], batches=_ints(batch, "--batch"),
                             threads=threads, images=images, random_inputs=random_inputs, warmup=warmup,
                             runs=None if duration else runs, duration=duration, max_seconds=max_seconds,
-                            op_profile=profile_ops, reference=reference, peak_gflops=peak_gflops, any_size=any_size)
+                            op_profile=profile_ops, reference=reference, peak_gflops=peak_gflops, any_size=any_size,
+                            anchors=list(anchor or []))
         report = run_bench(models, opts)
-        wide_console().print(bench_table(report))
+        console(wide).print(bench_table(report, wide))
         sources = {r["inputs"] for r in report["rows"] if "inputs" in r}
-        typer.echo("inputs: " + "; ".join(sorted(sources)))
-        typer.echo("RSS MB: the row's own process after that batch size (peak in --json); latency in ms per call; "
-                   "agreement: top-1 vs the fp32 reference of the same model")
+        for source in sorted(sources):
+            typer.echo(f"inputs: {source}")
+        typer.echo("latency in ms per call; RSS MB: the row's own process after that batch size (peak in --json);\n"
+                   "agree: top-1 vs the fp32 reference of the same model" + ("" if wide else "; --wide: every column"))
+        for backend, note in sorted({(r["backend"], r["memory"]) for r in report["rows"] if r.get("memory")}):
+            typer.echo(f"memory ({backend}): {note}")
+        if report["anchor_ratios"]:
+            typer.echo("p50 latency / the anchor's, same backend and run (< 1: faster than the anchor):")
+        for a in report["anchor_ratios"]:
+            ratios = ", ".join(f"b{b} {v:.2f}" for b, v in a["p50_ratio"].items())
+            typer.echo(f"  {a['artifact']} vs {a['anchor']} on {a['backend']}: {ratios}")
         notes = {lat["note"] for r in report["rows"] for lat in r.get("batches", {}).values() if lat.get("note")}
         for note in sorted(notes):
             typer.echo(f"note: {note}")
@@ -182,11 +208,10 @@ def register(app: typer.Typer) -> None:
             if r.get("op_profile"):
                 ops = ", ".join(f"{o['op']} {o['share']:.0%}" for o in r["op_profile"][:6])
                 typer.echo(f"top ops {r['artifact']} ({r['backend']}): {ops}")
-            elif profile_ops and "batches" in r and r["backend"] != "onnxruntime":
-                hint = {"litert": " (use LiteRT's benchmark_model --enable_op_profiling=true)",
-                        "pytorch": " (use torch.profiler)", "tensorrt": " (use trtexec --dumpProfile)"}
+            elif profile_ops and "batches" in r:
+                hint = BACKENDS[r["backend"]].profiling
                 typer.echo(f"top ops {r['artifact']} ({r['backend']}): not exposed by this backend's Python API"
-                           + hint.get(r["backend"], ""))
+                           + (f" (use {hint})" if hint else ""))
         if json_out:
             typer.echo(f"json: {write_json(report, json_out)}")
         if plot:

@@ -33,7 +33,7 @@ import torch_pruning as tp
 from torch import nn
 
 from alnett_edge.compress.report import fp32_row
-from alnett_edge.data.dataset import load_split_datasets
+from alnett_edge.train.dataset import load_split_datasets
 from alnett_edge.errors import CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett, config_of
 from alnett_edge.model.checkpoint import load_checkpoint, save_checkpoint

@@ -33,12 +33,12 @@ from torch.utils.data import DataLoader
 from alnett_edge.card import CARD_KEY, ModelCard
 from alnett_edge.compress.report import metrics_row
 from alnett_edge.data.augment import AugmentConfig
-from alnett_edge.data.dataset import CellDataset, load_split_datasets
+from alnett_edge.train.dataset import CellDataset, load_split_datasets
 from alnett_edge.errors import CheckpointError, CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett
 from alnett_edge.model.checkpoint import load_checkpoint, model_from_card, read_card
 from alnett_edge.train.loop import cosine_schedule, finetune_config, make_criterion, run_epoch
-from alnett_edge.train.metrics import top1_agreement
+from alnett_edge.metrics import top1_agreement
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +236,11 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
     tcfg = finetune_config(card, data, out, epochs, lr)
     sd = load_split_datasets(data, card.input, tcfg.layout, tcfg.labels_csv, tcfg.val_fraction, tcfg.seed,
                              tcfg.val_fold, AugmentConfig() if tcfg.augment else None)
-    fp32_metrics, fp32_prob = metrics_row(model, sd.val)
+    fp32_metrics, fp32_prob = metrics_row(model, sd.val, card)
     prepared = prepare_qat(model, card.input.size, scheme)
     losses = qat_finetune(prepared, sd.train, epochs, lr, batch_size, tcfg.balance, tcfg.seed)
     converted = convert(prepared)
-    int8_metrics, int8_prob = metrics_row(converted, sd.val)
+    int8_metrics, int8_prob = metrics_row(converted, sd.val, card)
     zps = activation_zero_points(converted)
     if scheme == "symmetric" and any(zps):
         raise CompressionError(f"symmetric QAT produced non-zero activation zero-points {sorted(set(zps))}")
@@ -261,8 +261,8 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
         from alnett_edge.data.sources import load_samples
 
         ds, _ = CellDataset.from_samples(load_samples(extra_eval), card.input, source=str(extra_eval))
-        f_m, f_p = metrics_row(model, ds)
-        q_m, q_p = metrics_row(converted, ds)
+        f_m, f_p = metrics_row(model, ds, card)
+        q_m, q_p = metrics_row(converted, ds, card)
         report["extra"] = {"data": str(extra_eval), "fp32": f_m, "int8": q_m, "agreement": top1_agreement(f_p, q_p),
                            "n": len(ds)}
     (out / f"qat-{scheme}_report.json").write_text(json.dumps(report, indent=2))

@@ -8,17 +8,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from alnett_edge.bench.latency import ort_latency
+from alnett_edge.runtime.loader import open_file
+from alnett_edge.timing import runtime_latency
 from alnett_edge.card import ModelCard
-from alnett_edge.data.dataset import CellDataset
-from alnett_edge.export.onnx import export_onnx
+from alnett_edge.train.dataset import CellDataset
+from alnett_edge.model.to_onnx import export_onnx
 from alnett_edge.model.profile import profile_model
 from alnett_edge.train.loop import evaluate_dataset
-from alnett_edge.train.metrics import summary
+from alnett_edge.metrics import summary
 
 
-def metrics_row(model: nn.Module, ds: CellDataset) -> tuple[dict[str, Any], Any]:
-    metrics, prob_all = evaluate_dataset(model, ds, torch.device("cpu"))
+def metrics_row(model: nn.Module, ds: CellDataset, card: ModelCard) -> tuple[dict[str, Any], Any]:
+    metrics, prob_all = evaluate_dataset(model, ds, torch.device("cpu"), card.positive_class)
     return summary(metrics), prob_all
 
 
@@ -27,8 +28,9 @@ def fp32_row(name: str, model: nn.Module, card: ModelCard, ds: CellDataset, work
     """Params, MACs, checkpoint and ONNX size, ORT fp32 batch-1 latency (p50) and validation metrics."""
     prof = profile_model(model, card.input.size[0])
     onnx_path = export_onnx(model, card, workdir / f"{name}.onnx")
-    lat = ort_latency(onnx_path, batch=1, runs=latency_runs, warmup=10)
-    metrics, _ = metrics_row(model, ds)
+    with open_file(onnx_path, card, "onnx") as rt:
+        lat = runtime_latency(rt, batch=1, runs=latency_runs, warmup=10)
+    metrics, _ = metrics_row(model, ds, card)
     return {
         "name": name, "params": prof.params, "macs": prof.macs,
         "checkpoint_bytes": checkpoint.stat().st_size if checkpoint else None,

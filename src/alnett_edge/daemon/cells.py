@@ -7,9 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from alnett_edge.card import InputSpec
 from alnett_edge.daemon.detector import Detection
-from alnett_edge.data.preprocess import prepare
 
 
 @dataclass(frozen=True)
@@ -24,9 +22,10 @@ class QualityConfig:
     min_confidence: float = 0.6  # top class probability; lower = abstain
 
 
-def build_crop(frame_rgb: np.ndarray, det: Detection, spec: InputSpec) -> np.ndarray:
-    """The C-NMC look: the segmented cell on black, centred on its mask, padded square, then resized
-    per the card (``prepare``, the same function training used). Returns uint8 RGB."""
+def cell_image(frame_rgb: np.ndarray, det: Detection) -> np.ndarray:
+    """The C-NMC look at the frame's scale: the segmented cell on black, centred on its mask, on a
+    square canvas. Returns uint8 RGB; the model input is ``preprocess(cell_image(...), card.input)``,
+    the one preprocessing function training, predict and the gate use."""
     x0, y0, x1, y1 = det.box
     crop = frame_rgb[y0:y1, x0:x1]
     cell = np.where(det.mask[..., None] > 0, crop, 0).astype(np.uint8)
@@ -40,7 +39,7 @@ def build_crop(frame_rgb: np.ndarray, det: Detection, spec: InputSpec) -> np.nda
         src = cell[max(0, sy0) : sy0 + side, max(0, sx0) : sx0 + side]
         canvas[max(0, -sy0) : max(0, -sy0) + src.shape[0], max(0, -sx0) : max(0, -sx0) + src.shape[1]] = src
         cell = canvas
-    return prepare(cell, spec)
+    return cell
 
 
 def sharpness(frame_rgb: np.ndarray, det: Detection) -> float:

@@ -15,6 +15,7 @@ Example (every key optional except a bundle and a source, from the file or the c
     [runtime]
     bundle = "/opt/alnett/bundle"
     backend = ""             # empty: the device profile's order
+    threads = 0              # 0: all cores but one, left to capture and detection
 
     [detector]
     cell_scale = 1.4
@@ -66,7 +67,7 @@ class SourceConfig:
 class RuntimeConfig:
     bundle: str = ""
     backend: str = ""
-    threads: int = 0
+    threads: int = 0  # inference threads; 0: every core but one (capture and detection need one)
     max_batch: int = 8
 
 

@@ -169,5 +169,8 @@ class HttpServer:
         self.thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Idempotent; safe before :meth:`start` (``shutdown`` would wait forever for a loop never run)."""
+        if self.thread.is_alive():
+            self.server.shutdown()
+        if self.server.socket.fileno() != -1:
+            self.server.server_close()

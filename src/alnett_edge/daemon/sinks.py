@@ -172,6 +172,8 @@ class SqliteSink(Sink):
         self.cells += n
 
     def close(self, summary: dict[str, Any]) -> None:
+        if getattr(self, "db", None) is None:  # never opened, or closed already
+            return
         try:
             self._ensure_file()
             self.db.execute("UPDATE sessions SET ended = ?, summary = ? WHERE id = ?",
@@ -181,6 +183,7 @@ class SqliteSink(Sink):
             raise SinkFault(f"cannot write the session summary to {self.path}: {exc}") from exc
         finally:
             self.db.close()
+            self.db = None
 
 
 class JsonlSink(Sink):
@@ -217,6 +220,8 @@ class JsonlSink(Sink):
             self._line(asdict(c))
 
     def close(self, summary: dict[str, Any]) -> None:
+        if getattr(self, "f", None) is None or self.f.closed:
+            return
         try:
             self._line({"summary": summary})
         finally:
@@ -292,6 +297,7 @@ class Recorder:
         self.pending: list[list[CellRecord]] = []
         self.health = {"db": SinkHealth(), **{type(c).__name__: SinkHealth() for c in copies}}
         self.failing_since: float | None = None
+        self.closed = False
 
     @property
     def pending_cells(self) -> int:
@@ -335,7 +341,10 @@ class Recorder:
 
     def close(self, summary: dict[str, Any]) -> str | None:
         """The summary row, then the copies (call :meth:`flush` first and count what it stored). Returns
-        what was not stored, in one line, or None."""
+        what was not stored, in one line, or None. Idempotent."""
+        if self.closed:
+            return None
+        self.closed = True
         problems = []
         if self.pending:
             problems.append(f"{self.pending_cells} classified cells of {len(self.pending)} frames were not stored "

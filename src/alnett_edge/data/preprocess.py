@@ -10,7 +10,8 @@
 
 Training caches :func:`prepare` output and applies augmentation + :func:`normalize`; evaluation,
 calibration, export, bench and the device runtime call :func:`preprocess`. Both paths give identical
-bits for the same image. Images enter as RGB; :func:`load_image` decodes a file to RGB.
+bits for the same image. Images enter as RGB; :func:`load_image` (the one decoder, with a strictness
+flag) decodes a file to RGB.
 """
 
 from __future__ import annotations
@@ -65,17 +66,19 @@ def decode_image_file(path: str | Path, what: str = "image") -> np.ndarray:
     return img
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to an RGB uint8 HxWx3 array; unreadable files raise :class:`DataError`."""
-    return to_rgb(decode_image_file(path), source=str(path))
+def load_image(path: str | Path, strict: bool = False, expected_size: str | None = None,
+               allow_any_size: bool = False, what: str = "image") -> np.ndarray:
+    """The one way an image file becomes an RGB uint8 HxWx3 array (through :func:`decode_image_file`).
 
-
-def load_cell_image(path: str | Path, expected_size: str | None = None, allow_any_size: bool = False,
-                    what: str = "image") -> np.ndarray:
-    """Decode a cell image strictly: 3-channel colour only (grayscale or RGBA cells mean the wrong folder
-    or a broken export) and, when ``expected_size`` ("HxW", the card's ``training.source_size``) is
-    known, that size unless ``allow_any_size``. Every refusal is a one-line :class:`DataError`."""
+    ``strict=False`` (the model's own training data, wherever it is read again: training, the gate,
+    calibration from the training split, sheets): grayscale, RGBA and 16-bit are converted.
+    ``strict=True`` (images a user brings to a trained model: predict, bench, calibrate/verify
+    folders): 3-channel colour only (grayscale or RGBA cells mean the wrong folder or a broken export)
+    and, when ``expected_size`` ("HxW", the card's ``training.source_size``) is known, that size unless
+    ``allow_any_size``. Every refusal is a one-line :class:`DataError`."""
     img = decode_image_file(path, what)
+    if not strict:
+        return to_rgb(img, source=str(path))
     channels = 1 if img.ndim == 2 else img.shape[2]
     if channels != 3:
         raise DataError(f"{what} {path} has {channels} channel(s); RGB cell images (3 channels) are needed")
@@ -144,10 +147,3 @@ def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """RGB uint8 image -> model input (one image, no batch axis)."""
     return normalize(prepare(image, spec), spec)
 
-
-def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
-    return np.stack([preprocess(img, spec) for img in images]) if images else np.zeros((0,), np.float32)
-
-
-def preprocess_file(path: str | Path, spec: InputSpec) -> np.ndarray:
-    return preprocess(load_image(path), spec)

@@ -184,7 +184,9 @@ def detect_layout(root: Path) -> str:
         return "cnmc"
     if (root / "manifest.csv").is_file():
         return "manifest"
-    if any(_child(root, name) for name in CLASS_NAMES):
+    # class folders by any name the folder loader accepts (all/hem, blast/normal, ...), not digits alone
+    if any(p.is_dir() and p.name.strip().lower() in _LABEL_ALIASES and not p.name.strip().isdigit()
+           for p in root.iterdir()):
         return "folders"
     if find_prelim_csv(root) is not None:
         return "cnmc-prelim"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from alnett_edge.errors import ConfigError
@@ -40,7 +41,6 @@ class DeviceProfile:
     default_precision: str
     threads: int
     max_batch: int
-    input_size: int
     camera: str
     onnx_opset: int
     int8_scheme: str = "asymmetric"  # "symmetric": zero-point 0 everywhere (TensorRT)
@@ -76,7 +76,7 @@ def _parse(text: str, source: str) -> DeviceProfile:
         profile = DeviceProfile(
             name=d["name"], family=d["family"], description=d["description"], runtimes=tuple(d["runtimes"]),
             formats=tuple(d["formats"]), precisions=tuple(d["precisions"]), default_precision=d["default_precision"],
-            threads=int(d["threads"]), max_batch=int(d["max_batch"]), input_size=int(d["input_size"]),
+            threads=int(d["threads"]), max_batch=int(d["max_batch"]),
             camera=d["camera"], onnx_opset=int(d["onnx_opset"]), int8_scheme=str(d.get("int8_scheme", "asymmetric")),
             cpu_int8=tuple(d.get("cpu_int8", ())), unsupported=dict(d.get("unsupported", {})),
             tensorrt=dict(d.get("tensorrt", {})), gstreamer=dict(d.get("gstreamer", {})),
@@ -103,7 +103,13 @@ def load_profiles() -> dict[str, DeviceProfile]:
 
 
 def resolve_target(target: str) -> tuple[DeviceProfile, str | None]:
-    """The profile for ``target`` and, when an alias was resolved, a sentence saying which."""
+    """The profile for ``target`` (a name, an alias, or the path of a profile ``.toml`` of your own
+    device) and, when an alias was resolved, a sentence saying which."""
+    if target.endswith(".toml"):
+        path = Path(target)
+        if not path.is_file():
+            raise ConfigError(f"device profile not found: {path}")
+        return _parse(path.read_text(encoding="utf-8"), path.name), None
     profiles = load_profiles()
     key = target.strip().lower()
     if key in profiles:

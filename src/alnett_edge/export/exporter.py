@@ -18,20 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from alnett_edge import __version__
-from alnett_edge.bench.latency import median_ms
+from alnett_edge.timing import median_ms
 from alnett_edge.devices import DeviceProfile, resolve_target
 from alnett_edge.errors import AlnettError, ConfigError
 from alnett_edge.bundle import CARD, guard_output, make_archive, remove_own_staging, sha256_file, write_manifest
 from alnett_edge.export.formats import ExportJob, get_format
 from alnett_edge.export.formats.base import KERNELS
 from alnett_edge.export.gate import DEFAULT_ALLOW_DROP, DEFAULT_MIN_AGREEMENT, gate_artifact, load_gate_set, predict_batched
-from alnett_edge.export.onnx import export_onnx
+from alnett_edge.model.to_onnx import export_onnx
 from alnett_edge.machine import isa_line, isa_summary
 from alnett_edge.model.checkpoint import load_checkpoint
 from alnett_edge.model.profile import profile_model
+from alnett_edge.runtime.loader import open_file
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
                   qat: str | Path | None = None, calib_images: str | Path | None = None,
                   gate_images: str | Path | None = None, allow_drop: float = DEFAULT_ALLOW_DROP,
                   archive: bool = False, min_agreement: float = DEFAULT_MIN_AGREEMENT,
-                  force: bool = False) -> dict[str, Any]:
+                  force: bool = False, layout: str = "auto") -> dict[str, Any]:
     profile, alias_note = resolve_target(target)
     if alias_note:
         log.warning(alias_note)
@@ -114,14 +114,15 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
     (staging / "golden").mkdir(parents=True)
 
     prof = profile_model(model, card.input.size)
-    gate = load_gate_set(card, gate_images)
-    with torch.inference_mode():  # batched: a whole gate set at once would need GBs of activations
-        ref = predict_batched(lambda x: torch.softmax(model(torch.from_numpy(x)), dim=1).numpy(), gate.inputs)
+    gate = load_gate_set(card, gate_images, layout)
+    with open_file(checkpoint, card, "checkpoint") as rt:  # the training framework's fp32 reference backend
+        ref = predict_batched(rt.infer, gate.inputs)  # batched: a whole gate set would need GBs of activations
     golden = gate.inputs[:GOLDEN_IMAGES]
     np.save(staging / "golden" / "inputs.npy", golden)
     np.save(staging / "golden" / "fp32_reference.probs.npy", ref[:GOLDEN_IMAGES])
 
-    job = ExportJob(model, card, staging, Path(qat) if qat else None, Path(calib_images) if calib_images else None, profile)
+    job = ExportJob(model, card, staging, Path(qat) if qat else None, Path(calib_images) if calib_images else None, profile,
+                    layout=layout)
     artifacts: list[dict[str, Any]] = []
     built: set[tuple[str, str]] = set()
     try:

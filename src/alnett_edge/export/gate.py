@@ -15,8 +15,6 @@ import numpy as np
 
 from alnett_edge.card import ModelCard
 from alnett_edge.data.sources import Sample, load_samples
-from alnett_edge.data.splits import make_split
-from alnett_edge.errors import DataError
 from alnett_edge.export.formats.base import KERNELS, Predictor
 from alnett_edge.evaluation import (
     DEFAULT_ALLOW_DROP,
@@ -24,6 +22,7 @@ from alnett_edge.evaluation import (
     LabelledInputs,
     gate_result,
     labelled_inputs,
+    training_split,
     predict_batched,
 )
 from alnett_edge.machine import isa_line
@@ -34,20 +33,15 @@ __all__ = ["DEFAULT_ALLOW_DROP", "DEFAULT_MIN_AGREEMENT", "GateSet", "gate_artif
            "load_gate_set", "predict_batched"]
 
 
-def gate_samples(card: ModelCard, gate_images: str | Path | None) -> tuple[list[Sample], str]:
+def gate_samples(card: ModelCard, gate_images: str | Path | None, layout: str = "auto") -> tuple[list[Sample], str]:
     if gate_images is not None:
-        return load_samples(gate_images), str(gate_images)
-    data = card.training.get("data")
-    if not data or not Path(data).exists():
-        raise DataError("no gate set: pass --gate-images (the checkpoint's training data is not available here)")
-    cfg = card.training.get("config", {})
-    samples = load_samples(data, cfg.get("layout", "auto"), cfg.get("labels_csv"))
-    split = make_split(samples, cfg.get("val_fraction", 0.2), cfg.get("seed", 0), cfg.get("val_fold"))
-    return split.val, f"{data} (validation split)"
+        return load_samples(gate_images, layout), str(gate_images)
+    split = training_split(card, "the gate without --gate-images")
+    return split.val, f"{card.training['data']} (validation split)"
 
 
-def load_gate_set(card: ModelCard, gate_images: str | Path | None) -> GateSet:
-    samples, source = gate_samples(card, gate_images)
+def load_gate_set(card: ModelCard, gate_images: str | Path | None, layout: str = "auto") -> GateSet:
+    samples, source = gate_samples(card, gate_images, layout)
     return labelled_inputs(samples, card, source)
 
 
@@ -58,7 +52,8 @@ def gate_artifact(runners: dict[str, Predictor], ref: np.ndarray, gate: GateSet,
     The headline metrics are this machine's kernels' (else the only arithmetic run); ``arithmetic``
     holds every run; ``measured_on`` the CPU and ISA; ``proxy`` why the host only approximates the device.
     """
-    results = {name: gate_result(ref[:, 1], predict_batched(p, gate.inputs)[:, 1], gate.labels, allow_drop, min_agreement)
+    col = gate.positive
+    results = {name: gate_result(ref[:, col], predict_batched(p, gate.inputs)[:, col], gate.labels, allow_drop, min_agreement)
                for name, p in runners.items()}
     head = results.get(KERNELS) or next(iter(results.values()))
     failures = [f + (f" ({name} int8 arithmetic)" if len(results) > 1 else "") for name, r in results.items()

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from alnett_edge.export.metadata import load_onnx
+from alnett_edge.onnx_io import load_onnx
 
 #: ONNX operators the TensorRT 10 ONNX parser supports (onnx-tensorrt, docs/operators.md).
 TENSORRT_OPS = frozenset("""

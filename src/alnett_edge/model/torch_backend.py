@@ -10,21 +10,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from alnett_edge.errors import ConfigError
 from alnett_edge.model.checkpoint import load_checkpoint
 from alnett_edge.runtime.base import Runtime
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu`` or ``cuda[:N]``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but no GPU is available")
+    return torch.device(name)
 
 
 class TorchRuntime(Runtime):
     name = "pytorch"
 
     def __init__(self, path: str | Path, card: Any = None, artifact: dict[str, Any] | None = None, threads: int = 0,
-                 **options: Any) -> None:
+                 device: str = "cpu", **options: Any) -> None:
         model, ckpt_card = load_checkpoint(path)
         super().__init__(path, card or ckpt_card, artifact or {"precision": "fp32", "format": "checkpoint"}, threads,
                          **options)
         if threads:
             torch.set_num_threads(threads)
-        self.model = model.eval()
+        self.device = pick_device(device)
+        self.model = model.eval().to(self.device)
 
     @property
     def macs(self) -> int:
@@ -34,7 +45,8 @@ class TorchRuntime(Runtime):
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return torch.softmax(self.model(torch.from_numpy(batch)), dim=1).numpy()
+            logits = self.model(torch.from_numpy(batch).to(self.device))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
     def _release(self) -> None:
         self.model = None

@@ -1,7 +1,7 @@
 """The device runtime interface and its backend registry (torch-free).
 
-A backend is one file with one :class:`Runtime` subclass and one entry in :data:`BACKENDS`
-(``name -> "module:Class"``, imported only when used, so a Raspberry Pi never imports the PyTorch
+A backend is one file with one :class:`Runtime` subclass and one :class:`BackendSpec` entry in
+:data:`BACKENDS` (its module, formats, options, install and profiling hints; imported only when used, so a Raspberry Pi never imports the PyTorch
 or TensorRT backends). Every backend takes the card's preprocessed batch (N x C x H x W float32, or
 NHWC when the card says so) and returns class probabilities N x len(class_names) as float32.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,29 +30,62 @@ class InputError(DataError):
     """A batch that does not match the model card (shape, channels, dtype)."""
 
 
-#: backend name -> ("module:Class", artifact formats it runs); a new backend is one file plus one line
-#: here. The formats live here so choosing a backend never imports one that is not used.
-BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "onnxruntime": ("alnett_edge.runtime.ort_backend:OrtRuntime", ("onnx", "tensorrt")),
-    "litert": ("alnett_edge.runtime.litert_backend:LiteRTRuntime", ("tflite",)),
-    "tensorrt": ("alnett_edge.runtime.tensorrt_backend:TensorRTRuntime", ("tensorrt",)),
-    "pytorch": ("alnett_edge.model.torch_backend:TorchRuntime", ("checkpoint",)),  # the fp32 reference; needs [train]
+@dataclass(frozen=True)
+class BackendSpec:
+    """Everything the toolkit knows about a backend, in one place (nothing else names a backend)."""
+
+    target: str  # "module:Class", imported only when the backend is used
+    formats: tuple[str, ...]  # artifact formats it runs
+    options: tuple[str, ...] = ()  # keyword options it accepts; others are dropped when it is opened
+    install: str = ""  # how to get it, said when it cannot be imported
+    profiling: str = ""  # where per-operator times come from when op_profile() returns None
+    exact_int8: bool = False  # can compute the exact int8 reference arithmetic (int8_reference=True)
+    reference: bool = False  # the training framework's fp32 reference (bench's agreement yardstick)
+    cpu_options: tuple[tuple[str, Any], ...] = ()  # options that pin it to the CPU (gate, fp32 reference)
+
+
+#: backend name -> spec. A new backend is one file plus one entry here. The order is the default
+#: preference when a bundle's device profile lists no runtimes.
+BACKENDS: dict[str, BackendSpec] = {
+    "tensorrt": BackendSpec("alnett_edge.tensorrt.backend:TensorRTRuntime", ("tensorrt",),
+                            install="TensorRT comes with JetPack (python3-libnvinfer)",
+                            profiling="trtexec --dumpProfile"),
+    "onnxruntime": BackendSpec("alnett_edge.runtime.ort_backend:OrtRuntime", ("onnx", "tensorrt"),
+                               options=("provider", "int8_reference"), install="pip install onnxruntime",
+                               exact_int8=True, cpu_options=(("provider", "cpu"),)),
+    "litert": BackendSpec("alnett_edge.runtime.litert_backend:LiteRTRuntime", ("tflite",), options=("xnnpack",),
+                          install="pip install ai-edge-litert (or tflite-runtime)",
+                          profiling="LiteRT's benchmark_model --enable_op_profiling=true"),
+    "pytorch": BackendSpec("alnett_edge.model.torch_backend:TorchRuntime", ("checkpoint",), options=("device",),
+                           install="pip install 'alnett-edge[train]'", profiling="torch.profiler", reference=True),
 }
 
 
-def _entry(name: str) -> tuple[str, tuple[str, ...]]:
+def backend_spec(name: str) -> BackendSpec:
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; backends: {', '.join(BACKENDS)}")
     return BACKENDS[name]
 
 
 def backend_formats(name: str) -> tuple[str, ...]:
-    return _entry(name)[1]
+    return backend_spec(name).formats
+
+
+def backends_for_format(fmt: str) -> list[str]:
+    """The backends that run an artifact format, in the default order."""
+    return [b for b, spec in BACKENDS.items() if fmt in spec.formats]
 
 
 def backend_class(name: str) -> type[Runtime]:
-    module, cls = _entry(name)[0].split(":")
+    module, cls = backend_spec(name).target.split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def backend_options(name: str, options: dict[str, Any], cpu: bool = False) -> dict[str, Any]:
+    """The options this backend accepts (the rest dropped), with its CPU pinning when ``cpu``."""
+    spec = backend_spec(name)
+    merged = {**dict(spec.cpu_options), **options} if cpu else dict(options)
+    return {k: v for k, v in merged.items() if k in spec.options}
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -59,8 +93,8 @@ def unavailable_reason(name: str) -> str | None:
     try:
         return backend_class(name).unavailable()
     except ImportError as exc:
-        extra = " (pip install 'alnett-edge[train]')" if name == "pytorch" else ""
-        return f"cannot import its module ({exc}){extra}"
+        hint = backend_spec(name).install
+        return f"cannot import its module ({exc})" + (f" ({hint})" if hint else "")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -98,6 +132,10 @@ class Runtime:
 
     def _release(self) -> None:
         pass
+
+    def memory_note(self) -> str | None:
+        """How this backend holds memory between calls (said beside bench's RSS), when it matters."""
+        return None
 
     def op_profile(self, batch: np.ndarray, runs: int = 20) -> list[dict[str, Any]] | None:
         """Time per operator type over ``runs`` calls, largest first; None when the backend cannot."""

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alnett_edge.card import CARD_KEY, ModelCard
+from alnett_edge.card import CARD_KEY, InputSpec, ModelCard
 from alnett_edge.errors import CheckpointError, ConfigError
 from alnett_edge.bundle import Bundle, load_bundle
-from alnett_edge.runtime.base import BACKENDS, Runtime, RuntimeUnavailable, backend_class, backend_formats, unavailable_reason
+from alnett_edge.runtime.base import (BACKENDS, Runtime, RuntimeUnavailable, backend_class, backend_formats, backend_options,
+                                      backend_spec, backends_for_format, unavailable_reason)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ORDER = ("tensorrt", "onnxruntime", "litert", "pytorch")
 
 
 @dataclass
@@ -101,8 +100,8 @@ def targets_of(path: str | Path) -> list[Target]:
 def backend_order(target: Target) -> list[str]:
     """Backends that run this target, in the device profile's order of preference."""
     prefs = list((target.bundle.manifest.get("target", {}).get("runtimes", []) if target.bundle else []))
-    order = prefs + [b for b in DEFAULT_ORDER if b not in prefs] + [b for b in BACKENDS if b not in prefs + list(DEFAULT_ORDER)]
-    return [b for b in order if target.format in backend_formats(b)]
+    order = prefs + [b for b in BACKENDS if b not in prefs]  # then the registry's default order
+    return [b for b in order if b in BACKENDS and target.format in backend_formats(b)]
 
 
 def choose(path: str | Path, backend: str | None = None, artifact: str | None = None) -> tuple[Target, str]:
@@ -114,8 +113,7 @@ def choose(path: str | Path, backend: str | None = None, artifact: str | None = 
             raise ConfigError(f"{path} has no artifact {artifact!r}; it has {', '.join(t.label for t in targets)}")
         targets = picked
     if backend:
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+        backend_spec(backend)  # an unknown name is a one-line error
         runnable = [t for t in targets if t.format in backend_formats(backend)]
         if not runnable:
             raise RuntimeUnavailable(f"backend {backend} runs none of {', '.join(t.label for t in targets)}")
@@ -140,11 +138,47 @@ def open_runtime(path: str | Path, backend: str | None = None, artifact: str | N
     return open_target(target, name, threads, **options)
 
 
-def open_target(target: Target, backend: str, threads: int = 0, **options: Any) -> Runtime:
+def open_target(target: Target, backend: str, threads: int = 0, cpu: bool = False, **options: Any) -> Runtime:
+    """Open one target on one backend. ``options`` the backend does not take are dropped (its spec
+    says which); ``cpu``: add the backend's CPU pinning (the gate and the fp32 reference)."""
     cls = backend_class(backend)
-    if backend != "onnxruntime":
-        options.pop("provider", None)
-    rt = cls(target.path, target.card, target.artifact, threads, **options)
+    rt = cls(target.path, target.card, target.artifact, threads, **backend_options(backend, options, cpu))
     rt.bundle = target.bundle  # the verified bundle it came from (None for a bare file)
     log.info("opened %s", rt.describe())
     return rt
+
+
+def open_file(path: str | Path, card: ModelCard, fmt: str, precision: str = "fp32", threads: int = 0,
+              cpu: bool = True, **options: Any) -> Runtime:
+    """A model file of format ``fmt`` on the first backend that runs it here (the registry's order),
+    pinned to the CPU by default: the one classify path for reference models and reports."""
+    names = backends_for_format(fmt)
+    usable = [b for b in names if unavailable_reason(b) is None]
+    if not usable:
+        raise RuntimeUnavailable(f"no backend runs {fmt} here: "
+                                 + ("; ".join(f"{b}: {unavailable_reason(b)}" for b in names) or "none registered"))
+    target = Target(Path(path), card, {"file": Path(path).name, "format": fmt, "precision": precision})
+    return open_target(target, usable[0], threads, cpu=cpu, **options)
+
+
+def anchor_target(path: str | Path) -> Target:
+    """A plain ONNX classifier without a model card — a speed anchor such as MobileNetV3-Small — as a
+    target for latency only: its card is made from its input and output shapes (no preprocessing
+    contract, no labels)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".onnx":
+        raise ConfigError(f"--anchor takes an .onnx file, got {path}")
+    ort = __import__("onnxruntime")
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+        raise CheckpointError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from exc
+    shape, out = sess.get_inputs()[0].shape, sess.get_outputs()[0].shape
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or 3 not in (shape[1], shape[3]):
+        raise ConfigError(f"{path.name}: an anchor needs an image input N x 3 x H x W (or N x H x W x 3), got {shape}")
+    nchw = shape[1] == 3
+    size = (shape[2], shape[3]) if nchw else (shape[1], shape[2])
+    classes = out[-1] if isinstance(out[-1], int) and out[-1] >= 2 else 2
+    card = ModelCard(variant=f"anchor:{path.stem}", arch={}, class_names=tuple(f"class{i}" for i in range(classes)),
+                     input=InputSpec(size=size, layout="NCHW" if nchw else "NHWC", mask_background=False))
+    return Target(path, card, {"file": path.name, "format": "onnx", "precision": "fp32", "anchor": True})

@@ -51,6 +51,10 @@ def session_options(threads: int = 0, profile_prefix: str | None = None, unfused
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if unfused
                                      else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     opts.log_severity_level = 3
+    # the arena stays (it keeps its high-water mark and reuses it); the memory pattern goes: it
+    # pre-plans one block per input shape on top of the arena (alnett-s at batch 8 on 2 AVX2 cores:
+    # 159 MB RSS with it, 114 MB without, latency the same; see MEMORY_NOTE)
+    opts.enable_mem_pattern = False
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
@@ -65,6 +69,9 @@ def open_session(path: Path, threads: int = 0, providers: list[str] | None = Non
         return ort.InferenceSession(str(path), session_options(threads, profile_prefix, unfused), providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
         raise RuntimeUnavailable(f"ONNX Runtime cannot load {path.name}: {str(exc).splitlines()[0][:200]}") from exc
+
+
+MEMORY_NOTE = "arena on (keeps its largest block for reuse); memory pattern off (a block per batch size)"
 
 
 class OrtRuntime(Runtime):
@@ -103,6 +110,9 @@ class OrtRuntime(Runtime):
         if PROVIDERS[provider][0] not in have:
             raise RuntimeUnavailable(f"ONNX Runtime here has no {PROVIDERS[provider][0]} (available: {', '.join(sorted(have))})")
         return [p for p in PROVIDERS[provider] if p in have]
+
+    def memory_note(self) -> str | None:
+        return MEMORY_NOTE
 
     def describe(self) -> str:
         return f"{super().describe()} [{self.providers[0]}{', int8 reference arithmetic' if self.unfused else ''}]"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_cell_image, preprocess
+from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image, preprocess
 from alnett_edge.errors import DataError
 from alnett_edge.runtime.base import Runtime
 
@@ -64,7 +64,7 @@ def predict_files(rt: Runtime, files: list[Path], batch: int = 1, any_size: bool
     out: list[Prediction] = []
     for i in range(0, len(files), max(batch, 1)):
         chunk = files[i : i + max(batch, 1)]
-        images = [load_cell_image(f, expected, any_size) for f in chunk]
+        images = [load_image(f, strict=True, expected_size=expected, allow_any_size=any_size) for f in chunk]
         probs, ms = classify_arrays(rt, images)
         for f, p in zip(chunk, probs):
             k = int(np.argmax(p))

@@ -27,7 +27,7 @@ from alnett_edge.errors import AlnettError, DataError
 from alnett_edge.evaluation import DEFAULT_ALLOW_DROP, DEFAULT_MIN_AGREEMENT, gate_result, labelled_inputs, predict_batched
 from alnett_edge.machine import isa_line, isa_summary
 from alnett_edge.runtime.base import RuntimeUnavailable, backend_formats, unavailable_reason
-from alnett_edge.runtime.loader import backend_order, open_target, targets_of
+from alnett_edge.runtime.loader import backend_order, open_file, open_target, targets_of
 
 #: max |p_device - p_host| allowed per precision
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2}
@@ -135,7 +135,7 @@ def regate_bundle(path: str | Path, gate_images: str | Path, backend: str | None
             continue
         with open_target(target, usable[0], threads) as rt:
             probs = predict_batched(rt.infer, gate.inputs)
-        g = gate_result(ref_probs[:, 1], probs[:, 1], gate.labels, allow_drop, min_agreement)
+        g = gate_result(ref_probs[:, gate.positive], probs[:, gate.positive], gate.labels, allow_drop, min_agreement)
         rows.append(GateRow(target.path.name, precision, usable[0], g["n"], g["metrics"]["accuracy"],
                             g["reference_metrics"]["accuracy"], g["drop_points"], g["agreement"], g["passed"],
                             g["failures"], _saturation_note(target.artifact)))
@@ -159,14 +159,8 @@ def _reference_probs(bundle: Bundle, inputs: np.ndarray, threads: int) -> tuple[
     if not ref:
         raise DataError(f"{bundle.root} has no fp32 reference model (exported before alnett-edge recorded one); "
                         "re-export it to re-gate on the device")
-    from alnett_edge.runtime.loader import Target
-
-    target = Target(bundle.file(ref["file"]), bundle.card, {"file": ref["file"], "format": "onnx", "precision": "fp32"},
-                    bundle)
-    if unavailable_reason("onnxruntime"):
-        raise RuntimeUnavailable("the fp32 reference needs ONNX Runtime here: pip install onnxruntime")
-    with open_target(target, "onnxruntime", threads, provider="cpu") as rt:
-        return predict_batched(rt.infer, inputs), f"{ref['file']} (fp32, ONNX Runtime CPU here)"
+    with open_file(bundle.file(ref["file"]), bundle.card, ref.get("format", "onnx"), "fp32", threads) as rt:
+        return predict_batched(rt.infer, inputs), f"{ref['file']} (fp32, {rt.backend} on the CPU here)"
 
 
 def _failed(rows: list[VerifyRow] | list[GateRow], path: str | Path) -> list[Any]:

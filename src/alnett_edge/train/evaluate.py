@@ -7,14 +7,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
-from alnett_edge.data.dataset import CellDataset
+from alnett_edge.data.preprocess import normalize
 from alnett_edge.data.sources import class_counts, load_samples
-from alnett_edge.data.splits import make_split
 from alnett_edge.errors import ConfigError
+from alnett_edge.evaluation import split_like_training
 from alnett_edge.files import sha256_file
-from alnett_edge.model.checkpoint import load_checkpoint
-from alnett_edge.train.loop import pick_device, evaluate_dataset
+from alnett_edge.metrics import binary_metrics, patient_metrics
+from alnett_edge.model.checkpoint import read_card
+from alnett_edge.runtime.loader import open_file
+from alnett_edge.train.dataset import CellDataset
 from alnett_edge.train.plots import plot_confusion, plot_roc
 
 log = logging.getLogger(__name__)
@@ -30,16 +33,22 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     fraction). Writes ``report.json``, ``confusion.png`` and ``roc.png`` to ``out``."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}")
-    model, card = load_checkpoint(checkpoint)
+    card = read_card(checkpoint)
     samples = load_samples(data, layout, labels_csv)
     if split != "all":
-        tcfg = card.training.get("config", {})
-        s = make_split(samples, tcfg.get("val_fraction", 0.2), tcfg.get("seed", 0), tcfg.get("val_fold"))
+        s = split_like_training(samples, card)
         samples = s.val if split == "val" else s.train
     ds, load_report = CellDataset.from_samples(samples, card.input, None, source=str(data))
-    dev = pick_device(device)
-    model.to(dev)
-    metrics, prob_all = evaluate_dataset(model, ds, dev, batch_size)
+    # classified like every other stage: the checkpoint on the registry's fp32 reference backend
+    probs = []
+    with open_file(checkpoint, card, "checkpoint", cpu=False, device=device) as rt:
+        for i in range(0, len(ds.images), batch_size):
+            probs.append(rt.infer(np.stack([normalize(img, card.input) for img in ds.images[i : i + batch_size]])))
+    prob_all = np.concatenate(probs)[:, card.positive_class]
+    metrics = binary_metrics(ds.labels, prob_all)
+    per_patient = patient_metrics(ds.labels, prob_all, [smp.patient_id for smp in ds.samples])
+    if per_patient is not None:
+        metrics["per_patient"] = per_patient
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {

@@ -29,13 +29,14 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from alnett_edge.card import ModelCard
 from alnett_edge.data.augment import AugmentConfig
-from alnett_edge.data.dataset import CellDataset, load_split_datasets
+from alnett_edge.train.dataset import CellDataset, load_split_datasets
 from alnett_edge.data.sources import class_counts
 from alnett_edge.errors import ConfigError, TrainingError
 from alnett_edge.model.alnett import ALNett
 from alnett_edge.model.checkpoint import load_checkpoint, load_training_state, new_card, save_checkpoint
 from alnett_edge.model.registry import create_model, get_variant
-from alnett_edge.train.metrics import binary_metrics, patient_metrics
+from alnett_edge.model.torch_backend import pick_device
+from alnett_edge.metrics import binary_metrics, patient_metrics
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +135,6 @@ def _init_distributed(device: torch.device) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("CUDA was asked for but no GPU is available")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -166,11 +159,12 @@ def predict_probs(model: nn.Module, loader: DataLoader, device: torch.device) ->
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
-def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, batch_size: int = 64,
+def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, positive: int, batch_size: int = 64,
                      workers: int = 0) -> tuple[dict[str, Any], np.ndarray]:
-    """Image- and patient-level metrics of ``model`` on ``ds``; also returns P(all) per image."""
+    """Image- and patient-level metrics of ``model`` on ``ds``; also returns P(positive class) per image
+    (``positive``: the card's ``positive_class``, the output column of ``all``)."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
-    prob_all = predict_probs(model, loader, device)[:, 1]
+    prob_all = predict_probs(model, loader, device)[:, positive]
     metrics = binary_metrics(ds.labels, prob_all)
     per_patient = patient_metrics(ds.labels, prob_all, [s.patient_id for s in ds.samples])
     if per_patient is not None:
@@ -388,7 +382,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
             decision = torch.zeros(1)
             if dd.main:
                 recalibrate_bn(model, train_ds, device, cfg.batch_size, seed=cfg.seed + epoch)
-                metrics, _ = evaluate_dataset(model, val_ds, device, batch_size=max(64, cfg.batch_size))
+                metrics, _ = evaluate_dataset(model, val_ds, device, card.positive_class, batch_size=max(64, cfg.batch_size))
                 row = {
                     "epoch": epoch + 1,
                     "loss": loss,

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alnett_edge.train.metrics import roc_curve  # noqa: E402
+from alnett_edge.metrics import roc_curve  # noqa: E402
 
 
 def plot_confusion(cm: list[list[int]], class_names: tuple[str, ...], path: str | Path, title: str = "") -> Path:

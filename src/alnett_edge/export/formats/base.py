@@ -26,6 +26,7 @@ class ExportJob:
     qat_checkpoint: Path | None = None
     calib_images: Path | None = None
     profile: Any = None  # DeviceProfile
+    layout: str = "auto"  # the dataset layout of calib_images (and of the gate images)
     notes: list[str] = field(default_factory=list)
 
 
@@ -51,7 +52,8 @@ REFERENCE = "reference"  # the exact int8 arithmetic: the QDQ graph unfused (int
 class ExportFormat:
     name: str = ""
     precisions: tuple[str, ...] = ()
-    runtime: str = ""
+    #: backends that can run this format's artifact on the export host for the gate, in order
+    gate_backends: tuple[str, ...] = ()
     #: how the host gates this format's int8 artifacts (every listed arithmetic must pass)
     int8_gate: tuple[str, ...] = (KERNELS,)
     #: why the host's gate only approximates what the device runs (None: the host runs the device's code)
@@ -59,6 +61,13 @@ class ExportFormat:
 
     def build(self, job: ExportJob, precision: str) -> Artifact:
         raise NotImplementedError
+
+    @property
+    def runtime(self) -> str:
+        """The device runtime for this format: the first registered backend that runs it."""
+        from alnett_edge.runtime.base import backends_for_format
+
+        return next(iter(backends_for_format(self.name)), "")
 
     def gate_predictors(self, path: Path, artifact: Artifact, card: ModelCard) -> dict[str, Predictor]:
         """Arithmetic name -> runner for the gate here; empty when the format cannot run here."""
@@ -71,15 +80,14 @@ class ExportFormat:
         """A runner for the gate on this machine (the device runtime's backend for this format), or
         None when the format cannot run here. ``int8_reference``: the exact int8 arithmetic instead of
         this CPU's fused kernels (ONNX Runtime only)."""
-        from alnett_edge.runtime.base import BACKENDS, backend_class, backend_formats, unavailable_reason
+        from alnett_edge.runtime.base import backend_class, backend_options, backend_spec, unavailable_reason
 
-        # the first registered backend that runs this format here (a TensorRT bundle's ONNX: ONNX Runtime)
-        backend = next((b for b in BACKENDS if self.name in backend_formats(b) and not unavailable_reason(b)), None)
+        # the first of this format's gate backends that runs here (and can do the exact int8, if asked)
+        backend = next((b for b in self.gate_backends if not unavailable_reason(b)
+                        and (backend_spec(b).exact_int8 or not int8_reference)), None)
         if backend is None:
             return None
-        options = {"provider": "cpu", "int8_reference": int8_reference} if backend == "onnxruntime" else {}
-        if int8_reference and backend != "onnxruntime":
-            return None
+        options = backend_options(backend, {"int8_reference": int8_reference} if int8_reference else {}, cpu=True)
         return backend_class(backend)(path, card, artifact.to_dict() if artifact else {}, **options).infer
 
 

@@ -15,8 +15,8 @@ import onnx
 from alnett_edge.errors import ConfigError
 from alnett_edge.export.formats.base import KERNELS, REFERENCE, Artifact, ExportFormat, ExportJob, register
 from alnett_edge.calibrate.int8_safety import check_saturation, fit_weights_to_int16_pairs, saturation_summary
-from alnett_edge.export.metadata import set_card
-from alnett_edge.export.onnx import export_onnx
+from alnett_edge.onnx_io import set_card
+from alnett_edge.model.to_onnx import export_onnx
 
 
 def int8_onnx(job: ExportJob, dest: Path, scheme: str, fit_avx2: bool = False) -> tuple[Path, dict[str, object]]:
@@ -36,7 +36,7 @@ def int8_onnx(job: ExportJob, dest: Path, scheme: str, fit_avx2: bool = False) -
         from alnett_edge.calibrate.reader import load_calibration_set, training_calibration_set
 
         fp32 = export_onnx(job.model, job.card, dest.with_suffix(".calib-src.onnx"))
-        calib = load_calibration_set(job.calib_images, job.card) if job.calib_images is not None \
+        calib = load_calibration_set(job.calib_images, job.card, layout=job.layout) if job.calib_images is not None \
             else training_calibration_set(job.card)
         quantize_onnx(fp32, dest, calib, job.card, "minmax", scheme, fit_avx2)
         fp32.unlink()
@@ -53,7 +53,7 @@ def int8_onnx(job: ExportJob, dest: Path, scheme: str, fit_avx2: bool = False) -
 class OnnxFormat(ExportFormat):
     name = "onnx"
     precisions = ("fp32", "fp16", "int8")
-    runtime = "onnxruntime"
+    gate_backends = ("onnxruntime",)
     int8_gate = (KERNELS, REFERENCE)  # this CPU's kernels and the exact arithmetic other CPUs compute
 
     def build(self, job: ExportJob, precision: str) -> Artifact:

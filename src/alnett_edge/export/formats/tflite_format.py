@@ -14,7 +14,7 @@ import numpy as np
 
 from alnett_edge.errors import ConfigError
 from alnett_edge.export.formats.base import Artifact, ExportFormat, ExportJob, register
-from alnett_edge.export.onnx import ExportError
+from alnett_edge.errors import ExportError
 
 
 def _sample(job: ExportJob):  # noqa: ANN202
@@ -27,7 +27,7 @@ def _sample(job: ExportJob):  # noqa: ANN202
 class TFLiteFormat(ExportFormat):
     name = "tflite"
     precisions = ("fp32", "int8")
-    runtime = "litert"
+    gate_backends = ("litert",)
 
     def build(self, job: ExportJob, precision: str) -> Artifact:
         dest = job.out / f"model.{precision}.tflite"
@@ -55,7 +55,7 @@ class TFLiteFormat(ExportFormat):
                 from alnett_edge.calibrate.reader import load_calibration_set, training_calibration_set
                 from alnett_edge.compress.qat import to_litert_int8_ptq
 
-                calib = load_calibration_set(job.calib_images, job.card) if job.calib_images is not None \
+                calib = load_calibration_set(job.calib_images, job.card, layout=job.layout) if job.calib_images is not None \
                     else training_calibration_set(job.card)
                 edge = to_litert_int8_ptq(job.model, job.card, calib.inputs, _sample(job))
                 extra.update(source="ptq", scheme="asymmetric", calibration_images=len(calib.inputs))

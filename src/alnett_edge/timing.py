@@ -1,4 +1,4 @@
-"""Latency of an ONNX model in ONNX Runtime on this machine (torch-free).
+"""Timing helpers shared by every layer (bottom layer: numpy only).
 
 Warm-up runs are excluded, timing uses ``time.perf_counter`` (monotonic), and the report says how
 many threads ran and how many CPUs the machine has.
@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,13 +55,7 @@ def median_ms(fn: Callable[[], object], runs: int = 30, warmup: int = 3) -> floa
     return float(np.median(time_calls(fn, runs, warmup)))
 
 
-def ort_latency(path: str | Path, batch: int = 1, runs: int = 200, warmup: int = 20, threads: int = 0) -> Latency:
-    from alnett_edge.runtime.ort_backend import open_session
-
-    sess = open_session(Path(path), threads)
-    inp = sess.get_inputs()[0]
-    shape = [batch if not isinstance(d, int) else d for d in inp.shape]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    feed = {inp.name: x}
-    times = time_calls(lambda: sess.run(None, feed), runs, warmup)
-    return summarize(times, batch, threads or (os.cpu_count() or 1))
+def runtime_latency(rt: Any, batch: int = 1, runs: int = 200, warmup: int = 20) -> Latency:
+    """Latency of a loaded runtime (anything with ``infer`` and ``input_shape``) on random inputs."""
+    x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape)).astype(np.float32)
+    return summarize(time_calls(lambda: rt.infer(x), runs, warmup), batch, rt.threads or (os.cpu_count() or 1))

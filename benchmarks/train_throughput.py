@@ -5,7 +5,7 @@ Two numbers per variant:
 * ``pipeline`` the same through CellDataset + DataLoader with augmentation from synthetic cells
   (what `alnett-edge train` sees), with the given number of loader workers.
 
-Usage: .venv/bin/python bench/train_throughput.py [--variants alnett,alnett-s] [--batch 32] [--steps 10]
+Usage: .venv/bin/python benchmarks/train_throughput.py [--variants alnett,alnett-s] [--batch 32] [--steps 10]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from alnett_edge.data.augment import AugmentConfig
-from alnett_edge.data.dataset import CellDataset
+from alnett_edge.train.dataset import CellDataset
 from alnett_edge.data.sources import load_samples
 from alnett_edge.data.synth import SynthSpec, generate_cnmc_dataset
 from alnett_edge.model import create_model, get_variant, new_card, profile_model

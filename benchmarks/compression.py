@@ -4,7 +4,7 @@ train -> prune (ratio, fine-tune) -> QAT (both schemes) -> PTQ (calibration on t
 each evaluated on the same patient-disjoint validation split; the real 70 C-NMC cells are an extra
 evaluation when ../shared/data is present.
 
-Usage: .venv/bin/python bench/compression.py --variant alnett-s --cells 1500 --epochs 8 --out runs/bench-compress
+Usage: .venv/bin/python benchmarks/compression.py --variant alnett-s --cells 1500 --epochs 8 --out runs/bench-compress
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from alnett_edge.calibrate.ptq import calibrate
 from alnett_edge.compress.prune import PruneConfig, prune_checkpoint
 from alnett_edge.compress.qat import qat_checkpoint
 from alnett_edge.data.synth import SynthSpec, generate_cnmc_dataset
-from alnett_edge.export.onnx import export_onnx
+from alnett_edge.model.to_onnx import export_onnx
 from alnett_edge.model import load_checkpoint
 from alnett_edge.train.loop import TrainConfig, train
 

@@ -2,9 +2,9 @@
 arithmetic gives on the gate set (this CPU's fused kernels, the exact int8 arithmetic), with the static
 saturation check.
 
-    .venv/bin/python bench/int8_isa.py CHECKPOINT --out runs/bench-int8          # export + table (+ outputs.npz)
-    python3 bench/int8_isa.py --outputs-only runs/bench-int8 --dest OUT.npz        # torch-free: another CPU's outputs
-    .venv/bin/python bench/int8_isa.py --compare runs/bench-int8 OUT.npz           # this CPU's vs the other's
+    .venv/bin/python benchmarks/int8_isa.py CHECKPOINT --out runs/bench-int8          # export + table (+ outputs.npz)
+    python3 benchmarks/int8_isa.py --outputs-only runs/bench-int8 --dest OUT.npz        # torch-free: another CPU's outputs
+    .venv/bin/python benchmarks/int8_isa.py --compare runs/bench-int8 OUT.npz           # this CPU's vs the other's
 
 The first run writes ``inputs.f16.npy`` (up to 100 preprocessed gate images, float16 to stay small;
 both machines run the same values) and ``outputs.npz`` (every int8 ONNX artifact, fused and unfused)

@@ -1,11 +1,11 @@
-"""Issue-5 targets: deployed artifact vs PyTorch eager, achieved FLOP/s and runtime RSS.
+"""Deployed artifact vs PyTorch eager, achieved FLOP/s and runtime RSS.
 
 For a trained ``alnett-s`` checkpoint (and a randomly initialised full ``alnett``, speed only: no
 trained one exists here), export an ``x86-cpu --precision auto`` bundle (fp32 and int8 ONNX, gated,
 fastest passing one selected), then ``alnett-edge bench`` every artifact plus the PyTorch-eager row
 at batch 1 and 8 on real validation images, each row in its own process.
 
-Usage: .venv/bin/python bench/runtime.py runs/bench-compress-s/train/best.safetensors \
+Usage: .venv/bin/python benchmarks/runtime.py runs/bench-compress-s/train/best.safetensors \
            --images runs/bench-compress-s/cells --out runs/bench-runtime
 """
 

@@ -1,11 +1,11 @@
-"""Issue-6 targets: the daemon on 640x480 frames with an ``alnett-s`` bundle on this machine.
+"""The daemon's throughput and latency on 640x480 frames with an ``alnett-s`` bundle on this machine.
 
 Videos: the 364 real BCCD frames (../shared/data/bccd) and 300 synthetic smear frames, as MJPEG .avi.
 Runs per video: (1) as fast as the pipeline goes (file source unpaced: the sustained throughput and
 drops with a producer faster than the consumer), (2) replayed at 30 fps for ``--seconds`` (a camera
 stand-in: fps, p99 frame-to-decision, drops), with this process's RSS sampled every 0.5 s (flat memory).
 
-Usage: .venv/bin/python bench/daemon.py runs/bench-runtime/alnett-s --out runs/bench-daemon
+Usage: .venv/bin/python benchmarks/daemon.py runs/bench-runtime/alnett-s --out runs/bench-daemon
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import cv2
 
 from alnett_edge.bench.system import rss_mb
 from alnett_edge.daemon.config import build_config
-from alnett_edge.daemon.pipeline import Daemon
+from alnett_edge.daemon.service import Daemon
 from alnett_edge.data.synth import write_smear_video
 
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" / "JPEGImages"

@@ -6,7 +6,7 @@ TensorRT 10, where implicit calibration is deprecated; the calibrator serves old
 JetPack 5) and users who calibrate at build time.
 
 What runs without a GPU (and is tested here): :class:`BatchFeeder` (fixed-size contiguous float32
-batches from a :class:`CalibrationSet`) and :class:`CalibrationCache` (atomic read/write of TensorRT's
+batches from a ``calibrate.reader.CalibrationSet`` or anything with ``inputs`` and ``batches``) and :class:`CalibrationCache` (atomic read/write of TensorRT's
 opaque cache). :func:`make_tensorrt_calibrator` needs the ``tensorrt`` and ``cuda-python`` packages and
 fails with a one-line error where they are missing.
 """
@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from alnett_edge.calibrate.reader import CalibrationSet
 from alnett_edge.errors import ConfigError
-from alnett_edge.runtime.tensorrt_backend import (  # noqa: F401 - TensorRTUnavailable re-exported
+from alnett_edge.tensorrt.backend import (  # noqa: F401 - TensorRTUnavailable re-exported
     TensorRTUnavailable,
     cuda_runtime,
     tensorrt_module,
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 class BatchFeeder:
     """Fixed-size batches (TensorRT calibrators need a constant batch size); a short tail is dropped."""
 
-    def __init__(self, calib: CalibrationSet, batch_size: int) -> None:
+    def __init__(self, calib: Any, batch_size: int) -> None:
         if batch_size < 1 or batch_size > len(calib.inputs):
             raise ConfigError(f"calibration batch size must be in [1, {len(calib.inputs)}], got {batch_size}")
         self.inputs = calib.inputs
@@ -72,7 +71,7 @@ class CalibrationCache:
         os.replace(tmp, self.path)
 
 
-def make_tensorrt_calibrator(calib: CalibrationSet, cache_path: str | Path, batch_size: int = 8) -> Any:
+def make_tensorrt_calibrator(calib: Any, cache_path: str | Path, batch_size: int = 8) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``calib`` to TensorRT, with a calibration cache."""
     trt = tensorrt_module("int8 calibration for TensorRT runs on the Jetson (JetPack's python3-libnvinfer)")
     cudart = cuda_runtime()

@@ -17,18 +17,14 @@ from torch import nn
 from torch.export import Dim
 
 from alnett_edge.card import ModelCard
-from alnett_edge.errors import AlnettError
-from alnett_edge.export.metadata import set_card
+from alnett_edge.errors import ExportError
+from alnett_edge.onnx_io import set_card
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 MAX_BATCH = 1024
-
-
-class ExportError(AlnettError):
-    """An artifact could not be produced."""
 
 
 def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, opset: int = 20, simplify: bool = True,

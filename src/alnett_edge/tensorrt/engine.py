@@ -18,8 +18,7 @@ from pathlib import Path
 
 from alnett_edge.errors import AlnettError
 from alnett_edge.bundle import load_bundle
-from alnett_edge.export.formats.tensorrt_format import BUILD_CONFIG
-from alnett_edge.runtime.tensorrt_backend import (  # noqa: F401 - EngineMismatch, check_engine_key re-exported
+from alnett_edge.tensorrt.backend import (  # noqa: F401 - EngineMismatch, check_engine_key re-exported
     ENGINE_DIR,
     EngineMismatch,
     TensorRTUnavailable,
@@ -30,6 +29,9 @@ from alnett_edge.runtime.tensorrt_backend import (  # noqa: F401 - EngineMismatc
 )
 
 log = logging.getLogger(__name__)
+
+#: the engine build settings an export for a Jetson writes into the bundle
+BUILD_CONFIG = "tensorrt.json"
 
 
 def build_engine(bundle_path: str | Path, workspace_mb: int | None = None, max_batch: int | None = None) -> Path:

@@ -1,8 +1,8 @@
-"""The main job as a pipeline of named stages (``alnett-edge demo``).
+"""The demo (``alnett-edge demo``): the main job as named stages — synthetic data, training,
+evaluation, pruning, QAT, export, bench and the daemon on a synthetic smear video.
 
 A stage is a function ``(ctx) -> dict`` registered with :func:`stage`; it reads what earlier stages
-left in ``ctx.artifacts`` and adds its own. Later capabilities (prune, QAT, export, bench, daemon)
-register more stages; ``run_pipeline`` runs them in registration order, timing each.
+left in ``ctx.artifacts`` and adds its own; ``run_pipeline`` runs them in registration order, timing each.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def _export(ctx: PipelineContext) -> dict[str, Any]:
 def _daemon(ctx: PipelineContext) -> dict[str, Any]:
     """A few seconds of the camera daemon on a synthetic smear video replayed at 30 fps."""
     from alnett_edge.daemon.config import build_config
-    from alnett_edge.daemon.pipeline import Daemon
+    from alnett_edge.daemon.service import Daemon
     from alnett_edge.data.synth import write_smear_video
 
     bundle = ctx.artifacts.get("bundle:x86-cpu") or next((v for k, v in ctx.artifacts.items() if k.startswith("bundle:")), None)

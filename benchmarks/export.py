@@ -1,7 +1,7 @@
 """Export bundles for x86-cpu (auto), rpi5 (TFLite int8 from asymmetric QAT) and jetson (int8 QDQ from
 symmetric QAT) and time every artifact that runs here at batch 1 and 8 (ONNX Runtime / LiteRT, p50).
 
-Usage: .venv/bin/python bench/export.py CHECKPOINT --qat-asym Q_ASYM --qat-sym Q_SYM --out runs/bench-export
+Usage: .venv/bin/python benchmarks/export.py CHECKPOINT --qat-asym Q_ASYM --qat-sym Q_SYM --out runs/bench-export
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alnett_edge.bench.latency import median_ms
+from alnett_edge.timing import median_ms
 from alnett_edge.bundle import load_bundle
 from alnett_edge.export.exporter import GateFailed, export_bundle
 from alnett_edge.export.formats import get_format
