@@ -225,9 +225,42 @@ def _paint(img: np.ndarray, mask: np.ndarray, rgb: np.ndarray) -> None:
     img += mask[..., None] * rgb
 
 
+def _window(cx: float, cy: float, reach: float, width: int, height: int) -> tuple[slice, slice]:
+    """The pixels within ``reach`` of (cx, cy), clipped to the frame: an object's mask is exactly 0
+    outside it, so painting only there gives the same frame as painting everywhere."""
+    x0, x1 = max(0, int(np.floor(cx - reach)) - 1), min(width, int(np.ceil(cx + reach)) + 2)
+    y0, y1 = max(0, int(np.floor(cy - reach)) - 1), min(height, int(np.ceil(cy + reach)) + 2)
+    return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
+
+
+def _blob_params(rng: np.random.Generator, irregular: float) -> list[tuple[float, float]]:
+    """The boundary harmonics of :func:`_blob`, drawn in its order."""
+    return [(irregular * rng.normal() / k, rng.uniform(0, 2 * np.pi)) for k in range(2, 7)]
+
+
+def _blob_at(xx: np.ndarray, yy: np.ndarray, radius: float, harmonics: list[tuple[float, float]], elong: float,
+             angle: float, soft: float) -> np.ndarray:
+    """:func:`_blob` with its harmonics drawn already (see :func:`_blob_params`)."""
+    c, s = np.cos(angle), np.sin(angle)
+    u = (xx * c + yy * s) / elong
+    v = -xx * s + yy * c
+    r = np.hypot(u, v)
+    th = np.arctan2(v, u)
+    boundary = np.ones_like(r)
+    for k, (amp, phase) in zip(range(2, 7), harmonics):
+        boundary += amp * np.cos(k * th + phase)
+    return np.clip((radius * boundary - r) / soft + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def _blob_reach(radius: float, harmonics: list[tuple[float, float]], elong: float, soft: float) -> float:
+    """How far from its centre a blob can be non-zero."""
+    return (radius * (1 + sum(abs(a) for a, _ in harmonics)) + soft) * max(1.0, elong) + 1
+
+
 def synth_smear(rng: np.random.Generator, width: int = 640, height: int = 480, n_wbc: tuple[int, int] = (1, 3),
                 blast_fraction: float = 0.5) -> SmearFrame:
-    """One BCCD-like frame: RBC field, 1-3 WBCs (some blasts), platelets; boxes for all of them."""
+    """One BCCD-like frame: RBC field, 1-3 WBCs (some blasts), platelets; boxes for all of them.
+    Each object is drawn only in the window it can reach (the same frame, a few times faster)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     bg = np.array([0.90, 0.85, 0.86], np.float32) * (1 + 0.03 * _noise(rng, (height, width), 60))[..., None]
     vignette = 1 - 0.12 * ((xx - width / 2) ** 2 + (yy - height / 2) ** 2) / (width / 2) ** 2
@@ -248,38 +281,45 @@ def synth_smear(rng: np.random.Generator, width: int = 640, height: int = 480, n
         cx, cy = rng.uniform(-r / 2, width + r / 2), rng.uniform(-r / 2, height + r / 2)
         if any(np.hypot(cx - x, cy - y) < rr + r * 0.3 for x, y, rr in wbcs):
             continue
-        d = np.hypot(xx - cx, yy - cy) / r
+        win = _window(cx, cy, r + 1, width, height)
+        d = np.hypot(xx[win] - cx, yy[win] - cy) / r
         disc = np.clip((1 - d) * r / 1.5, 0, 1)
         centre = np.clip(1 - d / 0.45, 0, 1)
         edge = np.clip(1 - np.abs(d - 0.9) / 0.12, 0, 1)  # darker rim, paler biconcave centre
         rgb = np.array([0.84, 0.66, 0.66], np.float32) * (1 + 0.08 * centre - 0.12 * edge)[..., None]
-        _paint(img, disc, np.clip(rgb, 0, 1))
+        _paint(img[win], disc, np.clip(rgb, 0, 1))
         box = (max(0, int(cx - r)), max(0, int(cy - r)), min(width - 1, int(cx + r)), min(height - 1, int(cy + r)))
         if box[2] - box[0] > 8 and box[3] - box[1] > 8:
             objects.append(SmearObject("RBC", box))
 
     for cx, cy, r in wbcs:
         blast = rng.random() < blast_fraction
-        cell = _blob(rng, xx - cx, yy - cy, r, 0.05, 1.0, 0.0, soft=1.5)
-        _paint(img, cell, np.array([0.78, 0.70, 0.85], np.float32))
-        if blast:
-            nuc = _blob(rng, xx - cx, yy - cy, r * 0.85, 0.08, 1.05, rng.uniform(0, np.pi), soft=2) * cell
+        cell_h = _blob_params(rng, 0.05)
+        cwin = _window(cx, cy, _blob_reach(r, cell_h, 1.0, 1.5), width, height)
+        cell = _blob_at(xx[cwin] - cx, yy[cwin] - cy, r, cell_h, 1.0, 0.0, soft=1.5)
+        _paint(img[cwin], cell, np.array([0.78, 0.70, 0.85], np.float32))
+        if blast:  # the nucleus lies inside the cell: its window is the cell's
+            angle = rng.uniform(0, np.pi)  # drawn before the harmonics, as _blob's argument was
+            nuc_h = _blob_params(rng, 0.08)
+            nuc = _blob_at(xx[cwin] - cx, yy[cwin] - cy, r * 0.85, nuc_h, 1.05, angle, soft=2) * cell
         else:
             nuc = np.zeros_like(cell)
             for _ in range(int(rng.integers(2, 5))):
                 a = rng.uniform(0, 2 * np.pi)
                 lx, ly = cx + 0.35 * r * np.cos(a), cy + 0.35 * r * np.sin(a)
-                nuc = np.maximum(nuc, _blob(rng, xx - lx, yy - ly, r * 0.35, 0.1, 1.2, a, soft=2) * cell)
+                lobe_h = _blob_params(rng, 0.1)
+                nuc = np.maximum(nuc, _blob_at(xx[cwin] - lx, yy[cwin] - ly, r * 0.35, lobe_h, 1.2, a, soft=2) * cell)
         tex = (1 + 0.12 * _noise(rng, (height, width), 2.0))[..., None]
-        _paint(img, nuc, np.array([0.42, 0.30, 0.72], np.float32) * tex)
+        _paint(img[cwin], nuc, np.array([0.42, 0.30, 0.72], np.float32) * tex[cwin])
         box = (max(0, int(cx - r)), max(0, int(cy - r)), min(width - 1, int(cx + r)), min(height - 1, int(cy + r)))
         objects.append(SmearObject("WBC", box, "all" if blast else "hem"))
 
     for _ in range(int(rng.integers(0, 4))):
         r = rng.uniform(4, 8)
         cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
-        dot = np.clip((r - np.hypot(xx - cx, yy - cy)) / 1.5, 0, 1)
-        _paint(img, dot, np.array([0.55, 0.40, 0.70], np.float32))
+        win = _window(cx, cy, r + 1, width, height)
+        dot = np.clip((r - np.hypot(xx[win] - cx, yy[win] - cy)) / 1.5, 0, 1)
+        _paint(img[win], dot, np.array([0.55, 0.40, 0.70], np.float32))
         objects.append(SmearObject("Platelets", (int(cx - r), int(cy - r), int(cx + r), int(cy + r))))
 
     img = cv2.GaussianBlur(img, (0, 0), 0.8) + rng.normal(0, 0.01, img.shape).astype(np.float32)
