@@ -72,3 +72,51 @@ def register(app: typer.Typer) -> None:
             summary_json.write_text(json.dumps(summary, indent=2))
         if summary["store_error"]:
             raise StoreError(summary["store_error"])
+
+    @app.command("field-eval")
+    def field_eval(
+        bundle: Path = typer.Argument(..., help="Bundle to run (folder or .tar.gz)."),
+        frames: Path = typer.Argument(..., help="Annotated frames: Pascal VOC (BCCD) or YOLO (images/ + labels/)."),
+        config: Path = typer.Option(None, "--config", "-c", help="Daemon TOML: its [detector], [quality] and "
+                                    "[runtime] backend / threads / max_batch are used."),
+        iou: float = typer.Option(0.5, help="IoU for a detection to count as a true cell."),
+        limit: int = typer.Option(None, min=1, help="Only the first N frames."),
+        json_out: Path = typer.Option(None, "--json", help="Write the report as JSON.", callback=output_file),
+        sheet: Path = typer.Option(None, help="Write a contact sheet PNG (found green, false red, missed blue).",
+                                   callback=output_file),
+    ) -> None:
+        """Score the daemon's per-frame path (detect, gate, crop, classify) on annotated field frames."""
+        from alnett_edge.daemon.config import build_config, load_config
+        from alnett_edge.daemon.fieldeval import contact_sheet, field_eval as run
+        from alnett_edge.daemon.service import inference_threads
+        from alnett_edge.runtime.loader import open_runtime
+
+        overrides = {"source": {"spec": "field-eval"}, "runtime": {"bundle": str(bundle)}}
+        cfg = load_config(config, overrides) if config else build_config({}, overrides)
+        with open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads)) as rt:
+            report, results = run(rt, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch)
+        report["model"] = rt.describe()
+        table = Table(title=f"field-eval: {report['frames']} frames ({report['layout']}) of {frames}", title_justify="left")
+        for col in ("true cells", "detections", "matched", "recall", "precision", "centroid recall", "classified"):
+            table.add_column(col, justify="right")
+        pct = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(str(report["true_cells"]), str(report["detections"]), str(report["matched"]), pct(report["recall"]),
+                      pct(report["precision"]), pct(report["centroid_recall"]), str(report["classified"]))
+        console().print(table)
+        typer.echo(f"IoU >= {iou}; model: {report['model']}")
+        if report["abstained"]:
+            typer.echo("abstained: " + ", ".join(f"{k} {v}" for k, v in report["abstained"].items()))
+        if report["cell_accuracy"] is not None:
+            typer.echo(f"per-cell accuracy {report['cell_accuracy']:.3f} on {report['cells_with_truth_label']} "
+                       "matched cells with a true label")
+        if report["blast_ratio_predicted"] is not None:
+            ci = report["blast_ratio_predicted_ci95"]
+            truth = report["blast_ratio_true"]
+            typer.echo(f"blast ratio predicted {report['blast_ratio_predicted']:.3f} (95 % CI {ci[0]:.3f}-{ci[1]:.3f})"
+                       + (f", true {truth:.3f}" if truth is not None else ""))
+        st = report["stages"]
+        typer.echo("stage p50 ms: " + ", ".join(f"{k} {v['p50_ms']:.2f}" for k, v in st.items()))
+        if json_out:
+            json_out.write_text(json.dumps(report, indent=2))
+        if sheet:
+            typer.echo(f"sheet: {contact_sheet(results, sheet)}")

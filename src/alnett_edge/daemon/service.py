@@ -22,7 +22,7 @@ import numpy as np
 
 from alnett_edge.capture.base import Frame, SourceSettings, make_source
 from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
-from alnett_edge.daemon.cells import cell_image, quality_reason
+from alnett_edge.daemon.cells import QualityConfig, cell_image, quality_reason
 from alnett_edge.daemon.config import DaemonConfig
 from alnett_edge.daemon.detector import CellDetector
 from alnett_edge.daemon.sinks import CellRecord, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
@@ -36,6 +36,41 @@ log = logging.getLogger(__name__)
 
 #: after a stop, how long the capture thread may take to finish its read (a hung camera may never)
 STOP_GRACE_S = 5.0
+
+
+def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, runtime: Any, max_batch: int,
+                   model_sha256: str) -> tuple[list[CellRecord], dict[str, float]]:
+    """The daemon's per-frame path, shared with ``field-eval``: detect -> quality gate -> crop and
+    preprocess (the card's one function) -> batched inference -> a record per detection (label, or the
+    reason it was abstained). Returns the records and the stage times in ms."""
+    card = runtime.card
+    t0 = time.perf_counter()
+    dets = detector.detect(frame.rgb)
+    t1 = time.perf_counter()
+    reasons = [quality_reason(frame.rgb, d, quality) for d in dets]
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    inputs = [preprocess(cell_image(frame.rgb, dets[i]), card.input) for i in keep]
+    t2 = time.perf_counter()
+    probs = np.zeros((0, len(card.class_names)), np.float32)
+    if inputs:
+        x = np.stack(inputs)
+        probs = np.concatenate([runtime.infer(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
+    t3 = time.perf_counter()
+    names, pos = card.class_names, card.positive_class  # prob_all; prob_hem is the other class of a binary card
+    neg = next(i for i in range(len(names)) if i != pos)
+    row = {i: p for i, p in zip(keep, probs)}
+    now, records = time.time(), []
+    for i, det in enumerate(dets):
+        reason, label, p = reasons[i], None, row.get(i)
+        if p is not None:
+            k = int(np.argmax(p))
+            if p[k] < quality.min_confidence:
+                reason = "low confidence"
+            else:
+                label = names[k]
+        records.append(CellRecord(now, frame.index, det.box, None if p is None else round(float(p[neg]), 6),
+                                  None if p is None else round(float(p[pos]), 6), label, reason, model_sha256))
+    return records, {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3}
 
 
 def inference_threads(asked: int) -> int:
@@ -171,20 +206,9 @@ class Daemon:
 
     # -- one frame ---------------------------------------------------------------------------------
     def process(self, frame: Frame) -> list[CellRecord]:
-        t0 = time.perf_counter()
-        dets = self.detector.detect(frame.rgb)
-        t1 = time.perf_counter()
-        reasons = [quality_reason(frame.rgb, d, self.cfg.quality) for d in dets]
-        keep = [i for i, r in enumerate(reasons) if r is None]
-        inputs = [preprocess(cell_image(frame.rgb, dets[i]), self.card.input) for i in keep]
-        t2 = time.perf_counter()
-        probs = np.zeros((0, len(self.card.class_names)), np.float32)
-        if inputs:
-            x = np.stack(inputs)
-            step = self.cfg.runtime.max_batch
-            probs = np.concatenate([self.runtime.infer(x[i : i + step]) for i in range(0, len(x), step)])
+        records, times = classify_frame(frame, self.detector, self.cfg.quality, self.runtime, self.cfg.runtime.max_batch,
+                                        self.model_sha256)
         t3 = time.perf_counter()
-        records = self._records(frame, dets, reasons, keep, probs)
         self._count(self.recorder.write(frame.rgb, frame.index, records))
         if self.preview_clients:
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(frame.rgb, records), cv2.COLOR_RGB2BGR))
@@ -192,8 +216,9 @@ class Daemon:
         t4 = time.perf_counter()
         self.frames_processed += 1
         self.cells_processed += len(records)
-        for stage, a, b in (("detect", t0, t1), ("crop", t1, t2), ("infer", t2, t3), ("sink", t3, t4)):
-            self.times.add(stage, (b - a) * 1e3)
+        for stage, ms in times.items():
+            self.times.add(stage, ms)
+        self.times.add("sink", (t4 - t3) * 1e3)
         self.times.add("frame_to_decision", (time.time() - frame.timestamp) * 1e3)
         now = time.monotonic()
         self._recent = [t for t in self._recent if now - t < 5.0] + [now]
@@ -204,25 +229,6 @@ class Daemon:
         for r in stored:
             self.agg.add(r.label, r.abstain_reason)
         self.agg.frames = self.recorder.db.frames
-
-    def _records(self, frame: Frame, dets: list, reasons: list[str | None], keep: list[int], probs: np.ndarray) -> list[CellRecord]:
-        names = self.card.class_names
-        pos = self.card.positive_class  # prob_all; prob_hem is the other class of this binary card
-        neg = next(i for i in range(len(names)) if i != pos)
-        row = {i: p for i, p in zip(keep, probs)}
-        out = []
-        now = time.time()
-        for i, det in enumerate(dets):
-            reason, label, p = reasons[i], None, row.get(i)
-            if p is not None:
-                k = int(np.argmax(p))
-                if p[k] < self.cfg.quality.min_confidence:
-                    reason = "low confidence"
-                else:
-                    label = names[k]
-            out.append(CellRecord(now, frame.index, det.box, None if p is None else round(float(p[neg]), 6),
-                                  None if p is None else round(float(p[pos]), 6), label, reason, self.model_sha256))
-        return out
 
     # -- observability -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
