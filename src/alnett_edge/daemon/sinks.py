@@ -305,7 +305,8 @@ class Recorder:
 
     @property
     def over_limit(self) -> bool:
-        return self.pending_cells > self.max_pending_cells
+        # frames count too: a full disk during hours of empty fields must not grow memory without end
+        return self.pending_cells > self.max_pending_cells or len(self.pending) > self.max_pending_cells
 
     def open(self, session: dict[str, Any]) -> None:
         for sink in (self.db, *self.copies):  # every path is checked before capture starts
