@@ -135,6 +135,9 @@ def test_end_to_end_every_known_cell_reaches_the_database(x86_bundle, tmp_path):
     for stage in ("capture", "detect", "crop", "infer", "sink", "frame_to_decision"):
         assert summary["stages"][stage]["p99_ms"] >= summary["stages"][stage]["p50_ms"] > 0
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    from alnett_edge.machine import isa_line
+
+    assert summary["machine"] == isa_line()  # the exit table and the JSON say which CPU and ISA
 
 
 def test_slow_consumer_drops_frames_and_counts_them(x86_bundle, tmp_path):

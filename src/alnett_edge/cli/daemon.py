@@ -17,7 +17,8 @@ def stage_table(summary: dict) -> Table:
     s = summary["session"]
     title = (f"{summary['frames_processed']} frames ({summary['mean_fps']} fps mean), {summary['frames_dropped']} dropped, "
              f"{s['cells']} cells ({s['classified']} classified), blast ratio {s['blast_ratio']} "
-             f"CI95 {s['blast_ratio_ci95']}, reconnects {summary['capture']['reconnects']}")
+             f"CI95 {s['blast_ratio_ci95']}, reconnects {summary['capture']['reconnects']}"
+             + (f"\n{summary['machine']}" if summary.get("machine") else ""))
     table = Table(title=title, title_justify="left")
     for c in ("stage", "n", "mean ms", "p50 ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(c, justify="left" if c == "stage" else "right")

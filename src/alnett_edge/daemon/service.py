@@ -30,6 +30,7 @@ from alnett_edge.daemon.stats import Aggregator, StageTimes
 from alnett_edge.data.preprocess import preprocess
 from alnett_edge.errors import ConfigError
 from alnett_edge.files import sha256_file
+from alnett_edge.machine import isa_line
 from alnett_edge.runtime.loader import open_runtime
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ class Daemon:
         self._count(self.recorder.flush())
         summary = self.status()
         summary["stop_reason"] = self.stop_reason or self.capture.stats.state
+        summary["machine"] = isa_line()  # latency means little without the CPU and ISA it ran on
         summary["store_error"] = self.recorder.close(summary)
         self.close()
         return summary
