@@ -275,14 +275,17 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def test_smear_objects_are_painted_in_windows_without_changing_a_pixel():
-    """synth_smear paints each object only where it can reach: the blob drawn from the same random
-    numbers is identical, and exactly 0 beyond its reach, for elongated and irregular blobs too."""
-    from alnett_edge.data.synth import _blob, _blob_at, _blob_params, _blob_reach
+    """synth_smear paints each object only where it can reach: a blob drawn in its window equals the
+    same blob drawn on the whole frame, which is exactly 0 beyond its reach, for elongated and
+    irregular blobs too."""
+    from alnett_edge.data.synth import _blob, _blob_params, _blob_reach, _window
 
     yy, xx = np.mgrid[0:300, 0:300].astype(np.float32)
     for seed, (radius, irregular, elong, soft) in enumerate([(60, 0.05, 1.0, 1.5), (50, 0.08, 1.05, 2), (25, 0.1, 1.2, 2)]):
         full = _blob(np.random.default_rng(seed), xx - 150, yy - 150, radius, irregular, elong, 0.7, soft)
-        h = _blob_params(np.random.default_rng(seed), irregular)
-        assert np.array_equal(full, _blob_at(xx - 150, yy - 150, radius, h, elong, 0.7, soft))
-        reach = _blob_reach(radius, h, elong, soft)
-        assert full[np.hypot(xx - 150, yy - 150) > reach].max() == 0 and full.max() == 1
+        reach = _blob_reach(radius, _blob_params(np.random.default_rng(seed), irregular), elong, soft)
+        win = _window(150, 150, reach, 300, 300)
+        part = _blob(np.random.default_rng(seed), xx[win] - 150, yy[win] - 150, radius, irregular, elong, 0.7, soft)
+        outside = np.ones_like(full, bool)
+        outside[win] = False
+        assert np.array_equal(full[win], part) and full[outside].max() == 0 and full.max() == 1

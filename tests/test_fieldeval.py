@@ -31,7 +31,7 @@ def test_field_eval_on_real_bccd_and_smartphone_frames(x86_bundle, tmp_path):
     # another microscope: a smartphone on the eyepiece, 100x oil, cells ~20 px across. Today's detector
     # (BCCD-tuned frame fractions) finds none of them: the number issue 11 has to raise
     phone = require_shared(WBC_SMARTPHONE) / "valid"
-    r, _ = _report([x86_bundle["bundle"], phone, "--limit", "5"], tmp_path)
+    r, _ = _report([x86_bundle["bundle"], "--frames", phone, "--limit", "5"], tmp_path)
     assert r["layout"] == "yolo" and (r["true_cells"], r["detections"], r["recall"]) == (12, 0, 0.0)
 
 

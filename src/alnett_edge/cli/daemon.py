@@ -11,6 +11,7 @@ from rich.table import Table
 
 from alnett_edge.capture.base import source_help
 from alnett_edge.cli.common import console, output_file
+from alnett_edge.errors import ConfigError
 
 
 def stage_table(summary: dict) -> Table:
@@ -77,7 +78,9 @@ def register(app: typer.Typer) -> None:
     @app.command("field-eval")
     def field_eval(
         bundle: Path = typer.Argument(..., help="Bundle to run (folder or .tar.gz)."),
-        frames: Path = typer.Argument(..., help="Annotated frames: Pascal VOC (BCCD) or YOLO (images/ + labels/)."),
+        frames_arg: Path = typer.Argument(None, metavar="FRAMES", help="Annotated frames: Pascal VOC (BCCD) or YOLO "
+                                          "(images/ + labels/)."),
+        frames_opt: Path = typer.Option(None, "--frames", help="The same folder, as an option."),
         config: Path = typer.Option(None, "--config", "-c", help="Daemon TOML: its [detector], [quality] and "
                                     "[runtime] backend / threads / max_batch are used."),
         iou: float = typer.Option(0.5, help="IoU for a detection to count as a true cell."),
@@ -87,6 +90,9 @@ def register(app: typer.Typer) -> None:
                                    callback=output_file),
     ) -> None:
         """Score the daemon's per-frame path (detect, gate, crop, classify) on annotated field frames."""
+        if (frames_arg is None) == (frames_opt is None):
+            raise ConfigError("give the annotated frames folder once: field-eval BUNDLE FRAMES or --frames FRAMES")
+        frames = frames_arg or frames_opt
         from alnett_edge.daemon.config import build_config, load_config
         from alnett_edge.daemon.fieldeval import contact_sheet, field_eval as run
         from alnett_edge.daemon.service import inference_threads

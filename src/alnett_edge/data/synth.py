@@ -58,15 +58,7 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np
 def _blob(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, radius: float, irregular: float,
           elong: float, angle: float, soft: float) -> np.ndarray:
     """Soft mask (0..1) of an irregular ellipse-like blob centred at the origin of (xx, yy)."""
-    c, s = np.cos(angle), np.sin(angle)
-    u = (xx * c + yy * s) / elong
-    v = -xx * s + yy * c
-    r = np.hypot(u, v)
-    th = np.arctan2(v, u)
-    boundary = np.ones_like(r)
-    for k in range(2, 7):
-        boundary += irregular * rng.normal() / k * np.cos(k * th + rng.uniform(0, 2 * np.pi))
-    return np.clip((radius * boundary - r) / soft + 0.5, 0.0, 1.0).astype(np.float32)
+    return _blob_at(xx, yy, radius, _blob_params(rng, irregular), elong, angle, soft)
 
 
 def _lerp(a: float, b: float, t: float) -> float:
