@@ -81,8 +81,10 @@ def register(app: typer.Typer) -> None:
         frames_arg: Path = typer.Argument(None, metavar="FRAMES", help="Annotated frames: Pascal VOC (BCCD) or YOLO "
                                           "(images/ + labels/)."),
         frames_opt: Path = typer.Option(None, "--frames", help="The same folder, as an option."),
-        config: Path = typer.Option(None, "--config", "-c", help="Daemon TOML: its [detector], [quality] and "
-                                    "[runtime] backend / threads / max_batch are used."),
+        config: Path = typer.Option(None, "--config", "-c", help="Daemon TOML: its [optics], [detector], [quality] "
+                                    "and [runtime] backend / threads / max_batch are used."),
+        um_per_px: float = typer.Option(None, "--um-per-px", min=0.0, help="Pixel size in µm (default: [optics], "
+                                        "else estimated from the frames' red cells)."),
         iou: float = typer.Option(0.5, help="IoU for a detection to count as a true cell."),
         limit: int = typer.Option(None, min=1, help="Only the first N frames."),
         json_out: Path = typer.Option(None, "--json", help="Write the report as JSON.", callback=output_file),
@@ -98,10 +100,11 @@ def register(app: typer.Typer) -> None:
         from alnett_edge.daemon.service import inference_threads
         from alnett_edge.runtime.loader import open_runtime
 
-        overrides = {"source": {"spec": "field-eval"}, "runtime": {"bundle": str(bundle)}}
+        overrides = {"source": {"spec": "field-eval"}, "runtime": {"bundle": str(bundle)},
+                     "optics": {"um_per_px": um_per_px}}
         cfg = load_config(config, overrides) if config else build_config({}, overrides)
         with open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads)) as rt:
-            report, results = run(rt, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch)
+            report, results = run(rt, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch, cfg.optics)
         report["model"] = rt.describe()
         table = Table(title=f"field-eval: {report['frames']} frames ({report['layout']}) of {frames}", title_justify="left")
         for col in ("true cells", "detections", "matched", "recall", "precision", "centroid recall", "classified"):
@@ -110,7 +113,8 @@ def register(app: typer.Typer) -> None:
         table.add_row(str(report["true_cells"]), str(report["detections"]), str(report["matched"]), pct(report["recall"]),
                       pct(report["precision"]), pct(report["centroid_recall"]), str(report["classified"]))
         console().print(table)
-        typer.echo(f"IoU >= {iou}; model: {report['model']}")
+        typer.echo(f"IoU >= {iou}; pixel size {report['optics']['um_per_px']:.4f} µm ({report['optics']['source']}); "
+                   f"model: {report['model']}")
         if report["abstained"]:
             typer.echo("abstained: " + ", ".join(f"{k} {v}" for k, v in report["abstained"].items()))
         if report["cell_accuracy"] is not None:

@@ -16,8 +16,6 @@ class QualityConfig:
     # (640x480): in-focus cells p1 6.2, the same cells blurred by a sigma-2 Gaussian p95 3.2. Depends on the
     # optics and resolution: set it for your microscope.
     min_sharpness: float = 4.5
-    min_nucleus_px: int = 400  # in frame pixels
-    max_nucleus_px: int = 120_000
     allow_border: bool = False  # cells cut by the frame border are abstained
     min_confidence: float = 0.6  # top class probability; lower = abstain
 
@@ -51,13 +49,9 @@ def sharpness(frame_rgb: np.ndarray, det: Detection) -> float:
 
 
 def quality_reason(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig) -> str | None:
-    """Why this cell must not be classified, or None."""
+    """Why this cell must not be classified, or None. (Nucleus size is the detector's: µm² bounds.)"""
     if det.touches_border and not cfg.allow_border:
-        return "cut by frame border"
-    if det.nucleus_area < cfg.min_nucleus_px:
-        return "too small"
-    if det.nucleus_area > cfg.max_nucleus_px:
-        return "too large"
+        return "cut by frame or field edge"
     if sharpness(frame_rgb, det) < cfg.min_sharpness:
         return "blurred"
     return None

@@ -17,8 +17,12 @@ Example (every key optional except a bundle and a source, from the file or the c
     backend = ""             # empty: the device profile's order
     threads = 0              # 0: all cores but one, left to capture and detection
 
-    [detector]
-    cell_scale = 1.4
+    [optics]
+    um_per_px = 0.074        # µm per camera pixel; or camera_pixel_um + magnification; or nothing:
+                             # estimated from the first frames (alnett-edge optics calibrate prints it)
+
+    [detector]               # sizes in µm / µm², converted with the pixel size
+    cell_scale = 1.3
 
     [quality]
     min_confidence = 0.6
@@ -44,6 +48,7 @@ from typing import Any
 
 from alnett_edge.daemon.cells import QualityConfig
 from alnett_edge.daemon.detector import DetectorConfig
+from alnett_edge.daemon.optics import OpticsConfig
 from alnett_edge.errors import ConfigError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -99,6 +104,7 @@ class RunConfig:
 class DaemonConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    optics: OpticsConfig = field(default_factory=OpticsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
@@ -106,7 +112,7 @@ class DaemonConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
-        for name in ("source", "runtime", "detector", "quality", "sinks", "http", "run"):
+        for name in ("source", "runtime", "optics", "detector", "quality", "sinks", "http", "run"):
             section = getattr(self, name)
             for f in dataclasses.fields(section):
                 value = getattr(section, f.name)
@@ -115,8 +121,10 @@ class DaemonConfig:
                 # every number of the config is a count, a size, a time or a rate: finite and >= 0
                 if not math.isfinite(value) or value < 0:
                     raise ConfigError(f"[{name}] {f.name} must be a finite number >= 0, got {value!r}")
-        if self.detector.cell_scale <= 0 or self.detector.work_width < 16:
-            raise ConfigError("[detector] cell_scale must be > 0 and work_width >= 16")
+        self.detector.validate()
+        self.optics.resolve()  # magnification without a pixel pitch, or two pixel sizes that disagree
+        if self.optics.rbc_um <= 0 or self.optics.calibration_frames < 1:
+            raise ConfigError("[optics] rbc_um must be > 0 and calibration_frames >= 1")
         if not self.runtime.bundle:
             raise ConfigError("no bundle: pass --bundle or set [runtime] bundle in the config")
         if not self.source.spec:

@@ -1,13 +1,24 @@
-"""Classical white-cell detector for stained (Giemsa / Wright) smears: no training data needed.
+"""Classical white-cell detector for stained (Giemsa / Wright / May-Grünwald) smears, in physical
+units: no training data needed, and no size written as a fraction of a frame.
 
-White-cell nuclei are the only strongly blue-violet structures in such a field, so the nucleus score
-is ``B - G`` (red cells are pink: B ≈ G; measured on BCCD, nucleus pixels p90 ≈ 96 vs background
-p99.9 ≈ 55). Steps: score -> threshold (Otsu, floored at ``min_score``) -> closing (joins the lobes of
-a neutrophil nucleus) -> hole filling -> opening (drops specks) -> connected components; a component
-much larger than one nucleus is split by a distance-transform watershed; size and shape filters drop
-platelets (small) and debris (elongated). Each nucleus gives a cell box (the nucleus box grown by
-``cell_scale``, clipped to the frame) and a cell mask (the nucleus plus the stained cytoplasm around
-it), which the crop builder uses for the C-NMC look.
+White-cell nuclei are the most blue-violet structures of such a field: the nucleus score is ``B - G``
+(red cells are pink or lilac: B ≈ G or a little above). Every size below is in µm or µm²; the
+detector turns them into pixels with the frame's pixel size (``um_per_px``, from the ``[optics]``
+config or estimated from the frames, see :mod:`alnett_edge.daemon.optics`).
+
+Steps, on the frame resampled to ``work_um_per_px`` (detection costs the same for a 640x480 and a
+2592x1944 camera of the same field): field-of-view mask (an eyepiece camera's black vignette is not
+specimen) -> score -> threshold relative to the field (``min_contrast`` above its median, floored at
+``min_score``) -> closing (joins the lobes of a neutrophil nucleus) -> hole filling -> opening ->
+connected components. A component is a nucleus when it is large enough (``min_nucleus_um2``), stands
+out of the field (its score is ``contrast_ratio`` times the field's own spread above the median:
+heavily stained red cells of one slide do not), is solid (platelet clumps are not) and not elongated.
+A component larger than ``split_nucleus_um2`` (touching cells) is split by a watershed seeded at the
+expected nucleus size. Each nucleus gives a cell box (the nucleus box grown by ``cell_scale``, at
+least ``min_cell_um``) and a cell mask (the nucleus plus the stained cytoplasm around it).
+
+Defaults were tuned on BCCD (640x480, C-mount camera) and on the ``train/`` frames of wbc-smartphone
+(416x416, a smartphone on the eyepiece); ``alnett-edge field-eval`` reports both (see the README).
 """
 
 from __future__ import annotations
@@ -17,28 +28,45 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from alnett_edge.daemon.optics import fov_mask, histogram_percentiles
+from alnett_edge.errors import ConfigError
+
+#: the cell mask is computed on the cell's box at most this many pixels on a side, then scaled back
+MASK_SIDE = 160
+
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    min_score: float = 50.0  # floor for the B-G threshold (0..255 scale)
-    close_px: int = 15  # closing kernel: joins nucleus lobes
-    open_px: int = 5
-    min_area_frac: float = 0.004  # of the frame: smaller components are platelets / specks
-    max_area_frac: float = 0.25
+    min_score: float = 50.0  # floor of the B-G threshold (0..255)
+    min_contrast: float = 55.0  # threshold = field median of B-G + this
+    contrast_ratio: float = 1.8  # a nucleus's mean score above the median, in units of the field's p90 - median
+    close_um: float = 1.5  # closing: joins nucleus lobes
+    open_um: float = 0.75  # opening: drops specks
+    min_nucleus_um2: float = 30.0  # smaller: platelets, specks, a lone lobe
+    max_nucleus_um2: float = 450.0
+    split_nucleus_um2: float = 150.0  # larger components are touching nuclei: split
+    nucleus_radius_um: float = 3.5  # expected radius of one nucleus (seeds of the split)
+    min_solidity: float = 0.7  # area / convex hull area; platelet clumps and smudges are lower
     max_aspect: float = 3.5
-    split_area_frac: float = 0.06  # components larger than this are split by watershed
-    cell_scale: float = 1.4  # cell box side / nucleus box side
-    min_cell_frac: float = 0.25  # smallest cell box side, as a fraction of the frame height
-    work_width: int = 320  # detection runs on a frame downscaled to this width (speed); boxes are rescaled
+    cell_scale: float = 1.3  # cell box side / nucleus box side
+    min_cell_um: float = 10.0  # smallest cell box side
+    work_um_per_px: float = 0.5  # detection resolution; a coarser camera is used as it is
+
+    def validate(self) -> None:
+        if self.cell_scale <= 0 or self.work_um_per_px <= 0 or self.min_nucleus_um2 <= 0:
+            raise ConfigError("[detector] cell_scale, work_um_per_px and min_nucleus_um2 must be > 0")
+        if self.max_nucleus_um2 <= self.min_nucleus_um2:
+            raise ConfigError("[detector] max_nucleus_um2 must be larger than min_nucleus_um2")
 
 
 @dataclass
 class Detection:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels (x1, y1 exclusive)
     mask: np.ndarray = field(repr=False)  # uint8 0/255, the cell mask inside ``box`` (box-sized)
-    nucleus_area: int = 0
+    nucleus_area: int = 0  # frame pixels
     score: float = 0.0  # mean B-G of the nucleus
-    touches_border: bool = False  # the cell mask reaches the frame edge (cut off)
+    touches_border: bool = False  # the cell reaches the frame edge or the edge of the field of view
+    nucleus_um2: float = 0.0
 
 
 def nucleus_score(rgb: np.ndarray) -> np.ndarray:
@@ -47,8 +75,9 @@ def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     return np.clip(b - g, 0, 255).astype(np.uint8)
 
 
-def _disk(px: int) -> np.ndarray:
-    px = max(1, int(px))
+def _disk(px: float) -> np.ndarray:
+    px = max(1, int(round(px)))
+    px += 1 - px % 2
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px, px))
 
 
@@ -59,91 +88,144 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _split(component: np.ndarray, scale: float) -> list[np.ndarray]:
-    """Split a blob of touching nuclei with a distance-transform watershed; one mask per nucleus."""
+def split_touching(component: np.ndarray, radius_px: float) -> list[np.ndarray]:
+    """Split a blob of touching nuclei: a watershed on the distance transform, seeded at its maxima
+    at least one expected nucleus radius apart and at least half a radius deep. One mask per nucleus."""
     dist = cv2.distanceTransform(component, cv2.DIST_L2, 5)
-    peaks = (dist > 0.6 * dist.max()).astype(np.uint8)
-    n, markers = cv2.connectedComponents(peaks)
+    peak = (dist >= cv2.dilate(dist, _disk(2 * radius_px * 0.8))) & (dist >= 0.5 * radius_px)
+    n, markers = cv2.connectedComponents(peak.astype(np.uint8))
     if n <= 2:
         return [component]
     markers = markers + 1
     markers[component == 0] = 0
-    unknown = (component > 0) & (peaks == 0)
-    markers[unknown] = 0
-    rgb = cv2.cvtColor(component, cv2.COLOR_GRAY2BGR)
-    cv2.watershed(rgb, markers)
-    return [((markers == k) * 255).astype(np.uint8) for k in range(2, n + 1) if (markers == k).any()]
+    markers[(component > 0) & ~peak] = 0
+    markers[component == 0] = 1  # the outside is one more basin
+    cv2.watershed(cv2.cvtColor(255 - cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8),
+                               cv2.COLOR_GRAY2BGR), markers)
+    parts = [((markers == k) & (component > 0)).astype(np.uint8) * 255 for k in range(2, n + 1)]
+    return [p for p in parts if p.any()] or [component]
 
 
 class CellDetector:
-    def __init__(self, config: DetectorConfig | None = None) -> None:
+    def __init__(self, config: DetectorConfig | None = None, um_per_px: float = 0.0) -> None:
         self.config = config or DetectorConfig()
+        self.config.validate()
+        if not um_per_px > 0:
+            raise ConfigError("the detector needs the pixel size (um_per_px > 0): set [optics] or calibrate")
+        self.um_per_px = float(um_per_px)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         cfg = self.config
         h, w = rgb.shape[:2]
-        s = min(1.0, cfg.work_width / w)
-        small = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) if s < 1 else rgb
-        sh, sw = small.shape[:2]
-        score = cv2.GaussianBlur(nucleus_score(small), (5, 5), 0)
-        otsu, _ = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        _, mask = cv2.threshold(score, max(otsu, cfg.min_score), 255, cv2.THRESH_BINARY)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(cfg.close_px * s))
+        s = min(1.0, self.um_per_px / cfg.work_um_per_px)  # frame -> work scale
+        um = self.um_per_px / s  # µm per work pixel
+        small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
+            if s < 1 else rgb
+        fov = fov_mask(small)
+        score = cv2.GaussianBlur(nucleus_score(small), (0, 0), max(0.5, 0.6 / um))
+        if not cv2.countNonZero(fov):
+            return []
+        (median,) = histogram_percentiles(score, fov, (50,))
+        _, mask = cv2.threshold(score, max(cfg.min_score, median + cfg.min_contrast), 255, cv2.THRESH_BINARY)
+        mask[fov == 0] = 0
+        # the field's own stain level: the score's p90 away from large violet objects (nuclei and the
+        # cytoplasm around them), so a field crowded with white cells does not raise the bar
+        big = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(2 * np.sqrt(cfg.min_nucleus_um2 / np.pi) / um))
+        away = cv2.bitwise_and(fov, cv2.bitwise_not(cv2.dilate(big, _disk(2 * cfg.nucleus_radius_um / um))))
+        (p90,) = histogram_percentiles(score, away if cv2.countNonZero(away) > 0.2 * cv2.countNonZero(fov) else fov, (90,))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(cfg.close_um / um))
         mask = _fill_holes(mask)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(cfg.open_px * s))
-        area_px = sh * sw
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(cfg.open_um / um))
+        px_um2 = um * um
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
-        nuclei: list[np.ndarray] = []
+        nuclei: list[tuple[np.ndarray, int, int]] = []  # (mask in its ROI, x, y)
+        spread = max(1.0, p90 - median)
+        mean_score = np.bincount(labels.ravel(), score.ravel(), n) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
         for k in range(1, n):
-            area = stats[k, cv2.CC_STAT_AREA]
-            if area < cfg.min_area_frac * area_px:
-                continue
-            comp = ((labels == k) * 255).astype(np.uint8)
-            nuclei.extend(_split(comp, s) if area > cfg.split_area_frac * area_px else [comp])
+            area = stats[k, cv2.CC_STAT_AREA] * px_um2
+            if area < cfg.min_nucleus_um2 or (mean_score[k] - median) / spread < cfg.contrast_ratio:
+                continue  # a speck, or no more violet than the field's own stained red cells
+            x, y, bw, bh = (int(v) for v in stats[k, :4])
+            roi = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8) * 255
+            parts = split_touching(roi, cfg.nucleus_radius_um / um) if area > cfg.split_nucleus_um2 else [roi]
+            nuclei.extend((p, x, y) for p in parts)
         out = []
-        for nuc in nuclei:
-            x, y, bw, bh = cv2.boundingRect(nuc)
-            area = int(cv2.countNonZero(nuc))
-            if not cfg.min_area_frac * area_px <= area <= cfg.max_area_frac * area_px:
+        fov_edge = cv2.erode(fov, _disk(3)) if (fov == 0).any() else None
+        for roi, x, y in nuclei:
+            area = int(cv2.countNonZero(roi))
+            if not cfg.min_nucleus_um2 <= area * px_um2 <= cfg.max_nucleus_um2:
                 continue
+            rx, ry, bw, bh = cv2.boundingRect(roi)
             if max(bw, bh) / max(1, min(bw, bh)) > cfg.max_aspect:
                 continue
-            out.append(self._cell(rgb, nuc, (x, y, bw, bh), s, score))
+            contours, _ = cv2.findContours(roi, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            hull = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
+            if area / max(hull, 1.0) < cfg.min_solidity:
+                continue
+            nuc_small = np.zeros(score.shape, np.uint8)
+            nuc_small[y : y + roi.shape[0], x : x + roi.shape[1]] = roi
+            out.append(self._cell(rgb, nuc_small, (x + rx, y + ry, bw, bh), s, um, score, fov_edge,
+                                  area * px_um2))
         return out
 
-    def _cell(self, rgb: np.ndarray, nuc_small: np.ndarray, rect: tuple[int, int, int, int], s: float,
-              score: np.ndarray) -> Detection:
+    def _cell(self, rgb: np.ndarray, nuc_small: np.ndarray, rect: tuple[int, int, int, int], s: float, um: float,
+              score: np.ndarray, fov_edge: np.ndarray | None, nucleus_um2: float) -> Detection:
         cfg = self.config
         h, w = rgb.shape[:2]
         x, y, bw, bh = (v / s for v in rect)
         cx, cy = x + bw / 2, y + bh / 2
-        side = max(max(bw, bh) * cfg.cell_scale, cfg.min_cell_frac * h)
+        side = max(max(bw, bh) * cfg.cell_scale, cfg.min_cell_um / self.um_per_px)
         x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
         x1, y1 = int(round(cx + side / 2)), int(round(cy + side / 2))
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-        nuc = cv2.resize(nuc_small, (w, h), interpolation=cv2.INTER_NEAREST)[y0:y1, x0:x1] if s < 1 else nuc_small[y0:y1, x0:x1]
-        mask = cell_mask(rgb[y0:y1, x0:x1], nuc)
-        # cut by the border: the cell itself (not its box) reaches the edge of the frame
+        if s < 1:
+            sx0, sy0 = int(x0 * s), int(y0 * s)
+            sx1, sy1 = min(nuc_small.shape[1], int(np.ceil(x1 * s)) + 1), min(nuc_small.shape[0], int(np.ceil(y1 * s)) + 1)
+            part = cv2.resize(nuc_small[sy0:sy1, sx0:sx1], (max(1, round((sx1 - sx0) / s)), max(1, round((sy1 - sy0) / s))),
+                              interpolation=cv2.INTER_NEAREST)
+            ox, oy = x0 - round(sx0 / s), y0 - round(sy0 / s)
+            nuc = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            src = part[oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
+            nuc[: src.shape[0], : src.shape[1]] = src
+        else:
+            nuc = nuc_small[y0:y1, x0:x1]
+        crop = rgb[y0:y1, x0:x1]
+        f = min(1.0, MASK_SIDE / max(crop.shape[:2]))  # the cell mask needs no more than MASK_SIDE pixels
+        if f < 1:
+            small_size = (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f)))
+            mask = cell_mask(cv2.resize(crop, small_size, interpolation=cv2.INTER_AREA),
+                             cv2.resize(nuc, small_size, interpolation=cv2.INTER_NEAREST), f / self.um_per_px)
+            mask = cv2.resize(mask, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_NEAREST) | nuc
+        else:
+            mask = cell_mask(crop, nuc, 1.0 / self.um_per_px)
+        # cut off: the cell itself (not its box) reaches the edge of the frame or of the field of view
         touches = bool((x0 == 0 and mask[:, 0].any()) or (y0 == 0 and mask[0].any()) or
                        (x1 == w and mask[:, -1].any()) or (y1 == h and mask[-1].any()))
+        if not touches and fov_edge is not None:  # any point of the cell's outline outside the field
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            if contours:
+                pts = np.concatenate(contours).reshape(-1, 2)
+                fx = np.clip(((pts[:, 0] + x0) * s).astype(int), 0, fov_edge.shape[1] - 1)
+                fy = np.clip(((pts[:, 1] + y0) * s).astype(int), 0, fov_edge.shape[0] - 1)
+                touches = bool((fov_edge[fy, fx] == 0).any())
         return Detection((x0, y0, x1, y1), mask, int(cv2.countNonZero(nuc)),
-                         float(score[nuc_small > 0].mean()) if (nuc_small > 0).any() else 0.0, touches)
+                         float(score[nuc_small > 0].mean()) if (nuc_small > 0).any() else 0.0, touches, nucleus_um2)
 
 
-def cell_mask(crop: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
+def cell_mask(crop: np.ndarray, nucleus: np.ndarray, px_per_um: float = 14.0) -> np.ndarray:
     """The nucleus plus the cytoplasm around it: pixels darker or bluer than the background plasma,
-    connected to the nucleus, within a disk around it."""
+    connected to the nucleus, within a disk around it; cleaned at ~0.5 µm (``px_per_um``)."""
     gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     bg = float(np.percentile(gray, 90))
     bluish = nucleus_score(crop) > 12
     darker = gray < bg - 18
     near = cv2.dilate(nucleus, _disk(max(3, int(0.35 * max(crop.shape[:2])))))
     mask = (((bluish | darker) & (near > 0)) | (nucleus > 0)).astype(np.uint8) * 255
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(7))
-    mask = _fill_holes(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(3)))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(min(7, 2 * round(0.5 * px_per_um) + 1)))
+    mask = _fill_holes(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(min(3, round(0.25 * px_per_um)))))
     n, labels = cv2.connectedComponents(mask)
     if n > 2:  # keep the component holding the nucleus
         keep = np.bincount(labels[nucleus > 0].ravel(), minlength=n)
         keep[0] = 0
         mask = ((labels == int(keep.argmax())) * 255).astype(np.uint8)
-    return mask
+    return mask | nucleus

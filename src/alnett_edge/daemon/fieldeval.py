@@ -9,7 +9,9 @@ Frames and their white-cell boxes come in either layout users have:
   ``class cx cy w h``; the white-cell class is 0 unless a ``data.yaml``/``classes.txt`` names one
   (``wbc``, ``white``, ``leuko``).
 
-Every frame goes through :func:`alnett_edge.daemon.service.classify_frame` — the detector, quality
+The pixel size comes from the ``[optics]`` config or ``--um-per-px``; without either it is estimated
+from the frames' red cells (:mod:`alnett_edge.daemon.optics`), as the daemon does at start-up. Every
+frame goes through :func:`alnett_edge.daemon.service.classify_frame` — the detector, quality
 gate, crop, the card's preprocessing and the runtime, exactly as the daemon runs them. Scores:
 detection recall / precision at an IoU threshold (one-to-one matching, best IoU first), centroid
 recall (a true cell's centre inside exactly one detection), abstentions by reason, per-cell accuracy
@@ -31,6 +33,7 @@ import numpy as np
 from alnett_edge.capture.base import Frame
 from alnett_edge.daemon.cells import QualityConfig
 from alnett_edge.daemon.detector import CellDetector, DetectorConfig
+from alnett_edge.daemon.optics import OpticsConfig, estimate_um_per_px
 from alnett_edge.daemon.service import classify_frame
 from alnett_edge.daemon.sinks import CellRecord
 from alnett_edge.daemon.stats import StageTimes, wilson_interval
@@ -39,6 +42,8 @@ from alnett_edge.errors import ConfigError, DataError
 
 Box = tuple[int, int, int, int]
 WBC_NAMES = re.compile(r"wbc|white|leuk|leuc", re.IGNORECASE)
+#: frames (evenly spaced) the pixel size is estimated from when the optics are not given
+CALIBRATION_FRAMES = 40
 
 
 @dataclass
@@ -170,13 +175,22 @@ class FrameResult:
 
 def field_eval(runtime: Any, folder: str | Path, detector: DetectorConfig | None = None,
                quality: QualityConfig | None = None, iou: float = 0.5, limit: int | None = None,
-               max_batch: int = 8) -> tuple[dict[str, Any], list[FrameResult]]:
-    """Score the daemon's per-frame path on annotated frames (see the module doc)."""
+               max_batch: int = 8, optics: OpticsConfig | None = None) -> tuple[dict[str, Any], list[FrameResult]]:
+    """Score the daemon's per-frame path on annotated frames (see the module doc). The pixel size is
+    the optics config's, or estimated from the frames' red cells as the daemon would."""
     if not 0 < iou <= 1:
         raise ConfigError(f"--iou must be in (0, 1], got {iou}")
     layout, truths = read_truth(folder)
     truths = truths[:limit] if limit else truths
-    det, quality = CellDetector(detector or DetectorConfig()), quality or QualityConfig()
+    optics = optics or OpticsConfig()
+    um_per_px = optics.resolve()
+    optics_report: dict[str, Any] = {"um_per_px": um_per_px, "source": "config"}
+    if not um_per_px:
+        step = max(1, len(truths) // CALIBRATION_FRAMES)
+        cal = estimate_um_per_px((load_image(t.image, what="frame") for t in truths[::step]), optics.rbc_um)
+        um_per_px = cal.um_per_px
+        optics_report = {**cal.to_dict(), "source": f"estimated from {cal.frames} of the frames"}
+    det, quality = CellDetector(detector or DetectorConfig(), um_per_px), quality or QualityConfig()
     times = StageTimes()
     results = []
     for k, truth in enumerate(truths):
@@ -185,7 +199,9 @@ def field_eval(runtime: Any, folder: str | Path, detector: DetectorConfig | None
         for stage, ms in stage_ms.items():
             times.add(stage, ms)
         results.append(FrameResult(truth, records, match([r.box for r in records], truth.boxes, iou)))
-    return _report(results, layout, str(folder), iou, times), results
+    report = _report(results, layout, str(folder), iou, times)
+    report["optics"] = optics_report
+    return report, results
 
 
 def _report(results: list[FrameResult], layout: str, folder: str, iou: float, times: StageTimes) -> dict[str, Any]:

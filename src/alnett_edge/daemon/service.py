@@ -25,10 +25,11 @@ from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
 from alnett_edge.daemon.cells import QualityConfig, cell_image, quality_reason
 from alnett_edge.daemon.config import DaemonConfig
 from alnett_edge.daemon.detector import CellDetector
+from alnett_edge.daemon.optics import estimate_um_per_px
 from alnett_edge.daemon.sinks import CellRecord, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.daemon.stats import Aggregator, StageTimes
 from alnett_edge.data.preprocess import preprocess
-from alnett_edge.errors import ConfigError
+from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.files import sha256_file
 from alnett_edge.machine import isa_line
 from alnett_edge.runtime.loader import open_runtime
@@ -92,7 +93,12 @@ class Daemon:
         bundle = Path(cfg.runtime.bundle)
         if not bundle.exists():
             raise ConfigError(f"bundle not found: {bundle}")
-        self.detector = CellDetector(cfg.detector)
+        um_per_px = cfg.optics.resolve()
+        # without a configured pixel size the detector waits for the first frames to estimate one
+        self.detector: CellDetector | None = CellDetector(cfg.detector, um_per_px) if um_per_px else None
+        self.optics: dict[str, Any] = ({"um_per_px": um_per_px, "source": "config"} if um_per_px else
+                                       {"um_per_px": None, "source": f"estimating from the first {cfg.optics.calibration_frames} frames"})
+        self._calibration_frames: list[Frame] = []
         s = cfg.source
         settings = SourceSettings(s.width or None, s.height or None, s.fps or None, s.exposure or None, s.loop,
                                   timeout=s.stall_timeout)
@@ -108,6 +114,7 @@ class Daemon:
             copies.append(SnapshotSink(cfg.sinks.snapshots, cfg.sinks.snapshot_every, cfg.sinks.snapshot_min_interval_s))
         self.recorder = Recorder(SqliteSink(cfg.sinks.db), copies, cfg.sinks.max_pending_cells)
         self.frames_processed = 0
+        self.frames_uncalibrated = 0  # frames seen while no pixel size could be estimated
         self.cells_processed = 0  # through the model (stored or pending); the session counts stored ones
         self.stopping = False
         self.stop_reason = ""
@@ -180,6 +187,8 @@ class Daemon:
     def finish(self) -> dict[str, Any]:
         self.stopping = True
         self.capture.stop()
+        if self.detector is None:
+            self._calibrate(None)  # a run shorter than the calibration frames: estimate from what came
         self._count(self.recorder.flush())
         summary = self.status()
         summary["stop_reason"] = self.stop_reason or self.capture.stats.state
@@ -208,7 +217,41 @@ class Daemon:
 
     # -- one frame ---------------------------------------------------------------------------------
     def process(self, frame: Frame) -> list[CellRecord]:
-        records, times = classify_frame(frame, self.detector, self.cfg.quality, self.runtime, self.cfg.runtime.max_batch,
+        if self.detector is None:
+            return self._calibrate(frame)
+        return self._process(frame)
+
+    def _calibrate(self, frame: Frame | None) -> list[CellRecord]:
+        """Hold the first frames until the pixel size is estimated from them, then process them."""
+        if frame is not None:
+            self._calibration_frames.append(frame)
+        want = self.cfg.optics.calibration_frames
+        if not self._calibration_frames or (len(self._calibration_frames) < want and frame is not None):
+            return []
+        frames, self._calibration_frames = self._calibration_frames, []
+        try:
+            cal = estimate_um_per_px((f.rgb for f in frames), self.cfg.optics.rbc_um)
+        except DataError:
+            self.optics["source"] = f"estimating: no red cells in {len(frames)} frames (set [optics] um_per_px)"
+            log.warning("no red cells to estimate the pixel size from in %d frames; those frames are skipped "
+                        "(set [optics] um_per_px or run alnett-edge optics calibrate)", len(frames))
+            self.frames_uncalibrated += len(frames)
+            return []
+        self.optics = {"um_per_px": round(cal.um_per_px, 5), "source": f"estimated from {cal.frames} frames",
+                       "spread": round(cal.spread, 4), "rbc_px": round(cal.rbc_px, 2)}
+        log.info("pixel size %.4f µm estimated from red cells in %d frames (spread %.1f %%)", cal.um_per_px,
+                 cal.frames, 100 * cal.spread)
+        self.detector = CellDetector(self.cfg.detector, cal.um_per_px)
+        out: list[CellRecord] = []
+        for f in frames:
+            out.extend(self._process(f))
+        return out
+
+    def _process(self, frame: Frame) -> list[CellRecord]:
+        detector = self.detector
+        if detector is None:  # only _calibrate calls this, after it set the detector
+            raise RuntimeError("frame processed before the pixel size was known")
+        records, times = classify_frame(frame, detector, self.cfg.quality, self.runtime, self.cfg.runtime.max_batch,
                                         self.model_sha256)
         t3 = time.perf_counter()
         self._count(self.recorder.write(frame.rgb, frame.index, records))
@@ -248,6 +291,7 @@ class Daemon:
             "capture": {"frames": cap.frames, "stalls": cap.stalls, "reconnects": cap.reconnects,
                         "read_errors": cap.read_errors, "skipped_frames": cap.skipped_frames, "state": cap.state, "last_error": cap.last_error},
             "stages": self.times.summary(), "session": self.agg.snapshot(), "store": self.recorder.status(),
+            "optics": dict(self.optics), "frames_uncalibrated": self.frames_uncalibrated,
         }  # fmt: skip
 
     def healthy(self) -> tuple[bool, str]:

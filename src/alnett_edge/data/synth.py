@@ -33,6 +33,8 @@ from alnett_edge.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 REF_SIZE = 450.0  # C-NMC image side; geometry below is given at this scale
+#: the synthetic smear's pixel size: its red cells are 76-104 px across (mean 90) and taken as 7.8 µm
+SMEAR_UM_PER_PX = 7.8 / 90.0
 
 
 @dataclass(frozen=True)
@@ -262,13 +264,13 @@ def synth_smear(rng: np.random.Generator, width: int = 640, height: int = 480, n
     wbcs = []
     for _ in range(int(rng.integers(n_wbc[0], n_wbc[1] + 1))):
         for _try in range(30):  # keep white cells apart so each has its own box
-            r = rng.uniform(45, 75)
+            r = rng.uniform(65, 90)  # 11-16 µm across at SMEAR_UM_PER_PX, like BCCD (1.9x a red cell)
             cx, cy = rng.uniform(r * 0.6, width - r * 0.6), rng.uniform(r * 0.6, height - r * 0.6)
             if all(np.hypot(cx - x, cy - y) > r + rr + 10 for x, y, rr in wbcs):
                 wbcs.append((cx, cy, r))
                 break
 
-    for _ in range(int(rng.integers(12, 26))):
+    for _ in range(int(rng.integers(36, 56))):  # a smear is mostly red cells (they also calibrate the optics)
         r = rng.uniform(38, 52)
         cx, cy = rng.uniform(-r / 2, width + r / 2), rng.uniform(-r / 2, height + r / 2)
         if any(np.hypot(cx - x, cy - y) < rr + r * 0.3 for x, y, rr in wbcs):
@@ -289,7 +291,7 @@ def synth_smear(rng: np.random.Generator, width: int = 640, height: int = 480, n
         cell_h = _blob_params(rng, 0.05)
         cwin = _window(cx, cy, _blob_reach(r, cell_h, 1.0, 1.5), width, height)
         cell = _blob_at(xx[cwin] - cx, yy[cwin] - cy, r, cell_h, 1.0, 0.0, soft=1.5)
-        _paint(img[cwin], cell, np.array([0.78, 0.70, 0.85], np.float32))
+        _paint(img[cwin], cell, np.array([0.84, 0.78, 0.89], np.float32))  # pale cytoplasm, as BCCD's
         if blast:  # the nucleus lies inside the cell: its window is the cell's
             angle = rng.uniform(0, np.pi)  # drawn before the harmonics, as _blob's argument was
             nuc_h = _blob_params(rng, 0.08)
@@ -300,7 +302,7 @@ def synth_smear(rng: np.random.Generator, width: int = 640, height: int = 480, n
                 a = rng.uniform(0, 2 * np.pi)
                 lx, ly = cx + 0.35 * r * np.cos(a), cy + 0.35 * r * np.sin(a)
                 lobe_h = _blob_params(rng, 0.1)
-                nuc = np.maximum(nuc, _blob_at(xx[cwin] - lx, yy[cwin] - ly, r * 0.35, lobe_h, 1.2, a, soft=2) * cell)
+                nuc = np.maximum(nuc, _blob_at(xx[cwin] - lx, yy[cwin] - ly, r * 0.42, lobe_h, 1.2, a, soft=2) * cell)
         tex = (1 + 0.12 * _noise(rng, (height, width), 2.0))[..., None]
         _paint(img[cwin], nuc, np.array([0.42, 0.30, 0.72], np.float32) * tex[cwin])
         box = (max(0, int(cx - r)), max(0, int(cy - r)), min(width - 1, int(cx + r)), min(height - 1, int(cy + r)))
