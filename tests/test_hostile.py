@@ -366,6 +366,16 @@ def _until(cond, timeout=60.0):
         time.sleep(0.05)
 
 
+def _remove_tree(path):
+    """rm -rf while the daemon is writing into it: a snapshot written between the listing and the rmdir
+    makes one pass fail, so pass again until the tree is gone."""
+    for _ in range(100):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+    raise AssertionError(f"{path} could not be removed")
+
+
 def test_output_folder_deleted_mid_run_is_restored_with_every_row(x86_bundle, tmp_path):
     out = tmp_path / "out"
     daemon, thread, box = _run_daemon_in_thread(
@@ -373,7 +383,7 @@ def test_output_folder_deleted_mid_run_is_restored_with_every_row(x86_bundle, tm
         {"db": str(out / "cells.db"), "jsonl": str(out / "cells.jsonl"), "snapshots": str(out / "snaps"),
          "snapshot_every": 1}, run={"max_frames": 12})
     _until(lambda: daemon.frames_processed >= 4)
-    shutil.rmtree(out)  # everything: database, WAL, JSONL, snapshots
+    _remove_tree(out)  # everything: database, WAL, JSONL, snapshots
     thread.join(120)
     summary = box["summary"]
     n, sessions = _rows(out / "cells.db")
@@ -389,7 +399,7 @@ def test_snapshot_folder_lost_mid_run_is_counted_not_fatal(x86_bundle, tmp_path)
         x86_bundle["bundle"], "synthetic:9", {"db": str(tmp_path / "c.db"), "snapshots": str(snaps), "snapshot_every": 1},
         run={"max_frames": 10})
     _until(lambda: daemon.frames_processed >= 3)
-    shutil.rmtree(snaps)
+    _remove_tree(snaps)
     snaps.write_text("a file where the folder was")  # cannot be made again: every snapshot fails
     thread.join(120)
     s = box["summary"]

@@ -33,16 +33,19 @@ def test_pixel_size_from_red_cells_of_synthetic_frames_at_two_zooms():
         assert cal.frames == 24 and cal.spread < 0.15
 
 
-def test_detections_with_the_estimated_pixel_size_match_those_with_the_true_one():
-    frames = _frames(20, seed=5)
-    est = estimate_um_per_px(f.image for f in frames).um_per_px
-    found = {}
-    for um in (SMEAR_UM_PER_PX, est):
+def test_detections_with_the_estimated_pixel_size_match_those_with_the_true_one_on_bccd():
+    root = require_shared(BCCD)
+    _, truths = read_truth(root)
+    images = [cv2.cvtColor(cv2.imread(str(t.image)), cv2.COLOR_BGR2RGB) for t in truths[::4]]
+    est = estimate_um_per_px(images[::2]).um_per_px
+    true = 7.8 / 104  # BCCD's annotated red cells: median box side 104 px
+    assert abs(est - true) / true < 0.05
+    hits = {}
+    for um in (true, est):
         det = CellDetector(um_per_px=um)
-        found[um] = sum(len(match([d.box for d in det.detect(f.image)], [o.box for o in f.objects if o.name == "WBC"], 0.5))
-                        for f in frames)
-    true = sum(o.name == "WBC" for f in frames for o in f.objects)
-    assert found[SMEAR_UM_PER_PX] >= 0.95 * true and abs(found[est] - found[SMEAR_UM_PER_PX]) <= 0.05 * true, (found, true)
+        hits[um] = sum(len(match([d.box for d in det.detect(img)], t.boxes, 0.5)) for img, t in zip(images, truths[::4]))
+    n = sum(len(t.boxes) for t in truths[::4])
+    assert hits[true] >= 0.93 * n and abs(hits[est] - hits[true]) <= 0.02 * n, (hits, n)
 
 
 def test_the_vignette_is_not_specimen_and_cells_cut_by_it_are_abstained():

@@ -1,8 +1,9 @@
 """The model card: the one preprocessing contract of alnett-edge.
 
 A card travels inside every checkpoint (and later every exported bundle). Training, evaluation,
-calibration, export, bench and the device daemon read input size, colour order, layout, mean/std,
-background masking and class names from it and from nowhere else.
+calibration, export, bench and the device daemon read input size, colour order, layout, mean/std or
+per-cell colour normalisation, background masking, the physical scale of the input canvas and class
+names from it and from nowhere else.
 
 This module is at the bottom of the import graph: it imports neither torch nor any other
 alnett-edge layer, so a device that only runs bundles can load a card.
@@ -30,6 +31,9 @@ CLASS_NAMES: tuple[str, ...] = ("hem", "all")
 CNMC_MEAN: tuple[float, float, float] = (0.275, 0.119, 0.315)
 CNMC_STD: tuple[float, float, float] = (0.054, 0.040, 0.047)
 
+#: InputSpec.stain values (see there)
+STAIN_MODES: tuple[str, ...] = ("none", "cell")
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -47,6 +51,13 @@ class InputSpec:
     mask_threshold: int = 10
     #: Non-square images are padded with black to a square, centred, then resized.
     resize: str = "pad-square"
+    #: The physical side of the model's input canvas in µm: a cell cropped from a camera frame is placed
+    #: on a canvas this wide (not zoomed to fit), so it reaches the model at the scale of the training
+    #: cells. 0 = unknown (cards from before it was measured): field crops are zoomed to fit.
+    canvas_um: float = 0.0
+    #: Colour normalisation: "none" = (x - mean) / std with the card's dataset mean/std; "cell" = each
+    #: cell's own foreground mean/std per channel (a lamp, exposure or stain-strength gain cancels out).
+    stain: str = "none"
 
     def validate(self) -> None:
         h, w = self.size
@@ -60,6 +71,10 @@ class InputSpec:
             raise CheckpointError("mean and std need three values and std must be > 0")
         if self.resize != "pad-square":
             raise CheckpointError(f"unknown resize mode {self.resize!r}")
+        if not self.canvas_um >= 0:
+            raise CheckpointError(f"canvas_um must be >= 0, got {self.canvas_um!r}")
+        if self.stain not in STAIN_MODES:
+            raise CheckpointError(f"unknown stain normalisation {self.stain!r}; known: {', '.join(STAIN_MODES)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputSpec":

@@ -117,7 +117,7 @@ def _train(ctx: PipelineContext) -> dict[str, Any]:
     cfg = TrainConfig(
         data=str(ctx.artifacts["cells"]), out=str(ctx.workdir / "train"), variant=ctx.variant,
         input_size=ctx.input_size, epochs=ctx.epochs, batch_size=ctx.batch_size, lr=5e-3, patience=ctx.epochs,
-        seed=ctx.seed, workers=ctx.workers,
+        seed=ctx.seed, workers=ctx.workers, stain="cell",  # the smear's lamp is brighter than the cells' images
     )
     result = train(cfg, progress=False)
     ctx.artifacts["checkpoint"] = result.best
@@ -192,23 +192,39 @@ def _export(ctx: PipelineContext) -> dict[str, Any]:
 def _daemon(ctx: PipelineContext) -> dict[str, Any]:
     """A few seconds of the camera daemon on a synthetic smear video replayed at 30 fps."""
     from alnett_edge.daemon.config import build_config
+    from alnett_edge.daemon.optics import estimate_um_per_px, read_source_frames
     from alnett_edge.daemon.service import Daemon
-    from alnett_edge.data.synth import write_smear_video
+    from alnett_edge.data.synth import SMEAR_UM_PER_PX, write_smear_video
 
     bundle = ctx.artifacts.get("bundle:x86-cpu") or next((v for k, v in ctx.artifacts.items() if k.startswith("bundle:")), None)
     if bundle is None:
         bundle = ctx.workdir / "export" / "x86-cpu"
     out = ctx.workdir / "daemon"
     video = out / "smear.avi"
-    write_smear_video(video, 60, ctx.seed)
+    labels: list[list[str]] = []
+    write_smear_video(video, 60, ctx.seed, labels=labels)
+    truth = [lab for frame in labels for lab in frame]
     db = out / "cells.db"
     db.unlink(missing_ok=True)
+    # the synthetic camera's pixel size is known, as a microscope's is from its camera pixel pitch and
+    # magnification; the red-cell estimate (`alnett-edge optics calibrate --source ...`) is shown beside it
+    cal = estimate_um_per_px(read_source_frames(f"video:{video}", 40))
     cfg = build_config({}, {
         "source": {"spec": f"video:{video}", "fps": 30.0, "loop": True}, "runtime": {"bundle": str(bundle)},
+        "optics": {"um_per_px": SMEAR_UM_PER_PX},
         "sinks": {"db": str(db), "snapshots": str(out / "snapshots"), "snapshot_every": 30}, "http": {"port": 0},
         "run": {"duration": ctx.daemon_seconds}})  # fmt: skip
     summary = Daemon(cfg).run()
     ctx.artifacts["daemon_summary"] = summary
     f2d = summary["stages"].get("frame_to_decision", {})
+    session = summary["session"]
+    true_ratio = round(sum(lab == "all" for lab in truth) / len(truth), 4) if truth else None
+    ci = session.get("blast_ratio_ci95")
     return {"fps": summary["mean_fps"], "frames": summary["frames_processed"], "dropped": summary["frames_dropped"],
-            "cells": summary["cells_processed"], "p99_frame_to_decision_ms": f2d.get("p99_ms"), "db": str(db)}
+            "cells": summary["cells_processed"], "p99_frame_to_decision_ms": f2d.get("p99_ms"), "db": str(db),
+            "um_per_px": f"{SMEAR_UM_PER_PX:.4f} (the red-cell estimate says {cal.um_per_px:.4f})",
+            "blast_ratio": f"predicted {session.get('blast_ratio')} (95 % CI {ci}), true {true_ratio} over the "
+                           f"{len(truth)} white cells of the video" + (
+                               "" if ci is None or true_ratio is None else
+                               f": {'within' if abs(session['blast_ratio'] - true_ratio) <= 0.10 else 'NOT within'} "
+                               f"±0.10, truth {'inside' if ci[0] <= true_ratio <= ci[1] else 'OUTSIDE'} the interval")}

@@ -28,25 +28,6 @@ def _folder_frames(folder: Path, n: int) -> list:
     return [load_image(p, what="frame") for p in files[::step][:n]]
 
 
-def _source_frames(spec: str, n: int) -> list:
-    from alnett_edge.capture.base import FrameSkipped, SourceSettings, make_source
-
-    frames, tries = [], 0
-    with make_source(spec, SourceSettings(timeout=5.0)) as source:
-        while len(frames) < n and tries < 3 * n:
-            tries += 1
-            try:
-                rgb = source.read()
-            except FrameSkipped:
-                continue
-            if rgb is None:
-                break
-            frames.append(rgb)
-    if not frames:
-        raise DataError(f"{spec} gave no frames")
-    return frames
-
-
 def write_um_per_px(path: Path, um_per_px: float) -> None:
     """Set ``[optics] um_per_px`` in a daemon TOML, keeping everything else as written."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -80,11 +61,11 @@ def calibrate(
     json_out: Path = typer.Option(None, "--json", help="Write the estimate as JSON.", callback=output_file),
 ) -> None:
     """Estimate the pixel size (µm per camera pixel) from the red cells of a smear, with its spread."""
-    from alnett_edge.daemon.optics import RBC_UM, estimate_um_per_px
+    from alnett_edge.daemon.optics import RBC_UM, estimate_um_per_px, read_source_frames
 
     if (frames is None) == (source is None):
         raise ConfigError("give the frames once: --frames DIR or --source SPEC")
-    images = _folder_frames(frames, n) if frames is not None else _source_frames(source, n)
+    images = _folder_frames(frames, n) if frames is not None else read_source_frames(source, n)
     cal = estimate_um_per_px(images, rbc_um or RBC_UM)
     out = cal.to_dict()
     p10, p90 = out["per_frame_rbc_px_p10_p90"]

@@ -29,6 +29,10 @@ def register(app: typer.Typer) -> None:
         no_augment: bool = typer.Option(False, "--no-augment"),
         dilations: str = typer.Option(None, help="Comma-separated dilation rates, e.g. 1,2,3."),
         fusion: str = typer.Option(None, help="Branch fusion: concat or sum."),
+        stain: str = typer.Option("none", help="Colour normalisation in the card: none (the card's mean/std) or "
+                                  "cell (each cell's own mean/std: robust to lamp and stain strength)."),
+        canvas_um: float = typer.Option(0.0, "--canvas-um", min=0.0, help="Side of the input canvas in µm "
+                                        "(default: measured, the median normal cell taken as 9 µm)."),
         workers: int = typer.Option(2, help="Data loading worker processes."),
         device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
         seed: int = typer.Option(0),
@@ -47,8 +51,8 @@ def register(app: typer.Typer) -> None:
             data=str(data), out=str(out), variant=variant, input_size=input_size, layout=layout,
             labels_csv=str(labels_csv) if labels_csv else None, epochs=epochs, batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, patience=patience, val_fraction=val_fraction, val_fold=val_fold,
-            balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, workers=workers, device=device,
-            seed=seed, resume=resume, stop_after=stop_after,
+            balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, stain=stain, canvas_um=canvas_um,
+            workers=workers, device=device, seed=seed, resume=resume, stop_after=stop_after,
         )
         result = run(cfg)
         m = result.best_metrics

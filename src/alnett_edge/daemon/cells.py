@@ -20,10 +20,13 @@ class QualityConfig:
     min_confidence: float = 0.6  # top class probability; lower = abstain
 
 
-def cell_image(frame_rgb: np.ndarray, det: Detection) -> np.ndarray:
-    """The C-NMC look at the frame's scale: the segmented cell on black, centred on its mask, on a
-    square canvas. Returns uint8 RGB; the model input is ``preprocess(cell_image(...), card.input)``,
-    the one preprocessing function training, predict and the gate use."""
+def cell_image(frame_rgb: np.ndarray, det: Detection, canvas_px: float = 0.0) -> np.ndarray:
+    """The C-NMC look: the segmented cell on black, centred on its mask, on a square canvas. With
+    ``canvas_px`` (the card's ``canvas_um`` in this frame's pixels) the canvas has that side, so the cell
+    reaches the model at the physical scale of the training cells (scale-true; a cell larger than the
+    canvas is cut, and :func:`quality_reason` abstains it); without it the canvas hugs the cell (zoom to
+    fit, for cards that do not know their scale). Returns uint8 RGB; the model input is
+    ``preprocess(cell_image(...), card.input)``, the one function training, predict and the gate use."""
     x0, y0, x1, y1 = det.box
     crop = frame_rgb[y0:y1, x0:x1]
     cell = np.where(det.mask[..., None] > 0, crop, 0).astype(np.uint8)
@@ -31,13 +34,21 @@ def cell_image(frame_rgb: np.ndarray, det: Detection) -> np.ndarray:
     if len(xs):
         cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
         half = max(xs.max() - xs.min(), ys.max() - ys.min()) / 2 + 4
-        side = int(np.ceil(2 * half))
+        side = int(round(canvas_px)) if canvas_px >= 8 else int(np.ceil(2 * half))
         canvas = np.zeros((side, side, 3), np.uint8)
         sx0, sy0 = int(round(cx - side / 2)), int(round(cy - side / 2))
         src = cell[max(0, sy0) : sy0 + side, max(0, sx0) : sx0 + side]
         canvas[max(0, -sy0) : max(0, -sy0) + src.shape[0], max(0, -sx0) : max(0, -sx0) + src.shape[1]] = src
         cell = canvas
     return cell
+
+
+def fits_canvas(det: Detection, canvas_px: float) -> bool:
+    """The cell's mask fits the scale-true canvas (always true without one)."""
+    if canvas_px < 8:
+        return True
+    ys, xs = np.nonzero(det.mask)
+    return not len(xs) or max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 <= canvas_px
 
 
 def sharpness(frame_rgb: np.ndarray, det: Detection) -> float:
@@ -48,10 +59,12 @@ def sharpness(frame_rgb: np.ndarray, det: Detection) -> float:
     return float(lap[inside].var()) if inside.any() else 0.0
 
 
-def quality_reason(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig) -> str | None:
+def quality_reason(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig, canvas_px: float = 0.0) -> str | None:
     """Why this cell must not be classified, or None. (Nucleus size is the detector's: µm² bounds.)"""
     if det.touches_border and not cfg.allow_border:
         return "cut by frame or field edge"
+    if not fits_canvas(det, canvas_px):
+        return "larger than the model's field"
     if sharpness(frame_rgb, det) < cfg.min_sharpness:
         return "blurred"
     return None

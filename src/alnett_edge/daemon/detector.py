@@ -213,12 +213,14 @@ class CellDetector:
 
 
 def cell_mask(crop: np.ndarray, nucleus: np.ndarray, px_per_um: float = 14.0) -> np.ndarray:
-    """The nucleus plus the cytoplasm around it: pixels darker or bluer than the background plasma,
-    connected to the nucleus, within a disk around it; cleaned at ~0.5 µm (``px_per_um``)."""
+    """The nucleus plus the cytoplasm around it: pixels bluer than the background plasma, or darker
+    without being pink (a touching red cell is darker too), connected to the nucleus, within a disk
+    around it; cleaned at ~0.5 µm (``px_per_um``)."""
     gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     bg = float(np.percentile(gray, 90))
     bluish = nucleus_score(crop) > 12
-    darker = gray < bg - 18
+    pink = crop[..., 0].astype(np.int16) - crop[..., 2] > 15  # red cells (R > B): never part of a white cell
+    darker = (gray < bg - 18) & ~pink
     near = cv2.dilate(nucleus, _disk(max(3, int(0.35 * max(crop.shape[:2])))))
     mask = (((bluish | darker) & (near > 0)) | (nucleus > 0)).astype(np.uint8) * 255
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(min(7, 2 * round(0.5 * px_per_um) + 1)))

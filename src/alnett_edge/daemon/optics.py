@@ -181,3 +181,24 @@ def estimate_um_per_px(frames: Iterable[np.ndarray], rbc_um: float = RBC_UM) -> 
     boot = np.median(np.random.default_rng(0).choice(arr, (500, len(arr))), axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return Calibration(rbc_um / med, med, spread, len(values), empty, values, rbc_um, (rbc_um / hi, rbc_um / lo))
+
+
+def read_source_frames(spec: str, n: int) -> list[np.ndarray]:
+    """The first ``n`` frames of a capture source (a camera, a video, a folder), for calibration."""
+    from alnett_edge.capture.base import FrameSkipped, SourceSettings, make_source
+
+    frames: list[np.ndarray] = []
+    tries = 0
+    with make_source(spec, SourceSettings(timeout=5.0)) as source:
+        while len(frames) < n and tries < 3 * n:
+            tries += 1
+            try:
+                rgb = source.read()
+            except FrameSkipped:
+                continue
+            if rgb is None:
+                break
+            frames.append(rgb)
+    if not frames:
+        raise DataError(f"{spec} gave no frames")
+    return frames

@@ -42,16 +42,18 @@ STOP_GRACE_S = 5.0
 
 def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, runtime: Any, max_batch: int,
                    model_sha256: str) -> tuple[list[CellRecord], dict[str, float]]:
-    """The daemon's per-frame path, shared with ``field-eval``: detect -> quality gate -> crop and
-    preprocess (the card's one function) -> batched inference -> a record per detection (label, or the
-    reason it was abstained). Returns the records and the stage times in ms."""
+    """The daemon's per-frame path, shared with ``field-eval``: detect -> quality gate -> scale-true crop
+    (the card's ``canvas_um`` at the detector's pixel size) and preprocess (the card's one function) ->
+    batched inference -> a record per detection (label, or the reason it was abstained). Returns the
+    records and the stage times in ms."""
     card = runtime.card
     t0 = time.perf_counter()
     dets = detector.detect(frame.rgb)
     t1 = time.perf_counter()
-    reasons = [quality_reason(frame.rgb, d, quality) for d in dets]
+    canvas_px = card.input.canvas_um / detector.um_per_px  # scale-true crops (0: the card has no scale)
+    reasons = [quality_reason(frame.rgb, d, quality, canvas_px) for d in dets]
     keep = [i for i, r in enumerate(reasons) if r is None]
-    inputs = [preprocess(cell_image(frame.rgb, dets[i]), card.input) for i in keep]
+    inputs = [preprocess(cell_image(frame.rgb, dets[i], canvas_px), card.input) for i in keep]
     t2 = time.perf_counter()
     probs = np.zeros((0, len(card.class_names)), np.float32)
     if inputs:

@@ -4,7 +4,8 @@
 
 * :func:`prepare` — RGB uint8 image of any size -> pad to a centred black square -> resize to the
   card's input size (INTER_AREA when shrinking, INTER_LINEAR when enlarging). Output: uint8 HxWx3 RGB.
-* :func:`normalize` — uint8 -> float32 ``(x / 255 - mean) / std``; with background masking, pixels
+* :func:`normalize` — uint8 -> float32 ``(x / 255 - mean) / std`` (the card's mean/std, or the cell's
+  own with ``stain = "cell"``); with background masking, pixels
   whose brightest channel is <= ``mask_threshold`` become exactly 0; then HWC -> CHW (or kept HWC when
   the card says NHWC).
 
@@ -29,6 +30,9 @@ IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: largest image decoded (width x height): a 20-megapixel microscope camera fits; a decompression bomb
 #: (a 20000 x 20000 PNG of a few kB) is refused from its header, before any pixel is decoded
 MAX_IMAGE_PIXELS = 50_000_000
+#: per-cell standardisation (``stain = "cell"``) divides by at least this std ([0, 1] scale), so a flat
+#: cell does not blow up
+CELL_STD_FLOOR = 0.01
 
 
 def decode_image_file(path: str | Path, what: str = "image") -> np.ndarray:
@@ -129,15 +133,23 @@ def prepare(image: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def normalize(prepared: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 RGB HxWx3 -> float32 tensor in the card's colour order and layout (CHW or HWC)."""
+    """uint8 RGB HxWx3 -> float32 tensor in the card's colour order and layout (CHW or HWC). With
+    ``spec.stain == "cell"`` each channel is standardised by the cell's own foreground mean and std."""
     img = prepared if spec.color_order == "RGB" else prepared[..., ::-1]
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    if spec.color_order == "BGR":
-        mean, std = mean[::-1], std[::-1]
-    x = (img.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
+    x = img.astype(np.float32) * np.float32(1.0 / 255.0)
+    fg = img.max(axis=2) > spec.mask_threshold
+    if spec.stain == "cell" and fg.sum() >= 16:
+        pixels = x[fg]
+        mean = pixels.mean(axis=0)
+        std = np.maximum(pixels.std(axis=0), np.float32(CELL_STD_FLOOR))
+    else:
+        mean = np.asarray(spec.mean, dtype=np.float32)
+        std = np.asarray(spec.std, dtype=np.float32)
+        if spec.color_order == "BGR":
+            mean, std = mean[::-1], std[::-1]
+    x = (x - mean) / std
     if spec.mask_background:
-        x[img.max(axis=2) <= spec.mask_threshold] = 0.0
+        x[~fg] = 0.0
     if spec.layout == "NCHW":
         x = x.transpose(2, 0, 1)
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 REF_SIZE = 450.0  # C-NMC image side; geometry below is given at this scale
 #: the synthetic smear's pixel size: its red cells are 76-104 px across (mean 90) and taken as 7.8 µm
 SMEAR_UM_PER_PX = 7.8 / 90.0
+#: the synthetic cells' pixel size at REF_SIZE: their normal (hem) cells' median diameter, 182 px at the
+#: demo's difficulty 0.4, is taken as 9 µm (small lymphocytes are 7-10 µm), the rule training uses
+CELL_UM_PER_PX = 9.0 / 182.0
+#: the difficulty of the white cells drawn into smears (the demo's)
+SMEAR_DIFFICULTY = 0.4
+#: a smear under a bright-field lamp is brighter than C-NMC's cell images: the white cells drawn into
+#: smears are the synthetic cells x this gain (a model with ``stain = "cell"`` does not see it)
+SMEAR_CELL_GAIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -252,8 +260,9 @@ def _blob_reach(radius: float, harmonics: list[tuple[float, float]], elong: floa
 
 
 def synth_smear(rng: np.random.Generator, width: int = 640, height: int = 480, n_wbc: tuple[int, int] = (1, 3),
-                blast_fraction: float = 0.5) -> SmearFrame:
-    """One BCCD-like frame: RBC field, 1-3 WBCs (some blasts), platelets; boxes for all of them.
+                blast_fraction: float = 0.5, difficulty: float = SMEAR_DIFFICULTY) -> SmearFrame:
+    """One BCCD-like frame at :data:`SMEAR_UM_PER_PX`: red cells, 1-3 white cells (synthetic C-NMC cells
+    at their physical size, some blasts), platelets; boxes for all of them.
     Each object is drawn only in the window it can reach (the same frame, a few times faster)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     bg = np.array([0.90, 0.85, 0.86], np.float32) * (1 + 0.03 * _noise(rng, (height, width), 60))[..., None]
@@ -261,19 +270,25 @@ def synth_smear(rng: np.random.Generator, width: int = 640, height: int = 480, n
     img = bg * vignette[..., None]
     objects: list[SmearObject] = []
 
-    wbcs = []
+    # white cells: the synthetic C-NMC cells themselves (what the demo's model is trained on), drawn at
+    # the smear's pixel size, so a cell reaches the model at the size it was trained on (scale-true)
+    cell_px = max(32, int(round(REF_SIZE * CELL_UM_PER_PX / SMEAR_UM_PER_PX)))
+    wbcs: list[tuple[float, float, float, np.ndarray, str]] = []
     for _ in range(int(rng.integers(n_wbc[0], n_wbc[1] + 1))):
+        label = int(rng.random() < blast_fraction)
+        cell = synth_cell(np.random.default_rng(rng.integers(2**32)), label, cell_px, difficulty)
+        ys, xs = np.nonzero(cell.max(axis=2))
+        r = max(xs.max() - xs.min(), ys.max() - ys.min()) / 2 + 1
         for _try in range(30):  # keep white cells apart so each has its own box
-            r = rng.uniform(65, 90)  # 11-16 µm across at SMEAR_UM_PER_PX, like BCCD (1.9x a red cell)
             cx, cy = rng.uniform(r * 0.6, width - r * 0.6), rng.uniform(r * 0.6, height - r * 0.6)
-            if all(np.hypot(cx - x, cy - y) > r + rr + 10 for x, y, rr in wbcs):
-                wbcs.append((cx, cy, r))
+            if all(np.hypot(cx - x, cy - y) > r + rr + 10 for x, y, rr, _, _ in wbcs):
+                wbcs.append((cx, cy, r, cell, CLASS_NAMES[label]))
                 break
 
     for _ in range(int(rng.integers(36, 56))):  # a smear is mostly red cells (they also calibrate the optics)
         r = rng.uniform(38, 52)
         cx, cy = rng.uniform(-r / 2, width + r / 2), rng.uniform(-r / 2, height + r / 2)
-        if any(np.hypot(cx - x, cy - y) < rr + r * 0.3 for x, y, rr in wbcs):
+        if any(np.hypot(cx - x, cy - y) < rr + r * 0.3 for x, y, rr, _, _ in wbcs):
             continue
         win = _window(cx, cy, r + 1, width, height)
         d = np.hypot(xx[win] - cx, yy[win] - cy) / r
@@ -286,27 +301,15 @@ def synth_smear(rng: np.random.Generator, width: int = 640, height: int = 480, n
         if box[2] - box[0] > 8 and box[3] - box[1] > 8:
             objects.append(SmearObject("RBC", box))
 
-    for cx, cy, r in wbcs:
-        blast = rng.random() < blast_fraction
-        cell_h = _blob_params(rng, 0.05)
-        cwin = _window(cx, cy, _blob_reach(r, cell_h, 1.0, 1.5), width, height)
-        cell = _blob_at(xx[cwin] - cx, yy[cwin] - cy, r, cell_h, 1.0, 0.0, soft=1.5)
-        _paint(img[cwin], cell, np.array([0.84, 0.78, 0.89], np.float32))  # pale cytoplasm, as BCCD's
-        if blast:  # the nucleus lies inside the cell: its window is the cell's
-            angle = rng.uniform(0, np.pi)  # drawn before the harmonics, as _blob's argument was
-            nuc_h = _blob_params(rng, 0.08)
-            nuc = _blob_at(xx[cwin] - cx, yy[cwin] - cy, r * 0.85, nuc_h, 1.05, angle, soft=2) * cell
-        else:
-            nuc = np.zeros_like(cell)
-            for _ in range(int(rng.integers(2, 5))):
-                a = rng.uniform(0, 2 * np.pi)
-                lx, ly = cx + 0.35 * r * np.cos(a), cy + 0.35 * r * np.sin(a)
-                lobe_h = _blob_params(rng, 0.1)
-                nuc = np.maximum(nuc, _blob_at(xx[cwin] - lx, yy[cwin] - ly, r * 0.42, lobe_h, 1.2, a, soft=2) * cell)
-        tex = (1 + 0.12 * _noise(rng, (height, width), 2.0))[..., None]
-        _paint(img[cwin], nuc, np.array([0.42, 0.30, 0.72], np.float32) * tex[cwin])
+    for cx, cy, r, cell, label in wbcs:
+        side = cell.shape[0]
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+        fx0, fy0, fx1, fy1 = max(0, x0), max(0, y0), min(width, x0 + side), min(height, y0 + side)
+        part = cell[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0].astype(np.float32) / 255.0
+        alpha = (part.max(axis=2) > 0).astype(np.float32)
+        _paint(img[fy0:fy1, fx0:fx1], alpha, np.clip(part * SMEAR_CELL_GAIN, 0, 1))
         box = (max(0, int(cx - r)), max(0, int(cy - r)), min(width - 1, int(cx + r)), min(height - 1, int(cy + r)))
-        objects.append(SmearObject("WBC", box, "all" if blast else "hem"))
+        objects.append(SmearObject("WBC", box, label))
 
     for _ in range(int(rng.integers(0, 4))):
         r = rng.uniform(4, 8)
@@ -354,8 +357,10 @@ def generate_smears(out: str | Path, n: int, seed: int = 0) -> dict[str, object]
     return {"root": str(out), "frames": n, "wbc": wbc}
 
 
-def write_smear_video(path: str | Path, n: int, seed: int = 0, fps: float = 30.0) -> list[list[tuple[int, int, int, int]]]:
-    """An MJPEG .avi of ``n`` synthetic smear frames (a camera stand-in); returns each frame's WBC boxes."""
+def write_smear_video(path: str | Path, n: int, seed: int = 0, fps: float = 30.0,
+                      labels: list[list[str]] | None = None) -> list[list[tuple[int, int, int, int]]]:
+    """An MJPEG .avi of ``n`` synthetic smear frames (a camera stand-in); returns each frame's WBC boxes
+    (and appends each frame's WBC labels, all/hem, to ``labels`` when given)."""
     if n < 1:
         raise ConfigError("the number of video frames must be >= 1")
     path = Path(path)
@@ -367,6 +372,8 @@ def write_smear_video(path: str | Path, n: int, seed: int = 0, fps: float = 30.0
             frame = synth_smear(np.random.default_rng([seed, 11, i]))
             writer.write(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
             truth.append([o.box for o in frame.objects if o.name == "WBC"])
+            if labels is not None:
+                labels.append([o.label or "" for o in frame.objects if o.name == "WBC"])
     finally:
         writer.release()
     return truth

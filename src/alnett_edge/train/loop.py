@@ -17,7 +17,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from alnett_edge.card import ModelCard
+from alnett_edge.card import STAIN_MODES, ModelCard
 from alnett_edge.data.augment import AugmentConfig
+from alnett_edge.data.scale import measure_canvas_um
 from alnett_edge.train.dataset import CellDataset, load_split_datasets
 from alnett_edge.data.sources import class_counts
 from alnett_edge.errors import ConfigError, TrainingError
@@ -70,6 +71,8 @@ class TrainConfig:
     stop_after: int | None = None  # run at most this many epochs now; continue later with resume
     dilations: tuple[int, ...] | None = None
     fusion: str | None = None
+    stain: str = "none"  # colour normalisation recorded in the card (InputSpec.stain)
+    canvas_um: float = 0.0  # the input canvas side in µm; 0: measured from the training cells
 
     def validate(self) -> None:
         get_variant(self.variant)
@@ -83,6 +86,10 @@ class TrainConfig:
             raise ConfigError("workers must be >= 0 and patience >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}")
+        if self.stain not in STAIN_MODES:
+            raise ConfigError(f"--stain must be one of {', '.join(STAIN_MODES)}, got {self.stain!r}")
+        if not self.canvas_um >= 0:
+            raise ConfigError(f"--canvas-um must be >= 0, got {self.canvas_um}")
 
 
 def finetune_config(card: ModelCard, data: str | Path, out: str | Path, epochs: int, lr: float,
@@ -292,12 +299,21 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         if cfg.fusion:
             overrides["fusion"] = cfg.fusion
         model = create_model(cfg.variant, **overrides)
-        card = new_card(model, cfg.variant, cfg.input_size)
+        card = new_card(model, cfg.variant, cfg.input_size, stain=cfg.stain)
 
     # Data: patient-disjoint split, decoded once.
     sd = load_split_datasets(cfg.data, card.input, cfg.layout, cfg.labels_csv, cfg.val_fraction, cfg.seed,
                              cfg.val_fold, AugmentConfig() if cfg.augment else None)
     train_ds, val_ds, report = sd.train, sd.val, sd.report
+    scale_info: dict[str, Any] = {}
+    if cfg.canvas_um:
+        card.input = replace(card.input, canvas_um=float(cfg.canvas_um))
+        scale_info = {"canvas_um": float(cfg.canvas_um), "method": "given (--canvas-um)"}
+    elif not card.input.canvas_um:  # the physical scale of the training cells, for scale-true field crops
+        negative = next(i for i in range(len(card.class_names)) if i != card.positive_class)
+        scale_info = measure_canvas_um(train_ds.images, train_ds.labels, negative, card.input.mask_threshold)
+        card.input = replace(card.input, canvas_um=scale_info["canvas_um"])
+        log.info("input canvas %.1f µm (%s)", scale_info["canvas_um"], scale_info["method"])
 
     model.to(device)
     criterion = make_criterion(train_ds.labels, cfg.balance, device)
@@ -356,6 +372,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "resume", "stop_after")},
         "world_size": dd.world,
         "device": device.type,
+        "scale": scale_info or card.training.get("scale", {}),
     }
     if init is not None and card.training:
         card.training = {**card.training, "finetune": info}
