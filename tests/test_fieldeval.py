@@ -4,7 +4,6 @@ real frames of two optics, Pascal VOC and YOLO, and synthetic frames whose cells
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
