@@ -63,3 +63,10 @@ def test_field_eval_errors_are_one_line(x86_bundle, tmp_path):
     one_line_error(cli("field-eval", x86_bundle["bundle"], tmp_path), "annotations that do not match the images")
     one_line_error(cli("field-eval", x86_bundle["bundle"], tmp_path / "none"), "annotated frames not found")
     one_line_error(cli("field-eval", x86_bundle["bundle"], tmp_path, "--iou", "2"), "--iou must be in (0, 1]")
+
+
+def test_field_eval_without_a_bundle_scores_the_detector_alone(tmp_path):
+    phone = require_shared(WBC_SMARTPHONE) / "valid"
+    r, out = _report([phone, "--limit", "5"], tmp_path)  # `field-eval FRAMES`: no model needed
+    assert (r["true_cells"], r["detections"], r["matched"], r["classified"]) == (12, 13, 12, 0)
+    assert r["model"].startswith("none") and set(r["stages"]) == {"detect"}

@@ -77,7 +77,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("field-eval")
     def field_eval(
-        bundle: Path = typer.Argument(..., help="Bundle to run (folder or .tar.gz)."),
+        bundle: Path = typer.Argument(None, help="Bundle to run (folder or .tar.gz); without one, the detector "
+                                      "and quality gate alone are scored."),
         frames_arg: Path = typer.Argument(None, metavar="FRAMES", help="Annotated frames: Pascal VOC (BCCD) or YOLO "
                                           "(images/ + labels/)."),
         frames_opt: Path = typer.Option(None, "--frames", help="The same folder, as an option."),
@@ -92,20 +93,28 @@ def register(app: typer.Typer) -> None:
                                    callback=output_file),
     ) -> None:
         """Score the daemon's per-frame path (detect, gate, crop, classify) on annotated field frames."""
+        if frames_arg is None and frames_opt is None and bundle is not None and bundle.is_dir() \
+                and not (bundle / "manifest.json").is_file():
+            bundle, frames_arg = None, bundle  # `field-eval FRAMES`: a folder of frames, not a bundle
         if (frames_arg is None) == (frames_opt is None):
-            raise ConfigError("give the annotated frames folder once: field-eval BUNDLE FRAMES or --frames FRAMES")
+            raise ConfigError("give the annotated frames folder once: field-eval [BUNDLE] FRAMES or --frames FRAMES")
         frames = frames_arg or frames_opt
         from alnett_edge.daemon.config import build_config, load_config
         from alnett_edge.daemon.fieldeval import contact_sheet, field_eval as run
         from alnett_edge.daemon.service import inference_threads
         from alnett_edge.runtime.loader import open_runtime
 
-        overrides = {"source": {"spec": "field-eval"}, "runtime": {"bundle": str(bundle)},
+        overrides = {"source": {"spec": "field-eval"}, "runtime": {"bundle": str(bundle or "none")},
                      "optics": {"um_per_px": um_per_px}}
         cfg = load_config(config, overrides) if config else build_config({}, overrides)
-        with open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads)) as rt:
-            report, results = run(rt, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch, cfg.optics)
-        report["model"] = rt.describe()
+        if bundle is None:
+            report, results = run(None, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch, cfg.optics)
+            report["model"] = "none (detector and quality gate only)"
+        else:
+            with open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads)) as rt:
+                report, results = run(rt, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch,
+                                      cfg.optics)
+            report["model"] = rt.describe()
         table = Table(title=f"field-eval: {report['frames']} frames ({report['layout']}) of {frames}", title_justify="left")
         for col in ("true cells", "detections", "matched", "recall", "precision", "centroid recall", "classified"):
             table.add_column(col, justify="right")

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from alnett_edge.capture.base import Frame
-from alnett_edge.daemon.cells import QualityConfig
+from alnett_edge.daemon.cells import QualityConfig, quality_reason
 from alnett_edge.daemon.detector import CellDetector, DetectorConfig
 from alnett_edge.daemon.optics import OpticsConfig, estimate_um_per_px
 from alnett_edge.daemon.service import classify_frame
@@ -173,11 +173,23 @@ class FrameResult:
     pairs: list[tuple[int, int]]
 
 
+def detect_only(frame: Frame, detector: CellDetector, quality: QualityConfig) -> tuple[list[CellRecord], dict[str, float]]:
+    """The detector and the quality gate of the daemon's path, without a model (``field-eval`` with no
+    bundle: is my microscope's every cell found?). Records carry no label; abstentions keep their reason."""
+    t0 = time.perf_counter()
+    dets = detector.detect(frame.rgb)
+    ms = (time.perf_counter() - t0) * 1e3
+    now = time.time()
+    return [CellRecord(now, frame.index, d.box, None, None, None, quality_reason(frame.rgb, d, quality), "")
+            for d in dets], {"detect": ms}
+
+
 def field_eval(runtime: Any, folder: str | Path, detector: DetectorConfig | None = None,
                quality: QualityConfig | None = None, iou: float = 0.5, limit: int | None = None,
                max_batch: int = 8, optics: OpticsConfig | None = None) -> tuple[dict[str, Any], list[FrameResult]]:
-    """Score the daemon's per-frame path on annotated frames (see the module doc). The pixel size is
-    the optics config's, or estimated from the frames' red cells as the daemon would."""
+    """Score the daemon's per-frame path on annotated frames (see the module doc); ``runtime=None``
+    scores the detector and quality gate alone. The pixel size is the optics config's, or estimated from
+    the frames' red cells as the daemon would."""
     if not 0 < iou <= 1:
         raise ConfigError(f"--iou must be in (0, 1], got {iou}")
     layout, truths = read_truth(folder)
@@ -195,7 +207,8 @@ def field_eval(runtime: Any, folder: str | Path, detector: DetectorConfig | None
     results = []
     for k, truth in enumerate(truths):
         frame = Frame(load_image(truth.image, what="frame"), time.time(), k, f"field-eval:{truth.image.name}")
-        records, stage_ms = classify_frame(frame, det, quality, runtime, max_batch, "")
+        records, stage_ms = classify_frame(frame, det, quality, runtime, max_batch, "") if runtime is not None \
+            else detect_only(frame, det, quality)
         for stage, ms in stage_ms.items():
             times.add(stage, ms)
         results.append(FrameResult(truth, records, match([r.box for r in records], truth.boxes, iou)))
