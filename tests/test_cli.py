@@ -52,7 +52,7 @@ def test_demo_runs_its_stages(tmp_path):
         assert f"done {stage}" in res.output
     assert (tmp_path / "train" / "best.safetensors").is_file()
     assert "frame_to_decision" in res.output and (tmp_path / "daemon" / "cells.db").is_file()
-    assert "blast_ratio=predicted" in res.output  # predicted vs true blast ratio, printed by the demo
+    assert "blast_ratio=estimated" in res.output  # predicted vs true blast ratio, printed by the demo
     assert (tmp_path / "eval" / "report.json").is_file()
 
 

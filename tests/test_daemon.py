@@ -140,7 +140,12 @@ def test_end_to_end_every_known_cell_reaches_the_database(x86_bundle, tmp_path):
     (frames, cells, ended) = con.execute("SELECT frames, cells, ended FROM sessions").fetchone()
     assert (frames, cells) == (16, len(rows)) and ended is not None
     assert summary["cells_processed"] == len(rows) == summary["session"]["cells"]
-    assert len((tmp_path / "cells.jsonl").read_text().splitlines()) == len(rows) + 2  # + session + summary lines
+    lines = (tmp_path / "cells.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows) + 2  # + session + summary lines
+    weights = [json.loads(line)["edge_weight"] for line in lines if '"edge_weight"' in line]
+    assert len(weights) == len(rows) and all(1.0 <= w <= 10.0 for w in weights) and max(weights) > 1.0
+    est, classified = summary["session"]["blast_ratio_estimate"], sum(r[7] is not None for r in rows)
+    assert est["cells"] == classified > 0 and est["ci95"][0] <= est["value"] <= est["ci95"][1]
     assert list((tmp_path / "snaps").glob("frame0000000*.jpg"))
     for stage in ("capture", "detect", "crop", "infer", "sink", "frame_to_decision"):
         assert summary["stages"][stage]["p99_ms"] >= summary["stages"][stage]["p50_ms"] > 0

@@ -52,6 +52,9 @@ def test_field_eval_scores_labelled_synthetic_frames(x86_bundle, tmp_path):
     assert r["cells_with_truth_label"] == r["matched"]  # every matched synthetic cell carries its label
     if r["classified"]:
         assert r["blast_ratio_predicted"] is not None and "blast ratio predicted" in out
+        est = r["blast_ratio_estimate"]  # every classified cell, low-confidence ones too, edge-weighted
+        assert est["cells"] == r["classified"] + r["abstained"].get("low confidence", 0)
+        assert "blast ratio estimated" in out and "Miles-Lantuéjoul" in est["method"]
 
 
 def test_field_eval_errors_are_one_line(x86_bundle, tmp_path):

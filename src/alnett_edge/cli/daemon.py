@@ -16,9 +16,12 @@ from alnett_edge.errors import ConfigError
 
 def stage_table(summary: dict) -> Table:
     s = summary["session"]
+    est = s.get("blast_ratio_estimate")
     title = (f"{summary['frames_processed']} frames ({summary['mean_fps']} fps mean), {summary['frames_dropped']} dropped, "
-             f"{s['cells']} cells ({s['classified']} classified), blast ratio {s['blast_ratio']} "
+             f"{s['cells']} cells ({s['classified']} classified), blast calls {s['blast_ratio']} "
              f"CI95 {s['blast_ratio_ci95']}, reconnects {summary['capture']['reconnects']}"
+             + (f"\nblast ratio estimate {est['value']} CI95 {est['ci95']} (edge- and error-corrected, "
+                f"{est['cells']} cells)" if est else "")
              + (f"\n{summary['machine']}" if summary.get("machine") else ""))
     table = Table(title=title, title_justify="left")
     for c in ("stage", "n", "mean ms", "p50 ms", "p95 ms", "p99 ms", "max ms"):
@@ -31,7 +34,7 @@ def stage_table(summary: dict) -> Table:
 def register(app: typer.Typer) -> None:
     @app.command("daemon")
     def daemon(
-        bundle: Path = typer.Option(None, help="Bundle to run (or [runtime] bundle in --config)."),
+        bundle: Path = typer.Option(None, help="Bundle to run (or \\[runtime] bundle in --config)."),
         source: str = typer.Option(None, help=f"The camera or file: {source_help()}."),
         config: Path = typer.Option(None, "--config", "-c", help="TOML config; options given here override it."),
         max_frames: int = typer.Option(None, help="Stop after this many captured frames."),
@@ -82,9 +85,9 @@ def register(app: typer.Typer) -> None:
         frames_arg: Path = typer.Argument(None, metavar="FRAMES", help="Annotated frames: Pascal VOC (BCCD) or YOLO "
                                           "(images/ + labels/)."),
         frames_opt: Path = typer.Option(None, "--frames", help="The same folder, as an option."),
-        config: Path = typer.Option(None, "--config", "-c", help="Daemon TOML: its [optics], [detector], [quality] "
-                                    "and [runtime] backend / threads / max_batch are used."),
-        um_per_px: float = typer.Option(None, "--um-per-px", min=0.0, help="Pixel size in µm (default: [optics], "
+        config: Path = typer.Option(None, "--config", "-c", help="Daemon TOML: its \\[optics], \\[detector], \\[quality] "
+                                    "and \\[runtime] backend / threads / max_batch are used."),
+        um_per_px: float = typer.Option(None, "--um-per-px", min=0.0, help="Pixel size in µm (default: \\[optics], "
                                         "else estimated from the frames' red cells)."),
         iou: float = typer.Option(0.5, help="IoU for a detection to count as a true cell."),
         limit: int = typer.Option(None, min=1, help="Only the first N frames."),
@@ -134,6 +137,10 @@ def register(app: typer.Typer) -> None:
             truth = report["blast_ratio_true"]
             typer.echo(f"blast ratio predicted {report['blast_ratio_predicted']:.3f} (95 % CI {ci[0]:.3f}-{ci[1]:.3f})"
                        + (f", true {truth:.3f}" if truth is not None else ""))
+            est = report.get("blast_ratio_estimate")
+            if est:
+                typer.echo(f"blast ratio estimated {est['value']:.3f} (95 % CI {est['ci95'][0]:.3f}-{est['ci95'][1]:.3f}),"
+                           " corrected for the frame edge and the model's errors")
         st = report["stages"]
         typer.echo("stage p50 ms: " + ", ".join(f"{k} {v['p50_ms']:.2f}" for k, v in st.items()))
         if json_out:

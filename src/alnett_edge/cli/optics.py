@@ -57,7 +57,7 @@ def calibrate(
     n: int = typer.Option(20, "-n", min=1, help="Frames to measure (evenly spaced in a folder, the first N of a source)."),
     rbc_um: float = typer.Option(None, "--rbc-um", min=0.1, help="Red-cell diameter in µm (default 7.8, human; "
                                  "pig ~6)."),
-    write: Path = typer.Option(None, "--write", help="Set [optics] um_per_px in this daemon TOML (created if missing)."),
+    write: Path = typer.Option(None, "--write", help="Set \\[optics] um_per_px in this daemon TOML (created if missing)."),
     json_out: Path = typer.Option(None, "--json", help="Write the estimate as JSON.", callback=output_file),
 ) -> None:
     """Estimate the pixel size (µm per camera pixel) from the red cells of a smear, with its spread."""

@@ -67,6 +67,38 @@ class Detection:
     score: float = 0.0  # mean B-G of the nucleus
     touches_border: bool = False  # the cell reaches the frame edge or the edge of the field of view
     nucleus_um2: float = 0.0
+    edge_weight: float = 1.0  # 1 / P(a cell this size lies wholly inside the field): see field_weights
+
+
+#: the field of view's erosion (edge weights) is measured on a copy at most this many pixels on a side
+WEIGHT_SIDE = 160
+#: largest edge-correction weight (a cell nearly as large as the field would otherwise count without bound)
+MAX_EDGE_WEIGHT = 10.0
+
+
+def field_weights(fov: np.ndarray) -> np.ndarray:
+    """Edge correction (Miles-Lantuéjoul) for counting cells of different sizes in a bounded field.
+    A cell of diameter d is classified only when it lies wholly inside the field (cells cut by the
+    frame or field edge are abstained), so large cells (blasts) are seen whole less often than small
+    ones. Weighting each whole cell by (field area) / (area of the field eroded by d/2) undoes that
+    size bias for cells spread evenly over the slide. Returns ``out[r]`` = that weight for a cell of
+    radius ``r`` pixels of ``fov``'s scale (the frame border counts as the field's edge)."""
+    h, w = fov.shape
+    if cv2.countNonZero(fov) == fov.size:  # the whole frame: the rectangle's erosion in closed form
+        r = np.arange((min(h, w) + 1) // 2, dtype=np.float64)
+        return np.minimum(MAX_EDGE_WEIGHT, h * w / np.maximum((w - 2 * r) * (h - 2 * r), 1))
+    f = min(1.0, WEIGHT_SIDE / max(h, w))  # the field is a large shape: its erosion is measured on a small copy
+    small = cv2.resize(fov, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_NEAREST) \
+        if f < 1 else fov
+    dist = cv2.distanceTransform(cv2.copyMakeBorder(small, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
+                                 cv2.DIST_L2, 5)[1:-1, 1:-1] - 0.5
+    hist = np.bincount(np.maximum(dist[small > 0], 0).astype(np.int32).ravel())
+    if not len(hist):
+        return np.ones(1)
+    inside = np.cumsum(hist[::-1])[::-1]  # inside[r]: field pixels at least r from its edge
+    weights = np.minimum(MAX_EDGE_WEIGHT, inside[0] / np.maximum(inside, 1))
+    r = np.arange(int(np.ceil(len(weights) / f)))
+    return np.interp(r * f, np.arange(len(weights)), weights, right=MAX_EDGE_WEIGHT)
 
 
 def nucleus_score(rgb: np.ndarray) -> np.ndarray:
@@ -149,8 +181,11 @@ class CellDetector:
             roi = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8) * 255
             parts = split_touching(roi, cfg.nucleus_radius_um / um) if area > cfg.split_nucleus_um2 else [roi]
             nuclei.extend((p, x, y) for p in parts)
-        out = []
+        out: list[Detection] = []
+        if not nuclei:
+            return out
         fov_edge = cv2.erode(fov, _disk(3)) if (fov == 0).any() else None
+        weights = field_weights(fov)
         for roi, x, y in nuclei:
             area = int(cv2.countNonZero(roi))
             if not cfg.min_nucleus_um2 <= area * px_um2 <= cfg.max_nucleus_um2:
@@ -164,8 +199,11 @@ class CellDetector:
                 continue
             nuc_small = np.zeros(score.shape, np.uint8)
             nuc_small[y : y + roi.shape[0], x : x + roi.shape[1]] = roi
-            out.append(self._cell(rgb, nuc_small, (x + rx, y + ry, bw, bh), s, um, score, fov_edge,
-                                  area * px_um2))
+            cell = self._cell(rgb, nuc_small, (x + rx, y + ry, bw, bh), s, um, score, fov_edge, area * px_um2)
+            _, _, mw, mh = cv2.boundingRect(cell.mask)  # the cell's radius at work scale -> its weight
+            r = int(max(mw, mh) * s / 2)
+            cell.edge_weight = float(weights[r]) if r < len(weights) else MAX_EDGE_WEIGHT
+            out.append(cell)
         return out
 
     def _cell(self, rgb: np.ndarray, nuc_small: np.ndarray, rect: tuple[int, int, int, int], s: float, um: float,

@@ -36,7 +36,7 @@ from alnett_edge.daemon.detector import CellDetector, DetectorConfig
 from alnett_edge.daemon.optics import OpticsConfig, estimate_um_per_px
 from alnett_edge.daemon.service import classify_frame
 from alnett_edge.daemon.sinks import CellRecord
-from alnett_edge.daemon.stats import StageTimes, wilson_interval
+from alnett_edge.daemon.stats import Aggregator, StageTimes, wilson_interval
 from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image
 from alnett_edge.errors import ConfigError, DataError
 
@@ -204,6 +204,7 @@ def field_eval(runtime: Any, folder: str | Path, detector: DetectorConfig | None
         optics_report = {**cal.to_dict(), "source": f"estimated from {cal.frames} of the frames"}
     det, quality = CellDetector(detector or DetectorConfig(), um_per_px), quality or QualityConfig()
     times = StageTimes()
+    agg = Aggregator.for_card(runtime.card) if runtime is not None else None
     results = []
     for k, truth in enumerate(truths):
         frame = Frame(load_image(truth.image, what="frame"), time.time(), k, f"field-eval:{truth.image.name}")
@@ -211,9 +212,13 @@ def field_eval(runtime: Any, folder: str | Path, detector: DetectorConfig | None
             else detect_only(frame, det, quality)
         for stage, ms in stage_ms.items():
             times.add(stage, ms)
+        for rec in records if agg is not None else ():
+            agg.add_record(rec)
         results.append(FrameResult(truth, records, match([r.box for r in records], truth.boxes, iou)))
     report = _report(results, layout, str(folder), iou, times)
     report["optics"] = optics_report
+    if agg is not None:  # the daemon's session estimate over these frames (edge- and error-corrected)
+        report["blast_ratio_estimate"] = agg.snapshot()["blast_ratio_estimate"]
     return report, results
 
 

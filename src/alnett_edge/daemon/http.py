@@ -49,6 +49,13 @@ class DaemonCollector:
         yield GaugeMetricFamily("alnett_fps", "processed frames per second (recent)", value=st["fps"])
         if agg["blast_ratio"] is not None:
             yield GaugeMetricFamily("alnett_blast_ratio", "blasts / classified cells this session", value=agg["blast_ratio"])
+        if agg.get("blast_ratio_estimate"):
+            est = agg["blast_ratio_estimate"]
+            g = GaugeMetricFamily("alnett_blast_ratio_estimate", "the slide's blast ratio, edge- and error-corrected, "
+                                  "with its 95 % interval", labels=["bound"])
+            for bound, v in (("value", est["value"]), ("ci95_low", est["ci95"][0]), ("ci95_high", est["ci95"][1])):
+                g.add_metric([bound], v)
+            yield g
         lat = GaugeMetricFamily("alnett_stage_latency_ms", "per-stage latency percentiles", labels=["stage", "quantile"])
         for stage, s in st["stages"].items():
             for q in ("p50", "p95", "p99"):

@@ -73,7 +73,8 @@ def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig,
             else:
                 label = names[k]
         records.append(CellRecord(now, frame.index, det.box, None if p is None else round(float(p[neg]), 6),
-                                  None if p is None else round(float(p[pos]), 6), label, reason, model_sha256))
+                                  None if p is None else round(float(p[pos]), 6), label, reason, model_sha256,
+                                  round(det.edge_weight, 4)))
     return records, {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3}
 
 
@@ -131,7 +132,7 @@ class Daemon:
         files = self.runtime.bundle.manifest.get("files", {}) if self.runtime.bundle else {}
         self.model_sha256 = files.get(self.runtime.path.name) or sha256_file(self.runtime.path)
         self.card = self.runtime.card
-        self.agg = Aggregator(self.card.class_names)
+        self.agg = Aggregator.for_card(self.card)
         self.started = 0.0
 
     # -- control -----------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class Daemon:
     def _count(self, stored: list[CellRecord]) -> None:
         """Only rows committed to the database are counted (the sink policy in daemon/sinks.py)."""
         for r in stored:
-            self.agg.add(r.label, r.abstain_reason)
+            self.agg.add_record(r)
         self.agg.frames = self.recorder.db.frames
 
     # -- observability -----------------------------------------------------------------------------

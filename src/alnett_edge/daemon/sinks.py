@@ -76,6 +76,7 @@ class CellRecord:
     label: str | None  # None when abstained
     abstain_reason: str | None
     model_sha256: str
+    edge_weight: float = 1.0  # Miles-Lantuéjoul weight of the cell's size (the session's ratio estimate)
 
 
 class Sink:

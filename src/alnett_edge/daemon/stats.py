@@ -1,5 +1,6 @@
 """Per-stage latency (rolling window of the last samples) and session aggregates: counts, the blast
-ratio with its Wilson 95 % interval, cells per minute."""
+ratio with its Wilson 95 % interval, cells per minute, and the edge- and error-corrected estimate of
+the slide's blast ratio (:func:`ratio_estimate`)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ class StageTimes:
         return out
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
-    """95 % Wilson score interval of a proportion k/n (None when n = 0)."""
+def wilson_interval(k: float, n: float, z: float = 1.959964) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a proportion k/n (None when n = 0); ``n`` may be an effective
+    sample size (weighted counts)."""
     if n <= 0:
         return None
     p = k / n
@@ -49,26 +51,94 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float] 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+#: below this Youden index (sensitivity + specificity - 1) the error correction is not applied: it
+#: would divide by a number near zero and the estimate would be noise
+MIN_YOUDEN = 0.5
+
+
+def ratio_estimate(positive_w: float, total_w: float, total_w2: float, cells: int,
+                   sensitivity: float | None = None, specificity: float | None = None) -> dict[str, Any] | None:
+    """The slide's blast ratio from the cells the model saw whole, with its 95 % interval.
+
+    * Edge correction: each cell carries a Miles-Lantuéjoul weight (``detector.field_weights``), so a
+      large cell, which the frame edge cuts more often, counts for the large cells cut and abstained.
+      The interval is Wilson's on the weighted proportion with Kish's effective sample size
+      ``(Σw)² / Σw²``.
+    * Error correction (Rogan-Gladen): with the model's validation sensitivity and specificity (the
+      card's ``metrics.val``), the observed share q of blast calls becomes ``(q + spec - 1) / (sens +
+      spec - 1)``, clipped to [0, 1], and so do the interval's ends. It assumes the model errs on field
+      cells as it did on its validation cells, and it ignores the uncertainty of sens/spec themselves;
+      it is skipped when sens + spec - 1 < :data:`MIN_YOUDEN`.
+    Every cell the model classified counts here by its top class, low-confidence ones too (the
+    validation sensitivity and specificity were measured so)."""
+    if total_w <= 0 or total_w2 <= 0:
+        return None
+    q = positive_w / total_w
+    n_eff = total_w * total_w / total_w2
+    lo, hi = wilson_interval(q * n_eff, n_eff) or (0.0, 1.0)
+    method = ["edge-weighted (Miles-Lantuéjoul)"]
+    if sensitivity is not None and specificity is not None and sensitivity + specificity - 1 >= MIN_YOUDEN:
+        j = sensitivity + specificity - 1
+
+        def adjust(v: float) -> float:
+            return min(1.0, max(0.0, (v + specificity - 1) / j))
+
+        q, lo, hi = adjust(q), adjust(lo), adjust(hi)
+        method.append(f"corrected for sensitivity {sensitivity:.3f} / specificity {specificity:.3f} (Rogan-Gladen)")
+    return {"value": round(q, 4), "ci95": [round(lo, 4), round(hi, 4)], "cells": cells, "n_eff": round(n_eff, 1),
+            "method": ", ".join(method)}
+
+
 class Aggregator:
-    def __init__(self, class_names: tuple[str, ...]) -> None:
+    def __init__(self, class_names: tuple[str, ...], positive: str = "all", sensitivity: float | None = None,
+                 specificity: float | None = None) -> None:
         self.class_names = class_names
         self.labels = dict.fromkeys(class_names, 0)
         self.abstained: dict[str, int] = {}
         self.frames = 0
         self.started = time.time()
+        self.positive, self.sensitivity, self.specificity = positive, sensitivity, specificity
+        self._w = [0.0, 0.0, 0.0, 0]  # Σw over positive calls, Σw, Σw², cells: the ratio estimate
         self._lock = threading.Lock()
 
-    def add(self, label: str | None, reason: str | None) -> None:
+    @classmethod
+    def for_card(cls, card: Any) -> Aggregator:
+        """Counts for this model card: its positive class, and its validation sensitivity and
+        specificity (``metrics.val``, when recorded) for the ratio estimate's error correction."""
+        val = card.metrics.get("val", {}) if isinstance(card.metrics, dict) else {}
+        sens, spec = val.get("sensitivity"), val.get("specificity")
+        return cls(card.class_names, card.class_names[card.positive_class],
+                   float(sens) if isinstance(sens, (int, float)) else None,
+                   float(spec) if isinstance(spec, (int, float)) else None)
+
+    def add_record(self, record: Any) -> None:
+        """A daemon :class:`~alnett_edge.daemon.sinks.CellRecord`."""
+        called = None
+        if record.prob_all is not None and record.prob_hem is not None:
+            called = self.positive if record.prob_all >= record.prob_hem else \
+                next(c for c in self.class_names if c != self.positive)
+        self.add(record.label, record.abstain_reason, called, record.edge_weight)
+
+    def add(self, label: str | None, reason: str | None, called: str | None = None, weight: float = 1.0) -> None:
+        """One cell: its label (None when abstained, with the reason); ``called`` is the model's top
+        class for any cell it classified (also when abstained for low confidence), ``weight`` its edge
+        correction; both feed :func:`ratio_estimate`."""
         with self._lock:
             if label is not None:
                 self.labels[label] = self.labels.get(label, 0) + 1
             else:
                 self.abstained[reason or "?"] = self.abstained.get(reason or "?", 0) + 1
+            if called is not None:
+                w = self._w
+                w[0] += weight if called == self.positive else 0.0
+                w[1] += weight
+                w[2] += weight * weight
+                w[3] += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             classified = sum(self.labels.values())
-            blasts = self.labels.get("all", 0)
+            blasts = self.labels.get(self.positive, 0)
             minutes = max(1e-9, (time.time() - self.started) / 60)
             ci = wilson_interval(blasts, classified)
             return {
@@ -77,4 +147,5 @@ class Aggregator:
                 "blast_ratio": round(blasts / classified, 4) if classified else None,
                 "blast_ratio_ci95": [round(v, 4) for v in ci] if ci else None,
                 "cells_per_minute": round(classified / minutes, 2),
+                "blast_ratio_estimate": ratio_estimate(*self._w, self.sensitivity, self.specificity),
             }  # fmt: skip
