@@ -70,6 +70,9 @@ class Detection:
     edge_weight: float = 1.0  # 1 / P(a cell this size lies wholly inside the field): see field_weights
 
 
+#: no nucleus is looked for this close to the edge of an eyepiece's field of view (its rim shows
+#: colour fringes and a cell there is cut anyway)
+FOV_MARGIN_UM = 3.0
 #: the field of view's erosion (edge weights) is measured on a copy at most this many pixels on a side
 WEIGHT_SIDE = 160
 #: largest edge-correction weight (a cell nearly as large as the field would otherwise count without bound)
@@ -160,6 +163,10 @@ class CellDetector:
         (median,) = histogram_percentiles(score, fov, (50,))
         _, mask = cv2.threshold(score, max(cfg.min_score, median + cfg.min_contrast), 255, cv2.THRESH_BINARY)
         mask[fov == 0] = 0
+        if FOV_MARGIN_UM > 0 and (fov == 0).any():  # the rim of an eyepiece's field: colour fringes, not nuclei
+            k = _disk(2 * FOV_MARGIN_UM / um)
+            mask[cv2.erode(cv2.copyMakeBorder(fov, k.shape[0], k.shape[0], k.shape[1], k.shape[1], cv2.BORDER_CONSTANT,
+                                              value=255), k)[k.shape[0]:-k.shape[0], k.shape[1]:-k.shape[1]] == 0] = 0
         # the field's own stain level: the score's p90 away from large violet objects (nuclei and the
         # cytoplasm around them), so a field crowded with white cells does not raise the bar
         big = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(2 * np.sqrt(cfg.min_nucleus_um2 / np.pi) / um))
