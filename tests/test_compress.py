@@ -124,6 +124,9 @@ def test_qat_asymmetric_and_checkpoint_roundtrip(qat_runs, trained):
     sd = load_split_datasets(cfg.data, card.input, seed=cfg.seed)
     metrics, _ = metrics_row(model, sd.val, card)
     assert metrics == pytest.approx(rep["val"]["int8"])
+    # the int8 model's own temperature, refitted on the validation cells (QAT changes the logits)
+    assert card.calibration["n"] == len(sd.val) and card.temperature == card.calibration["temperature"]
+    assert card.calibration["nll_after"] <= card.calibration["nll_before"] + 1e-6
 
 
 def test_qat_model_exports_to_qdq_onnx_that_runs(qat_symmetric, qat_sym_onnx, tmp_path):

@@ -1,7 +1,18 @@
 import numpy as np
 import pytest
 
-from alnett_edge.metrics import binary_metrics, confusion, patient_metrics, roc_auc, roc_curve
+from alnett_edge.metrics import (
+    binary_metrics,
+    calibration_summary,
+    confusion,
+    expected_calibration_error,
+    fit_temperature,
+    patient_metrics,
+    reliability,
+    roc_auc,
+    roc_curve,
+    softmax,
+)
 
 
 def test_metrics_against_a_hand_computed_confusion_matrix():
@@ -53,3 +64,36 @@ def test_patient_aggregation():
     assert m["patients"] == 2
     assert m["confusion"] == [[0, 1], [0, 1]]
     assert patient_metrics(y, p, [None] * 6) is None
+
+
+def _calibrated_logits(n, seed=0):
+    """Two classes whose true posterior logit is 2x for x ~ N(+-1, 1): logits [0, 2x] are calibrated."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = (2 * y - 1) + rng.normal(0, 1, n)
+    return np.c_[np.zeros(n), 2 * x], y
+
+
+def test_temperature_scaling_recovers_a_known_overconfidence():
+    logits, y = _calibrated_logits(20000)
+    assert expected_calibration_error(softmax(logits), y) < 0.015  # calibrated as drawn
+    over = 3.0 * logits  # a network 3x too sure of itself
+    assert expected_calibration_error(softmax(over), y) > 0.05
+    t = fit_temperature(over, y)
+    assert t == pytest.approx(3.0, rel=0.05)
+    assert expected_calibration_error(softmax(over, t), y) < 0.015
+    s = calibration_summary(over, y)
+    assert s["nll_after"] < s["nll_before"] and s["ece_after"] < s["ece_before"] and s["n"] == 20000
+    under = 0.5 * logits  # too timid: T < 1 sharpens it
+    assert fit_temperature(under, y) == pytest.approx(0.5, rel=0.05)
+    # scaling never changes a decision
+    assert (softmax(over, t).argmax(1) == softmax(over).argmax(1)).all()
+
+
+def test_reliability_bins_count_every_cell():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.45, 0.55], [0.5, 0.5]])
+    y = np.array([0, 0, 1, 1])
+    rows = reliability(probs, y, bins=5)
+    assert sum(r["n"] for r in rows) == 4 and all(0.5 <= r["confidence"] <= 1 for r in rows)
+    # bins: {0.9: right}, {0.8: wrong}, {0.55 and 0.5: one right (0.55 -> class 1), one wrong (0.5 -> class 0)}
+    assert expected_calibration_error(probs, y, bins=5) == pytest.approx((0.1 + 0.8 + 2 * abs(0.5 - 0.525)) / 4)

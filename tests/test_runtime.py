@@ -44,6 +44,27 @@ def test_every_backend_here_runs_the_bundle_and_agrees(rpi_bundle, trained):
         assert np.abs(ref.infer(golden) - ort.infer(golden)).max() < 1e-4
 
 
+def test_every_runtime_applies_the_card_temperature(rpi_bundle):
+    from alnett_edge.metrics import softmax
+
+    golden = np.load(Path(rpi_bundle["bundle"]) / "golden" / "inputs.npy")
+    for backend in ("onnxruntime", "litert"):
+        with open_runtime(rpi_bundle["bundle"], backend=backend) as rt:
+            t = rt.card.temperature
+            logits = rt.logits(golden)
+            assert np.allclose(rt.infer(golden), softmax(logits, t), atol=1e-6)
+            rt.card.calibration = {**rt.card.calibration, "temperature": 2.5 * t}  # a softer model
+            soft = rt.infer(golden)
+            assert np.allclose(soft, softmax(logits / 2.5, t), atol=1e-6) and (soft.argmax(1) == logits.argmax(1)).all()
+            assert soft.max(1).mean() < softmax(logits, t).max(1).mean()
+    from alnett_edge.card import ModelCard
+    from alnett_edge.errors import CheckpointError
+
+    bad = {**rt.card.to_dict(), "calibration": {"temperature": -1}}
+    with pytest.raises(CheckpointError, match="calibration.temperature"):
+        ModelCard.from_dict(bad)
+
+
 def test_backend_follows_the_profile_or_the_flag(rpi_bundle):
     root = rpi_bundle["bundle"]
     target, backend = choose(root)

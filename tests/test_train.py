@@ -26,6 +26,9 @@ def test_short_training_learns_easy_synthetic_cells(trained):
     assert card.metrics["val"]["f1"] == pytest.approx(result.best_metrics["f1"])
     assert card.training["split"]["method"] == "fold:fold_2"
     assert card.training["classes_train"]["all"] > card.training["classes_train"]["hem"]
+    cal = card.calibration  # temperature scaling fitted on the validation split of the best epoch
+    assert cal["method"] == "temperature scaling" and cal["n"] == sum(card.training["classes_val"].values())
+    assert 0.05 <= card.temperature == cal["temperature"] <= 20 and cal["nll_after"] <= cal["nll_before"] + 1e-6
     summary = json.loads((Path(cfg.out) / "summary.json").read_text())
     assert summary["best_epoch"] == result.best_epoch and summary["images"]["skipped"] == 0
 
@@ -36,9 +39,12 @@ def test_evaluate_reproduces_validation_metrics(trained, tmp_path):
     assert report["metrics"]["accuracy"] == pytest.approx(result.best_metrics["accuracy"])
     assert report["metrics"]["confusion"] == result.best_metrics["confusion"]
     assert report["metrics"]["per_patient"]["patients"] == report["metrics"]["per_patient"]["n"] > 0
-    for png in ("confusion.png", "roc.png"):
+    for png in ("confusion.png", "roc.png", "reliability.png"):
         img = cv2.imread(str(tmp_path / png))
         assert img is not None and img.shape[0] > 100
+    c = report["metrics"]["calibration"]  # the probabilities every runtime reports: at the card's temperature
+    assert c["temperature"] == read_card(result.best).temperature and 0 <= c["ece"] <= 0.5
+    assert sum(r["n"] for r in c["reliability"]) == report["metrics"]["n"]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert len(saved["predictions"]) == report["metrics"]["n"]
 

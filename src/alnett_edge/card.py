@@ -101,12 +101,23 @@ class ModelCard:
     compression: dict[str, Any] = field(default_factory=dict)
     #: Quantization scheme and method (e.g. {"method": "qat", "scheme": "symmetric"}) for int8 models.
     quantization: dict[str, Any] = field(default_factory=dict)
+    #: Temperature scaling fitted on the validation split ({"temperature": T, "ece_before", ...}); every
+    #: runtime backend divides the logits by T before the softmax. Empty: T = 1 (uncalibrated).
+    calibration: dict[str, Any] = field(default_factory=dict)
     schema: int = CARD_SCHEMA
 
     def __post_init__(self) -> None:
         names = self.class_names
         if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise CheckpointError(f"model card class_names must be two or more distinct names, got {list(names)!r}")
+        t = self.calibration.get("temperature", 1.0) if isinstance(self.calibration, dict) else None
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.01 <= float(t) <= 100:
+            raise CheckpointError(f"model card calibration.temperature must be a number in [0.01, 100], got {t!r}")
+
+    @property
+    def temperature(self) -> float:
+        """The logits' divisor before the softmax (1.0 when the card carries no calibration)."""
+        return float(self.calibration.get("temperature", 1.0))
 
     @property
     def positive_class(self) -> int:
@@ -141,6 +152,7 @@ class ModelCard:
                 metrics=dict(d.get("metrics", {})),
                 compression=dict(d.get("compression", {})),
                 quantization=dict(d.get("quantization", {})),
+                calibration=dict(d.get("calibration", {})),
                 schema=schema,
             )
         except (KeyError, TypeError, ValueError) as exc:

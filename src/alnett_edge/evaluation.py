@@ -20,18 +20,30 @@ import numpy as np
 from alnett_edge.card import ModelCard
 from alnett_edge.data.preprocess import load_image, preprocess
 from alnett_edge.data.sources import Sample, detect_layout, load_samples, parse_cnmc_name
-from alnett_edge.data.splits import Split, make_split
+from alnett_edge.data.splits import Split, cv_test_fold, make_split
 from alnett_edge.errors import DataError
-from alnett_edge.metrics import SUMMARY_KEYS, binary_metrics, summary, top1_agreement
+from alnett_edge.metrics import SUMMARY_KEYS, binary_metrics, expected_calibration_error, summary, top1_agreement
 
 DEFAULT_ALLOW_DROP = 1.0  # points
 DEFAULT_MIN_AGREEMENT = 0.99
+#: an artifact's expected calibration error may exceed fp32's by at most this much (its probabilities
+#: feed the daemon's confidence abstention and the reports)
+MAX_ECE_RISE = 0.03
 
 
 def split_like_training(samples: list[Sample], card: ModelCard) -> Split:
     """``samples`` split the way the model's training split its data (the card's seed and fractions)."""
     cfg = card.training.get("config", {})
-    return make_split(samples, cfg.get("val_fraction", 0.2), cfg.get("seed", 0), cfg.get("val_fold"))
+    cv = (int(cfg["cv_fold"]), int(cfg["cv_folds"])) if cfg.get("cv_folds") else None
+    return make_split(samples, cfg.get("val_fraction", 0.2), cfg.get("seed", 0), cfg.get("val_fold"), cv)
+
+
+def held_out_like_training(samples: list[Sample], card: ModelCard) -> list[Sample]:
+    """The cross-validation fold the model never saw (its card's ``cv_fold`` of ``cv_folds``)."""
+    cfg = card.training.get("config", {})
+    if not cfg.get("cv_folds"):
+        raise DataError("--split test needs a model trained as a cross-validation fold (train --folds K)")
+    return cv_test_fold(samples, int(cfg["cv_fold"]), int(cfg["cv_folds"]), cfg.get("seed", 0))
 
 
 def training_split(card: ModelCard, what: str = "this step") -> Split:
@@ -95,5 +107,14 @@ def gate_result(ref_prob_all: np.ndarray, prob_all: np.ndarray, labels: np.ndarr
     failures = [f"{k} drops {d:.2f} points (> {allow_drop})" for k, d in drops.items() if d > allow_drop]
     if agreement < min_agreement:
         failures.append(f"agreement {agreement:.2%} < {min_agreement:.0%}")
+    ece_ref, ece = _binary_ece(labels, ref_prob_all), _binary_ece(labels, prob_all)
+    if ece > ece_ref + MAX_ECE_RISE:
+        failures.append(f"calibration error {ece:.3f} > fp32's {ece_ref:.3f} + {MAX_ECE_RISE}")
     return {"passed": not failures, "metrics": got, "reference_metrics": ref, "drop_points": drops,
-            "agreement": agreement, "failures": failures, "n": int(len(labels))}
+            "agreement": agreement, "ece": round(ece, 4), "reference_ece": round(ece_ref, 4), "failures": failures,
+            "n": int(len(labels))}
+
+
+def _binary_ece(labels: np.ndarray, prob_all: np.ndarray) -> float:
+    p = np.asarray(prob_all, dtype=np.float64)
+    return expected_calibration_error(np.stack([1 - p, p], axis=1), np.asarray(labels).astype(int)) if len(p) else 0.0

@@ -124,3 +124,82 @@ def patient_metrics(y_true: np.ndarray, prob_all: np.ndarray, patients: list[str
     out = binary_metrics(labels, scores, threshold)
     out["patients"] = len(keys)
     return out
+
+
+# -- calibration: are the probabilities what they claim? ------------------------------------------------
+
+#: bins of the top-class confidence for the expected calibration error and the reliability diagram
+ECE_BINS = 15
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of logits (N x classes) divided by ``temperature`` (float32)."""
+    z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
+    """Temperature scaling (Guo et al. 2017): the T in [low, high] minimising the negative
+    log-likelihood of ``softmax(logits / T)`` on held-out labels. The NLL is convex in 1/T, so a
+    golden-section search over log T finds it. Accuracy and AUC do not change (argmax and ranking are
+    the same for any T > 0)."""
+    labels = np.asarray(labels).astype(int)
+    if len(labels) == 0:
+        return 1.0
+    a, b = np.log(low), np.log(high)
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = _nll(logits, labels, np.exp(c)), _nll(logits, labels, np.exp(d))
+    for _ in range(60):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = _nll(logits, labels, np.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = _nll(logits, labels, np.exp(d))
+    return float(np.exp((a + b) / 2))
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Per confidence bin (top-class probability, equal widths over [1/classes, 1]): the mean
+    confidence, the accuracy and the number of cells."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    edges = np.linspace(1.0 / probs.shape[1], 1.0, bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    out = []
+    for k in range(bins):
+        sel = idx == k
+        if sel.any():
+            out.append({"low": float(edges[k]), "high": float(edges[k + 1]), "confidence": float(conf[sel].mean()),
+                        "accuracy": float((pred[sel] == labels[sel]).mean()), "n": int(sel.sum())})
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the gap between confidence and accuracy per bin, weighted by the bin's share of cells."""
+    rows = reliability(probs, labels, bins)
+    n = sum(r["n"] for r in rows)
+    return float(sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / n) if n else 0.0
+
+
+def calibration_summary(logits: np.ndarray, labels: np.ndarray) -> dict[str, float | int | str]:
+    """Fit the temperature on these held-out cells and report what it changed (the card's
+    ``calibration``)."""
+    t = fit_temperature(logits, labels)
+    before, after = softmax(logits), softmax(logits, t)
+    return {"method": "temperature scaling", "temperature": round(t, 4), "n": int(len(labels)),
+            "ece_before": round(expected_calibration_error(before, labels), 4),
+            "ece_after": round(expected_calibration_error(after, labels), 4),
+            "nll_before": round(_nll(logits, labels, 1.0), 4), "nll_after": round(_nll(logits, labels, t), 4)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alnett_edge.runtime.base import BACKENDS, BackendSpec, Runtime, softmax
+from alnett_edge.runtime.base import BACKENDS, BackendSpec, Runtime
 
 
 class FakeRuntime(Runtime):
@@ -22,7 +22,7 @@ class FakeRuntime(Runtime):
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         FakeRuntime.calls += 1
-        return softmax(self.session.run(None, {self.input_name: batch})[0])
+        return self.session.run(None, {self.input_name: batch})[0]  # logits: infer applies the card's temperature
 
 
 BACKENDS["fakert"] = BackendSpec("fake_backend:FakeRuntime", ("fakeonnx",), profiling="the fake's own profiler")

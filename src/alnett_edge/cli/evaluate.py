@@ -36,4 +36,7 @@ def register(app: typer.Typer) -> None:
         if "per_patient" in m:
             p = m["per_patient"]
             typer.echo(f"{p['patients']} patients: accuracy {p['accuracy']:.4f}  F1 {p['f1']:.4f}")
-        typer.echo(f"report: {Path(out) / 'report.json'} (plots: confusion.png, roc.png)")
+        c = m["calibration"]
+        typer.echo(f"calibration: ECE {c['ece']:.4f} at temperature {c['temperature']:g}"
+                   + ("" if c["temperature"] != 1.0 else " (the card has no calibration)") + f", {c['bins']} bins")
+        typer.echo(f"report: {Path(out) / 'report.json'} (plots: confusion.png, roc.png, reliability.png)")

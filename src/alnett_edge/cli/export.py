@@ -30,6 +30,10 @@ def gate_table(manifest: dict) -> Table:
 def gate_notes(manifest: dict) -> list[str]:
     """Where the gate was measured and what it proves, one line each."""
     lines = [f"gate measured on: {manifest['gate_host']['isa']}"]
+    gated = [a for a in manifest["artifacts"] + manifest.get("rejected_by_gate", []) if "ece" in a["gate"]]
+    if gated:
+        lines.append(f"calibration error (ECE): fp32 reference {gated[0]['gate']['reference_ece']:.3f}, "
+                     + ", ".join(f"{a['file']} {a['gate']['ece']:.3f}" for a in gated))
     for a in manifest["artifacts"] + manifest.get("rejected_by_gate", []):
         g, sat = a["gate"], a.get("extra", {}).get("int8_saturation")
         if len(g.get("arithmetic", {})) > 1:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from alnett_edge.cli.common import output_dir
+from rich.table import Table
+
+from alnett_edge.cli.common import console, output_dir
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +40,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0),
         resume: bool = typer.Option(False, help="Continue from OUT/last.safetensors (exactly as if never stopped)."),
         stop_after: int = typer.Option(None, help="Run at most this many epochs now; continue later with --resume."),
+        folds: int = typer.Option(0, "--folds", min=0, help="K-fold cross-validation (patient-disjoint, stratified): "
+                                  "every fold trained alike and scored on its held-out cells; OUT/cv_report.md."),
     ) -> None:
         """Train ALNett; writes best/last checkpoints (with their model card) to OUT."""
         from alnett_edge.errors import ConfigError
@@ -54,6 +58,22 @@ def register(app: typer.Typer) -> None:
             balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, stain=stain, canvas_um=canvas_um,
             workers=workers, device=device, seed=seed, resume=resume, stop_after=stop_after,
         )
+        if folds:
+            from alnett_edge.train.cv import CV_KEYS, cross_validate
+
+            rep = cross_validate(cfg, folds)
+            table = Table(title=f"{variant}: {folds}-fold cross-validation (held-out cells)", title_justify="left")
+            for col in ("fold", "cells", "epoch", "T", *CV_KEYS):
+                table.add_column(col, justify="right")
+            for r in rep["per_fold"]:
+                table.add_row(str(r["fold"]), str(r["n_test"]), str(r["best_epoch"]), f"{r['temperature']:.2f}",
+                              *("n/a" if r[k] is None else f"{r[k]:.3f}" for k in CV_KEYS))
+            sm = rep["summary"]
+            table.add_row("mean", "", "", "", *("n/a" if sm[k]["mean"] is None else f"{sm[k]['mean']:.3f}" for k in CV_KEYS))
+            table.add_row("± std", "", "", "", *("" if sm[k]["std"] is None else f"{sm[k]['std']:.3f}" for k in CV_KEYS))
+            console().print(table)
+            typer.echo(f"report: {out / 'cv_report.md'} (and cv_report.json, cv_roc.png); {rep['seconds']:.0f} s")
+            return
         result = run(cfg)
         m = result.best_metrics
         if m:

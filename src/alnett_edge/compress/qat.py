@@ -31,7 +31,7 @@ from torch.export import Dim
 from torch.utils.data import DataLoader
 
 from alnett_edge.card import CARD_KEY, ModelCard
-from alnett_edge.compress.report import metrics_row
+from alnett_edge.compress.report import metrics_row, refit_calibration
 from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.train.dataset import CellDataset, load_split_datasets
 from alnett_edge.errors import CheckpointError, CompressionError, ConfigError
@@ -248,6 +248,7 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
     qcard.quantization = {"method": "qat", "scheme": scheme, "format": QAT_FORMAT, "epochs": epochs, "lr": lr,
                           "weights": "int8 per-channel symmetric [-127, 127]",
                           "activations": "int8 per-tensor " + ("symmetric (zero-point 0)" if scheme == "symmetric" else "affine")}
+    qcard.calibration = refit_calibration(converted, sd.val, card)  # the int8 model's own temperature
     qcard.metrics = {"val": int8_metrics, "fp32_val": fp32_metrics}
     out = Path(out)
     path = save_qat_checkpoint(out / f"qat-{scheme}.safetensors", prepared, qcard)

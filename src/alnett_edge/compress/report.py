@@ -23,6 +23,13 @@ def metrics_row(model: nn.Module, ds: CellDataset, card: ModelCard) -> tuple[dic
     return summary(metrics), prob_all
 
 
+def refit_calibration(model: nn.Module, ds: CellDataset, card: ModelCard) -> dict[str, Any]:
+    """Temperature scaling refitted on the validation cells for a compressed model (pruning and QAT
+    change its logits): what its card records."""
+    metrics, _ = evaluate_dataset(model, ds, torch.device("cpu"), card.positive_class)
+    return metrics["calibration"]
+
+
 def fp32_row(name: str, model: nn.Module, card: ModelCard, ds: CellDataset, workdir: Path,
              checkpoint: Path | None = None, latency_runs: int = 100) -> dict[str, Any]:
     """Params, MACs, checkpoint and ONNX size, ORT fp32 batch-1 latency (p50) and validation metrics."""

@@ -5,6 +5,8 @@
 * Otherwise a grouped, stratified split: patients are grouped by their majority label and shuffled
   with the seed; whole patients go to validation until each class holds ``val_fraction`` of its
   images. Images without a patient id are their own group.
+* Cross-validation (:func:`cv_partition`): K patient-disjoint folds stratified by class; a fold's
+  run leaves its fold out and splits the rest as above.
 """
 
 from __future__ import annotations
@@ -89,8 +91,45 @@ def _majority(group: list[Sample]) -> int:
     return max(set(labels), key=lambda lbl: (labels.count(lbl), lbl))
 
 
-def make_split(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0, val_fold: str | None = None) -> Split:
-    """Patient-disjoint split; uses the official folds when the samples have them."""
+def cv_partition(samples: list[Sample], folds: int, seed: int = 0) -> list[list[Sample]]:
+    """``folds`` patient-disjoint folds, stratified by class: each class's patients (grouped by their
+    majority label, shuffled with the seed, largest first) go one by one to the fold that holds the
+    fewest images of that class so far. Every fold gets patients of every class."""
+    if folds < 2:
+        raise DataError(f"cross-validation needs at least 2 folds, got {folds}")
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[group_key(s)].append(s)
+    rng = np.random.default_rng(seed)
+    assigned: dict[str, int] = {}
+    for label in sorted({s.label for s in samples}):
+        keys = sorted(k for k, g in groups.items() if _majority(g) == label)
+        if len(keys) < folds:
+            raise DataError(f"class {label} has {len(keys)} patient(s): {folds}-fold cross-validation needs at "
+                            f"least {folds} (use fewer folds)")
+        rng.shuffle(keys)
+        keys.sort(key=lambda k: -len(groups[k]))  # stable: ties keep the shuffled order
+        load = [0] * folds
+        for k in keys:
+            f = int(np.argmin(load))
+            assigned[k] = f
+            load[f] += len(groups[k])
+    return [[s for s in samples if assigned[group_key(s)] == f] for f in range(folds)]
+
+
+def make_split(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0, val_fold: str | None = None,
+               cv: tuple[int, int] | None = None) -> Split:
+    """Patient-disjoint split; uses the official folds when the samples have them. With ``cv`` =
+    (fold, folds) the held-out fold of :func:`cv_partition` is left out first and the rest is split
+    into training and validation cells (``val_fraction``, grouped and stratified)."""
+    if cv is not None:
+        fold, n = cv
+        rest = [s for f, part in enumerate(cv_partition(samples, n, seed)) if f != fold for s in part]
+        split = grouped_stratified_split(rest, val_fraction, seed)
+        split = Split(split.train, split.val, f"cv:{fold}/{n}:" + split.method)
+        check_classes(split.train, "training split")
+        check_classes(split.val, "validation split")
+        return split
     folds = sorted({s.fold for s in samples if s.fold})
     if val_fold is None and len(folds) >= 2:
         val_fold = folds[-1]
@@ -101,3 +140,8 @@ def make_split(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0, 
     if overlap:  # cannot happen by construction; checked because a leak would silently inflate metrics
         raise DataError(f"patients on both sides of the split: {sorted(overlap)[:5]}")
     return split
+
+
+def cv_test_fold(samples: list[Sample], fold: int, folds: int, seed: int = 0) -> list[Sample]:
+    """The held-out cells of fold ``fold`` (what :func:`make_split` with ``cv`` left out)."""
+    return cv_partition(samples, folds, seed)[fold]

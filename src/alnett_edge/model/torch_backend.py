@@ -45,8 +45,7 @@ class TorchRuntime(Runtime):
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(batch).to(self.device))
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
     def _release(self) -> None:
         self.model = None

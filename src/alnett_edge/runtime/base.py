@@ -18,6 +18,7 @@ import numpy as np
 
 from alnett_edge.card import ModelCard
 from alnett_edge.errors import AlnettError, ConfigError, DataError
+from alnett_edge.metrics import softmax
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,6 @@ def unavailable_reason(name: str) -> str | None:
         return f"cannot import its module ({exc})" + (f" ({hint})" if hint else "")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float32, copy=False)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Runtime:
@@ -127,7 +124,8 @@ class Runtime:
         return None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a validated, contiguous float32 batch."""
+        """Logits (N x classes) for a validated, contiguous float32 batch; :meth:`infer` turns them
+        into probabilities with the card's temperature, the same for every backend."""
         raise NotImplementedError
 
     def _release(self) -> None:
@@ -167,15 +165,20 @@ class Runtime:
             raise InputError(f"expected float32 preprocessed inputs, got {batch.dtype} (run preprocess first)")
         return np.ascontiguousarray(batch, dtype=np.float32)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N x classes, float32) for a preprocessed batch."""
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The model's logits (N x classes, float32) for a preprocessed batch."""
         if self._closed:
             raise RuntimeUnavailable(f"{self.name} runtime for {self.path.name} is closed")
         batch = self.check_batch(batch)
         step = self.max_batch or len(batch)
         if len(batch) <= step:
-            return self._run(batch)
-        return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])
+            return np.asarray(self._run(batch), np.float32)
+        return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)]).astype(np.float32)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N x classes, float32) for a preprocessed batch: the softmax of the
+        logits divided by the card's calibration temperature (1 when it has none)."""
+        return softmax(self.logits(batch), self.card.temperature)
 
     def warmup(self, n: int = 3, batch: int = 1) -> None:
         x = np.zeros((batch, *self.input_shape), np.float32)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from alnett_edge.runtime.base import Runtime, RuntimeUnavailable, softmax
+from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
 
 
 def interpreter_class() -> Any:
@@ -91,7 +91,7 @@ class LiteRTRuntime(Runtime):
         if out["dtype"] == np.int8:
             scale, zp = out["quantization"]
             y = (y - zp) * scale
-        return softmax(y)
+        return y
 
     def _release(self) -> None:
         self.interp = None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from alnett_edge.runtime.base import Runtime, RuntimeUnavailable, softmax
+from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class OrtRuntime(Runtime):
         return f"{super().describe()} [{self.providers[0]}{', int8 reference arithmetic' if self.unfused else ''}]"
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.session.run(None, {self.input_name: batch})[0])
+        return self.session.run(None, {self.input_name: batch})[0]
 
     def _release(self) -> None:
         self.session = None

@@ -19,7 +19,7 @@ import numpy as np
 
 from alnett_edge.errors import AlnettError
 from alnett_edge.files import sha256_file
-from alnett_edge.runtime.base import Runtime, RuntimeUnavailable, softmax
+from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
 
 ENGINE_DIR = "engines"
 
@@ -146,7 +146,7 @@ class TensorRTRuntime(Runtime):
         _check(cudart.cudaMemcpyAsync(out.ctypes.data, self._out, out.nbytes,
                                       cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "copy from GPU")
         _check(cudart.cudaStreamSynchronize(self.stream), "stream sync")
-        return softmax(out)
+        return out
 
     def _release(self) -> None:
         for ptr in (self._in, self._out):

@@ -12,17 +12,17 @@ import numpy as np
 from alnett_edge.data.preprocess import normalize
 from alnett_edge.data.sources import class_counts, load_samples
 from alnett_edge.errors import ConfigError
-from alnett_edge.evaluation import split_like_training
+from alnett_edge.evaluation import held_out_like_training, split_like_training
 from alnett_edge.files import sha256_file
-from alnett_edge.metrics import binary_metrics, patient_metrics
+from alnett_edge.metrics import ECE_BINS, binary_metrics, expected_calibration_error, patient_metrics, reliability
 from alnett_edge.model.checkpoint import read_card
 from alnett_edge.runtime.loader import open_file
 from alnett_edge.train.dataset import CellDataset
-from alnett_edge.train.plots import plot_confusion, plot_roc
+from alnett_edge.train.plots import plot_confusion, plot_reliability, plot_roc
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("all", "val", "train")
+SPLITS = ("all", "val", "train", "test")
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, layout: str = "auto",
@@ -30,12 +30,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
                         device: str = "auto") -> dict[str, Any]:
     """Evaluate on every image of ``data`` (``split="all"``) or on the patient-disjoint split the
     checkpoint was trained with (``"val"``/``"train"``, rebuilt from the card's recorded seed and
-    fraction). Writes ``report.json``, ``confusion.png`` and ``roc.png`` to ``out``."""
+    fraction), or on the held-out fold of a cross-validation run (``"test"``). Writes ``report.json``, ``confusion.png``, ``roc.png`` and ``reliability.png`` (the
+    calibration of the probabilities every runtime reports, at the card's temperature) to ``out``."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}")
     card = read_card(checkpoint)
     samples = load_samples(data, layout, labels_csv)
-    if split != "all":
+    if split == "test":
+        samples = held_out_like_training(samples, card)
+    elif split != "all":
         s = split_like_training(samples, card)
         samples = s.val if split == "val" else s.train
     ds, load_report = CellDataset.from_samples(samples, card.input, None, source=str(data))
@@ -44,8 +47,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     with open_file(checkpoint, card, "checkpoint", cpu=False, device=device) as rt:
         for i in range(0, len(ds.images), batch_size):
             probs.append(rt.infer(np.stack([normalize(img, card.input) for img in ds.images[i : i + batch_size]])))
-    prob_all = np.concatenate(probs)[:, card.positive_class]
+    prob = np.concatenate(probs)
+    prob_all = prob[:, card.positive_class]
     metrics = binary_metrics(ds.labels, prob_all)
+    rows = reliability(prob, ds.labels)
+    metrics["calibration"] = {"ece": round(expected_calibration_error(prob, ds.labels), 4), "bins": ECE_BINS,
+                              "temperature": card.temperature, "reliability": rows}
     per_patient = patient_metrics(ds.labels, prob_all, [smp.patient_id for smp in ds.samples])
     if per_patient is not None:
         metrics["per_patient"] = per_patient
@@ -69,6 +76,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     plot_confusion(metrics["confusion"], card.class_names, out / "confusion.png",
                    f"{card.variant}: acc {metrics['accuracy']:.3f}, F1 {metrics['f1']:.3f}")
     plot_roc(ds.labels, prob_all, metrics["roc_auc"], out / "roc.png")
+    plot_reliability(rows, out / "reliability.png",
+                     f"ECE {metrics['calibration']['ece']:.3f} (T = {card.temperature:g}, {len(ds.labels)} cells)")
     log.info("wrote %s", out / "report.json")
     return report
 

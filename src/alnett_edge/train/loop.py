@@ -37,7 +37,7 @@ from alnett_edge.model.alnett import ALNett
 from alnett_edge.model.checkpoint import load_checkpoint, load_training_state, new_card, save_checkpoint
 from alnett_edge.model.registry import create_model, get_variant
 from alnett_edge.model.torch_backend import pick_device
-from alnett_edge.metrics import binary_metrics, patient_metrics
+from alnett_edge.metrics import binary_metrics, calibration_summary, patient_metrics, softmax
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class TrainConfig:
     fusion: str | None = None
     stain: str = "none"  # colour normalisation recorded in the card (InputSpec.stain)
     canvas_um: float = 0.0  # the input canvas side in µm; 0: measured from the training cells
+    cv_folds: int = 0  # cross-validation: this run is fold cv_fold of cv_folds (train/cv.py); 0: no CV
+    cv_fold: int = 0
 
     def validate(self) -> None:
         get_variant(self.variant)
@@ -156,26 +158,31 @@ def set_eval(model: nn.Module) -> None:
         pass
 
 
-def predict_probs(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Softmax probabilities (N x classes) in loader order."""
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Logits (N x classes) in loader order."""
     set_eval(model)
     out = []
     with torch.inference_mode():
         for x, _ in loader:
-            out.append(torch.softmax(model(x.to(device, non_blocking=True)).float(), dim=1).cpu().numpy())
+            out.append(model(x.to(device, non_blocking=True)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
 def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, positive: int, batch_size: int = 64,
                      workers: int = 0) -> tuple[dict[str, Any], np.ndarray]:
     """Image- and patient-level metrics of ``model`` on ``ds``; also returns P(positive class) per image
-    (``positive``: the card's ``positive_class``, the output column of ``all``)."""
+    (``positive``: the card's ``positive_class``, the output column of ``all``). ``metrics["calibration"]``
+    is the temperature fitted on these cells (:func:`alnett_edge.metrics.calibration_summary`): on a
+    validation split, what the card records."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
-    prob_all = predict_probs(model, loader, device)[:, positive]
+    logits = predict_logits(model, loader, device)
+    prob_all = softmax(logits)[:, positive]
     metrics = binary_metrics(ds.labels, prob_all)
     per_patient = patient_metrics(ds.labels, prob_all, [s.patient_id for s in ds.samples])
     if per_patient is not None:
         metrics["per_patient"] = per_patient
+    # the labels are the output columns (the loss is trained on them)
+    metrics["calibration"] = calibration_summary(logits, ds.labels) if len(ds.labels) else {}
     return metrics, prob_all
 
 
@@ -303,7 +310,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
 
     # Data: patient-disjoint split, decoded once.
     sd = load_split_datasets(cfg.data, card.input, cfg.layout, cfg.labels_csv, cfg.val_fraction, cfg.seed,
-                             cfg.val_fold, AugmentConfig() if cfg.augment else None)
+                             cfg.val_fold, AugmentConfig() if cfg.augment else None,
+                             (cfg.cv_fold, cfg.cv_folds) if cfg.cv_folds else None)
     train_ds, val_ds, report = sd.train, sd.val, sd.report
     scale_info: dict[str, Any] = {}
     if cfg.canvas_um:
@@ -408,9 +416,11 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
                     **{k: metrics[k] for k in HISTORY_METRICS},
                 }
                 history.append(row)
+                calibration = metrics.pop("calibration")
                 if metrics["f1"] > best_f1:
                     best_f1, best_epoch, bad_epochs, best_metrics = metrics["f1"], epoch, 0, metrics
                     card.metrics = {"val": metrics, "epoch": epoch + 1}
+                    card.calibration = calibration  # temperature scaling on the validation split
                     save_checkpoint(best_path, model, card)
                 else:
                     bad_epochs += 1

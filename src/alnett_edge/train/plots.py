@@ -43,3 +43,44 @@ def plot_roc(y_true: np.ndarray, score: np.ndarray, auc: float | None, path: str
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_reliability(rows: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (bar width = the
+    bin, the diagonal = perfect calibration), with the cell count of each bin."""
+    fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=120)
+    for r in rows:
+        ax.bar(r["low"], r["accuracy"], width=r["high"] - r["low"], align="edge", color="#4c72b0", alpha=0.8,
+               edgecolor="white")
+        ax.text((r["low"] + r["high"]) / 2, min(0.98, r["accuracy"] + 0.02), str(r["n"]), ha="center", fontsize=6)
+    ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], "o", color="#dd8452", ms=3,
+            label="mean confidence")
+    lo = rows[0]["low"] if rows else 0.5
+    ax.plot([lo, 1], [lo, 1], "--", color="grey", lw=1, label="perfect")
+    ax.set_xlim(lo, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "reliability", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_roc_folds(curves: list[tuple[list[bool], list[float], float | None]], path: str | Path, title: str = "") -> Path:
+    """Every cross-validation fold's ROC curve (held-out cells) on one plot."""
+    fig, ax = plt.subplots(figsize=(3.8, 3.6), dpi=120)
+    for k, (y, score, auc) in enumerate(curves):
+        fpr, tpr = roc_curve(np.asarray(y, int), np.asarray(score))
+        ax.plot(fpr, tpr, lw=1.5, label=f"fold {k}: AUC " + (f"{auc:.3f}" if auc is not None else "n/a"))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set_xlabel("false-positive rate (1 - specificity)")
+    ax.set_ylabel("true-positive rate (sensitivity)")
+    ax.set_title(title or "ROC per fold", fontsize=9)
+    ax.legend(loc="lower right", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

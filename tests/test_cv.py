@@ -1,0 +1,64 @@
+"""Cross-validation (issue 16): patient-disjoint stratified folds on real patient ids, and a full
+``train --folds`` run whose held-out scores ``evaluate --split test`` reproduces."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import cv2
+import pytest
+
+from alnett_edge.data.sources import load_samples
+from alnett_edge.data.splits import cv_partition, make_split
+from alnett_edge.errors import DataError
+from alnett_edge.model import read_card
+
+from conftest import cli, one_line_error
+
+
+def test_folds_are_patient_disjoint_and_stratified_on_the_real_sample(cnmc_sample):
+    samples = load_samples(cnmc_sample)  # 70 real cells of 42 patients
+    folds = cv_partition(samples, 5, seed=0)
+    assert sorted(str(s.path) for f in folds for s in f) == sorted(str(s.path) for s in samples)
+    patients = [{s.patient_id for s in f} for f in folds]
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert not patients[i] & patients[j]  # no patient in two folds
+    per_class = [Counter(s.label for s in f) for f in folds]
+    for label in (0, 1):
+        counts = [c[label] for c in per_class]
+        assert min(counts) >= 1 and max(counts) - min(counts) <= 3, counts  # every fold has both classes, balanced
+    assert cv_partition(samples, 5, seed=0) == folds and cv_partition(samples, 5, seed=1) != folds
+    # fold k's run trains and validates on the other folds only, still patient-disjoint
+    split = make_split(samples, 0.2, 0, cv=(2, 5))
+    held = {s.patient_id for s in folds[2]}
+    assert not held & {s.patient_id for s in split.train + split.val} and split.method.startswith("cv:2/5:")
+    with pytest.raises(DataError, match="needs at least 50"):
+        cv_partition(samples, 50)
+
+
+def test_train_folds_reports_held_out_figures_that_evaluate_reproduces(easy_cells, tmp_path):
+    out = tmp_path / "cv"
+    res = cli("train", "--data", easy_cells, "--out", out, "-m", "alnett-tiny", "--folds", 3, "--epochs", 2,
+              "--patience", 2, "--workers", 0, "--lr", 5e-3)
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "cv_report.json").read_text())
+    rows = rep["per_fold"]
+    assert [r["fold"] for r in rows] == [0, 1, 2] and sum(r["n_test"] for r in rows) == 300
+    acc = [r["accuracy"] for r in rows]
+    assert rep["summary"]["accuracy"]["mean"] == pytest.approx(sum(acc) / 3, abs=1e-4)
+    assert all(0 <= r["ece"] <= 1 and r["temperature"] > 0 for r in rows)
+    assert "mean" in res.output and "cv_report.md" in res.output
+    md = (out / "cv_report.md").read_text()
+    assert md.count("\n| ") >= 5 and "mean ± std" in md
+    assert cv2.imread(str(out / "cv_roc.png")) is not None
+    # a fold's checkpoint knows its fold: `evaluate --split test` rebuilds its held-out cells
+    card = read_card(out / "fold_1" / "best.safetensors")
+    assert (card.training["config"]["cv_folds"], card.training["config"]["cv_fold"]) == (3, 1)
+    res = cli("evaluate", out / "fold_1" / "best.safetensors", "--data", easy_cells, "--split", "test",
+              "--out", tmp_path / "ev")
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert ev["metrics"]["n"] == rows[1]["n_test"] and ev["metrics"]["accuracy"] == pytest.approx(rows[1]["accuracy"])
+    one_line_error(cli("train", "--data", easy_cells, "--out", tmp_path / "x", "--folds", 1), "--folds must be >= 2")
