@@ -189,7 +189,11 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE: the gap between confidence and accuracy per bin, weighted by the bin's share of cells."""
-    rows = reliability(probs, labels, bins)
+    return ece_of(reliability(probs, labels, bins))
+
+
+def ece_of(rows: list[dict[str, float]]) -> float:
+    """The ECE of :func:`reliability`'s bins."""
     n = sum(r["n"] for r in rows)
     return float(sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / n) if n else 0.0
 

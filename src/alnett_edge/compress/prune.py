@@ -32,7 +32,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from alnett_edge.compress.report import fp32_row, refit_calibration
+from alnett_edge.compress.report import calibrated_row, fp32_row
 from alnett_edge.train.dataset import load_split_datasets
 from alnett_edge.errors import CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett, config_of
@@ -253,7 +253,7 @@ def prune_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     path = save_checkpoint(out / "pruned.safetensors", model, pruned_card)
     after = fp32_row("after", model, pruned_card, sd.val, out, path)
     pruned_card.metrics = {"val": {k: after[k] for k in ("accuracy", "sensitivity", "specificity", "f1")}}
-    pruned_card.calibration = refit_calibration(model, sd.val, pruned_card)  # the pruned model's own temperature
+    pruned_card.calibration = calibrated_row(model, sd.val, pruned_card)[2]  # the pruned model's own temperature
     save_checkpoint(path, model, pruned_card)
     report = {"checkpoint": str(checkpoint), "pruned": str(path), "config": cfg.__dict__, "before": before,
               "after": after, "mac_ratio": round(result.mac_ratio, 4), "stages": result.stages}

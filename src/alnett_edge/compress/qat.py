@@ -31,7 +31,7 @@ from torch.export import Dim
 from torch.utils.data import DataLoader
 
 from alnett_edge.card import CARD_KEY, ModelCard
-from alnett_edge.compress.report import metrics_row, refit_calibration
+from alnett_edge.compress.report import calibrated_row, metrics_row
 from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.train.dataset import CellDataset, load_split_datasets
 from alnett_edge.errors import CheckpointError, CompressionError, ConfigError
@@ -240,7 +240,7 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
     prepared = prepare_qat(model, card.input.size, scheme)
     losses = qat_finetune(prepared, sd.train, epochs, lr, batch_size, tcfg.balance, tcfg.seed)
     converted = convert(prepared)
-    int8_metrics, int8_prob = metrics_row(converted, sd.val, card)
+    int8_metrics, int8_prob, int8_calibration = calibrated_row(converted, sd.val, card)
     zps = activation_zero_points(converted)
     if scheme == "symmetric" and any(zps):
         raise CompressionError(f"symmetric QAT produced non-zero activation zero-points {sorted(set(zps))}")
@@ -248,7 +248,7 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
     qcard.quantization = {"method": "qat", "scheme": scheme, "format": QAT_FORMAT, "epochs": epochs, "lr": lr,
                           "weights": "int8 per-channel symmetric [-127, 127]",
                           "activations": "int8 per-tensor " + ("symmetric (zero-point 0)" if scheme == "symmetric" else "affine")}
-    qcard.calibration = refit_calibration(converted, sd.val, card)  # the int8 model's own temperature
+    qcard.calibration = int8_calibration  # the int8 model's own temperature
     qcard.metrics = {"val": int8_metrics, "fp32_val": fp32_metrics}
     out = Path(out)
     path = save_qat_checkpoint(out / f"qat-{scheme}.safetensors", prepared, qcard)

@@ -23,11 +23,11 @@ def metrics_row(model: nn.Module, ds: CellDataset, card: ModelCard) -> tuple[dic
     return summary(metrics), prob_all
 
 
-def refit_calibration(model: nn.Module, ds: CellDataset, card: ModelCard) -> dict[str, Any]:
-    """Temperature scaling refitted on the validation cells for a compressed model (pruning and QAT
-    change its logits): what its card records."""
-    metrics, _ = evaluate_dataset(model, ds, torch.device("cpu"), card.positive_class)
-    return metrics["calibration"]
+def calibrated_row(model: nn.Module, ds: CellDataset, card: ModelCard) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """:func:`metrics_row` plus temperature scaling refitted on these (validation) cells for a compressed
+    model (pruning and QAT change its logits): what its card records."""
+    metrics, prob_all = evaluate_dataset(model, ds, torch.device("cpu"), card.positive_class, calibrate=True)
+    return summary(metrics), prob_all, metrics["calibration"]
 
 
 def fp32_row(name: str, model: nn.Module, card: ModelCard, ds: CellDataset, workdir: Path,

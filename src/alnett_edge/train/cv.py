@@ -25,7 +25,7 @@ import numpy as np
 from alnett_edge.errors import ConfigError
 from alnett_edge.train.evaluate import evaluate_checkpoint
 from alnett_edge.train.loop import TrainConfig, train
-from alnett_edge.train.plots import plot_roc_folds
+from alnett_edge.train.plots import plot_rocs
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True) -> dict[
                      "seconds": round(result.seconds, 1), "temperature": m["calibration"]["temperature"],
                      **{key: m[key] for key in CV_KEYS if key != "ece"}, "ece": m["calibration"]["ece"],
                      "checkpoint": str(result.best)})
-        curves.append(([p["label"] == "all" for p in rep["predictions"]], [p["prob_all"] for p in rep["predictions"]],
-                       m["roc_auc"]))
+        auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+        curves.append((f"fold {k}: AUC {auc}", [p["label"] == "all" for p in rep["predictions"]],
+                       [p["prob_all"] for p in rep["predictions"]]))
     report: dict[str, Any] = {
         "folds": folds, "data": cfg.data, "variant": cfg.variant, "seconds": round(time.perf_counter() - t0, 1),
         "grouping": "patient-disjoint, stratified by class", "per_fold": rows,
@@ -71,7 +72,7 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     (out / "cv_report.json").write_text(json.dumps(report, indent=2))
     (out / "cv_report.md").write_text(markdown(report))
-    plot_roc_folds(curves, out / "cv_roc.png", f"{cfg.variant}, {folds}-fold")
+    plot_rocs(curves, out / "cv_roc.png", f"{cfg.variant}, {folds}-fold ROC (held-out cells)")
     return report
 
 

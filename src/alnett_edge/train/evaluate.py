@@ -14,7 +14,7 @@ from alnett_edge.data.sources import class_counts, load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.evaluation import held_out_like_training, split_like_training
 from alnett_edge.files import sha256_file
-from alnett_edge.metrics import ECE_BINS, binary_metrics, expected_calibration_error, patient_metrics, reliability
+from alnett_edge.metrics import ECE_BINS, binary_metrics, ece_of, patient_metrics, reliability
 from alnett_edge.model.checkpoint import read_card
 from alnett_edge.runtime.loader import open_file
 from alnett_edge.train.dataset import CellDataset
@@ -51,7 +51,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     prob_all = prob[:, card.positive_class]
     metrics = binary_metrics(ds.labels, prob_all)
     rows = reliability(prob, ds.labels)
-    metrics["calibration"] = {"ece": round(expected_calibration_error(prob, ds.labels), 4), "bins": ECE_BINS,
+    metrics["calibration"] = {"ece": round(ece_of(rows), 4), "bins": ECE_BINS,
                               "temperature": card.temperature, "reliability": rows}
     per_patient = patient_metrics(ds.labels, prob_all, [smp.patient_id for smp in ds.samples])
     if per_patient is not None:

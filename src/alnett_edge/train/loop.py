@@ -169,11 +169,11 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -
 
 
 def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, positive: int, batch_size: int = 64,
-                     workers: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+                     workers: int = 0, calibrate: bool = False) -> tuple[dict[str, Any], np.ndarray]:
     """Image- and patient-level metrics of ``model`` on ``ds``; also returns P(positive class) per image
-    (``positive``: the card's ``positive_class``, the output column of ``all``). ``metrics["calibration"]``
-    is the temperature fitted on these cells (:func:`alnett_edge.metrics.calibration_summary`): on a
-    validation split, what the card records."""
+    (``positive``: the card's ``positive_class``, the output column of ``all``). With ``calibrate``,
+    ``metrics["calibration"]`` is the temperature fitted on these cells
+    (:func:`alnett_edge.metrics.calibration_summary`): on a validation split, what the card records."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     logits = predict_logits(model, loader, device)
     prob_all = softmax(logits)[:, positive]
@@ -181,8 +181,8 @@ def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, po
     per_patient = patient_metrics(ds.labels, prob_all, [s.patient_id for s in ds.samples])
     if per_patient is not None:
         metrics["per_patient"] = per_patient
-    # the labels are the output columns (the loss is trained on them)
-    metrics["calibration"] = calibration_summary(logits, ds.labels) if len(ds.labels) else {}
+    if calibrate:  # the labels are the output columns (the loss is trained on them)
+        metrics["calibration"] = calibration_summary(logits, ds.labels) if len(ds.labels) else {}
     return metrics, prob_all
 
 
@@ -407,7 +407,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
             decision = torch.zeros(1)
             if dd.main:
                 recalibrate_bn(model, train_ds, device, cfg.batch_size, seed=cfg.seed + epoch)
-                metrics, _ = evaluate_dataset(model, val_ds, device, card.positive_class, batch_size=max(64, cfg.batch_size))
+                metrics, _ = evaluate_dataset(model, val_ds, device, card.positive_class, batch_size=max(64, cfg.batch_size),
+                                              calibrate=True)
                 row = {
                     "epoch": epoch + 1,
                     "loss": loss,

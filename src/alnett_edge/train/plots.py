@@ -24,25 +24,26 @@ def plot_confusion(cm: list[list[int]], class_names: tuple[str, ...], path: str 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_roc(y_true: np.ndarray, score: np.ndarray, auc: float | None, path: str | Path) -> Path:
-    fpr, tpr = roc_curve(y_true, score)
+    return plot_rocs([(f"AUC = {auc:.3f}" if auc is not None else "AUC undefined", y_true, score)], path,
+                     "ROC, positive = all")
+
+
+def plot_rocs(curves: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
+    """ROC curves (label, truth with all = 1, P(all)) on one plot: one model, or every cross-validation fold."""
     fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=120)
-    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}" if auc is not None else "AUC undefined")
+    for label, y, score in curves:
+        fpr, tpr = roc_curve(np.asarray(y, int), np.asarray(score))
+        ax.plot(fpr, tpr, lw=2 if len(curves) == 1 else 1.5, label=label)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set_xlabel("false-positive rate (1 - specificity)")
     ax.set_ylabel("true-positive rate (sensitivity)")
-    ax.set_title("ROC, positive = all")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7 if len(curves) == 1 else 6)
+    return _save(fig, path)
 
 
 def plot_reliability(rows: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
@@ -63,23 +64,10 @@ def plot_reliability(rows: list[dict[str, float]], path: str | Path, title: str 
     ax.set_ylabel("accuracy")
     ax.set_title(title or "reliability", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
-def plot_roc_folds(curves: list[tuple[list[bool], list[float], float | None]], path: str | Path, title: str = "") -> Path:
-    """Every cross-validation fold's ROC curve (held-out cells) on one plot."""
-    fig, ax = plt.subplots(figsize=(3.8, 3.6), dpi=120)
-    for k, (y, score, auc) in enumerate(curves):
-        fpr, tpr = roc_curve(np.asarray(y, int), np.asarray(score))
-        ax.plot(fpr, tpr, lw=1.5, label=f"fold {k}: AUC " + (f"{auc:.3f}" if auc is not None else "n/a"))
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    ax.set_xlabel("false-positive rate (1 - specificity)")
-    ax.set_ylabel("true-positive rate (sensitivity)")
-    ax.set_title(title or "ROC per fold", fontsize=9)
-    ax.legend(loc="lower right", fontsize=6)
+def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
