@@ -162,3 +162,45 @@ def test_quantized_checkpoints_are_refused_where_fp32_is_needed(qat_runs, traine
         load_checkpoint(qat_runs["symmetric"]["qat"])
     with pytest.raises(CheckpointError, match="not a QAT checkpoint"):
         load_qat_checkpoint(result.best)
+
+
+def test_batchnorm_folds_into_the_convolutions_with_the_same_function():
+    from alnett_edge.model.alnett import fold_batchnorm
+
+    torch.manual_seed(3)
+    model = create_model("alnett-tiny").eval()
+    for m in model.modules():  # statistics a trained model would have, not the init's 0/1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.2, 3.0), m.weight.data.uniform_(0.5, 2)
+    folded = fold_batchnorm(model)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the input is left alone
+    assert folded.stem[0].bias is not None and all(c.pointwise.bias is not None for c in folded.clusters)
+
+
+def test_qat_trains_the_folded_graph_and_old_unfolded_checkpoints_still_load(qat_runs, trained, tmp_path):
+    from alnett_edge.compress.qat import BN_FOLDED, load_qat_prepared, prepare_qat, save_qat_checkpoint
+    from alnett_edge.model.checkpoint import read_card
+
+    card = read_card(qat_runs["asymmetric"]["qat"])
+    assert card.quantization["batchnorm"] == BN_FOLDED
+    prepared, _ = load_qat_prepared(qat_runs["asymmetric"]["qat"])
+    assert not any("batch_norm" in str(n.target) for n in prepared.graph.nodes)
+    # a checkpoint from before the fold (BN in the prepared graph, no "batchnorm" in its card)
+    model, fp32_card = load_checkpoint(trained[1].best)
+    old = prepare_qat(model, fp32_card.input.size, "asymmetric", fold_bn=False)
+    assert any("batch_norm" in str(n.target) for n in old.graph.nodes)
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    move_exported_model_to_eval(old)
+    x = torch.randn(4, 3, *fp32_card.input.size)
+    old(x)  # observers see data
+    ocard = card.copy()
+    ocard.quantization = {k: v for k, v in card.quantization.items() if k != "batchnorm"}
+    path = save_qat_checkpoint(tmp_path / "old.safetensors", old, ocard)
+    again, _ = load_qat_prepared(path)
+    with torch.no_grad():  # same state, same input: same output (the observers move alike in both)
+        assert torch.allclose(again(x), old(x), atol=1e-5)

@@ -381,15 +381,18 @@ def test_output_folder_deleted_mid_run_is_restored_with_every_row(x86_bundle, tm
     daemon, thread, box = _run_daemon_in_thread(
         x86_bundle["bundle"], "synthetic:8",
         {"db": str(out / "cells.db"), "jsonl": str(out / "cells.jsonl"), "snapshots": str(out / "snaps"),
-         "snapshot_every": 1}, run={"max_frames": 12})
+         "snapshot_every": 1}, run={"max_frames": 10_000})
     _until(lambda: daemon.frames_processed >= 4)
     _remove_tree(out)  # everything: database, WAL, JSONL, snapshots
+    after = daemon.frames_processed
+    _until(lambda: daemon.frames_processed >= after + 3)  # frames after the loss, however loaded the machine
+    daemon.request_stop("test")
     thread.join(120)
     summary = box["summary"]
     n, sessions = _rows(out / "cells.db")
     assert summary["store"]["restored"] >= 1 and summary["store_error"] is None
     assert n == summary["cells_processed"] == summary["session"]["cells"] == sessions[0][2] > 0
-    assert sessions[0][1] == summary["frames_processed"] == 12
+    assert sessions[0][1] == summary["frames_processed"] >= after + 3
     assert any((out / "snaps").glob("*.jpg")) and (out / "cells.jsonl").is_file()  # copies start again
 
 
@@ -397,13 +400,16 @@ def test_snapshot_folder_lost_mid_run_is_counted_not_fatal(x86_bundle, tmp_path)
     snaps = tmp_path / "snaps"
     daemon, thread, box = _run_daemon_in_thread(
         x86_bundle["bundle"], "synthetic:9", {"db": str(tmp_path / "c.db"), "snapshots": str(snaps), "snapshot_every": 1},
-        run={"max_frames": 10})
+        run={"max_frames": 10_000})
     _until(lambda: daemon.frames_processed >= 3)
     _remove_tree(snaps)
     snaps.write_text("a file where the folder was")  # cannot be made again: every snapshot fails
+    after = daemon.frames_processed
+    _until(lambda: daemon.frames_processed >= after + 3)  # frames after the loss, however loaded the machine
+    daemon.request_stop("test")
     thread.join(120)
     s = box["summary"]
-    assert s["frames_processed"] == 10 and s["store_error"] is None
+    assert s["frames_processed"] >= after + 3 and s["store_error"] is None
     assert s["store"]["errors"]["SnapshotSink"]["count"] >= 1 and "snap" in s["store"]["errors"]["SnapshotSink"]["last"]
     assert _rows(tmp_path / "c.db")[0] == s["session"]["cells"]
 

@@ -21,6 +21,8 @@ pruned model with other channel counts is rebuilt from card + weights, never fro
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -144,6 +146,22 @@ class ALNett(nn.Module):
     def min_input_size(self) -> int:
         """Smallest square input whose last cluster layer still has a 1x1 map."""
         return 2 ** (len(self.config.channels) + 1)
+
+
+def fold_batchnorm(model: ALNett) -> ALNett:
+    """A copy whose BatchNorms are folded into the convolutions before them (each conv gains a bias,
+    each BN becomes an Identity), with the running statistics as they are: the function of the model
+    in eval mode, and the graph an int8 deployment runs. QAT with frozen BN trains this graph directly
+    (see ``compress.qat``)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    folded.stem[0] = fuse_conv_bn_eval(folded.stem[0], folded.stem[1])
+    folded.stem[1] = nn.Identity()
+    for layer in folded.clusters:
+        layer.pointwise = fuse_conv_bn_eval(layer.pointwise, layer.bn)
+        layer.bn = nn.Identity()
+    return folded
 
 
 def config_of(model: ALNett) -> ALNettConfig:
