@@ -293,13 +293,14 @@ main()
 """
 
 
-def _daemon_under_file_limit(bundle, tmp_path, limit, lift_after, frames, max_pending=10000):
+def _daemon_under_file_limit(bundle, tmp_path, limit, lift_after, frames, max_pending=10000, tracking=True):
     import subprocess
     import sys
 
     db, summary = tmp_path / "cells.db", tmp_path / f"summary-{lift_after}.json"
     config = tmp_path / "small.toml"  # small synthetic frames: 0.15 s each to draw instead of 0.8 s
-    config.write_text(f"[source]\nwidth = 320\nheight = 240\n[sinks]\nmax_pending_cells = {max_pending}\n")
+    config.write_text(f"[source]\nwidth = 320\nheight = 240\n[sinks]\nmax_pending_cells = {max_pending}\n"
+                      f"[tracking]\nenabled = {str(tracking).lower()}\n")
     proc = subprocess.run([sys.executable, "-c", _LIMITED, str(limit), str(lift_after), "daemon", "--bundle", bundle,
                            "--source", "synthetic:7", "--fps", "20", "--max-frames", str(frames), "--port", "0",
                            "--db", db, "--summary-json", summary, "--config", config],
@@ -337,7 +338,8 @@ def test_disk_full_stops_cleanly_counts_only_stored_cells_and_restart_works(x86_
 
 
 def test_a_disk_that_fills_and_frees_loses_nothing(x86_bundle, tmp_path):
-    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 40_000, 3.0, 50)
+    # a row per detection (tracking off): enough rows to fill the 40 kB quickly
+    proc, db, summary = _daemon_under_file_limit(x86_bundle["bundle"], tmp_path, 40_000, 3.0, 50, tracking=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cannot write the database" in proc.stderr and "writable again" in proc.stderr
     n, sessions = _rows(db)

@@ -18,7 +18,9 @@ def stage_table(summary: dict) -> Table:
     s = summary["session"]
     est = s.get("blast_ratio_estimate")
     title = (f"{summary['frames_processed']} frames ({summary['mean_fps']} fps mean), {summary['frames_dropped']} dropped, "
-             f"{s['cells']} cells ({s['classified']} classified), blast calls {s['blast_ratio']} "
+             f"{s['cells']} {'distinct cells' if summary.get('tracking') else 'cells'} ({s['classified']} classified; "
+             f"the model ran {summary.get('inferences', 0)} times on {summary.get('observations', 0)} detections), "
+             f"blast calls {s['blast_ratio']} "
              f"CI95 {s['blast_ratio_ci95']}, reconnects {summary['capture']['reconnects']}"
              + (f"\nblast ratio estimate {est['value']} CI95 {est['ci95']} (edge- and error-corrected, "
                 f"{est['cells']} cells)" if est else "")
@@ -52,8 +54,12 @@ def register(app: typer.Typer) -> None:
         preview: bool = typer.Option(None, "--preview/--no-preview", help="Serve /preview.mjpg of annotated frames."),
         summary_json: Path = typer.Option(None, help="Write the session summary (per-stage latency, counts) as JSON.",
                                           callback=output_file),
+        tracking: bool = typer.Option(None, "--tracking/--no-tracking", help="One row per cell tracked across frames "
+                                      "(default), or one per detection per frame."),
+        observations: int = typer.Option(None, help="Classified observations fused before a track is decided "
+                                         "(default 3)."),
     ) -> None:
-        """Run the microscope daemon: capture -> detect -> crop -> quality gate -> classify -> record."""
+        """Run the microscope daemon: capture -> detect -> track -> quality gate -> classify -> record."""
         from alnett_edge.daemon.config import load_config
         from alnett_edge.daemon.service import Daemon
         from alnett_edge.daemon.sinks import StoreError
@@ -65,6 +71,7 @@ def register(app: typer.Typer) -> None:
                       "snapshots": str(snapshots) if snapshots else None},
             "http": {"host": host, "port": port, "token": http_token, "preview": preview},
             "run": {"max_frames": max_frames, "duration": duration},
+            "tracking": {"enabled": tracking, "observations": observations},
         }  # fmt: skip
         cfg = load_config(config, overrides)
         d = Daemon(cfg)

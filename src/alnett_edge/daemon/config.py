@@ -27,6 +27,10 @@ Example (every key optional except a bundle and a source, from the file or the c
     [quality]
     min_confidence = 0.6
 
+    [tracking]               # each cell one track, decided once (daemon/tracking.py)
+    observations = 3         # classified observations fused before a track is decided
+    max_jump_um = 8.0        # how far a cell centre may move frame to frame (after stage motion)
+
     [sinks]
     db = "/var/lib/alnett-edge/cells.db"
     snapshots = "/var/lib/alnett-edge/snapshots"
@@ -49,6 +53,7 @@ from typing import Any
 from alnett_edge.daemon.cells import QualityConfig
 from alnett_edge.daemon.detector import DetectorConfig
 from alnett_edge.daemon.optics import OpticsConfig
+from alnett_edge.daemon.tracking import TrackingConfig
 from alnett_edge.errors import ConfigError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -107,12 +112,13 @@ class DaemonConfig:
     optics: OpticsConfig = field(default_factory=OpticsConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
-        for name in ("source", "runtime", "optics", "detector", "quality", "sinks", "http", "run"):
+        for name in ("source", "runtime", "optics", "detector", "quality", "tracking", "sinks", "http", "run"):
             section = getattr(self, name)
             for f in dataclasses.fields(section):
                 value = getattr(section, f.name)
@@ -122,6 +128,7 @@ class DaemonConfig:
                 if not math.isfinite(value) or value < 0:
                     raise ConfigError(f"[{name}] {f.name} must be a finite number >= 0, got {value!r}")
         self.detector.validate()
+        self.tracking.validate()
         self.optics.resolve()  # magnification without a pixel pitch, or two pixel sizes that disagree
         if self.optics.rbc_um <= 0 or self.optics.calibration_frames < 1:
             raise ConfigError("[optics] rbc_um must be > 0 and calibration_frames >= 1")

@@ -37,9 +37,11 @@ class DaemonCollector:
                                  ("frames_processed", st["frames_processed"], "frames through the whole pipeline"),
                                  ("frames_dropped", st["frames_dropped"], "frames dropped because the queue was full"),
                                  ("source_stalls", cap["stalls"], "source stalls and read errors"),
-                                 ("source_reconnects", cap["reconnects"], "successful source reopenings")):
+                                 ("source_reconnects", cap["reconnects"], "successful source reopenings"),
+                                 ("observations", st["observations"], "cell detections, every frame"),
+                                 ("inferences", st["inferences"], "cell crops the model ran on")):
             yield CounterMetricFamily(f"alnett_{name}", doc, value=value)
-        cells = CounterMetricFamily("alnett_cells", "cells by outcome", labels=["outcome"])
+        cells = CounterMetricFamily("alnett_cells", "distinct cells (tracks) decided, by outcome", labels=["outcome"])
         for label, n in agg["labels"].items():
             cells.add_metric([label], n)
         for reason, n in agg["abstained"].items():

@@ -1,5 +1,7 @@
-"""The daemon: capture thread -> bounded queue (drop oldest) -> detect -> crop -> quality gate ->
-batched classification (the runtime) -> post-processing -> aggregator -> sinks, with every stage timed.
+"""The daemon: capture thread -> bounded queue (drop oldest) -> detect -> track -> quality gate ->
+crop -> batched classification (the runtime) of the tracks not yet decided -> a decision per track ->
+aggregator -> sinks, with every stage timed. Each physical cell is one track and one database row
+(``daemon/tracking.py``); ``[tracking] enabled = false`` gives a row per detection per frame.
 
 Stop (SIGTERM / SIGINT, ``--max-frames``, ``--duration`` or the end of a file source): capture stops,
 the frames already queued are still processed, sinks are flushed and closed, and the session summary
@@ -10,6 +12,7 @@ be written is the sink policy of :mod:`alnett_edge.daemon.sinks`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -28,6 +31,7 @@ from alnett_edge.daemon.detector import CellDetector
 from alnett_edge.daemon.optics import estimate_um_per_px
 from alnett_edge.daemon.sinks import CellRecord, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.daemon.stats import Aggregator, StageTimes
+from alnett_edge.daemon.tracking import Track, TrackBook
 from alnett_edge.data.preprocess import preprocess
 from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.files import sha256_file
@@ -40,42 +44,99 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0
 
 
+def _classify(frame_rgb: np.ndarray, dets: list[Any], canvas_px: float, runtime: Any,
+              max_batch: int) -> tuple[np.ndarray, float, float]:
+    """Scale-true crops (the card's ``canvas_um`` at the detector's pixel size; 0: the card has no scale),
+    the card's one preprocessing, batched inference: the calibrated probabilities of ``dets``, and the
+    crop and inference times in ms."""
+    t0 = time.perf_counter()
+    inputs = [preprocess(cell_image(frame_rgb, d, canvas_px), runtime.card.input) for d in dets]
+    t1 = time.perf_counter()
+    probs = np.zeros((0, len(runtime.card.class_names)), np.float32)
+    if inputs:
+        x = np.stack(inputs)
+        probs = np.concatenate([runtime.infer(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
+    return probs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+
+def _verdict(p: np.ndarray | None, card: Any, min_confidence: float) -> tuple[str | None, str | None, list[float | None]]:
+    """(label, abstain reason, [prob_hem, prob_all]) of probabilities ``p`` (None: not classified)."""
+    if p is None:
+        return None, None, [None, None]
+    names, pos = card.class_names, card.positive_class  # prob_all; prob_hem is the other class of a binary card
+    neg = next(i for i in range(len(names)) if i != pos)
+    k = int(np.argmax(p))
+    label, reason = (None, "low confidence") if p[k] < min_confidence else (names[k], None)
+    return label, reason, [round(float(p[neg]), 6), round(float(p[pos]), 6)]
+
+
 def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, runtime: Any, max_batch: int,
                    model_sha256: str) -> tuple[list[CellRecord], dict[str, float]]:
-    """The daemon's per-frame path, shared with ``field-eval``: detect -> quality gate -> scale-true crop
-    (the card's ``canvas_um`` at the detector's pixel size) and preprocess (the card's one function) ->
-    batched inference -> a record per detection (label, or the reason it was abstained). Returns the
-    records and the stage times in ms."""
+    """One frame on its own (``field-eval``, which scores frames against their annotations): detect ->
+    quality gate -> crop and classify -> a record per detection (label, or the reason it was
+    abstained). Returns the records and the stage times in ms."""
+    card = runtime.card
+    t0 = time.perf_counter()
+    dets = detector.detect(frame.rgb)
+    detect_ms = (time.perf_counter() - t0) * 1e3
+    canvas_px = card.input.canvas_um / detector.um_per_px
+    reasons = [quality_reason(frame.rgb, d, quality, canvas_px) for d in dets]
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    probs, crop_ms, infer_ms = _classify(frame.rgb, [dets[i] for i in keep], canvas_px, runtime, max_batch)
+    row = dict(zip(keep, probs))
+    now, records = time.time(), []
+    for i, det in enumerate(dets):
+        label, reason, (p_hem, p_all) = _verdict(row.get(i), card, quality.min_confidence)
+        records.append(CellRecord(now, frame.index, det.box, p_hem, p_all, label, reasons[i] or reason, model_sha256,
+                                  round(det.edge_weight, 4), classified=int(i in row)))
+    return records, {"detect": detect_ms, "crop": crop_ms, "infer": infer_ms}
+
+
+def decide_track(track: Track, card: Any, min_confidence: float, model_sha256: str) -> CellRecord:
+    """A track's one row: the mean of its classified observations' probabilities and the verdict on it,
+    or, with none classified, an abstain for its most frequent quality reason."""
+    pos = card.positive_class
+    label, reason, (p_hem, p_all) = _verdict(track.fused, card, min_confidence)
+    if not track.probs:
+        reason = track.reasons.most_common(1)[0][0] if track.reasons else "not classified"
+    track.decision = CellRecord(
+        time.time(), track.last_frame, track.box, p_hem, p_all, label, reason, model_sha256, round(track.edge_weight, 4),
+        track_id=track.id, first_frame=track.first_frame, observations=track.seen, classified=len(track.probs),
+        observed_prob_all=[round(float(q[pos]), 6) for q in track.probs])
+    return track.decision
+
+
+def track_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, runtime: Any, max_batch: int,
+                model_sha256: str, book: TrackBook) -> tuple[list[CellRecord], list[CellRecord], dict[str, float], int]:
+    """The daemon's per-frame path: detect -> track -> quality gate and classification of the tracks
+    not yet decided -> the rows of the tracks decided in this frame (enough observations, or ended).
+    Returns those rows, every detection as shown on the frame, the stage times in ms and the number of
+    crops the model ran on."""
     card = runtime.card
     t0 = time.perf_counter()
     dets = detector.detect(frame.rgb)
     t1 = time.perf_counter()
-    canvas_px = card.input.canvas_um / detector.um_per_px  # scale-true crops (0: the card has no scale)
-    reasons = [quality_reason(frame.rgb, d, quality, canvas_px) for d in dets]
-    keep = [i for i, r in enumerate(reasons) if r is None]
-    inputs = [preprocess(cell_image(frame.rgb, dets[i], canvas_px), card.input) for i in keep]
+    tracks = book.assign(frame.rgb, dets, frame.index)
     t2 = time.perf_counter()
-    probs = np.zeros((0, len(card.class_names)), np.float32)
-    if inputs:
-        x = np.stack(inputs)
-        probs = np.concatenate([runtime.infer(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
-    t3 = time.perf_counter()
-    names, pos = card.class_names, card.positive_class  # prob_all; prob_hem is the other class of a binary card
-    neg = next(i for i in range(len(names)) if i != pos)
-    row = {i: p for i, p in zip(keep, probs)}
-    now, records = time.time(), []
-    for i, det in enumerate(dets):
-        reason, label, p = reasons[i], None, row.get(i)
-        if p is not None:
-            k = int(np.argmax(p))
-            if p[k] < quality.min_confidence:
-                reason = "low confidence"
-            else:
-                label = names[k]
-        records.append(CellRecord(now, frame.index, det.box, None if p is None else round(float(p[neg]), 6),
-                                  None if p is None else round(float(p[pos]), 6), label, reason, model_sha256,
-                                  round(det.edge_weight, 4)))
-    return records, {"detect": (t1 - t0) * 1e3, "crop": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3}
+    canvas_px = card.input.canvas_um / detector.um_per_px
+    reasons = [None if t.decision is not None else quality_reason(frame.rgb, d, quality, canvas_px) for d, t in zip(dets, tracks)]
+    need = [i for i, t in enumerate(tracks) if t.decision is None and reasons[i] is None]
+    probs, crop_ms, infer_ms = _classify(frame.rgb, [dets[i] for i in need], canvas_px, runtime, max_batch)
+    row = dict(zip(need, probs))
+    rows, view, now = [], [], time.time()
+    for i, (det, track) in enumerate(zip(dets, tracks)):
+        if track.decision is None:
+            track.observe(frame.index, det, reasons[i], row.get(i))
+            if len(track.probs) >= book.cfg.observations:
+                rows.append(decide_track(track, card, quality.min_confidence, model_sha256))
+        else:
+            track.seen, track.last_frame = track.seen + 1, frame.index
+        shown = track.decision or CellRecord(
+            now, frame.index, det.box, None, None, None, reasons[i] or f"deciding {len(track.probs)}/{book.cfg.observations}",
+            model_sha256, track_id=track.id)
+        view.append(shown if shown.box == det.box else dataclasses.replace(shown, box=det.box))
+    rows += [decide_track(t, card, quality.min_confidence, model_sha256) for t in book.ended() if t.decision is None]
+    return rows, view, {"detect": (t1 - t0) * 1e3, "track": (t2 - t1) * 1e3, "crop": crop_ms, "infer": infer_ms}, len(need)
 
 
 def inference_threads(asked: int) -> int:
@@ -118,7 +179,10 @@ class Daemon:
         self.recorder = Recorder(SqliteSink(cfg.sinks.db), copies, cfg.sinks.max_pending_cells)
         self.frames_processed = 0
         self.frames_uncalibrated = 0  # frames seen while no pixel size could be estimated
-        self.cells_processed = 0  # through the model (stored or pending); the session counts stored ones
+        self.cells_processed = 0  # decided (tracks; stored or pending); the session counts stored ones
+        self.observations = 0  # detections, every frame
+        self.inferences = 0  # crops the model ran on
+        self.tracks: TrackBook | None = None  # made with the detector (it needs the pixel size)
         self.stopping = False
         self.stop_reason = ""
         self.preview_clients = 0
@@ -192,6 +256,12 @@ class Daemon:
         self.capture.stop()
         if self.detector is None:
             self._calibrate(None)  # a run shorter than the calibration frames: estimate from what came
+        if self.tracks is not None:  # tracks in flight are decided from what they have, none is lost
+            card, q = self.runtime.card, self.cfg.quality
+            rows = [decide_track(t, card, q.min_confidence, self.model_sha256) for t in self.tracks.close() if t.decision is None]
+            if rows:
+                self.cells_processed += len(rows)
+                self._count(self.recorder.write(None, -1, rows))
         self._count(self.recorder.flush())
         summary = self.status()
         summary["stop_reason"] = self.stop_reason or self.capture.stats.state
@@ -254,16 +324,20 @@ class Daemon:
         detector = self.detector
         if detector is None:  # only _calibrate calls this, after it set the detector
             raise RuntimeError("frame processed before the pixel size was known")
-        records, times = classify_frame(frame, detector, self.cfg.quality, self.runtime, self.cfg.runtime.max_batch,
-                                        self.model_sha256)
+        if self.tracks is None:
+            self.tracks = TrackBook(self.cfg.tracking, detector.um_per_px)
+        records, view, times, inferred = track_frame(frame, detector, self.cfg.quality, self.runtime,
+                                                     self.cfg.runtime.max_batch, self.model_sha256, self.tracks)
         t3 = time.perf_counter()
-        self._count(self.recorder.write(frame.rgb, frame.index, records))
+        self._count(self.recorder.write(frame.rgb, frame.index, records, view))
         if self.preview_clients:
-            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(frame.rgb, records), cv2.COLOR_RGB2BGR))
+            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(frame.rgb, view), cv2.COLOR_RGB2BGR))
             self.latest_preview = jpg.tobytes() if ok else None
         t4 = time.perf_counter()
         self.frames_processed += 1
         self.cells_processed += len(records)
+        self.observations += len(view)
+        self.inferences += inferred
         for stage, ms in times.items():
             self.times.add(stage, ms)
         self.times.add("sink", (t4 - t3) * 1e3)
@@ -291,6 +365,9 @@ class Daemon:
             "mean_fps": round(self.frames_processed / elapsed, 2) if elapsed else 0.0,
             "frames_processed": self.frames_processed, "frames_dropped": self.queue.dropped,
             "queue_depth": len(self.queue), "cells_processed": self.cells_processed,
+            "tracking": self.cfg.tracking.enabled, "observations": self.observations, "inferences": self.inferences,
+            "tracks": {"open": len(self.tracks.open), "fields": self.tracks.fields, "flickers": self.tracks.flickers}
+            if self.tracks is not None else None,
             "capture": {"frames": cap.frames, "stalls": cap.stalls, "reconnects": cap.reconnects,
                         "read_errors": cap.read_errors, "skipped_frames": cap.skipped_frames, "state": cap.state, "last_error": cap.last_error},
             "stages": self.times.summary(), "session": self.agg.snapshot(), "store": self.recorder.status(),

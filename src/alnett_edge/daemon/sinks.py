@@ -1,5 +1,5 @@
-"""Where decisions go: SQLite (WAL; one row per cell, one per session), JSON lines, and annotated
-snapshots (every N frames and on each blast). A sink is one class with ``open``, ``write`` and
+"""Where decisions go: SQLite (WAL; one row per cell, that is per track (``daemon/tracking.py``), one
+per session), JSON lines, and annotated snapshots (every N frames and on each blast). A sink is one class with ``open``, ``write`` and
 ``close``.
 
 The sink policy (:class:`Recorder`; the README's "When the disk fails"):
@@ -77,13 +77,21 @@ class CellRecord:
     abstain_reason: str | None
     model_sha256: str
     edge_weight: float = 1.0  # Miles-Lantuéjoul weight of the cell's size (the session's ratio estimate)
+    track_id: int | None = None
+    first_frame: int | None = None  # frame_index is the frame the track was decided in
+    observations: int = 1  # frames the cell was detected in until it was decided
+    classified: int = 0  # of those, the ones the model ran on (quality gate passed); fused into the probabilities
+    observed_prob_all: list[float] = field(default_factory=list)  # each classified observation's prob_all (JSONL)
 
 
 class Sink:
     def open(self, session: dict[str, Any]) -> None:
         pass
 
-    def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> None:
+    def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
+              view: list[CellRecord] | None = None) -> None:
+        """``cells``: the rows decided now (tracks); ``view``: every detection of this frame as shown on
+        it (for pictures); ``frame_rgb`` None: rows without a frame (the tracks a stop decided)."""
         raise NotImplementedError
 
     def close(self, summary: dict[str, Any]) -> None:
@@ -97,7 +105,8 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS cells (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session_id INTEGER NOT NULL REFERENCES sessions(id), time REAL NOT NULL,
     frame_index INTEGER NOT NULL, x0 INTEGER, y0 INTEGER, x1 INTEGER, y1 INTEGER, prob_hem REAL, prob_all REAL,
-    label TEXT, abstain_reason TEXT, model_sha256 TEXT NOT NULL);
+    label TEXT, abstain_reason TEXT, model_sha256 TEXT NOT NULL, track_id INTEGER, first_frame INTEGER,
+    observations INTEGER, classified INTEGER);
 CREATE INDEX IF NOT EXISTS cells_session ON cells(session_id, frame_index);
 """
 
@@ -119,6 +128,10 @@ class SqliteSink(Sink):
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(cells)")}
+            for column in ("track_id", "first_frame", "observations", "classified"):  # a database from before tracking
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE cells ADD COLUMN {column} INTEGER")
             cur = self.db.execute("INSERT INTO sessions (started, source, bundle, model_sha256) VALUES (?, ?, ?, ?)",
                                   (session["started"], session["source"], session["bundle"], session["model_sha256"]))
             self.db.commit()
@@ -147,21 +160,26 @@ class SqliteSink(Sink):
         self.restored += 1
         log.warning("the database %s was deleted or replaced while running; restored it with every row", self.path)
 
-    def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> None:
-        self.write_frames([cells])
+    def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
+              view: list[CellRecord] | None = None) -> None:
+        self.write_frames([cells], int(frame_rgb is not None))
 
-    def write_frames(self, frames: list[list[CellRecord]]) -> None:
-        """Commit several frames' rows in one transaction (all or none)."""
+    def write_frames(self, frames: list[list[CellRecord]], n_frames: int | None = None) -> None:
+        """Commit several batches of rows in one transaction (all or none); ``n_frames`` of them were
+        frames (default: all)."""
         self._ensure_file()
         n = sum(len(c) for c in frames)
+        n_frames = len(frames) if n_frames is None else n_frames
         try:
             self.db.executemany(
                 "INSERT INTO cells (session_id, time, frame_index, x0, y0, x1, y1, prob_hem, prob_all, label, abstain_reason,"
-                " model_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " model_sha256, track_id, first_frame, observations, classified) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(self.session_id, c.time, c.frame_index, *c.box, c.prob_hem, c.prob_all, c.label, c.abstain_reason,
-                  c.model_sha256) for cells in frames for c in cells])
+                  c.model_sha256, c.track_id, c.first_frame, c.observations, c.classified)
+                 for cells in frames for c in cells])
             self.db.execute("UPDATE sessions SET frames = ?, cells = ? WHERE id = ?",
-                            (self.frames + len(frames), self.cells + n, self.session_id))
+                            (self.frames + n_frames, self.cells + n, self.session_id))
             self.db.commit()
         except sqlite3.Error as exc:
             try:
@@ -169,7 +187,7 @@ class SqliteSink(Sink):
             except sqlite3.Error:
                 pass
             raise SinkFault(f"cannot write the database {self.path}: {exc}") from exc
-        self.frames += len(frames)
+        self.frames += n_frames
         self.cells += n
 
     def close(self, summary: dict[str, Any]) -> None:
@@ -216,7 +234,8 @@ class JsonlSink(Sink):
         except OSError as exc:
             raise SinkFault(f"cannot write the JSONL file {self.path}: {exc.strerror or exc}") from exc
 
-    def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> None:
+    def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
+              view: list[CellRecord] | None = None) -> None:
         for c in cells:
             self._line(asdict(c))
 
@@ -257,7 +276,11 @@ class SnapshotSink(Sink):
     def open(self, session: dict[str, Any]) -> None:
         _writable_folder(self.folder, "snapshots")
 
-    def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> None:
+    def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
+              view: list[CellRecord] | None = None) -> None:
+        if frame_rgb is None:
+            return
+        shown = cells if view is None else view
         now = time.monotonic()
         blast = any(c.label == "all" for c in cells) and now - self._last_blast >= self.min_interval_s
         if frame_index % self.every and not blast:
@@ -267,7 +290,7 @@ class SnapshotSink(Sink):
         name = f"frame{frame_index:07d}{'-blast' if blast else ''}.jpg"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)  # made again if it was deleted
-            ok = cv2.imwrite(str(self.folder / name), cv2.cvtColor(annotate(frame_rgb, cells), cv2.COLOR_RGB2BGR))
+            ok = cv2.imwrite(str(self.folder / name), cv2.cvtColor(annotate(frame_rgb, shown), cv2.COLOR_RGB2BGR))
         except (OSError, cv2.error) as exc:
             raise SinkFault(f"cannot write snapshot {self.folder / name}: {exc}") from exc
         if not ok:  # OpenCV says nothing more than False
@@ -296,6 +319,7 @@ class Recorder:
     def __init__(self, db: SqliteSink, copies: list[Sink], max_pending_cells: int) -> None:
         self.db, self.copies, self.max_pending_cells = db, copies, max_pending_cells
         self.pending: list[list[CellRecord]] = []
+        self.pending_frames = 0  # of the pending batches, the frames (the others: rows a stop decided)
         self.health = {"db": SinkHealth(), **{type(c).__name__: SinkHealth() for c in copies}}
         self.failing_since: float | None = None
         self.closed = False
@@ -313,22 +337,25 @@ class Recorder:
         for sink in (self.db, *self.copies):  # every path is checked before capture starts
             sink.open(session)
 
-    def write(self, frame_rgb: np.ndarray, frame_index: int, cells: list[CellRecord]) -> list[CellRecord]:
-        """Write one frame; returns the rows committed to the database now (this frame's and any that
-        were pending), the only ones the caller may count."""
+    def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
+              view: list[CellRecord] | None = None) -> list[CellRecord]:
+        """Write one frame's decided rows (``frame_rgb`` None: rows without a frame); returns the rows
+        committed to the database now (these and any that were pending), the only ones the caller may
+        count."""
         for sink in self.copies:
             try:
-                sink.write(frame_rgb, frame_index, cells)
+                sink.write(frame_rgb, frame_index, cells, view)
             except SinkFault as exc:
                 self.health[type(sink).__name__].fault(type(sink).__name__, exc)
         self.pending.append(cells)
+        self.pending_frames += int(frame_rgb is not None)
         return self.flush()
 
     def flush(self) -> list[CellRecord]:
         if not self.pending:
             return []
         try:
-            self.db.write_frames(self.pending)
+            self.db.write_frames(self.pending, self.pending_frames)
         except SinkFault as exc:
             self.health["db"].fault("database", exc)
             if self.failing_since is None:
@@ -338,7 +365,7 @@ class Recorder:
             log.warning("the database %s is writable again: %d pending cells stored", self.db.path, self.pending_cells)
             self.failing_since = None
         stored = [c for cells in self.pending for c in cells]
-        self.pending = []
+        self.pending, self.pending_frames = [], 0
         return stored
 
     def close(self, summary: dict[str, Any]) -> str | None:
@@ -349,7 +376,7 @@ class Recorder:
         self.closed = True
         problems = []
         if self.pending:
-            problems.append(f"{self.pending_cells} classified cells of {len(self.pending)} frames were not stored "
+            problems.append(f"{self.pending_cells} classified cells of {self.pending_frames} frames were not stored "
                             f"and not counted ({self.health['db'].last_error})")
         try:
             self.db.close(summary)
@@ -364,7 +391,7 @@ class Recorder:
 
     def status(self) -> dict[str, Any]:
         return {"db": str(self.db.path), "stored_frames": self.db.frames, "stored_cells": self.db.cells,
-                "pending_cells": self.pending_cells, "pending_frames": len(self.pending),
+                "pending_cells": self.pending_cells, "pending_frames": self.pending_frames,
                 "max_pending_cells": self.max_pending_cells, "restored": self.db.restored,
                 "failing_since": self.failing_since,
                 "errors": {k: {"count": h.errors, "last": h.last_error} for k, h in self.health.items() if h.errors}}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("capture", "detect", "crop", "infer", "sink", "frame_to_decision")
+STAGES = ("capture", "detect", "track", "crop", "infer", "sink", "frame_to_decision")
 
 
 class StageTimes:
