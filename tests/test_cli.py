@@ -101,6 +101,10 @@ def test_compression_commands(trained, tmp_path):
     assert res.exit_code == 0, res.output
     assert "PTQ int8" in res.output and "percentile (ORT)" in res.output and "only 40 calibration images" in res.output
     assert (tmp_path / "pruned.int8-symmetric-percentile.onnx").is_file()
+    res = run("qat", result.best, "--data", cfg.data, "--out", tmp_path / "q", "--epochs", 0, "--scheme", "asymmetric")
+    assert res.exit_code == 0, res.output
+    verdict = json.loads((tmp_path / "q" / "qat-asymmetric_report.json").read_text())["gate_on_val"]
+    assert ("export gate on the validation split: " + ("passes" if verdict["passed"] else "FAILS")) in res.output
 
 
 @pytest.mark.parametrize(

@@ -190,3 +190,27 @@ def test_a_detection_that_flickers_for_a_frame_is_not_a_cell():
         ended += book.ended()
     assert book.flickers == 1 and ended == []  # dropped, not a row; the real cells are still open
     assert len(book.close()) == len(real) == 2  # a stop ends the real tracks, kept however short
+
+
+def test_a_database_from_before_tracking_gets_the_new_columns(tmp_path):
+    from alnett_edge.daemon.sinks import CellRecord, SqliteSink
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE sessions (id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL NOT NULL, ended REAL, source TEXT,
+            bundle TEXT, model_sha256 TEXT, frames INTEGER DEFAULT 0, cells INTEGER DEFAULT 0, summary TEXT);
+        CREATE TABLE cells (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id INTEGER NOT NULL, time REAL NOT NULL,
+            frame_index INTEGER NOT NULL, x0 INTEGER, y0 INTEGER, x1 INTEGER, y1 INTEGER, prob_hem REAL, prob_all REAL,
+            label TEXT, abstain_reason TEXT, model_sha256 TEXT NOT NULL);
+        INSERT INTO sessions (started) VALUES (1.0);
+        INSERT INTO cells (session_id, time, frame_index, model_sha256) VALUES (1, 1.0, 0, 'old');""")
+    con.commit()
+    con.close()
+    sink = SqliteSink(db)
+    sink.open({"started": 2.0, "source": "s", "bundle": "b", "model_sha256": "new"})
+    sink.write(np.zeros((4, 4, 3), np.uint8), 7, [CellRecord(2.0, 7, (0, 0, 4, 4), 0.2, 0.8, "all", None, "new", 1.0,
+                                                             track_id=5, first_frame=3, observations=5, classified=3)])
+    sink.close({})
+    rows = sqlite3.connect(db).execute("SELECT model_sha256, track_id, first_frame, observations, classified FROM cells").fetchall()
+    assert rows == [("old", None, None, None, None), ("new", 5, 3, 5, 3)]

@@ -81,6 +81,9 @@ def register(app: typer.Typer) -> None:
             out.print(_table(f"{e['data']} ({e['n']} images)",
                                  {"fp32": e["fp32"], "QAT int8": {**e["int8"], "agreement": e["agreement"]}}, cols))
         typer.echo(f"QAT checkpoint: {rep['qat']} (activation zero-points: {rep['activation_zero_points'][:8]})")
+        g = rep["gate_on_val"]
+        typer.echo("export gate on the validation split: " + ("passes" if g["passed"] else
+                   "FAILS (" + "; ".join(g["failures"]) + "): more --epochs, another --lr, or export fp32"))
 
     @app.command("calibrate")
     def calibrate(

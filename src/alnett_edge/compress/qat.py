@@ -28,6 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -42,6 +43,7 @@ from alnett_edge.errors import CheckpointError, CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett, fold_batchnorm
 from alnett_edge.model.checkpoint import load_checkpoint, model_from_card, read_card
 from alnett_edge.train.loop import cosine_schedule, finetune_config, make_criterion, run_epoch
+from alnett_edge.evaluation import gate_result
 from alnett_edge.metrics import top1_agreement
 
 log = logging.getLogger(__name__)
@@ -256,12 +258,18 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
     qcard.metrics = {"val": int8_metrics, "fp32_val": fp32_metrics}
     out = Path(out)
     path = save_qat_checkpoint(out / f"qat-{scheme}.safetensors", prepared, qcard)
+    # the export gate's own rule on the validation cells: QAT says now what export would say later
+    gate = gate_result(np.asarray(fp32_prob), np.asarray(int8_prob), np.asarray(sd.val.labels))
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "qat": str(path), "scheme": scheme, "epochs": epochs, "losses": losses,
         "val": {"fp32": fp32_metrics, "int8": int8_metrics, "agreement": top1_agreement(fp32_prob, int8_prob),
                 "n": len(sd.val)},
+        "gate_on_val": {"passed": gate["passed"], "failures": gate["failures"]},
         "activation_zero_points": sorted(set(zps)),
     }  # fmt: skip
+    if not gate["passed"]:
+        log.warning("the int8 QAT model would fail the export gate on the validation split (%s): more --epochs, "
+                    "another --lr, or export fp32", "; ".join(gate["failures"]))
     if extra_eval is not None:
         from alnett_edge.data.sources import load_samples
 
