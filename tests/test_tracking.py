@@ -214,3 +214,53 @@ def test_a_database_from_before_tracking_gets_the_new_columns(tmp_path):
     sink.close({})
     rows = sqlite3.connect(db).execute("SELECT model_sha256, track_id, first_frame, observations, classified FROM cells").fetchall()
     assert rows == [("old", None, None, None, None), ("new", 5, 3, 5, 3)]
+
+
+def test_report_of_a_session_with_crops_is_self_contained(x86_bundle, tmp_path):
+    import re
+
+    from typer.testing import CliRunner
+
+    from alnett_edge.cli.app import app
+    from alnett_edge.daemon.config import build_config
+    from alnett_edge.daemon.service import Daemon
+
+    video = tmp_path / "still.avi"
+    _still_video(video, fields=3, hold=5)
+    cfg = build_config({}, {
+        "source": {"spec": f"video:{video}", "fps": 0.0, "queue": 1000}, "runtime": {"bundle": str(x86_bundle["bundle"])},
+        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "sinks": {"db": str(tmp_path / "s.db"), "crops": str(tmp_path / "crops")},
+        "http": {"port": 0}})
+    summary = Daemon(cfg).run()
+    crops = sorted((tmp_path / "crops").glob("*.jpg"))
+    decided = [r for r in sqlite3.connect(tmp_path / "s.db").execute("SELECT label, classified FROM cells") if r[1]]
+    assert len(crops) == len(decided) > 0  # one crop per cell the model decided on
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "s.db"), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    s = summary["session"]
+    assert f"{s['cells']} distinct cells" in res.output and f"{s['labels'].get('all', 0)} blasts" in res.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<html" in html and html.count("data:image/png;base64,") == 2  # crops and latency, inlined
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing fetched from anywhere
+    for png in ("cells.png", "latency.png"):
+        im = cv2.imread(str(tmp_path / "rep" / png))
+        assert im is not None and im.shape[0] > 50 and im.shape[1] > 200
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["cells"] == s["cells"] and rep["blasts"] == s["labels"].get("all", 0)
+
+
+@pytest.mark.parametrize("what,needle", [("missing", "database not found"), ("text", "is not an SQLite database"),
+                                         ("other", "not an alnett-edge daemon database")])
+def test_report_errors_are_one_line(tmp_path, what, needle):
+    from typer.testing import CliRunner
+
+    from alnett_edge.cli.app import app
+
+    db = tmp_path / "x.db"
+    if what == "text":
+        db.write_text("not a database at all, just text " * 40)
+    elif what == "other":
+        sqlite3.connect(db).execute("CREATE TABLE t (a)").connection.commit()
+    res = CliRunner().invoke(app, ["report", str(db), "--out", str(tmp_path / "r")])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], res.output

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from alnett_edge.capture.base import source_help
-from alnett_edge.cli.common import console, output_file
+from alnett_edge.cli.common import console, output_dir, output_file
 from alnett_edge.errors import ConfigError
 
 
@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         db: Path = typer.Option(None, help="SQLite database (WAL) for cells and sessions."),
         jsonl: Path = typer.Option(None, help="Also append every cell as JSON lines here."),
         snapshots: Path = typer.Option(None, help="Folder for annotated snapshots (every N frames and on blasts)."),
+        crops: Path = typer.Option(None, help="Folder for a JPEG of each decided cell (alnett-edge report shows them)."),
         host: str = typer.Option(None, help="HTTP address (127.0.0.1 by default; others need --http-token)."),
         port: int = typer.Option(None, help="HTTP port for /healthz /status /metrics (0 = off; default 8080)."),
         http_token: str = typer.Option(None, help="Token required by the HTTP endpoints.", envvar="ALNETT_EDGE_HTTP_TOKEN"),
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
             "source": {"spec": source, "fps": fps, "loop": loop, "queue": queue},
             "runtime": {"bundle": str(bundle) if bundle else None, "backend": backend},
             "sinks": {"db": str(db) if db else None, "jsonl": str(jsonl) if jsonl else None,
-                      "snapshots": str(snapshots) if snapshots else None},
+                      "snapshots": str(snapshots) if snapshots else None, "crops": str(crops) if crops else None},
             "http": {"host": host, "port": port, "token": http_token, "preview": preview},
             "run": {"max_frames": max_frames, "duration": duration},
             "tracking": {"enabled": tracking, "observations": observations},
@@ -84,6 +85,31 @@ def register(app: typer.Typer) -> None:
             summary_json.write_text(json.dumps(summary, indent=2))
         if summary["store_error"]:
             raise StoreError(summary["store_error"])
+
+    @app.command("report")
+    def report(
+        db: Path = typer.Argument(..., help="The daemon's SQLite database."),
+        out: Path = typer.Option(None, "--out", "-o", help="Folder for report.html, cells.png, latency.png "
+                                 "(default: <db name>-report beside the database).", callback=output_dir),
+        session: int = typer.Option(None, help="Session id (default: the last)."),
+        crops: Path = typer.Option(None, help="The daemon's --crops folder (default: the one its session recorded)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    ) -> None:
+        """A per-slide differential of a daemon session: counts, blast %, interval, crops, latency (HTML + PNG)."""
+        from alnett_edge.daemon.report import build_report
+
+        rep = build_report(db, out or db.with_name(db.stem + "-report"), session, crops)
+        if as_json:
+            typer.echo(json.dumps(rep, indent=2))
+            return
+        est = f", estimated {rep['estimate']} (CI95 {rep['estimate_ci']})" if rep["estimate"] else ""
+        typer.echo(f"session {rep['session_id']}: {rep['cells']} distinct cells, {rep['classified']} decided, "
+                   f"{rep['blasts']} blasts = {rep['blast_pct']} (CI95 {rep['blast_ci']}){est}")
+        for k, v in rep["outcomes"]:
+            typer.echo(f"  {v:6d}  {k}")
+        for w in rep["warnings"]:
+            typer.echo(f"note: {w}")
+        typer.echo("report: " + ", ".join(rep["files"].values()))
 
     @app.command("field-eval")
     def field_eval(

@@ -86,6 +86,7 @@ class SinkConfig:
     db: str = "alnett-edge.db"
     jsonl: str = ""
     snapshots: str = ""
+    crops: str = ""  # a JPEG of each decided cell as the model saw it (alnett-edge report shows them)
     snapshot_every: int = 100
     snapshot_min_interval_s: float = 1.0  # at most one blast snapshot per interval
     max_pending_cells: int = 10000  # rows held in memory while the database cannot be written; then stop

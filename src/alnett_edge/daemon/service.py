@@ -29,7 +29,7 @@ from alnett_edge.daemon.cells import QualityConfig, cell_image, quality_reason
 from alnett_edge.daemon.config import DaemonConfig
 from alnett_edge.daemon.detector import CellDetector
 from alnett_edge.daemon.optics import estimate_um_per_px
-from alnett_edge.daemon.sinks import CellRecord, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
+from alnett_edge.daemon.sinks import CellRecord, CropSink, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.daemon.stats import Aggregator, StageTimes
 from alnett_edge.daemon.tracking import Track, TrackBook
 from alnett_edge.data.preprocess import preprocess
@@ -45,18 +45,19 @@ STOP_GRACE_S = 5.0
 
 
 def _classify(frame_rgb: np.ndarray, dets: list[Any], canvas_px: float, runtime: Any,
-              max_batch: int) -> tuple[np.ndarray, float, float]:
+              max_batch: int) -> tuple[np.ndarray, float, float, list[np.ndarray]]:
     """Scale-true crops (the card's ``canvas_um`` at the detector's pixel size; 0: the card has no scale),
-    the card's one preprocessing, batched inference: the calibrated probabilities of ``dets``, and the
-    crop and inference times in ms."""
+    the card's one preprocessing, batched inference: the calibrated probabilities of ``dets``, the crop
+    and inference times in ms, and the crops."""
     t0 = time.perf_counter()
-    inputs = [preprocess(cell_image(frame_rgb, d, canvas_px), runtime.card.input) for d in dets]
+    crops = [cell_image(frame_rgb, d, canvas_px) for d in dets]
+    inputs = [preprocess(c, runtime.card.input) for c in crops]
     t1 = time.perf_counter()
     probs = np.zeros((0, len(runtime.card.class_names)), np.float32)
     if inputs:
         x = np.stack(inputs)
         probs = np.concatenate([runtime.infer(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
-    return probs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+    return probs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, crops
 
 
 def _verdict(p: np.ndarray | None, card: Any, min_confidence: float) -> tuple[str | None, str | None, list[float | None]]:
@@ -82,7 +83,7 @@ def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig,
     canvas_px = card.input.canvas_um / detector.um_per_px
     reasons = [quality_reason(frame.rgb, d, quality, canvas_px) for d in dets]
     keep = [i for i, r in enumerate(reasons) if r is None]
-    probs, crop_ms, infer_ms = _classify(frame.rgb, [dets[i] for i in keep], canvas_px, runtime, max_batch)
+    probs, crop_ms, infer_ms, _ = _classify(frame.rgb, [dets[i] for i in keep], canvas_px, runtime, max_batch)
     row = dict(zip(keep, probs))
     now, records = time.time(), []
     for i, det in enumerate(dets):
@@ -102,7 +103,8 @@ def decide_track(track: Track, card: Any, min_confidence: float, model_sha256: s
     track.decision = CellRecord(
         time.time(), track.last_frame, track.box, p_hem, p_all, label, reason, model_sha256, round(track.edge_weight, 4),
         track_id=track.id, first_frame=track.first_frame, observations=track.seen, classified=len(track.probs),
-        observed_prob_all=[round(float(q[pos]), 6) for q in track.probs])
+        observed_prob_all=[round(float(q[pos]), 6) for q in track.probs], crop=track.crop)
+    track.crop = None  # written once, by the crops sink; not kept in memory with the track
     return track.decision
 
 
@@ -121,12 +123,12 @@ def track_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, ru
     canvas_px = card.input.canvas_um / detector.um_per_px
     reasons = [None if t.decision is not None else quality_reason(frame.rgb, d, quality, canvas_px) for d, t in zip(dets, tracks)]
     need = [i for i, t in enumerate(tracks) if t.decision is None and reasons[i] is None]
-    probs, crop_ms, infer_ms = _classify(frame.rgb, [dets[i] for i in need], canvas_px, runtime, max_batch)
-    row = dict(zip(need, probs))
+    probs, crop_ms, infer_ms, crops = _classify(frame.rgb, [dets[i] for i in need], canvas_px, runtime, max_batch)
+    row, crop_of = dict(zip(need, probs)), dict(zip(need, crops))
     rows, view, now = [], [], time.time()
     for i, (det, track) in enumerate(zip(dets, tracks)):
         if track.decision is None:
-            track.observe(frame.index, det, reasons[i], row.get(i))
+            track.observe(frame.index, det, reasons[i], row.get(i), crop_of.get(i))
             if len(track.probs) >= book.cfg.observations:
                 rows.append(decide_track(track, card, quality.min_confidence, model_sha256))
         else:
@@ -176,6 +178,8 @@ class Daemon:
             copies.append(JsonlSink(cfg.sinks.jsonl))
         if cfg.sinks.snapshots:
             copies.append(SnapshotSink(cfg.sinks.snapshots, cfg.sinks.snapshot_every, cfg.sinks.snapshot_min_interval_s))
+        if cfg.sinks.crops:
+            copies.append(CropSink(cfg.sinks.crops))
         self.recorder = Recorder(SqliteSink(cfg.sinks.db), copies, cfg.sinks.max_pending_cells)
         self.frames_processed = 0
         self.frames_uncalibrated = 0  # frames seen while no pixel size could be estimated
@@ -372,6 +376,7 @@ class Daemon:
                         "read_errors": cap.read_errors, "skipped_frames": cap.skipped_frames, "state": cap.state, "last_error": cap.last_error},
             "stages": self.times.summary(), "session": self.agg.snapshot(), "store": self.recorder.status(),
             "optics": dict(self.optics), "frames_uncalibrated": self.frames_uncalibrated,
+            "crops": str(Path(self.cfg.sinks.crops).resolve()) if self.cfg.sinks.crops else None,
         }  # fmt: skip
 
     def healthy(self) -> tuple[bool, str]:

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ class CellRecord:
     observations: int = 1  # frames the cell was detected in until it was decided
     classified: int = 0  # of those, the ones the model ran on (quality gate passed); fused into the probabilities
     observed_prob_all: list[float] = field(default_factory=list)  # each classified observation's prob_all (JSONL)
+    crop: np.ndarray | None = field(default=None, repr=False, compare=False)  # the cell as classified (crops sink)
 
 
 class Sink:
@@ -237,7 +238,7 @@ class JsonlSink(Sink):
     def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
               view: list[CellRecord] | None = None) -> None:
         for c in cells:
-            self._line(asdict(c))
+            self._line({f.name: getattr(c, f.name) for f in fields(c) if f.name != "crop"})
 
     def close(self, summary: dict[str, Any]) -> None:
         if getattr(self, "f", None) is None or self.f.closed:
@@ -296,6 +297,34 @@ class SnapshotSink(Sink):
         if not ok:  # OpenCV says nothing more than False
             raise SinkFault(f"cannot write snapshot {self.folder / name}")
         self.written += 1
+
+
+class CropSink(Sink):
+    """Each decided cell's crop as the model saw it (the masked cell at the model's scale), a JPEG named
+    after its session, track and outcome: what ``alnett-edge report`` shows for a person to check."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.written = 0
+
+    def open(self, session: dict[str, Any]) -> None:
+        _writable_folder(self.folder, "crops")
+        self.prefix = f"s{int(session['started'])}"
+
+    def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
+              view: list[CellRecord] | None = None) -> None:
+        for c in cells:
+            if c.crop is None or not c.crop.size:
+                continue
+            name = f"{self.prefix}-t{c.track_id or 0:07d}-f{c.frame_index:07d}-{c.label or 'abstain'}.jpg"
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                ok = cv2.imwrite(str(self.folder / name), cv2.cvtColor(c.crop, cv2.COLOR_RGB2BGR))
+            except (OSError, cv2.error) as exc:
+                raise SinkFault(f"cannot write crop {self.folder / name}: {exc}") from exc
+            if not ok:
+                raise SinkFault(f"cannot write crop {self.folder / name}")
+            self.written += 1
 
 
 @dataclass

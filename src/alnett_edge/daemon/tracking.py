@@ -77,14 +77,17 @@ class Track:
     reasons: Counter = field(default_factory=Counter)  # quality reasons of the other observations
     decision: Any = None  # the CellRecord once decided
     lost: bool = False  # ended because it vanished while its field stayed in view (not a new field, not a stop)
+    crop: np.ndarray | None = None  # the last classified observation's cell image (uint8 RGB)
 
-    def observe(self, frame_index: int, det: Detection, reason: str | None, prob: np.ndarray | None) -> None:
+    def observe(self, frame_index: int, det: Detection, reason: str | None, prob: np.ndarray | None,
+                crop: np.ndarray | None = None) -> None:
         self.seen += 1
         self.last_frame, self.last_edge_weight = frame_index, float(det.edge_weight)
         if prob is not None:
             self.probs.append(np.asarray(prob, np.float64))
             self.edge_weights.append(float(det.edge_weight))
             self.box = det.box  # the box of the last observation that was classified
+            self.crop = crop if crop is not None else self.crop
         else:
             self.reasons[reason or "not classified"] += 1
             if not self.probs:
