@@ -264,3 +264,27 @@ def test_report_errors_are_one_line(tmp_path, what, needle):
     res = CliRunner().invoke(app, ["report", str(db), "--out", str(tmp_path / "r")])
     lines = res.output.strip().splitlines()
     assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], res.output
+
+
+def test_a_differential_target_is_announced_and_can_end_the_session(x86_bundle, tmp_path):
+    import sys
+    import time
+
+    from alnett_edge.daemon.config import build_config
+    from alnett_edge.daemon.service import Daemon
+
+    video = tmp_path / "still.avi"
+    _still_video(video, fields=8, hold=5)
+    flag = tmp_path / "reached"
+    cfg = build_config({}, {
+        "source": {"spec": f"video:{video}", "fps": 20.0}, "runtime": {"bundle": str(x86_bundle["bundle"])},
+        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "sinks": {"db": str(tmp_path / "t.db")}, "http": {"port": 0},
+        "run": {"target_cells": 4, "stop_at_target": True,
+                "on_target": f"{sys.executable} -c \"open('{flag}', 'w').write('ok')\""}})
+    summary = Daemon(cfg).run()
+    assert summary["stop_reason"] == "target reached" and summary["target"]["reached_at"]
+    assert summary["session"]["classified"] >= 4 and summary["frames_processed"] < 40
+    t0 = time.time()
+    while not flag.exists() and time.time() - t0 < 20:
+        time.sleep(0.1)
+    assert flag.read_text() == "ok"  # the hook ran

@@ -59,6 +59,11 @@ def register(app: typer.Typer) -> None:
                                       "(default), or one per detection per frame."),
         observations: int = typer.Option(None, help="Classified observations fused before a track is decided "
                                          "(default 3)."),
+        target_cells: int = typer.Option(None, help="A differential of N decided cells: say so when reached (log, "
+                                         "/status, --on-target)."),
+        on_target: str = typer.Option(None, help="Command run once when the target is reached (a beep, an LED)."),
+        stop_at_target: bool = typer.Option(None, "--stop-at-target/--no-stop-at-target",
+                                            help="End the session when the target is reached."),
     ) -> None:
         """Run the microscope daemon: capture -> detect -> track -> quality gate -> classify -> record."""
         from alnett_edge.daemon.config import load_config
@@ -71,7 +76,8 @@ def register(app: typer.Typer) -> None:
             "sinks": {"db": str(db) if db else None, "jsonl": str(jsonl) if jsonl else None,
                       "snapshots": str(snapshots) if snapshots else None, "crops": str(crops) if crops else None},
             "http": {"host": host, "port": port, "token": http_token, "preview": preview},
-            "run": {"max_frames": max_frames, "duration": duration},
+            "run": {"max_frames": max_frames, "duration": duration, "target_cells": target_cells, "on_target": on_target,
+                    "stop_at_target": stop_at_target},
             "tracking": {"enabled": tracking, "observations": observations},
         }  # fmt: skip
         cfg = load_config(config, overrides)

@@ -104,6 +104,9 @@ class HttpConfig:
 class RunConfig:
     max_frames: int = 0  # 0 = until stopped
     duration: float = 0.0  # seconds; 0 = until stopped
+    target_cells: int = 0  # a differential of N decided cells: say so when reached (log, /status, on_target)
+    on_target: str = ""  # a command run once when the target is reached (a beep, an LED); no shell
+    stop_at_target: bool = False  # stop the session when the target is reached
 
 
 @dataclass
@@ -145,6 +148,8 @@ class DaemonConfig:
             raise ConfigError(f"[http] port must be 0..65535, got {self.http.port}")
         if self.http.port and self.http.host not in LOCAL_HOSTS and not self.http.token:
             raise ConfigError(f"binding HTTP to {self.http.host} (not localhost) needs a token: --http-token or [http] token")
+        if self.run.on_target and not self.run.target_cells:
+            raise ConfigError("[run] on_target needs target_cells (--target-cells N)")
         if not 0 <= self.quality.min_confidence <= 1:
             raise ConfigError("[quality] min_confidence must be in [0, 1]")
 

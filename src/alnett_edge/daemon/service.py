@@ -187,6 +187,7 @@ class Daemon:
         self.observations = 0  # detections, every frame
         self.inferences = 0  # crops the model ran on
         self.tracks: TrackBook | None = None  # made with the detector (it needs the pixel size)
+        self.target_reached_at: float | None = None
         self.stopping = False
         self.stop_reason = ""
         self.preview_clients = 0
@@ -355,6 +356,26 @@ class Daemon:
         for r in stored:
             self.agg.add_record(r)
         self.agg.frames = self.recorder.db.frames
+        target = self.cfg.run.target_cells
+        if target and self.target_reached_at is None and sum(self.agg.labels.values()) >= target:
+            self._target_reached(target)
+
+    def _target_reached(self, target: int) -> None:
+        """A differential of ``target`` decided cells is complete: log it, note it in /status, run the
+        hook command (no shell; its failure is logged, never fatal) and stop if asked."""
+        self.target_reached_at = time.time()
+        log.warning("target reached: %d distinct cells decided", target)
+        if self.cfg.run.on_target:
+            import shlex
+            import subprocess
+
+            try:
+                subprocess.Popen(shlex.split(self.cfg.run.on_target), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            except (OSError, ValueError) as exc:
+                log.error("the on_target command %r could not run: %s", self.cfg.run.on_target, exc)
+        if self.cfg.run.stop_at_target:
+            self.request_stop("target reached")
 
     # -- observability -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -377,6 +398,8 @@ class Daemon:
             "stages": self.times.summary(), "session": self.agg.snapshot(), "store": self.recorder.status(),
             "optics": dict(self.optics), "frames_uncalibrated": self.frames_uncalibrated,
             "crops": str(Path(self.cfg.sinks.crops).resolve()) if self.cfg.sinks.crops else None,
+            "target": {"cells": self.cfg.run.target_cells, "reached_at": self.target_reached_at}
+            if self.cfg.run.target_cells else None,
         }  # fmt: skip
 
     def healthy(self) -> tuple[bool, str]:
