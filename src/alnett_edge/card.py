@@ -104,6 +104,9 @@ class ModelCard:
     #: Temperature scaling fitted on the validation split ({"temperature": T, "ece_before", ...}); every
     #: runtime backend divides the logits by T before the softmax. Empty: T = 1 (uncalibrated).
     calibration: dict[str, Any] = field(default_factory=dict)
+    #: What the training cells look like (``data/appearance.py``: mean/covariance of their colour and
+    #: size, the largest distance allowed); the daemon abstains crops farther away. Empty: no check.
+    appearance: dict[str, Any] = field(default_factory=dict)
     schema: int = CARD_SCHEMA
 
     def __post_init__(self) -> None:
@@ -153,6 +156,7 @@ class ModelCard:
                 compression=dict(d.get("compression", {})),
                 quantization=dict(d.get("quantization", {})),
                 calibration=dict(d.get("calibration", {})),
+                appearance=dict(d.get("appearance", {})),
                 schema=schema,
             )
         except (KeyError, TypeError, ValueError) as exc:

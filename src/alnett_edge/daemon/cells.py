@@ -18,6 +18,9 @@ class QualityConfig:
     min_sharpness: float = 4.5
     allow_border: bool = False  # cells cut by the frame border are abstained
     min_confidence: float = 0.6  # top class probability; lower = abstain
+    # a crop farther from the training cells' look than the card allows (card.appearance): "abstain"
+    # (not classified: "out of distribution"), "record" (classified; its distance is recorded), "off"
+    out_of_distribution: str = "record"
 
 
 def cell_image(frame_rgb: np.ndarray, det: Detection, canvas_px: float = 0.0) -> np.ndarray:

@@ -150,6 +150,8 @@ class DaemonConfig:
             raise ConfigError(f"binding HTTP to {self.http.host} (not localhost) needs a token: --http-token or [http] token")
         if self.run.on_target and not self.run.target_cells:
             raise ConfigError("[run] on_target needs target_cells (--target-cells N)")
+        if self.quality.out_of_distribution not in ("abstain", "record", "off"):
+            raise ConfigError("[quality] out_of_distribution must be abstain, record or off")
         if not 0 <= self.quality.min_confidence <= 1:
             raise ConfigError("[quality] min_confidence must be in [0, 1]")
 

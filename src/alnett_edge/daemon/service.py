@@ -32,7 +32,8 @@ from alnett_edge.daemon.optics import estimate_um_per_px
 from alnett_edge.daemon.sinks import CellRecord, CropSink, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.daemon.stats import Aggregator, StageTimes
 from alnett_edge.daemon.tracking import Track, TrackBook
-from alnett_edge.data.preprocess import preprocess
+from alnett_edge.data.appearance import OOD_REASON, ood_distance
+from alnett_edge.data.preprocess import normalize, prepare
 from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.files import sha256_file
 from alnett_edge.machine import isa_line
@@ -44,20 +45,34 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0
 
 
-def _classify(frame_rgb: np.ndarray, dets: list[Any], canvas_px: float, runtime: Any,
-              max_batch: int) -> tuple[np.ndarray, float, float, list[np.ndarray]]:
+def _classify(frame_rgb: np.ndarray, dets: list[Any], canvas_px: float, runtime: Any, max_batch: int,
+              ood: str = "record") -> tuple[list[np.ndarray | None], list[float | None], float, float, list[np.ndarray]]:
     """Scale-true crops (the card's ``canvas_um`` at the detector's pixel size; 0: the card has no scale),
-    the card's one preprocessing, batched inference: the calibrated probabilities of ``dets``, the crop
-    and inference times in ms, and the crops."""
+    the card's one preprocessing, the out-of-distribution check on the prepared crop (the card's
+    ``appearance``), batched inference of the rest. Returns per detection its calibrated probabilities
+    (None: out of distribution with ``ood`` "abstain", not classified) and its distance from the training
+    cells (None: the card records no appearance, or ``ood`` is "off"), the crop and inference times in
+    ms, and the crops."""
+    spec = runtime.card.input
+    appearance = runtime.card.appearance if ood != "off" else {}
     t0 = time.perf_counter()
     crops = [cell_image(frame_rgb, d, canvas_px) for d in dets]
-    inputs = [preprocess(c, runtime.card.input) for c in crops]
+    prepared = [prepare(c, spec) for c in crops]
+    dist = [ood_distance(appearance, p, spec.mask_threshold) for p in prepared]
+    ok = [i for i, d in enumerate(dist) if ood != "abstain" or d is None or d <= appearance["max_distance"]]
+    inputs = [normalize(prepared[i], spec) for i in ok]
     t1 = time.perf_counter()
-    probs = np.zeros((0, len(runtime.card.class_names)), np.float32)
+    probs: list[np.ndarray | None] = [None] * len(dets)
     if inputs:
         x = np.stack(inputs)
-        probs = np.concatenate([runtime.infer(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
-    return probs, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, crops
+        out = np.concatenate([runtime.infer(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
+        for i, p in zip(ok, out):
+            probs[i] = p
+    return probs, dist, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, crops
+
+
+def _rounded(d: float | None) -> float | None:
+    return None if d is None else (round(d, 3) if np.isfinite(d) else -1.0)  # -1: no cell pixels at all
 
 
 def _verdict(p: np.ndarray | None, card: Any, min_confidence: float) -> tuple[str | None, str | None, list[float | None]]:
@@ -83,13 +98,17 @@ def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig,
     canvas_px = card.input.canvas_um / detector.um_per_px
     reasons = [quality_reason(frame.rgb, d, quality, canvas_px) for d in dets]
     keep = [i for i, r in enumerate(reasons) if r is None]
-    probs, crop_ms, infer_ms, _ = _classify(frame.rgb, [dets[i] for i in keep], canvas_px, runtime, max_batch)
-    row = dict(zip(keep, probs))
+    probs, dist, crop_ms, infer_ms, _ = _classify(frame.rgb, [dets[i] for i in keep], canvas_px, runtime, max_batch,
+                                                  quality.out_of_distribution)
+    row, far = {i: p for i, p in zip(keep, probs) if p is not None}, {i for i, p in zip(keep, probs) if p is None}
+    dist_of = dict(zip(keep, dist))
     now, records = time.time(), []
     for i, det in enumerate(dets):
         label, reason, (p_hem, p_all) = _verdict(row.get(i), card, quality.min_confidence)
-        records.append(CellRecord(now, frame.index, det.box, p_hem, p_all, label, reasons[i] or reason, model_sha256,
-                                  round(det.edge_weight, 4), classified=int(i in row)))
+        records.append(CellRecord(now, frame.index, det.box, p_hem, p_all, label,
+                                  reasons[i] or (OOD_REASON if i in far else reason), model_sha256,
+                                  round(det.edge_weight, 4), classified=int(i in row),
+                                  appearance_distance=_rounded(dist_of.get(i))))
     return records, {"detect": detect_ms, "crop": crop_ms, "infer": infer_ms}
 
 
@@ -103,7 +122,8 @@ def decide_track(track: Track, card: Any, min_confidence: float, model_sha256: s
     track.decision = CellRecord(
         time.time(), track.last_frame, track.box, p_hem, p_all, label, reason, model_sha256, round(track.edge_weight, 4),
         track_id=track.id, first_frame=track.first_frame, observations=track.seen, classified=len(track.probs),
-        observed_prob_all=[round(float(q[pos]), 6) for q in track.probs], crop=track.crop)
+        observed_prob_all=[round(float(q[pos]), 6) for q in track.probs], appearance_distance=track.distance,
+        crop=track.crop)
     track.crop = None  # written once, by the crops sink; not kept in memory with the track
     return track.decision
 
@@ -123,8 +143,14 @@ def track_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, ru
     canvas_px = card.input.canvas_um / detector.um_per_px
     reasons = [None if t.decision is not None else quality_reason(frame.rgb, d, quality, canvas_px) for d, t in zip(dets, tracks)]
     need = [i for i, t in enumerate(tracks) if t.decision is None and reasons[i] is None]
-    probs, crop_ms, infer_ms, crops = _classify(frame.rgb, [dets[i] for i in need], canvas_px, runtime, max_batch)
-    row, crop_of = dict(zip(need, probs)), dict(zip(need, crops))
+    probs, dist, crop_ms, infer_ms, crops = _classify(frame.rgb, [dets[i] for i in need], canvas_px, runtime, max_batch,
+                                                      quality.out_of_distribution)
+    row = {i: p for i, p in zip(need, probs) if p is not None}
+    crop_of = {i: c for i, c, p in zip(need, crops, probs) if p is not None}
+    for i, p, d in zip(need, probs, dist):
+        tracks[i].distance = _rounded(d)
+        if p is None:  # measured, far from every training cell: not classified
+            reasons[i] = OOD_REASON
     rows, view, now = [], [], time.time()
     for i, (det, track) in enumerate(zip(dets, tracks)):
         if track.decision is None:
@@ -138,7 +164,7 @@ def track_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, ru
             model_sha256, track_id=track.id)
         view.append(shown if shown.box == det.box else dataclasses.replace(shown, box=det.box))
     rows += [decide_track(t, card, quality.min_confidence, model_sha256) for t in book.ended() if t.decision is None]
-    return rows, view, {"detect": (t1 - t0) * 1e3, "track": (t2 - t1) * 1e3, "crop": crop_ms, "infer": infer_ms}, len(need)
+    return rows, view, {"detect": (t1 - t0) * 1e3, "track": (t2 - t1) * 1e3, "crop": crop_ms, "infer": infer_ms}, len(row)
 
 
 def inference_threads(asked: int) -> int:
@@ -188,6 +214,7 @@ class Daemon:
         self.inferences = 0  # crops the model ran on
         self.tracks: TrackBook | None = None  # made with the detector (it needs the pixel size)
         self.target_reached_at: float | None = None
+        self.unlike_training = 0  # stored cells farther from the training cells' look than the card allows
         self.stopping = False
         self.stop_reason = ""
         self.preview_clients = 0
@@ -353,8 +380,11 @@ class Daemon:
 
     def _count(self, stored: list[CellRecord]) -> None:
         """Only rows committed to the database are counted (the sink policy in daemon/sinks.py)."""
+        limit = self.card.appearance.get("max_distance", float("inf"))
         for r in stored:
             self.agg.add_record(r)
+            d = r.appearance_distance
+            self.unlike_training += d is not None and (d > limit or d < 0)
         self.agg.frames = self.recorder.db.frames
         target = self.cfg.run.target_cells
         if target and self.target_reached_at is None and sum(self.agg.labels.values()) >= target:
@@ -398,6 +428,8 @@ class Daemon:
             "stages": self.times.summary(), "session": self.agg.snapshot(), "store": self.recorder.status(),
             "optics": dict(self.optics), "frames_uncalibrated": self.frames_uncalibrated,
             "crops": str(Path(self.cfg.sinks.crops).resolve()) if self.cfg.sinks.crops else None,
+            "out_of_distribution": {"mode": self.cfg.quality.out_of_distribution, "cells": self.unlike_training,
+                                    "max_distance": self.card.appearance.get("max_distance")},
             "target": {"cells": self.cfg.run.target_cells, "reached_at": self.target_reached_at}
             if self.cfg.run.target_cells else None,
         }  # fmt: skip

@@ -78,6 +78,7 @@ class Track:
     decision: Any = None  # the CellRecord once decided
     lost: bool = False  # ended because it vanished while its field stayed in view (not a new field, not a stop)
     crop: np.ndarray | None = None  # the last classified observation's cell image (uint8 RGB)
+    distance: float | None = None  # the last measured distance from the training cells' appearance
 
     def observe(self, frame_index: int, det: Detection, reason: str | None, prob: np.ndarray | None,
                 crop: np.ndarray | None = None) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from alnett_edge.card import STAIN_MODES, ModelCard
+from alnett_edge.data.appearance import fit_appearance
 from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.data.scale import measure_canvas_um
 from alnett_edge.train.dataset import CellDataset, load_split_datasets
@@ -322,6 +323,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         scale_info = measure_canvas_um(train_ds.images, train_ds.labels, negative, card.input.mask_threshold)
         card.input = replace(card.input, canvas_um=scale_info["canvas_um"])
         log.info("input canvas %.1f µm (%s)", scale_info["canvas_um"], scale_info["method"])
+    if not card.appearance:  # what the training cells look like: the daemon abstains crops far from it
+        card.appearance = fit_appearance(train_ds.images, card.input.canvas_um, card.input.mask_threshold, seed=cfg.seed)
 
     model.to(device)
     criterion = make_criterion(train_ds.labels, cfg.balance, device)

@@ -1,0 +1,77 @@
+"""What the training cells look like, so a field crop far from them can be abstained as "out of
+distribution" instead of classified (a different stain, a red cell or debris taken for a white cell, a
+cell at the wrong scale).
+
+Four features of a *prepared* cell image (``prepare``: the model's canvas, uint8, background black):
+the mean CIE L*, a*, b* of the cell pixels (the brightest channel above the card's mask threshold)
+and log10 of the cell's area in µm² (its share of the canvas times ``canvas_um``²; left out when the
+card has no physical scale). Training records their mean and covariance in the card
+(``card.appearance``) with the largest Mahalanobis distance it allows: 1.5 x the 99.5th percentile of
+the training cells' own distances. The daemon measures each crop the same way, on the same prepared
+image, before the model runs on it. Torch-free (the device side uses it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+FEATURES = ("L*", "a*", "b*", "log10 area µm²")
+QUANTILE = 99.5
+MARGIN = 1.5
+MIN_PIXELS = 20
+
+
+def crop_features(prepared: np.ndarray, canvas_um: float, threshold: int = 10) -> np.ndarray | None:
+    """The features of one prepared (uint8 RGB, background black) cell image; None without a cell."""
+    mask = prepared.max(axis=2) > threshold
+    if int(mask.sum()) < MIN_PIXELS:
+        return None
+    lab = cv2.cvtColor(np.ascontiguousarray(prepared), cv2.COLOR_RGB2LAB)[mask].astype(np.float64).mean(axis=0)
+    feats = [lab[0] * 100.0 / 255.0, lab[1] - 128.0, lab[2] - 128.0]  # OpenCV's 8-bit Lab -> CIE units
+    if canvas_um > 0:
+        feats.append(float(np.log10(mask.mean() * canvas_um**2)))
+    return np.asarray(feats)
+
+
+def fit_appearance(prepared: np.ndarray, canvas_um: float, threshold: int = 10, limit: int = 4000,
+                   seed: int = 0) -> dict[str, Any]:
+    """The card's ``appearance`` from prepared training images (N x H x W x 3 uint8); {} when too few."""
+    idx = np.arange(len(prepared))
+    if len(idx) > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
+    feats = [f for f in (crop_features(prepared[i], canvas_um, threshold) for i in idx) if f is not None]
+    d = len(feats[0]) if feats else 0
+    if len(feats) < max(10, 3 * d):
+        return {}
+    x = np.stack(feats)
+    mean = x.mean(axis=0)
+    cov = np.cov(x, rowvar=False) + np.eye(d) * 1e-3 * max(1e-9, float(np.trace(np.cov(x, rowvar=False))) / d)
+    app = {"features": list(FEATURES[:d]), "mean": mean.round(5).tolist(), "cov": cov.round(6).tolist(),
+           "n": int(len(x)), "canvas_um": float(canvas_um)}
+    dist = np.array([mahalanobis(app, f) for f in x])
+    q = float(np.percentile(dist, QUANTILE))
+    app.update({f"p{QUANTILE:g}_distance": round(q, 3), "max_distance": round(MARGIN * q, 3)})
+    return app
+
+
+def mahalanobis(appearance: dict[str, Any], feats: np.ndarray) -> float:
+    mean, cov = np.asarray(appearance["mean"]), np.asarray(appearance["cov"])
+    diff = np.asarray(feats, np.float64)[: len(mean)] - mean
+    return float(np.sqrt(max(0.0, diff @ np.linalg.solve(cov, diff))))
+
+
+OOD_REASON = "out of distribution"
+
+
+def ood_distance(appearance: dict[str, Any], prepared: np.ndarray, threshold: int = 10) -> float | None:
+    """The prepared crop's Mahalanobis distance from the training cells (inf without cell pixels), or
+    None when the card records no appearance. Above ``appearance["max_distance"]``: out of distribution."""
+    if not appearance:
+        return None
+    feats = crop_features(prepared, appearance.get("canvas_um", 0.0), threshold)
+    if feats is None:
+        return float("inf")
+    return mahalanobis(appearance, feats) if len(feats) == len(appearance["mean"]) else None
