@@ -124,7 +124,7 @@ def decide_track(track: Track, card: Any, min_confidence: float, model_sha256: s
         track_id=track.id, first_frame=track.first_frame, observations=track.seen, classified=len(track.probs),
         observed_prob_all=[round(float(q[pos]), 6) for q in track.probs], appearance_distance=track.distance,
         crop=track.crop)
-    track.crop = None  # written once, by the crops sink; not kept in memory with the track
+    track.crop = None  # the row carries it to the crops sink, which drops it (see Daemon._process)
     return track.decision
 
 
@@ -362,6 +362,8 @@ class Daemon:
                                                      self.cfg.runtime.max_batch, self.model_sha256, self.tracks)
         t3 = time.perf_counter()
         self._count(self.recorder.write(frame.rgb, frame.index, records, view))
+        for r in records:  # the crops sink has written them; a decided track keeps its row, not the pixels
+            r.crop = None
         if self.preview_clients:
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(frame.rgb, view), cv2.COLOR_RGB2BGR))
             self.latest_preview = jpg.tobytes() if ok else None
