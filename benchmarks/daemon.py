@@ -6,6 +6,7 @@ drops with a producer faster than the consumer), (2) replayed at 30 fps for ``--
 stand-in: fps, p99 frame-to-decision, drops), with this process's RSS sampled every 0.5 s (flat memory).
 
 Usage: .venv/bin/python benchmarks/daemon.py runs/bench-runtime/alnett-s --out runs/bench-daemon
+       [--hold 30] (each BCCD frame held 1 s: a still field) [--no-tracking]
 """
 
 from __future__ import annotations
@@ -25,23 +26,25 @@ from alnett_edge.data.synth import write_smear_video
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" / "JPEGImages"
 
 
-def bccd_video(dest: Path) -> Path:
+def bccd_video(dest: Path, hold: int = 1) -> Path:
+    """The BCCD frames as a video, each written ``hold`` times (a still field for hold/30 s)."""
     frames = sorted(BCCD.glob("*.jpg"))
     writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
     for f in frames:
         img = cv2.imread(str(f))
         if img is not None:
-            writer.write(cv2.resize(img, (640, 480)))
+            for _ in range(hold):
+                writer.write(cv2.resize(img, (640, 480)))
     writer.release()
     return dest
 
 
-def run(bundle: str, video: Path, out: Path, fps: float, seconds: float, queue: int = 8) -> dict:
+def run(bundle: str, video: Path, out: Path, fps: float, seconds: float, queue: int = 8, tracking: bool = True) -> dict:
     db = out / f"{video.stem}-{int(fps)}.db"
     db.unlink(missing_ok=True)
     cfg = build_config({}, {"source": {"spec": f"video:{video}", "fps": fps, "loop": True, "queue": queue},
                             "runtime": {"bundle": bundle}, "sinks": {"db": str(db)}, "http": {"port": 0},
-                            "run": {"duration": seconds}})
+                            "run": {"duration": seconds}, "tracking": {"enabled": tracking}})
     d = Daemon(cfg)
     rss: list[float] = []
     stop = threading.Event()
@@ -57,7 +60,8 @@ def run(bundle: str, video: Path, out: Path, fps: float, seconds: float, queue: 
     f2d = s["stages"]["frame_to_decision"]
     return {"video": video.name, "paced_fps": fps or "unpaced", "seconds": seconds, "mean_fps": s["mean_fps"],
             "frames": s["frames_processed"], "captured": s["capture"]["frames"], "dropped": s["frames_dropped"],
-            "cells": s["cells_processed"], "classified": s["session"]["classified"],
+            "cells": s["cells_processed"], "classified": s["session"]["classified"], "tracking": tracking,
+            "model_calls": s["inferences"], "detections": s["observations"],
             "f2d_p50_ms": f2d["p50_ms"], "f2d_p99_ms": f2d["p99_ms"],
             "stage_p50_ms": {k: v["p50_ms"] for k, v in s["stages"].items()},
             "rss_first_mb": rss[1] if len(rss) > 1 else None, "rss_last_mb": rss[-1] if rss else None,
@@ -69,16 +73,18 @@ def main() -> None:
     ap.add_argument("bundle")
     ap.add_argument("--out", default="runs/bench-daemon")
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--hold", type=int, default=1, help="Write each BCCD frame N times (a still field).")
+    ap.add_argument("--tracking", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    videos = [bccd_video(out / "bccd.avi")]
+    videos = [bccd_video(out / (f"bccd-hold{args.hold}.avi" if args.hold > 1 else "bccd.avi"), args.hold)]
     write_smear_video(out / "synthetic.avi", 300, seed=1)
     videos.append(out / "synthetic.avi")
     rows = []
     for video in videos:
         for fps in (0.0, 30.0):
-            row = run(args.bundle, video, out, fps, args.seconds)
+            row = run(args.bundle, video, out, fps, args.seconds, tracking=args.tracking)
             rows.append(row)
             print(json.dumps(row), flush=True)
     (out / "daemon.json").write_text(json.dumps(rows, indent=2))
