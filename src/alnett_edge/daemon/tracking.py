@@ -104,10 +104,11 @@ class Track:
 
 
 def _centre(det: Detection) -> np.ndarray:
-    ys, xs = np.nonzero(det.mask)
+    """The centre of the cell's mask in frame pixels (image moments: no pixel list), else of its box."""
     x0, y0, x1, y1 = det.box
-    if len(xs):
-        return np.array([[x0 + xs.mean(), y0 + ys.mean()]])
+    m = cv2.moments(det.mask, binaryImage=True)
+    if m["m00"] > 0:
+        return np.array([[x0 + m["m10"] / m["m00"], y0 + m["m01"] / m["m00"]]])
     return np.array([[(x0 + x1) / 2, (y0 + y1) / 2]])
 
 
@@ -187,7 +188,7 @@ class TrackBook:
         centre = frame_rgb[cy - ry : cy + ry, cx - rx : cx + rx]
         s = min(1.0, MOTION_SIDE / max(centre.shape[:2]))
         size = (max(8, round(centre.shape[1] * s)), max(8, round(centre.shape[0] * s)))
-        gray = cv2.cvtColor(cv2.resize(centre, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        gray = cv2.resize(cv2.cvtColor(centre, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.float32)
         prev, self._prev = self._prev, gray
         if prev is None or prev.shape != gray.shape:
             return self._translation(self._shift.copy())
