@@ -112,6 +112,14 @@ def _centre(det: Detection) -> np.ndarray:
     return np.array([[(x0 + x1) / 2, (y0 + y1) / 2]])
 
 
+def preload(cfg: TrackingConfig) -> None:
+    """Import norfair now (1.6 s: scipy), before the camera starts, not on the first frame (where the
+    wait would fill the frame queue and drop frames)."""
+    if cfg.enabled:
+        import norfair  # noqa: F401
+        import norfair.camera_motion  # noqa: F401
+
+
 class TrackBook:
     """The tracks of one session. :meth:`assign` ties a frame's detections to tracks (one per
     detection, in order); :meth:`ended` hands over the tracks that ended since the last call."""
