@@ -9,8 +9,10 @@ The HTML is a Jinja2 template (autoescaped: sources, paths and reasons are text,
 from __future__ import annotations
 
 import base64
+import io
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,8 +141,6 @@ def _latency_png(stages: dict[str, Any]) -> bytes | None:
     ax.set_xlabel("ms (log scale)")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -155,8 +155,6 @@ def _png(image_rgb: np.ndarray) -> bytes:
 def build_report(db: str | Path, out: str | Path, session: int | None = None, crops: str | Path | None = None) -> dict[str, Any]:
     """Write ``report.html``, ``cells.png`` (crops) and ``latency.png`` for ``session`` (default: the
     last) of a daemon database into ``out``; returns the figures as a dict (also ``report.json``)."""
-    import time
-
     from jinja2 import Environment
 
     db, out = Path(db), Path(out)
