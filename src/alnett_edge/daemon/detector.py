@@ -68,6 +68,7 @@ class Detection:
     touches_border: bool = False  # the cell reaches the frame edge or the edge of the field of view
     nucleus_um2: float = 0.0
     edge_weight: float = 1.0  # 1 / P(a cell this size lies wholly inside the field): see field_weights
+    centre: tuple[float, float] | None = None  # the nucleus's centre in frame pixels (what tracking follows)
 
 
 #: no nucleus is looked for this close to the edge of an eyepiece's field of view (its rim shows
@@ -254,7 +255,8 @@ class CellDetector:
                 fy = np.clip(((pts[:, 1] + y0) * s).astype(int), 0, fov_edge.shape[0] - 1)
                 touches = bool((fov_edge[fy, fx] == 0).any())
         return Detection((x0, y0, x1, y1), mask, int(cv2.countNonZero(nuc)),
-                         float(score[nuc_small > 0].mean()) if (nuc_small > 0).any() else 0.0, touches, nucleus_um2)
+                         float(score[nuc_small > 0].mean()) if (nuc_small > 0).any() else 0.0, touches, nucleus_um2,
+                         centre=(cx, cy))
 
 
 def cell_mask(crop: np.ndarray, nucleus: np.ndarray, px_per_um: float = 14.0) -> np.ndarray:

@@ -2,13 +2,14 @@
 few observations and decided once.
 
 Association is norfair's (``norfair-enough``, BSD-3, the maintained fork of Tryolabs' norfair: pure
-Python on numpy/scipy, no torch, no second OpenCV; a Kalman filter per track and a distance threshold).
-Each detection is the centre of its cell's mask in frame pixels; the threshold is ``max_jump_um``
-micrometres at the detector's pixel size, so it means the same on any microscope. Stage motion (the
-whole field shifting) is measured by OpenCV's phase correlation of consecutive frames and handed to
-norfair as a translation, so a panned or jerked field keeps its ids; a frame that does not correlate
+Python on numpy/scipy, no torch, no second OpenCV; greedy matching under a distance threshold).
+Each detection is the centre of its cell's nucleus, in slide coordinates (frame pixels less the
+measured stage shift, where cells stand still: no Kalman filter, see ``_new_tracker``); the threshold
+is ``max_jump_um`` micrometres at the detector's pixel size, so it means the same on any microscope. Stage motion (the
+whole field shifting) is measured by OpenCV's phase correlation of consecutive frames and taken off
+each detection's position, so a panned or jerked field keeps its ids; a frame that does not correlate
 with the last one is a new field of view, and every track ends there (norfair's own optical-flow
-``MotionEstimator`` measured 4-6 ms a frame here against 0.4 ms, and cannot tell a new field).
+``MotionEstimator`` measured 4-6 ms a frame here against 0.8 ms, and cannot tell a new field).
 
 A track is decided once, when ``observations`` good observations (quality gate passed: not cut by an
 edge, sharp, fits the model's field) have been classified: the fused probabilities are the **mean of
@@ -37,11 +38,12 @@ from alnett_edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: stage motion: phase correlation of the central CENTRE of each frame, on a copy at most MOTION_SIDE px
-#: on a side. Its peak (response) was 0.78-0.93 between a frame and the same field shifted or noisy, and
-#: 0.01-0.18 between two different fields (BCCD, smartphone and synthetic frames); below the threshold a
-#: frame is taken for a new field.
-MOTION_SIDE = 160
+#: stage motion: phase correlation of the central CENTRE of each frame, shrunk by a whole factor to at
+#: most MOTION_SIDE px on a side (a whole factor takes OpenCV's fast area-resize path: 0.2 ms against
+#: 0.6 ms for 384 -> 160 px). Its peak (response) between two different fields stayed below 0.20 at p99
+#: (BCCD, 80 frames; smartphone 0.23), and 0.30-0.93 between a frame and the same field shifted up to
+#: 60 px or jerked 110 px, with camera noise; below the threshold a frame is taken for a new field.
+MOTION_SIDE = 192
 CENTRE = 0.6
 NEW_FIELD_RESPONSE = 0.3
 
@@ -104,7 +106,10 @@ class Track:
 
 
 def _centre(det: Detection) -> np.ndarray:
-    """The centre of the cell's mask in frame pixels (image moments: no pixel list), else of its box."""
+    """The point a track follows: the nucleus's centre as the detector found it (free; the nucleus is
+    the cell's sharpest, most stable part), else the centre of the cell's mask (image moments)."""
+    if det.centre is not None:
+        return np.array([det.centre], np.float64)
     x0, y0, x1, y1 = det.box
     m = cv2.moments(det.mask, binaryImage=True)
     if m["m00"] > 0:
@@ -117,7 +122,6 @@ def preload(cfg: TrackingConfig) -> None:
     wait would fill the frame queue and drop frames)."""
     if cfg.enabled:
         import norfair  # noqa: F401
-        import norfair.camera_motion  # noqa: F401
 
 
 class TrackBook:
@@ -138,18 +142,23 @@ class TrackBook:
         self._window: np.ndarray | None = None
         if cfg.enabled:
             from norfair import Detection as NDetection
-            from norfair.camera_motion import TranslationTransformation
 
             logging.getLogger("norfair").setLevel(logging.ERROR)  # its per-frame warnings are ours to report
-            self._ndet, self._translation = NDetection, TranslationTransformation
+            self._ndet = NDetection
             self.tracker = self._new_tracker()
 
     def _new_tracker(self) -> Any:
         from norfair import Tracker
+        from norfair.filter import NoFilterFactory
 
-        # euclidean distance between a detection's centre and the track's predicted centre, in px
+        # Points are in slide coordinates (the measured stage shift taken off), where a cell on a smear
+        # stands still: a Kalman filter's velocity has nothing to learn there and would overshoot after
+        # a stage jerk, so a track is where it was last seen (NoFilter). No past-detections buffer
+        # (no re-identification here; it costs a copy per cell per frame). Distance: euclidean between
+        # centres, in px.
         return Tracker(distance_function="euclidean", distance_threshold=self.cfg.max_jump_um / self.um_per_px,
-                       hit_counter_max=max(1, self.cfg.lost_frames), initialization_delay=0)
+                       hit_counter_max=max(1, self.cfg.lost_frames), initialization_delay=0,
+                       past_detections_length=0, filter_factory=NoFilterFactory())
 
     def _track(self, frame_index: int, box: tuple[int, int, int, int]) -> Track:
         track = Track(self._next_id, frame_index, frame_index, box)
@@ -161,9 +170,11 @@ class TrackBook:
             out = [self._track(frame_index, d.box) for d in dets]
             self._ended.extend(out)
             return out
-        transform = self._stage_shift(frame_rgb)
-        ndets = [self._ndet(points=_centre(d), data=(frame_index, i)) for i, d in enumerate(dets)]
-        alive = self.tracker.update(ndets, coord_transformations=transform)
+        self._stage_shift(frame_rgb)
+        # slide coordinates: the frame position less the field's shift (what norfair's translation
+        # transformation does, without its per-object conversions)
+        ndets = [self._ndet(points=_centre(d) - self._shift, data=(frame_index, i)) for i, d in enumerate(dets)]
+        alive = self.tracker.update(ndets)
         out: list[Track | None] = [None] * len(dets)
         for obj in alive:
             data = getattr(obj.last_detection, "data", None)
@@ -183,31 +194,31 @@ class TrackBook:
             self._ended.append(track)
         return out  # type: ignore[return-value]
 
-    def _stage_shift(self, frame_rgb: np.ndarray) -> Any:
-        """The field's shift since the tracker started, for norfair (a translation), from OpenCV's phase
+    def _stage_shift(self, frame_rgb: np.ndarray) -> None:
+        """Add the field's shift since the last frame to :attr:`_shift`, from OpenCV's phase
         correlation of the central part of consecutive frames (grey, at most MOTION_SIDE px on a side:
         a whole-field translation needs no detail; the centre stays clear of an eyepiece's fixed rim).
         A correlation peak below NEW_FIELD_RESPONSE means another field of view: every track ends and a
         new tracker starts (a cell of the old field must not lend its id to one of the new)."""
         if not self.cfg.stage_motion:
-            return None
+            return
         h, w = frame_rgb.shape[:2]
         cy, cx, ry, rx = h // 2, w // 2, int(h * CENTRE / 2), int(w * CENTRE / 2)
-        centre = frame_rgb[cy - ry : cy + ry, cx - rx : cx + rx]
-        s = min(1.0, MOTION_SIDE / max(centre.shape[:2]))
-        size = (max(8, round(centre.shape[1] * s)), max(8, round(centre.shape[0] * s)))
+        k = max(1, -(-2 * max(ry, rx) // MOTION_SIDE))  # the whole shrink factor
+        centre = frame_rgb[cy - ry : cy - ry + (2 * ry) // k * k, cx - rx : cx - rx + (2 * rx) // k * k]
+        s = 1.0 / k
+        size = (max(8, centre.shape[1] // k), max(8, centre.shape[0] // k))
         gray = cv2.resize(cv2.cvtColor(centre, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.float32)
         prev, self._prev = self._prev, gray
         if prev is None or prev.shape != gray.shape:
-            return self._translation(self._shift.copy())
+            return
         if self._window is None or self._window.shape != gray.shape:
             self._window = cv2.createHanningWindow(size, cv2.CV_32F)
         (dx, dy), response = cv2.phaseCorrelate(prev, gray, self._window)
         if response < NEW_FIELD_RESPONSE:
             self.new_field()
-            return self._translation(self._shift.copy())
+            return
         self._shift += (dx / s, dy / s)
-        return self._translation(self._shift.copy())
 
     def new_field(self) -> None:
         """Another field of view: every open track ends; association starts again."""
