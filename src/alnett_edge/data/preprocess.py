@@ -134,25 +134,34 @@ def prepare(image: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def normalize(prepared: np.ndarray, spec: InputSpec) -> np.ndarray:
     """uint8 RGB HxWx3 -> float32 tensor in the card's colour order and layout (CHW or HWC). With
-    ``spec.stain == "cell"`` each channel is standardised by the cell's own foreground mean and std."""
-    img = prepared if spec.color_order == "RGB" else prepared[..., ::-1]
-    x = img.astype(np.float32) * np.float32(1.0 / 255.0)
-    fg = img.max(axis=2) > spec.mask_threshold
-    if spec.stain == "cell" and fg.sum() >= 16:
-        pixels = x[fg]
-        mean = pixels.mean(axis=0)
-        std = np.maximum(pixels.std(axis=0), np.float32(CELL_STD_FLOOR))
+    ``spec.stain == "cell"`` each channel is standardised by the cell's own foreground mean and std
+    (population std, OpenCV's ``meanStdDev`` under the foreground mask).
+
+    Per channel plane with OpenCV (split, a mask from the brightest channel, one pass of statistics):
+    0.6-0.7 ms for a 224 px cell on 2 AVX2 cores, against 5-6 ms for the same arithmetic on the
+    interleaved array in numpy (the daemon's crop stage and training's data loader both run it)."""
+    img = np.ascontiguousarray(prepared if spec.color_order == "RGB" else prepared[..., ::-1])
+    planes = cv2.split(img)
+    fg = cv2.compare(cv2.max(cv2.max(planes[0], planes[1]), planes[2]), spec.mask_threshold, cv2.CMP_GT)
+    if spec.stain == "cell" and cv2.countNonZero(fg) >= 16:
+        m, s = cv2.meanStdDev(img, mask=fg)
+        mean = (m.ravel() / 255.0).astype(np.float32)
+        std = np.maximum((s.ravel() / 255.0).astype(np.float32), np.float32(CELL_STD_FLOOR))
     else:
         mean = np.asarray(spec.mean, dtype=np.float32)
         std = np.asarray(spec.std, dtype=np.float32)
         if spec.color_order == "BGR":
             mean, std = mean[::-1], std[::-1]
-    x = (x - mean) / std
-    if spec.mask_background:
-        x[~fg] = 0.0
-    if spec.layout == "NCHW":
-        x = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    background = fg == 0 if spec.mask_background else None
+    out = []
+    for c, plane in enumerate(planes):
+        x = plane.astype(np.float32) * np.float32(1.0 / 255.0)
+        x -= mean[c]
+        x /= std[c]
+        if background is not None:
+            x[background] = 0.0
+        out.append(x)
+    return np.stack(out) if spec.layout == "NCHW" else np.ascontiguousarray(cv2.merge(out))
 
 
 def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
