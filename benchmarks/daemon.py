@@ -7,6 +7,10 @@ stand-in: fps, p99 frame-to-decision, drops), with this process's RSS sampled ev
 
 Usage: .venv/bin/python benchmarks/daemon.py runs/bench-runtime/alnett-s --out runs/bench-daemon
        [--hold 30] (each BCCD frame held 1 s: a still field) [--no-tracking]
+       [--um-per-px 0.1] (the pixel size given, as a calibrated microscope would have it: no frames wait
+       for the start-up estimate, which otherwise holds the first 40 frames and fills the p99)
+       [--ood record|abstain|off] ([quality] out_of_distribution)
+Prints the CPU model and ISA first; every row goes to OUT/daemon.json with it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import cv2
 from alnett_edge.bench.system import rss_mb
 from alnett_edge.daemon.config import build_config
 from alnett_edge.daemon.service import Daemon
-from alnett_edge.data.synth import write_smear_video
+from alnett_edge.data.synth import SMEAR_UM_PER_PX, write_smear_video
+from alnett_edge.machine import isa_line
 
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" / "JPEGImages"
 
@@ -39,12 +44,14 @@ def bccd_video(dest: Path, hold: int = 1) -> Path:
     return dest
 
 
-def run(bundle: str, video: Path, out: Path, fps: float, seconds: float, queue: int = 8, tracking: bool = True) -> dict:
+def run(bundle: str, video: Path, out: Path, fps: float, seconds: float, queue: int = 8, tracking: bool = True,
+        um_per_px: float | None = None, ood: str = "record") -> dict:
     db = out / f"{video.stem}-{int(fps)}.db"
     db.unlink(missing_ok=True)
     cfg = build_config({}, {"source": {"spec": f"video:{video}", "fps": fps, "loop": True, "queue": queue},
                             "runtime": {"bundle": bundle}, "sinks": {"db": str(db)}, "http": {"port": 0},
-                            "run": {"duration": seconds}, "tracking": {"enabled": tracking}})
+                            "run": {"duration": seconds}, "tracking": {"enabled": tracking},
+                            "optics": {"um_per_px": um_per_px}, "quality": {"out_of_distribution": ood}})
     d = Daemon(cfg)
     rss: list[float] = []
     stop = threading.Event()
@@ -58,7 +65,7 @@ def run(bundle: str, video: Path, out: Path, fps: float, seconds: float, queue: 
     s = d.run()
     stop.set()
     f2d = s["stages"]["frame_to_decision"]
-    return {"video": video.name, "paced_fps": fps or "unpaced", "seconds": seconds, "mean_fps": s["mean_fps"],
+    return {"video": video.name, "um_per_px": s["optics"]["um_per_px"], "paced_fps": fps or "unpaced", "seconds": seconds, "mean_fps": s["mean_fps"],
             "frames": s["frames_processed"], "captured": s["capture"]["frames"], "dropped": s["frames_dropped"],
             "cells": s["cells_processed"], "classified": s["session"]["classified"], "tracking": tracking,
             "model_calls": s["inferences"], "detections": s["observations"],
@@ -75,7 +82,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--hold", type=int, default=1, help="Write each BCCD frame N times (a still field).")
     ap.add_argument("--tracking", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--um-per-px", type=float, help="BCCD's pixel size in µm (default: estimated at start-up).")
+    ap.add_argument("--ood", default="record", choices=("record", "abstain", "off"))
     args = ap.parse_args()
+    machine = isa_line()
+    print(machine, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     videos = [bccd_video(out / (f"bccd-hold{args.hold}.avi" if args.hold > 1 else "bccd.avi"), args.hold)]
@@ -83,8 +94,11 @@ def main() -> None:
     videos.append(out / "synthetic.avi")
     rows = []
     for video in videos:
+        # the synthetic smear's pixel size is known; BCCD's is --um-per-px or estimated
+        um = SMEAR_UM_PER_PX if video.stem == "synthetic" and args.um_per_px else args.um_per_px
         for fps in (0.0, 30.0):
-            row = run(args.bundle, video, out, fps, args.seconds, tracking=args.tracking)
+            row = {"machine": machine, **run(args.bundle, video, out, fps, args.seconds, tracking=args.tracking,
+                                             um_per_px=um, ood=args.ood)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     (out / "daemon.json").write_text(json.dumps(rows, indent=2))

@@ -32,7 +32,6 @@ from alnett_edge.daemon.optics import estimate_um_per_px
 from alnett_edge.daemon.sinks import CellRecord, CropSink, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.daemon.stats import Aggregator, StageTimes
 from alnett_edge.daemon.tracking import Track, TrackBook
-from alnett_edge.daemon.tracking import preload as preload_tracking
 from alnett_edge.data.appearance import OOD_REASON, ood_distance
 from alnett_edge.data.preprocess import normalize, prepare
 from alnett_edge.errors import ConfigError, DataError
@@ -245,7 +244,6 @@ class Daemon:
         self.session = {"started": self.started, "source": self.source.source_id, "bundle": str(self.cfg.runtime.bundle),
                         "model_sha256": self.model_sha256, "backend": self.runtime.backend, "precision": self.runtime.precision}
         self.recorder.open(self.session)  # a path that cannot be written fails here, in one line
-        preload_tracking(self.cfg.tracking)
         try:
             self.capture.open_now()  # so does an unopenable source
             if self.cfg.http.port:
