@@ -9,7 +9,7 @@ Usage: .venv/bin/python benchmarks/daemon.py runs/bench-runtime/alnett-s --out r
        [--hold 30] (each BCCD frame held 1 s: a still field) [--no-tracking]
        [--um-per-px 0.1] (the pixel size given, as a calibrated microscope would have it: no frames wait
        for the start-up estimate, which otherwise holds the first 40 frames and fills the p99)
-       [--ood record|abstain|off] ([quality] out_of_distribution)
+       [--ood record|abstain|off] ([quality] out_of_distribution) [--videos bccd] [--fps 30]
 Prints the CPU model and ISA first; every row goes to OUT/daemon.json with it.
 """
 
@@ -84,19 +84,24 @@ def main() -> None:
     ap.add_argument("--tracking", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--um-per-px", type=float, help="BCCD's pixel size in µm (default: estimated at start-up).")
     ap.add_argument("--ood", default="record", choices=("record", "abstain", "off"))
+    ap.add_argument("--videos", default="bccd,synthetic", help="Which videos, comma-separated.")
+    ap.add_argument("--fps", default="0,30", help="Pacing per run, comma-separated (0: unpaced).")
     args = ap.parse_args()
     machine = isa_line()
     print(machine, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    videos = [bccd_video(out / (f"bccd-hold{args.hold}.avi" if args.hold > 1 else "bccd.avi"), args.hold)]
-    write_smear_video(out / "synthetic.avi", 300, seed=1)
-    videos.append(out / "synthetic.avi")
+    wanted, videos = args.videos.split(","), []
+    if "bccd" in wanted:
+        videos.append(bccd_video(out / (f"bccd-hold{args.hold}.avi" if args.hold > 1 else "bccd.avi"), args.hold))
+    if "synthetic" in wanted:
+        write_smear_video(out / "synthetic.avi", 300, seed=1)
+        videos.append(out / "synthetic.avi")
     rows = []
     for video in videos:
         # the synthetic smear's pixel size is known; BCCD's is --um-per-px or estimated
         um = SMEAR_UM_PER_PX if video.stem == "synthetic" and args.um_per_px else args.um_per_px
-        for fps in (0.0, 30.0):
+        for fps in (float(f) for f in args.fps.split(",")):
             row = {"machine": machine, **run(args.bundle, video, out, fps, args.seconds, tracking=args.tracking,
                                              um_per_px=um, ood=args.ood)}
             rows.append(row)

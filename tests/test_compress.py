@@ -18,7 +18,7 @@ from alnett_edge.model import create_model, load_checkpoint, new_card, profile_m
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 def test_uniform_pruning_hits_the_mac_ratio_and_shrinks_every_cluster(importance, ratio):
     torch.manual_seed(0)
-    model = create_model("alnett-s")
+    model = create_model("alnett-s", fusion="concat")  # the concatenated branches are the hard case
     x = torch.randn(4, 3, 224, 224)
     batches = lambda: iter([(x, torch.tensor([0, 1, 0, 1]))])  # noqa: E731
     before = [layer.pointwise.out_channels for layer in model.clusters]

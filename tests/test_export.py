@@ -37,6 +37,11 @@ def test_x86_auto_bundle_gates_every_artifact_and_verifies(x86_bundle):
     assert int8["extra"]["source"] == "ptq"
     # auto picks the fastest passing artifact on this (x86) host
     assert m["selected"] == min(files.values(), key=lambda a: a["latency_b1_ms_here"])["file"]
+    # every BatchNorm is folded into its convolution at export: the runtime never normalises twice
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(pathlib.Path(m["bundle"]) / "model.fp32.onnx").graph.node}
+    assert "Conv" in ops and "BatchNormalization" not in ops, ops
     bundle = load_bundle(m["bundle"])
     assert bundle.card.input.size == (64, 64)
     golden = np.load(bundle.root / "golden" / "inputs.npy")

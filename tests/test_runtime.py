@@ -189,6 +189,16 @@ def test_bench_random_inputs_are_labelled_as_such(rpi_bundle):
     assert row["inputs"].startswith("RANDOM") and "accuracy" not in row and row["batches"]["2"]["runs"] == 5
 
 
+def test_bench_tells_two_bundles_with_the_same_artifact_names_apart(rpi_bundle, tmp_path):
+    other = tmp_path / "other-bundle"
+    shutil.copytree(rpi_bundle["bundle"], other)
+    opts = BenchOptions(backends=["onnxruntime"], batches=[1], warmup=1, runs=3)
+    rows = run_bench([rpi_bundle["bundle"], other], opts)["rows"]
+    names = [r["artifact"] for r in rows]
+    assert len(rows) == 2 and len(set(names)) == 2, names
+    assert names[1] == f"other-bundle/{Path(rows[0]['artifact']).name}", names
+
+
 def test_verify_catches_a_device_that_disagrees(rpi_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(rpi_bundle["bundle"], copy)

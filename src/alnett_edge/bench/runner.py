@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,12 +196,24 @@ def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
             entry.update(out, macs=macs, _probs=np.asarray(out.pop("probs")), _labels=None if anchor else inp.labels,
                          _positive=target.card.positive_class)
             results.append(entry)
+    disambiguate(results)
     _accuracy_and_agreement(results)
     _fill_macs(results)
     _flops(results, machine)
     for r in results:
         r.pop("_inputs_key", None)
     return {"machine": machine, "options": _opts_dict(opts), "rows": results, "anchor_ratios": anchor_ratios(results)}
+
+
+def disambiguate(rows: list[dict[str, Any]]) -> None:
+    """Two rows with the same artifact name (two bundles' ``model.fp32.onnx``, two runs'
+    ``best.safetensors``) are named with their folder too, so the table and the ratios tell them apart."""
+    seen = Counter((r["artifact"], r["model"]) for r in rows)
+    names = Counter(name for name, _ in seen)
+    for r in rows:
+        if names[r["artifact"]] > 1:
+            p = Path(r["model"])
+            r["artifact"] = f"{p.name if p.is_dir() else p.parent.name}/{r['artifact']}"
 
 
 def anchor_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
