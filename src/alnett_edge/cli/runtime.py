@@ -35,14 +35,18 @@ def bench_table(report: dict, wide: bool = False) -> Table:
     keep = [i for i, c in enumerate(cols) if wide or (c in NARROW_BENCH and (c != "acc" or labelled))]
     for i in keep:
         c = cols[i]
-        table.add_column(c, justify="left" if c in ("artifact", "prec", "backend") else "right", no_wrap=True)
+        if c == "artifact" and not wide:  # "folder/artifact" (two rows with one name) takes two lines
+            table.add_column(c, justify="left", overflow="ellipsis", max_width=24)
+        else:
+            table.add_column(c, justify="left" if c in ("artifact", "prec", "backend") else "right", no_wrap=True)
     ms, ips = ("{:.3f}", "{:.1f}") if wide else ("{:.2f}", "{:.0f}")
 
     def add(*cells: str) -> None:
         table.add_row(*(cells[i] for i in keep))
 
     for r in report["rows"]:
-        head = [r["artifact"], r["precision"], r["backend"], f"{r['bytes'] / 1e6:.2f}"]
+        name = r["artifact"] if wide else r["artifact"].replace("/", "/\n", 1)
+        head = [name, r["precision"], r["backend"], f"{r['bytes'] / 1e6:.2f}"]
         if "skipped" in r or "error" in r:
             why = f"{'skipped' if 'skipped' in r else 'error'}: {r.get('skipped') or r.get('error')}"
             table.add_row(*[head[i] for i in keep if i < 3], f"[yellow]{why[:60 if not wide else 120]}",
