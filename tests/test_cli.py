@@ -20,7 +20,7 @@ def test_model_info_and_list():
     assert res.exit_code == 0, res.output
     assert "clusters.4.pool" in res.output and "MACs" in res.output
     macs = float(res.output.split("MACs:")[1].split("M")[0])
-    assert 50 < macs <= 250
+    assert 30 < macs <= 250  # alnett-s: 42 M since it sums its branches
     res = run("model", "list")
     assert res.exit_code == 0 and "alnett-tiny" in res.output
 

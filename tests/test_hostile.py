@@ -384,12 +384,14 @@ def test_output_folder_deleted_mid_run_is_restored_with_every_row(x86_bundle, tm
         x86_bundle["bundle"], "synthetic:8",
         {"db": str(out / "cells.db"), "jsonl": str(out / "cells.jsonl"), "snapshots": str(out / "snaps"),
          "snapshot_every": 1}, run={"max_frames": 10_000})
-    _until(lambda: daemon.frames_processed >= 4)
-    _remove_tree(out)  # everything: database, WAL, JSONL, snapshots
-    after = daemon.frames_processed
-    _until(lambda: daemon.frames_processed >= after + 3)  # frames after the loss, however loaded the machine
-    daemon.request_stop("test")
-    thread.join(120)
+    try:
+        _until(lambda: daemon.frames_processed >= 4)
+        _remove_tree(out)  # everything: database, WAL, JSONL, snapshots
+        after = daemon.frames_processed
+        _until(lambda: daemon.frames_processed >= after + 3)  # frames after the loss, however loaded the machine
+    finally:  # a failed step must not leave the daemon running past the test
+        daemon.request_stop("test")
+        thread.join(120)
     summary = box["summary"]
     n, sessions = _rows(out / "cells.db")
     assert summary["store"]["restored"] >= 1 and summary["store_error"] is None
@@ -398,18 +400,33 @@ def test_output_folder_deleted_mid_run_is_restored_with_every_row(x86_bundle, tm
     assert any((out / "snaps").glob("*.jpg")) and (out / "cells.jsonl").is_file()  # copies start again
 
 
+def _replace_with_file(path):
+    """The folder becomes a file, while the daemon (which makes a lost folder again) writes into it:
+    remove it and create the file exclusively, again if the daemon made the folder in between."""
+    for _ in range(100):
+        _remove_tree(path)
+        try:
+            with open(path, "x") as f:
+                f.write("a file where the folder was")
+            return
+        except (FileExistsError, IsADirectoryError):
+            continue
+    raise AssertionError(f"{path} kept coming back as a folder")
+
+
 def test_snapshot_folder_lost_mid_run_is_counted_not_fatal(x86_bundle, tmp_path):
     snaps = tmp_path / "snaps"
     daemon, thread, box = _run_daemon_in_thread(
         x86_bundle["bundle"], "synthetic:9", {"db": str(tmp_path / "c.db"), "snapshots": str(snaps), "snapshot_every": 1},
         run={"max_frames": 10_000})
-    _until(lambda: daemon.frames_processed >= 3)
-    _remove_tree(snaps)
-    snaps.write_text("a file where the folder was")  # cannot be made again: every snapshot fails
-    after = daemon.frames_processed
-    _until(lambda: daemon.frames_processed >= after + 3)  # frames after the loss, however loaded the machine
-    daemon.request_stop("test")
-    thread.join(120)
+    try:
+        _until(lambda: daemon.frames_processed >= 3)
+        _replace_with_file(snaps)  # cannot be made again: every snapshot fails
+        after = daemon.frames_processed
+        _until(lambda: daemon.frames_processed >= after + 3)  # frames after the loss, however loaded the machine
+    finally:  # a failed step must not leave the daemon running past the test
+        daemon.request_stop("test")
+        thread.join(120)
     s = box["summary"]
     assert s["frames_processed"] >= after + 3 and s["store_error"] is None
     assert s["store"]["errors"]["SnapshotSink"]["count"] >= 1 and "snap" in s["store"]["errors"]["SnapshotSink"]["last"]

@@ -181,7 +181,8 @@ def test_a_detection_that_flickers_for_a_frame_is_not_a_cell():
     smear = synth_smear(np.random.default_rng([8, 1]), n_wbc=(2, 2))
     detector = CellDetector(DetectorConfig(), SMEAR_UM_PER_PX)
     real = detector.detect(smear.image)
-    ghost = dataclasses.replace(real[0], box=(20, 20, 20 + real[0].mask.shape[1], 20 + real[0].mask.shape[0]))
+    h, w = real[0].mask.shape
+    ghost = dataclasses.replace(real[0], box=(20, 20, 20 + w, 20 + h), centre=(20 + w / 2, 20 + h / 2))
     book = TrackBook(TrackingConfig(lost_frames=2), SMEAR_UM_PER_PX)
     ended = []
     for i in range(12):  # a still field; a false detection far from the cells in frame 4 only
@@ -190,6 +191,25 @@ def test_a_detection_that_flickers_for_a_frame_is_not_a_cell():
         ended += book.ended()
     assert book.flickers == 1 and ended == []  # dropped, not a row; the real cells are still open
     assert len(book.close()) == len(real) == 2  # a stop ends the real tracks, kept however short
+
+
+def test_a_cell_missed_for_a_few_frames_keeps_its_id_and_one_gone_longer_gets_a_new_one():
+    """Focus hunting: a cell not detected for up to ``lost_frames`` frames is the same cell when it comes
+    back; after longer, its track has ended and the cell starts a new one."""
+    smear = synth_smear(np.random.default_rng([8, 1]), n_wbc=(2, 2))
+    real = CellDetector(DetectorConfig(), SMEAR_UM_PER_PX).detect(smear.image)
+    book = TrackBook(TrackingConfig(lost_frames=8), SMEAR_UM_PER_PX)
+    ids = []
+    for i in range(40):  # a still field; cell 0 is missed in frames 5-12 (8 frames), then 20-29 (10 frames)
+        dets = real[1:] if 5 <= i <= 12 or 20 <= i <= 29 else real
+        tracks = book.assign(smear.image, dets, i)
+        for track, det in zip(tracks, dets):
+            track.observe(i, det, "not classified here", None)
+        ids.append(tracks[0].id if dets is real else None)
+    before, between, after = ids[4], ids[13], ids[30]
+    assert len(real) == 2 and before == between != after, ids
+    ended = book.ended()  # it ended once, when lost, after the 12 frames it was seen in (0-4, 13-19)
+    assert [t.id for t in ended] == [before] and ended[0].lost and ended[0].seen == 12
 
 
 def test_a_database_from_before_tracking_gets_the_new_columns(tmp_path):

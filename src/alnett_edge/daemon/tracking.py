@@ -162,28 +162,19 @@ class TrackBook:
             for k, i in enumerate(matched_det):
                 if i >= 0:
                     matched[i] = k
+        hit = set(matched[matched >= 0].tolist())
+        unseen = [t for k, t in enumerate(self.open) if k not in hit]
         out: list[Track] = []
-        seen = set()
         for i, d in enumerate(dets):
-            if matched[i] >= 0:
-                track = self.open[matched[i]]
-                seen.add(id(track))
-            else:
-                track = self._track(frame_index, d.box)
-                self.open.append(track)
-                seen.add(id(track))
+            track = self.open[matched[i]] if matched[i] >= 0 else self._track(frame_index, d.box)
             track.pos, track.missed = points[i], 0
             out.append(track)
-        still = []
-        for track in self.open:
-            if id(track) not in seen:
-                track.missed += 1
-                if track.missed > self.cfg.lost_frames:
-                    track.lost = True
-                    self._ended.append(track)
-                    continue
-            still.append(track)
-        self.open = still
+        for track in unseen:  # a track unseen for more than lost_frames frames ends
+            track.missed += 1
+            if track.missed > self.cfg.lost_frames:
+                track.lost = True
+                self._ended.append(track)
+        self.open = [t for t in self.open if not t.lost] + [t for i, t in enumerate(out) if matched[i] < 0]
         return out
 
     def _stage_shift(self, frame_rgb: np.ndarray) -> None:
