@@ -265,6 +265,11 @@ def test_sigterm_mid_run_loses_no_processed_cell(x86_bundle, tmp_path):
     con = sqlite3.connect(db)
     assert con.execute("SELECT cells, frames FROM sessions").fetchone() == (s["cells_processed"], s["frames_processed"])
     assert "frame_to_decision" in out
+    # this fixture's model was trained on cells drawn darker than the smear's (tests/test_ood.py): the
+    # exit summary says its calls are not to be trusted
+    ood = s["out_of_distribution"]
+    assert ood["mode"] == "record" and ood["cells"] >= 0.2 * s["session"]["cells"] > 0
+    assert "look unlike the model's training cells" in out and max(len(x) for x in out.splitlines()) <= 100
 
 
 def _count(db: Path) -> int:
