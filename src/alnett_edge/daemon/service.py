@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shlex
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -398,9 +400,6 @@ class Daemon:
         self.target_reached_at = time.time()
         log.warning("target reached: %d distinct cells decided", target)
         if self.cfg.run.on_target:
-            import shlex
-            import subprocess
-
             try:
                 subprocess.Popen(shlex.split(self.cfg.run.on_target), stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -113,16 +113,13 @@ class Track:
         return float(np.mean(self.edge_weights)) if self.edge_weights else self.last_edge_weight
 
 
-def _centre(det: Detection) -> np.ndarray:
-    """The point a track follows: the nucleus's centre as the detector found it (free; the nucleus is
-    the cell's sharpest, most stable part), else the centre of the cell's mask (image moments)."""
+def _centre(det: Detection) -> tuple[float, float]:
+    """The point a track follows: the nucleus's centre as the detector found it (the nucleus is the
+    cell's sharpest, most stable part), else the centre of its box."""
     if det.centre is not None:
-        return np.array([det.centre], np.float64)
+        return det.centre
     x0, y0, x1, y1 = det.box
-    m = cv2.moments(det.mask, binaryImage=True)
-    if m["m00"] > 0:
-        return np.array([[x0 + m["m10"] / m["m00"], y0 + m["m01"] / m["m00"]]])
-    return np.array([[(x0 + x1) / 2, (y0 + y1) / 2]])
+    return (x0 + x1) / 2, (y0 + y1) / 2
 
 
 class TrackBook:
@@ -153,7 +150,7 @@ class TrackBook:
             self._ended.extend(out)
             return out
         self._stage_shift(frame_rgb)
-        points = np.array([_centre(d)[0] for d in dets]).reshape(-1, 2) - self._shift  # slide coordinates
+        points = np.array([_centre(d) for d in dets], np.float64).reshape(-1, 2) - self._shift  # slide coordinates
         matched = np.full(len(dets), -1)
         if self.open and len(dets):
             last = np.stack([t.pos for t in self.open])

@@ -18,6 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from alnett_edge.data.preprocess import foreground
+
 FEATURES = ("L*", "a*", "b*", "log10 area µm²")
 QUANTILE = 99.5
 MARGIN = 1.5
@@ -28,8 +30,7 @@ def crop_features(prepared: np.ndarray, canvas_um: float, threshold: int = 10) -
     """The features of one prepared (uint8 RGB, background black) cell image; None without a cell.
     OpenCV per plane and masked means: 0.6 ms for a 224 px cell on 2 AVX2 cores (3.5 ms in numpy)."""
     img = np.ascontiguousarray(prepared)
-    planes = cv2.split(img)
-    mask = cv2.compare(cv2.max(cv2.max(planes[0], planes[1]), planes[2]), threshold, cv2.CMP_GT)
+    _, mask = foreground(img, threshold)
     pixels = cv2.countNonZero(mask)
     if pixels < MIN_PIXELS:
         return None
