@@ -13,6 +13,9 @@ specimen) -> score -> threshold relative to the field (``min_contrast`` above it
 connected components. A component is a nucleus when it is large enough (``min_nucleus_um2``), stands
 out of the field (its score is ``contrast_ratio`` times the field's own spread above the median:
 heavily stained red cells of one slide do not), is solid (platelet clumps are not) and not elongated.
+A small nucleus (a small lymphocyte's, below ``small_nucleus_um2``) has a thin rim of cytoplasm: when
+its cell mask is more than ``max_cell_to_nucleus`` times its area, the violet speck is a platelet clump
+lying on red cells (the mask spreads into them), not a white cell.
 A component larger than ``split_nucleus_um2`` (touching cells) is split by a watershed seeded at the
 expected nucleus size. Each nucleus gives a cell box (the nucleus box grown by ``cell_scale``, at
 least ``min_cell_um``) and a cell mask (the nucleus plus the stained cytoplasm around it).
@@ -50,6 +53,8 @@ class DetectorConfig:
     max_aspect: float = 3.5
     cell_scale: float = 1.3  # cell box side / nucleus box side
     min_cell_um: float = 10.0  # smallest cell box side
+    small_nucleus_um2: float = 40.0  # a nucleus this small (a small lymphocyte's) has a thin cytoplasm:
+    max_cell_to_nucleus: float = 2.4  # a "cell" more than this many times its area is a platelet clump on red cells
     work_um_per_px: float = 0.5  # detection resolution; a coarser camera is used as it is
 
     def validate(self) -> None:
@@ -208,6 +213,9 @@ class CellDetector:
             nuc_small = np.zeros(score.shape, np.uint8)
             nuc_small[y : y + roi.shape[0], x : x + roi.shape[1]] = roi
             cell = self._cell(rgb, nuc_small, (x + rx, y + ry, bw, bh), s, um, score, fov_edge, area * px_um2)
+            if cell.nucleus_um2 < cfg.small_nucleus_um2 and \
+                    cv2.countNonZero(cell.mask) * self.um_per_px ** 2 > cfg.max_cell_to_nucleus * cell.nucleus_um2:
+                continue
             _, _, mw, mh = cv2.boundingRect(cell.mask)  # the cell's radius at work scale -> its weight
             r = int(max(mw, mh) * s / 2)
             cell.edge_weight = float(weights[r]) if r < len(weights) else MAX_EDGE_WEIGHT
