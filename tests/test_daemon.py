@@ -81,6 +81,19 @@ def test_detector_meets_the_target_on_real_bccd_frames():
     assert recall >= 0.95 and precision >= 0.85, (recall, precision)
 
 
+def test_detector_settings_that_cannot_hold_are_refused():
+    from alnett_edge.daemon.detector import DetectorConfig
+    from alnett_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_cell_to_nucleus must be > 1"):
+        CellDetector(DetectorConfig(max_cell_to_nucleus=0.8), um_per_px=0.1)
+    with pytest.raises(ConfigError, match="larger than min_nucleus_um2"):
+        CellDetector(DetectorConfig(min_nucleus_um2=50, max_nucleus_um2=40), um_per_px=0.1)
+    frame = synth_smear(np.random.default_rng(4))  # 0 turns the platelet-clump check off: never fewer cells
+    off = CellDetector(DetectorConfig(small_nucleus_um2=0), um_per_px=SMEAR_UM_PER_PX).detect(frame.image)
+    assert len(off) >= len(CellDetector(um_per_px=SMEAR_UM_PER_PX).detect(frame.image)) >= 1
+
+
 def test_crop_builder_gives_the_cnmc_look():
     frame = synth_smear(np.random.default_rng(4))
     (det, *_) = CellDetector(um_per_px=SMEAR_UM_PER_PX).detect(frame.image)

@@ -62,6 +62,9 @@ class DetectorConfig:
             raise ConfigError("[detector] cell_scale, work_um_per_px and min_nucleus_um2 must be > 0")
         if self.max_nucleus_um2 <= self.min_nucleus_um2:
             raise ConfigError("[detector] max_nucleus_um2 must be larger than min_nucleus_um2")
+        if self.max_cell_to_nucleus <= 1 or self.small_nucleus_um2 < 0:
+            raise ConfigError("[detector] max_cell_to_nucleus must be > 1 (a cell holds its nucleus) and "
+                              "small_nucleus_um2 >= 0 (0: no platelet-clump check)")
 
 
 @dataclass
