@@ -126,8 +126,7 @@ def convert(model: nn.Module, precision: str, out: Path, seed: int = 0) -> Path:
 class Timed:
     def __init__(self, name: str, path: Path, threads: int) -> None:
         self.name, self.path = name, path
-        with quiet_native_stderr():
-            self.interp = {b: interpreter_class()(model_path=str(path), num_threads=threads) for b in (1, 8)}
+        self.interp = {b: interpreter_class()(model_path=str(path), num_threads=threads) for b in (1, 8)}
         self.inputs = {}
         for b, it in self.interp.items():
             det = it.get_input_details()[0]
@@ -168,12 +167,12 @@ def main() -> None:
         for name, model in ((args.model, ours), ("mobilenet_v3_small", anchor)):
             for precision in ("fp32", "int8"):
                 path = convert(model, precision, Path(tmp) / f"{name}.{precision}.tflite")
-                rows.append(Timed(f"{name} {precision}", path, args.threads))
-        with quiet_native_stderr():  # XNNPACK says it is there on the first call
-            for t in rows:  # warm-up
-                t.run(1, 5)
-                t.run(8, 2)
-                t.ms = {1: [], 8: []}
+                with quiet_native_stderr():  # XNNPACK announces itself when the tensors are allocated
+                    rows.append(Timed(f"{name} {precision}", path, args.threads))
+        for t in rows:  # warm-up
+            t.run(1, 5)
+            t.run(8, 2)
+            t.ms = {1: [], 8: []}
         for _ in range(args.rounds):  # interleaved: every model once per round
             for t in rows:
                 t.run(1, 10)
