@@ -118,7 +118,7 @@ def convert(model: nn.Module, precision: str, out: Path, seed: int = 0) -> Path:
             edge = litert_torch.convert(model.eval(), (sample,))
         else:  # the rpi5 export's post-training int8 path; calibration inputs of the model's input range
             calib = np.random.default_rng(seed).standard_normal((64, 3, 224, 224)).astype(np.float32)
-            edge = to_litert_int8_ptq(model, None, calib, sample)
+            edge = to_litert_int8_ptq(model, calib, sample)
         edge.export(str(out))
     return out
 

@@ -201,7 +201,7 @@ def to_litert_int8(path: str | Path, sample: torch.Tensor) -> tuple[Any, ModelCa
     return edge, card
 
 
-def to_litert_int8_ptq(model: ALNett, card: ModelCard, calib_inputs: Any, sample: torch.Tensor,
+def to_litert_int8_ptq(model: ALNett, calib_inputs: Any, sample: torch.Tensor,
                        scheme: str = "asymmetric") -> Any:
     """A fully int8 litert-torch edge model from a plain fp32 model by post-training calibration.
 

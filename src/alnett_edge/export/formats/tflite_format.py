@@ -57,7 +57,7 @@ class TFLiteFormat(ExportFormat):
 
                 calib = load_calibration_set(job.calib_images, job.card, layout=job.layout) if job.calib_images is not None \
                     else training_calibration_set(job.card)
-                edge = to_litert_int8_ptq(job.model, job.card, calib.inputs, _sample(job))
+                edge = to_litert_int8_ptq(job.model, calib.inputs, _sample(job))
                 extra.update(source="ptq", scheme="asymmetric", calibration_images=len(calib.inputs))
             elif precision == "int8":
                 from alnett_edge.compress.qat import to_litert_int8
