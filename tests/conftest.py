@@ -68,12 +68,13 @@ def trained(easy_cells: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def qat_runs(trained, tmp_path_factory):
-    """One-epoch QAT of ``trained`` in both schemes (reports with the checkpoint paths)."""
+    """QAT of ``trained`` in both schemes with the CLI's default two epochs (reports with the checkpoint
+    paths); one epoch leaves the int8 model's calibration error 0.037 above fp32's, over the gate's 0.03."""
     from alnett_edge.compress.qat import qat_checkpoint
 
     cfg, result = trained
     out = tmp_path_factory.mktemp("qat")
-    return {s: qat_checkpoint(result.best, cfg.data, out, s, epochs=1) for s in ("symmetric", "asymmetric")}
+    return {s: qat_checkpoint(result.best, cfg.data, out, s, epochs=2) for s in ("symmetric", "asymmetric")}
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ def test_folds_are_patient_disjoint_and_stratified_on_the_real_sample(cnmc_sampl
 def test_train_folds_reports_held_out_figures_that_evaluate_reproduces(easy_cells, tmp_path):
     out = tmp_path / "cv"
     res = cli("train", "--data", easy_cells, "--out", out, "-m", "alnett-tiny", "--folds", 3, "--epochs", 2,
-              "--patience", 2, "--workers", 0, "--lr", 5e-3)
+              "--patience", 2, "--workers", 0, "--lr", 5e-3, "--ensemble")
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "cv_report.json").read_text())
     rows = rep["per_fold"]
@@ -49,6 +49,12 @@ def test_train_folds_reports_held_out_figures_that_evaluate_reproduces(easy_cell
     acc = [r["accuracy"] for r in rows]
     assert rep["summary"]["accuracy"]["mean"] == pytest.approx(sum(acc) / 3, abs=1e-4)
     assert all(0 <= r["ece"] <= 1 and r["temperature"] > 0 for r in rows)
+    # every held-out cell pooled: accuracy is the folds' weighted by their cells; and the ECE that
+    # sampling noise alone gives on that many cells, for reading the measured one
+    pooled = rep["pooled"]
+    assert pooled["n"] == 300
+    assert pooled["accuracy"] == pytest.approx(sum(r["accuracy"] * r["n_test"] for r in rows) / 300, abs=1e-6)
+    assert all(0 < r["ece_floor"] < 0.5 for r in rows) and 0 < pooled["ece_floor"] < min(r["ece_floor"] for r in rows)
     assert "mean" in res.output and "cv_report.md" in res.output
     md = (out / "cv_report.md").read_text()
     assert md.count("\n| ") >= 5 and "mean ± std" in md
@@ -62,3 +68,32 @@ def test_train_folds_reports_held_out_figures_that_evaluate_reproduces(easy_cell
     ev = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert ev["metrics"]["n"] == rows[1]["n_test"] and ev["metrics"]["accuracy"] == pytest.approx(rows[1]["accuracy"])
     one_line_error(cli("train", "--data", easy_cells, "--out", tmp_path / "x", "--folds", 1), "--folds must be >= 2")
+    one_line_error(cli("train", "--data", easy_cells, "--out", tmp_path / "x", "--ensemble"), "give --folds K")
+    check_ensemble(out, rep, easy_cells, tmp_path)
+
+
+def check_ensemble(out, rep, data, tmp_path):
+    """``--ensemble``: one checkpoint whose output is the mean of the fold models' logits, each divided
+    by its own temperature; it exports and runs like any checkpoint, at 3x one model's compute."""
+    import numpy as np
+    import torch
+
+    from alnett_edge.export.exporter import export_bundle
+    from alnett_edge.model import load_checkpoint
+    from alnett_edge.runtime import open_runtime
+
+    info = rep["ensemble"]
+    assert info["members"] == 3 and info["macs"] == 3 * info["member_macs"] > 0
+    model, card = load_checkpoint(out / "ensemble.safetensors")
+    folds = [load_checkpoint(out / f"fold_{k}" / "best.safetensors") for k in range(3)]
+    assert card.temperature == 1.0 and card.calibration["member_temperatures"] == [c.temperature for _, c in folds]
+    assert len({c.temperature for _, c in folds}) > 1  # the test below would not see a wrong member's T
+    x = torch.randn(4, 3, *card.input.size)
+    with torch.no_grad():
+        expected = torch.stack([m(x) / c.temperature for m, c in folds]).mean(0)
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    bundle = export_bundle(out / "ensemble.safetensors", "x86-cpu", tmp_path / "ens", precision="fp32")
+    with open_runtime(bundle["bundle"], backend="onnxruntime") as ort, open_runtime(out / "ensemble.safetensors") as ref:
+        assert np.abs(ort.infer(x.numpy()) - ref.infer(x.numpy())).max() < 1e-4
+    one_line_error(cli("prune", out / "ensemble.safetensors", "--data", data, "--out", tmp_path / "p"),
+                   "is an ensemble of 3 models")

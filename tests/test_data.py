@@ -234,6 +234,27 @@ def test_augmentation_is_seeded_and_keeps_background():
     assert abs(int((a.max(2) > 0).sum()) - int((img.max(2) > 0).sum())) < 0.3 * (img.max(2) > 0).sum()
 
 
+def test_stain_jitter_moves_cell_colours_as_much_as_real_cells_differ(cnmc_sample):
+    """HED jitter (scikit-image's stain space) on a real C-NMC cell: no change at zero jitter, the black
+    background untouched, and the spread of the cell's mean colour of the order the 70 sample cells
+    differ by (7, 4, 7 grey levels R, G, B), not a recolouring."""
+    from alnett_edge.data.augment import _hed_jitter
+
+    img = prepare(load_image(next((cnmc_sample / "all").glob("*.bmp"))), InputSpec())
+    fg = img.max(2) > 0
+    px = img[fg].astype(np.float32)
+    assert np.allclose(_hed_jitter(px, np.random.default_rng(0), 0.0), px, atol=1e-3)
+    cfg = AugmentConfig(flips=False, rotate=False, scale=0.0, brightness=0.0, blur_p=0.0, noise=0.0)
+    shifts = []
+    for seed in range(60):
+        out = augment(img, np.random.default_rng(seed), cfg)
+        bg = out.max(2) == 0
+        assert bg.sum() > 0.2 * bg.size and (out.max(2) > 0).sum() == fg.sum()  # right angles: same mask
+        shifts.append(out[~bg].mean(0) - px.mean(0))
+    spread = np.std(shifts, axis=0)
+    assert (spread > 1.5).all() and (spread < 12).all(), spread
+
+
 def test_corrupt_image_skipped_and_counted(tmp_path, caplog):
     generate_cnmc_dataset(tmp_path, SynthSpec(n_cells=12, size=40, fmt="png", cells_per_patient=2))
     victim = next((tmp_path / "fold_0" / "all").glob("*.png"))

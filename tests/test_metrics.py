@@ -97,3 +97,21 @@ def test_reliability_bins_count_every_cell():
     assert sum(r["n"] for r in rows) == 4 and all(0.5 <= r["confidence"] <= 1 for r in rows)
     # bins: {0.9: right}, {0.8: wrong}, {0.55 and 0.5: one right (0.55 -> class 1), one wrong (0.5 -> class 0)}
     assert expected_calibration_error(probs, y, bins=5) == pytest.approx((0.1 + 0.8 + 2 * abs(0.5 - 0.525)) / 4)
+
+
+def test_ece_noise_floor_says_how_many_cells_an_ece_needs():
+    """A perfectly calibrated model still shows an ECE on few cells: 0.15+ on 14, under 0.05 only with
+    ~1500 (why a 14-cell fold cannot show ECE <= 0.05). Near-certain probabilities have no floor."""
+    from alnett_edge.metrics import ece_noise_floor
+
+    rng = np.random.default_rng(0)
+
+    def probs(n):
+        conf = rng.uniform(0.5, 0.95, n)
+        p1 = np.where(rng.random(n) < 0.5, conf, 1 - conf)
+        return np.stack([1 - p1, p1], axis=1)
+
+    floors = {n: ece_noise_floor(probs(n)) for n in (14, 70, 300, 1500)}
+    assert floors[14] > 0.15 and floors[1500] < 0.05
+    assert floors[14] > floors[70] > floors[300] > floors[1500]
+    assert ece_noise_floor(np.tile([[0.0005, 0.9995]], (50, 1))) < 0.002

@@ -65,6 +65,31 @@ def test_every_runtime_applies_the_card_temperature(rpi_bundle):
         ModelCard.from_dict(bad)
 
 
+def test_every_runtime_applies_the_card_tta(rpi_bundle, trained):
+    """Test-time augmentation recorded in the card: each backend (ONNX Runtime, LiteRT int8 and the
+    PyTorch checkpoint) returns the mean of its own logits over the flipped views, so a mirrored
+    cell gets the same answer as the cell."""
+    from dataclasses import replace
+
+    from alnett_edge.data.preprocess import tta_views
+
+    golden = np.load(Path(rpi_bundle["bundle"]) / "golden" / "inputs.npy")
+    _, result = trained
+    for src, backend in ((rpi_bundle["bundle"], "onnxruntime"), (rpi_bundle["bundle"], "litert"), (result.best, None)):
+        with open_runtime(src, backend=backend) as rt:
+            assert rt.card.input.tta == "none"
+            flipped = replace(rt.card.input, tta="flips")
+            views = tta_views(golden, flipped)
+            expected = np.mean([rt.logits(v) for v in views], axis=0)
+            mirrored = views[1]
+            assert not np.allclose(rt.logits(mirrored), rt.logits(golden), atol=1e-3), backend  # the model is not
+            rt.card.input = flipped
+            assert np.allclose(rt.logits(golden), expected, atol=1e-5), backend
+            assert np.allclose(rt.logits(mirrored), rt.logits(golden), atol=1e-5), backend
+            p = rt.infer(golden)
+            assert np.allclose(p.sum(1), 1, atol=1e-5)
+
+
 def test_backend_follows_the_profile_or_the_flag(rpi_bundle):
     root = rpi_bundle["bundle"]
     target, backend = choose(root)

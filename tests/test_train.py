@@ -104,3 +104,53 @@ def test_distributed_training_two_processes_gloo(easy_cells, tmp_path):
     assert [r["epoch"] for r in history] == [1, 2]
     model, _ = load_checkpoint(tmp_path / "last.safetensors")
     assert np.isfinite(history[-1]["loss"])
+
+
+def test_a_lucky_validation_spike_does_not_choose_the_epoch():
+    """Issue 16: on a small validation split one epoch's F1 jumps (epoch 2 here) and early stopping on
+    F1 keeps it; the smoothed validation loss keeps a later, steadily better epoch."""
+    from alnett_edge.train.loop import selection_score
+
+    f1 = [0.50, 0.93, 0.60, 0.70, 0.80, 0.85, 0.88, 0.90]
+    nll = [0.69, 0.40, 0.66, 0.50, 0.44, 0.39, 0.37, 0.36]
+    history = [{"epoch": i + 1, "f1": f, "val_nll": n} for i, (f, n) in enumerate(zip(f1, nll))]
+
+    def kept(select):
+        best, epoch = float("inf"), 0
+        for i in range(len(history)):
+            score = selection_score(select, history[: i + 1])
+            if score < best:
+                best, epoch = score, i + 1
+        return epoch
+
+    assert kept("f1") == 2 and kept("loss") == 8 and kept("last") == 8
+
+
+def test_ema_weights_are_validated_and_kept_and_tta_is_recorded(easy_cells, tmp_path):
+    """The kept model is the moving average (not the last raw weights), the whole schedule runs with
+    ``select = "last"``, and the card's test-time augmentation is what validation applied: the
+    runtime (a separate code path) reproduces the recorded validation figures from the checkpoint."""
+    from alnett_edge.metrics import binary_metrics
+    from alnett_edge.runtime import open_runtime
+    from alnett_edge.train.dataset import load_split_datasets
+
+    base = dict(data=str(easy_cells), variant="alnett-tiny", batch_size=32, workers=0, lr=5e-3, epochs=2,
+                select="last", patience=1)
+    runs = {e: train(TrainConfig(out=str(tmp_path / f"ema{e}"), ema_epochs=e, tta="flips", **base), progress=False)
+            for e in (0.0, 1.0)}
+    for e, r in runs.items():
+        assert r.best_epoch == 2 and len(r.history) == 2  # "last": every epoch is kept in turn
+        best, card = load_checkpoint(r.best)
+        last, _ = load_checkpoint(r.last)
+        same = [torch.equal(a, b) for (k, a), b in zip(best.state_dict().items(), last.state_dict().values())
+                if k.endswith("weight")]
+        assert all(same) if e == 0 else not any(same), e
+        assert card.input.tta == "flips"
+    r = runs[1.0]
+    card = read_card(r.best)
+    val = load_split_datasets(easy_cells, card.input, seed=0).val
+    with open_runtime(r.best) as rt:
+        prob = rt.infer(np.stack([val[i][0].numpy() for i in range(len(val))]))[:, card.positive_class]
+    m = binary_metrics(val.labels, prob)
+    assert m["roc_auc"] == pytest.approx(r.history[-1]["roc_auc"], abs=1e-6)
+    assert m["accuracy"] == pytest.approx(r.history[-1]["accuracy"])

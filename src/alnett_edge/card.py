@@ -33,6 +33,8 @@ CNMC_STD: tuple[float, float, float] = (0.054, 0.040, 0.047)
 
 #: InputSpec.stain values (see there)
 STAIN_MODES: tuple[str, ...] = ("none", "cell")
+#: InputSpec.tta values: how many views of each cell the model sees (see there)
+TTA_MODES: tuple[str, ...] = ("none", "flips", "d4")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class InputSpec:
     #: Colour normalisation: "none" = (x - mean) / std with the card's dataset mean/std; "cell" = each
     #: cell's own foreground mean/std per channel (a lamp, exposure or stain-strength gain cancels out).
     stain: str = "none"
+    #: Test-time augmentation: "none"; "flips" = the cell as given, mirrored left-right, top-bottom and
+    #: both (4 views); "d4" = those and their transposes (all 8 symmetries of a square). Every backend
+    #: and the training validation run every view and average the logits (``data.preprocess.with_tta``).
+    tta: str = "none"
 
     def validate(self) -> None:
         h, w = self.size
@@ -75,6 +81,10 @@ class InputSpec:
             raise CheckpointError(f"canvas_um must be >= 0, got {self.canvas_um!r}")
         if self.stain not in STAIN_MODES:
             raise CheckpointError(f"unknown stain normalisation {self.stain!r}; known: {', '.join(STAIN_MODES)}")
+        if self.tta not in TTA_MODES:
+            raise CheckpointError(f"unknown test-time augmentation {self.tta!r}; known: {', '.join(TTA_MODES)}")
+        if self.tta == "d4" and h != w:
+            raise CheckpointError(f"tta d4 transposes the input, so it needs a square input, not {h}x{w}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputSpec":

@@ -192,6 +192,23 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return ece_of(reliability(probs, labels, bins))
 
 
+def ece_noise_floor(probs: np.ndarray, bins: int = ECE_BINS, draws: int = 400, seed: int = 0) -> float:
+    """The ECE these probabilities would show on this many cells if they were perfectly calibrated: the
+    mean ECE over ``draws`` label sets drawn from the probabilities themselves. A measured ECE near it
+    is sampling noise, not miscalibration: confidences of 0.5-0.95 give about 0.24-0.28 on 14 cells, 0.15
+    on 70, 0.07 on 300 and 0.03 on 1500 (15 bins)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if not len(probs):
+        return 0.0
+    rng = np.random.default_rng(seed)
+    cum = np.cumsum(probs, axis=1)
+    total = 0.0
+    for _ in range(draws):
+        labels = (cum < rng.random((len(probs), 1)) * cum[:, -1:]).sum(axis=1)
+        total += expected_calibration_error(probs, labels, bins)
+    return total / draws
+
+
 def ece_of(rows: list[dict[str, float]]) -> float:
     """The ECE of :func:`reliability`'s bins."""
     n = sum(r["n"] for r in rows)

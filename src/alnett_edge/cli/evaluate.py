@@ -38,5 +38,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{p['patients']} patients: accuracy {p['accuracy']:.4f}  F1 {p['f1']:.4f}")
         c = m["calibration"]
         typer.echo(f"calibration: ECE {c['ece']:.4f} at temperature {c['temperature']:g}"
-                   + ("" if c["temperature"] != 1.0 else " (the card has no calibration)") + f", {c['bins']} bins")
+                   + ("" if c["temperature"] != 1.0 else " (the card has no calibration)") + f", {c['bins']} bins; "
+                   f"{c['ece_floor']:.4f} expected from sampling alone on {m['n']} cells")
         typer.echo(f"report: {Path(out) / 'report.json'} (plots: confusion.png, roc.png, reliability.png)")

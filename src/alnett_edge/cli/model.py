@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
@@ -51,3 +53,16 @@ def info(
     out = console()
     out.print(table)
     out.print(f"parameters: {prof.params:,}   MACs: {prof.macs / 1e6:.1f} M ({prof.macs / 1e9:.3f} G)")
+
+
+@app.command("ensemble")
+def ensemble(
+    checkpoints: list[Path] = typer.Argument(..., help="Two or more fp32 .safetensors checkpoints fed alike "
+                                                       "(e.g. the fold models of train --folds, pruned or not)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The ensemble checkpoint to write (.safetensors)."),
+) -> None:
+    """One checkpoint that averages the members' calibrated logits (K times the compute at run time)."""
+    from alnett_edge.cli.train import ensemble_line
+    from alnett_edge.train.cv import build_ensemble
+
+    typer.echo(ensemble_line(build_ensemble(checkpoints, out)))

@@ -11,6 +11,11 @@ from rich.table import Table
 from alnett_edge.cli.common import console, output_dir
 
 
+def ensemble_line(info: dict) -> str:
+    return (f"ensemble: {info['path']} ({info['members']} models, {info['macs'] / 1e9:.3f} GMAC = "
+            f"{info['members']}x {info['member_macs'] / 1e9:.3f}: {info['members']}x the latency of one model)")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
@@ -24,7 +29,14 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", "-b"),
         lr: float = typer.Option(2e-3),
         weight_decay: float = typer.Option(0.05),
-        patience: int = typer.Option(8, help="Early stopping: epochs without a better validation F1."),
+        patience: int = typer.Option(8, help="Early stopping: epochs without a better validation score (--select)."),
+        select: str = typer.Option("loss", help="The epoch kept: loss (lowest validation loss, mean of 3 epochs), "
+                                   "f1 (best validation F1) or last (the whole schedule, no early stop)."),
+        ema_epochs: float = typer.Option(2.0, min=0.0, help="Validate and keep a moving average of the weights "
+                                         "over about this many epochs (0: the raw weights)."),
+        label_smoothing: float = typer.Option(0.0, help="Label smoothing of the training loss (0 to 0.5)."),
+        tta: str = typer.Option("none", help="Test-time augmentation recorded in the card, applied by every "
+                                "backend: none, flips (4 views) or d4 (8); logits averaged."),
         val_fraction: float = typer.Option(0.2, help="Share of patients for validation (no official folds)."),
         val_fold: str = typer.Option(None, help="Official fold used for validation (default: the last)."),
         balance: str = typer.Option("weights", help="Class imbalance: weights, sampler or none."),
@@ -42,6 +54,8 @@ def register(app: typer.Typer) -> None:
         stop_after: int = typer.Option(None, help="Run at most this many epochs now; continue later with --resume."),
         folds: int = typer.Option(0, "--folds", min=0, help="K-fold cross-validation (patient-disjoint, stratified): "
                                   "every fold trained alike and scored on its held-out cells; OUT/cv_report.md."),
+        ensemble: bool = typer.Option(False, "--ensemble", help="With --folds: also write OUT/ensemble.safetensors, "
+                                      "the fold models as one model (K times the compute at run time)."),
     ) -> None:
         """Train ALNett; writes best/last checkpoints (with their model card) to OUT."""
         from alnett_edge.errors import ConfigError
@@ -57,11 +71,14 @@ def register(app: typer.Typer) -> None:
             weight_decay=weight_decay, patience=patience, val_fraction=val_fraction, val_fold=val_fold,
             balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, stain=stain, canvas_um=canvas_um,
             workers=workers, device=device, seed=seed, resume=resume, stop_after=stop_after,
+            select=select, ema_epochs=ema_epochs, label_smoothing=label_smoothing, tta=tta,
         )
+        if ensemble and not folds:
+            raise ConfigError("--ensemble averages cross-validation fold models: give --folds K too")
         if folds:
             from alnett_edge.train.cv import CV_KEYS, cross_validate
 
-            rep = cross_validate(cfg, folds)
+            rep = cross_validate(cfg, folds, ensemble=ensemble)
             table = Table(title=f"{variant}: {folds}-fold cross-validation (held-out cells)", title_justify="left")
             for col in ("fold", "cells", "epoch", "T", *CV_KEYS):
                 table.add_column(col, justify="right")
@@ -71,8 +88,12 @@ def register(app: typer.Typer) -> None:
             sm = rep["summary"]
             table.add_row("mean", "", "", "", *("n/a" if sm[k]["mean"] is None else f"{sm[k]['mean']:.3f}" for k in CV_KEYS))
             table.add_row("± std", "", "", "", *("" if sm[k]["std"] is None else f"{sm[k]['std']:.3f}" for k in CV_KEYS))
+            pl = rep["pooled"]
+            table.add_row("pooled", str(pl["n"]), "", "", *("n/a" if pl[k] is None else f"{pl[k]:.3f}" for k in CV_KEYS))
             console().print(table)
             typer.echo(f"report: {out / 'cv_report.md'} (and cv_report.json, cv_roc.png); {rep['seconds']:.0f} s")
+            if ensemble:
+                typer.echo(ensemble_line(rep["ensemble"]))
             return
         result = run(cfg)
         m = result.best_metrics

@@ -37,6 +37,7 @@ from alnett_edge.train.dataset import load_split_datasets
 from alnett_edge.errors import CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett, config_of
 from alnett_edge.model.checkpoint import load_checkpoint, save_checkpoint
+from alnett_edge.model.ensemble import MEMBERS_KEY
 from alnett_edge.model.profile import profile_model
 from alnett_edge.train.loop import finetune_config, recalibrate_bn, train
 
@@ -222,6 +223,9 @@ def prune_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
     model, card = load_checkpoint(checkpoint)
     if card.quantization:
         raise ConfigError(f"{checkpoint} is a quantized ({card.quantization.get('scheme')}) model; prune its fp32 parent")
+    if MEMBERS_KEY in card.arch:
+        raise ConfigError(f"{checkpoint} is an ensemble of {len(card.arch[MEMBERS_KEY])} models; prune the fold "
+                          "models, then build the ensemble from the pruned ones")
     base_cfg = finetune_config(card, data, out / "finetune", finetune_epochs, lr)
     sd = load_split_datasets(data, card.input, base_cfg.layout, base_cfg.labels_csv, base_cfg.val_fraction,
                              base_cfg.seed, base_cfg.val_fold)

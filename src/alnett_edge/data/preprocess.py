@@ -18,6 +18,7 @@ flag) decodes a file to RGB.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -174,3 +175,27 @@ def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """RGB uint8 image -> model input (one image, no batch axis)."""
     return normalize(prepare(image, spec), spec)
 
+
+
+def tta_views(batch: np.ndarray, spec: InputSpec) -> list[np.ndarray]:
+    """The views of a preprocessed batch (``spec.layout``) that ``spec.tta`` asks for, the batch first."""
+    if spec.tta == "none":
+        return [batch]
+    h_ax, w_ax = (2, 3) if spec.layout == "NCHW" else (1, 2)
+    views = [batch, np.flip(batch, w_ax), np.flip(batch, h_ax), np.flip(batch, (h_ax, w_ax))]
+    if spec.tta == "d4":
+        order = list(range(4))
+        order[h_ax], order[w_ax] = w_ax, h_ax
+        views += [v.transpose(order) for v in views]
+    return [np.ascontiguousarray(v) for v in views]
+
+
+def with_tta(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """``run(batch)`` (logits, N x classes) under the card's test-time augmentation: every view in one
+    call, then the mean of the views' logits per cell (so the calibration temperature and the decision
+    see one logit vector per cell, as without TTA)."""
+    views = tta_views(batch, spec)
+    if len(views) == 1:
+        return run(batch)
+    logits = np.asarray(run(np.concatenate(views)))
+    return logits.reshape(len(views), len(batch), -1).mean(axis=0)

@@ -156,6 +156,9 @@ def fold_batchnorm(model: ALNett) -> ALNett:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     folded = copy.deepcopy(model).eval()
+    if hasattr(folded, "members"):  # an ensemble (model/ensemble.py): fold each member
+        folded.members = nn.ModuleList(fold_batchnorm(m) for m in folded.members)
+        return folded
     folded.stem[0] = fuse_conv_bn_eval(folded.stem[0], folded.stem[1])
     folded.stem[1] = nn.Identity()
     for layer in folded.clusters:

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from alnett_edge.card import CARD_KEY, InputSpec, ModelCard
 from alnett_edge.errors import CheckpointError, ConfigError
-from alnett_edge.model.alnett import ALNett, ALNettConfig, config_of
+from alnett_edge.model.alnett import ALNett
+from alnett_edge.model.ensemble import arch_of, model_from_arch
 from alnett_edge.model.registry import get_variant
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,22 @@ def new_card(model: ALNett, variant: str, input_size: int | None = None, **input
         raise ConfigError(f"input size {size} is below the {model.min_input_size()} this model needs")
     spec = InputSpec(size=(size, size), **input_overrides)  # type: ignore[arg-type]
     spec.validate()
-    return ModelCard(variant=variant, arch=config_of(model).to_dict(), input=spec)
+    return ModelCard(variant=variant, arch=arch_of(model), input=spec)
 
 
 def model_from_card(card: ModelCard) -> ALNett:
+    """A fresh module for ``card`` (an ALNett, or an :class:`ALNettEnsemble` of them)."""
     try:
-        config = ALNettConfig.from_dict(card.arch)
-    except ConfigError as exc:
+        return model_from_arch(card.arch)  # type: ignore[return-value]
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"model card has an invalid architecture: {exc}") from exc
-    return ALNett(config)
 
 
 def save_checkpoint(path: str | Path, model: ALNett, card: ModelCard) -> Path:
     """Write weights + card atomically (a crash never leaves a half-written checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    card.arch = config_of(model).to_dict()
+    card.arch = arch_of(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", CARD_KEY: card.to_json()})

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from alnett_edge.card import ModelCard
+from alnett_edge.data.preprocess import with_tta
 from alnett_edge.errors import AlnettError, ConfigError, DataError
 from alnett_edge.metrics import softmax
 
@@ -166,10 +167,13 @@ class Runtime:
         return np.ascontiguousarray(batch, dtype=np.float32)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """The model's logits (N x classes, float32) for a preprocessed batch."""
+        """The model's logits (N x classes, float32) for a preprocessed batch: with the card's test-time
+        augmentation, the mean over its views."""
         if self._closed:
             raise RuntimeUnavailable(f"{self.name} runtime for {self.path.name} is closed")
-        batch = self.check_batch(batch)
+        return with_tta(self._run_chunked, self.check_batch(batch), self.card.input).astype(np.float32)
+
+    def _run_chunked(self, batch: np.ndarray) -> np.ndarray:
         step = self.max_batch or len(batch)
         if len(batch) <= step:
             return np.asarray(self._run(batch), np.float32)

@@ -8,7 +8,8 @@ temperature (:mod:`alnett_edge.metrics`), the held-out fold only scores. The car
 ``cv_folds`` / ``cv_fold``, so ``evaluate --split test`` rebuilds a fold's held-out cells.
 
 Writes ``OUT/fold_<k>/`` (each fold's run and its held-out evaluation), ``cv_report.json``,
-``cv_report.md`` and ``cv_roc.png`` (every fold's ROC curve on one plot).
+``cv_report.md`` and ``cv_roc.png`` (every fold's ROC curve on one plot). With ``ensemble``, also
+``OUT/ensemble.safetensors``: the fold models as one model (:func:`build_ensemble`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,10 @@ from typing import Any
 import numpy as np
 
 from alnett_edge.errors import ConfigError
+from alnett_edge.metrics import binary_metrics, ece_noise_floor, expected_calibration_error
+from alnett_edge.model.checkpoint import load_checkpoint, save_checkpoint
+from alnett_edge.model.ensemble import MEMBERS_KEY, ALNettEnsemble
+from alnett_edge.model.profile import profile_model
 from alnett_edge.train.evaluate import evaluate_checkpoint
 from alnett_edge.train.loop import TrainConfig, train
 from alnett_edge.train.plots import plot_rocs
@@ -30,7 +36,7 @@ from alnett_edge.train.plots import plot_rocs
 log = logging.getLogger(__name__)
 
 #: the per-fold figures the report averages
-CV_KEYS = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "ece")
+CV_KEYS = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "ece", "ece_floor")
 
 
 def _mean_std(values: list[float | None]) -> dict[str, float | None]:
@@ -40,7 +46,7 @@ def _mean_std(values: list[float | None]) -> dict[str, float | None]:
     return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4)}
 
 
-def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True) -> dict[str, Any]:
+def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble: bool = False) -> dict[str, Any]:
     """Train and score ``folds`` folds of ``cfg`` (see the module doc); returns the report."""
     if folds < 2:
         raise ConfigError(f"--folds must be >= 2, got {folds}")
@@ -57,19 +63,30 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True) -> dict[
         m = rep["metrics"]
         rows.append({"fold": k, "n_test": m["n"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                      "seconds": round(result.seconds, 1), "temperature": m["calibration"]["temperature"],
-                     **{key: m[key] for key in CV_KEYS if key != "ece"}, "ece": m["calibration"]["ece"],
+                     **{key: m[key] for key in CV_KEYS if not key.startswith("ece")}, "ece": m["calibration"]["ece"],
+                     "ece_floor": m["calibration"]["ece_floor"],
                      "checkpoint": str(result.best)})
         auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
         curves.append((f"fold {k}: AUC {auc}", [p["label"] == "all" for p in rep["predictions"]],
                        [p["prob_all"] for p in rep["predictions"]]))
+    pooled_y = np.concatenate([np.asarray(c[1], dtype=int) for c in curves])
+    pooled_p = np.concatenate([np.asarray(c[2], dtype=np.float64) for c in curves])
+    pooled = binary_metrics(pooled_y, pooled_p)
+    probs2 = np.stack([1 - pooled_p, pooled_p], axis=1)
     report: dict[str, Any] = {
         "folds": folds, "data": cfg.data, "variant": cfg.variant, "seconds": round(time.perf_counter() - t0, 1),
         "grouping": "patient-disjoint, stratified by class", "per_fold": rows,
         "summary": {key: _mean_std([r[key] for r in rows]) for key in CV_KEYS},
+        "pooled": {"n": len(pooled_y), **{k: pooled[k] for k in CV_KEYS if not k.startswith("ece")},
+                   "ece": round(expected_calibration_error(probs2, pooled_y), 4),
+                   "ece_floor": round(ece_noise_floor(probs2), 4)},
         "note": "ece: expected calibration error on the held-out fold at the temperature fitted on that fold's "
-                "validation split",
+                "validation split; ece_floor: the ECE those probabilities would show on that many cells if they "
+                "were perfectly calibrated (sampling noise alone); pooled: every fold's held-out cells together",
     }
     out.mkdir(parents=True, exist_ok=True)
+    if ensemble:
+        report["ensemble"] = build_ensemble([r["checkpoint"] for r in rows], out / "ensemble.safetensors")
     (out / "cv_report.json").write_text(json.dumps(report, indent=2))
     (out / "cv_report.md").write_text(markdown(report))
     plot_rocs(curves, out / "cv_roc.png", f"{cfg.variant}, {folds}-fold ROC (held-out cells)")
@@ -93,4 +110,46 @@ def markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     lines.append("| **mean ± std** | | | | " + " | ".join(
         "n/a" if s[k]["mean"] is None else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in keys) + " |")
+    p = report["pooled"]
+    lines.append(f"| **pooled** | {p['n']} | | | " + " | ".join(fmt(p[k]) for k in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def build_ensemble(checkpoints: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """One checkpoint that averages the calibrated logits of ``checkpoints`` (fp32 models with the same
+    input contract), written to ``out``; returns what it holds and what it costs at run time.
+
+    The members' own validation figures do not describe the ensemble, and no cell is held out from all
+    of them, so its card carries no validation metrics: the cross-validation report is the estimate
+    (an ensemble of the folds is usually at least as good as its mean fold). Each member's temperature
+    stays inside the graph, so the card's temperature is 1. The input canvas is the median of the
+    members' measured ``canvas_um``.
+    """
+    if len(checkpoints) < 2:
+        raise ConfigError(f"an ensemble needs at least 2 checkpoints, got {len(checkpoints)}")
+    loaded = [load_checkpoint(p) for p in checkpoints]
+    models, cards = [m for m, _ in loaded], [c for _, c in loaded]
+    base = cards[0]
+    for p, c in zip(checkpoints, cards):
+        if replace(c.input, canvas_um=0.0) != replace(base.input, canvas_um=0.0) or c.class_names != base.class_names:
+            raise ConfigError(f"{p} has another input contract or classes than {checkpoints[0]}; "
+                              "an ensemble's members must be fed alike")
+        if MEMBERS_KEY in c.arch:
+            raise ConfigError(f"{p} is already an ensemble")
+    temps = [c.temperature for c in cards]
+    model = ALNettEnsemble(models, temps).eval()
+    card = base.copy()
+    canvas = [c.input.canvas_um for c in cards]
+    card.input = replace(base.input, canvas_um=float(np.median(canvas)))
+    card.calibration = {"method": "mean of the members' logits, each divided by its own temperature",
+                        "temperature": 1.0, "member_temperatures": temps}
+    card.metrics, card.compression = {}, {}
+    card.training = {**base.training, "ensemble": {"members": [str(p) for p in checkpoints], "canvas_um": canvas}}
+    path = save_checkpoint(out, model, card)
+    size = card.input.size[0]
+    one, whole = profile_model(models[0], size), profile_model(model, size)
+    info = {"path": str(path), "members": len(models), "macs": whole.macs, "member_macs": one.macs,
+            "params": whole.params,
+            "cost": f"{len(models)}x one model's compute and latency at run time"}
+    log.info("ensemble of %d models: %s", len(models), path)
+    return info

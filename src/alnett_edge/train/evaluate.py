@@ -14,7 +14,7 @@ from alnett_edge.data.sources import class_counts, load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.evaluation import held_out_like_training, split_like_training
 from alnett_edge.files import sha256_file
-from alnett_edge.metrics import ECE_BINS, binary_metrics, ece_of, patient_metrics, reliability
+from alnett_edge.metrics import ECE_BINS, binary_metrics, ece_noise_floor, ece_of, patient_metrics, reliability
 from alnett_edge.model.checkpoint import read_card
 from alnett_edge.runtime.loader import open_file
 from alnett_edge.train.dataset import CellDataset
@@ -51,8 +51,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     prob_all = prob[:, card.positive_class]
     metrics = binary_metrics(ds.labels, prob_all)
     rows = reliability(prob, ds.labels)
-    metrics["calibration"] = {"ece": round(ece_of(rows), 4), "bins": ECE_BINS,
-                              "temperature": card.temperature, "reliability": rows}
+    metrics["calibration"] = {"ece": round(ece_of(rows), 4), "ece_floor": round(ece_noise_floor(prob), 4),
+                              "bins": ECE_BINS, "temperature": card.temperature, "reliability": rows}
     per_patient = patient_metrics(ds.labels, prob_all, [smp.patient_id for smp in ds.samples])
     if per_patient is not None:
         metrics["per_patient"] = per_patient
@@ -77,7 +77,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
                    f"{card.variant}: acc {metrics['accuracy']:.3f}, F1 {metrics['f1']:.3f}")
     plot_roc(ds.labels, prob_all, metrics["roc_auc"], out / "roc.png")
     plot_reliability(rows, out / "reliability.png",
-                     f"ECE {metrics['calibration']['ece']:.3f} (T = {card.temperature:g}, {len(ds.labels)} cells)")
+                     f"ECE {metrics['calibration']['ece']:.3f} (T = {card.temperature:g}, {len(ds.labels)} cells; "
+                     f"{metrics['calibration']['ece_floor']:.3f} if calibrated)")
     log.info("wrote %s", out / "report.json")
     return report
 

@@ -1,6 +1,15 @@
-"""Training: AdamW + warm-up/cosine schedule, class-balanced loss, early stopping on validation F1.
+"""Training: AdamW + warm-up/cosine schedule, class-balanced loss, an exponential moving average (EMA)
+of the weights, and the epoch chosen on a smoothed validation loss (``select``).
 
-Writes to ``out``: ``best.safetensors`` (best validation F1), ``last.safetensors`` + ``last.state.pt``
+A small validation split is noisy: on 42 cells one lucky epoch's F1 can jump 10 points, and early
+stopping on it ends runs at epoch 2-3 (issue 16). So by default every epoch validates the EMA of the
+weights (a model averaged over the last ``ema_epochs`` epochs of steps), and the epoch kept is the one
+with the lowest validation negative log-likelihood at its fitted temperature, averaged over the last
+``SMOOTH_EPOCHS`` epochs; patience counts epochs without a better smoothed value. ``select = "f1"`` is
+the earlier rule (best raw validation F1); ``select = "last"`` trains the whole schedule and keeps the
+final model, validation only reporting.
+
+Writes to ``out``: ``best.safetensors`` (the kept epoch), ``last.safetensors`` + ``last.state.pt``
 (optimiser/scheduler/epoch, for ``--resume``), ``history.json`` and ``summary.json``.
 
 Runs on CUDA with AMP when a GPU is present. Under ``torchrun`` (``WORLD_SIZE`` > 1) it uses
@@ -25,11 +34,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from alnett_edge.card import STAIN_MODES, ModelCard
+from alnett_edge.card import STAIN_MODES, TTA_MODES, InputSpec, ModelCard
 from alnett_edge.data.appearance import fit_appearance
 from alnett_edge.data.augment import AugmentConfig
+from alnett_edge.data.preprocess import with_tta
 from alnett_edge.data.scale import measure_canvas_um
 from alnett_edge.train.dataset import CellDataset, load_split_datasets
 from alnett_edge.data.sources import class_counts
@@ -43,6 +54,9 @@ from alnett_edge.metrics import binary_metrics, calibration_summary, patient_met
 log = logging.getLogger(__name__)
 
 BALANCE_MODES = ("weights", "sampler", "none")
+SELECT_MODES = ("loss", "f1", "last")
+#: the validation loss that chooses the epoch is the mean over this many epochs (see the module doc)
+SMOOTH_EPOCHS = 3
 HISTORY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "f1_weighted", "roc_auc")
 
 
@@ -76,6 +90,11 @@ class TrainConfig:
     canvas_um: float = 0.0  # the input canvas side in µm; 0: measured from the training cells
     cv_folds: int = 0  # cross-validation: this run is fold cv_fold of cv_folds (train/cv.py); 0: no CV
     cv_fold: int = 0
+    ema_epochs: float = 2.0  # the weights' moving average spans about this many epochs (at most a fifth of
+    # the schedule); 0: no EMA
+    select: str = "loss"  # which epoch is kept (SELECT_MODES, see the module doc)
+    label_smoothing: float = 0.0
+    tta: str = "none"  # test-time augmentation recorded in the card (InputSpec.tta)
 
     def validate(self) -> None:
         get_variant(self.variant)
@@ -93,6 +112,14 @@ class TrainConfig:
             raise ConfigError(f"--stain must be one of {', '.join(STAIN_MODES)}, got {self.stain!r}")
         if not self.canvas_um >= 0:
             raise ConfigError(f"--canvas-um must be >= 0, got {self.canvas_um}")
+        if not self.ema_epochs >= 0:
+            raise ConfigError(f"--ema-epochs must be >= 0, got {self.ema_epochs}")
+        if self.select not in SELECT_MODES:
+            raise ConfigError(f"--select must be one of {', '.join(SELECT_MODES)}, got {self.select!r}")
+        if self.tta not in TTA_MODES:
+            raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
 
 def finetune_config(card: ModelCard, data: str | Path, out: str | Path, epochs: int, lr: float,
@@ -159,13 +186,18 @@ def set_eval(model: nn.Module) -> None:
         pass
 
 
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Logits (N x classes) in loader order."""
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, spec: InputSpec | None = None) -> np.ndarray:
+    """Logits (N x classes) in loader order; under ``spec``'s test-time augmentation, as every runtime
+    backend applies it."""
     set_eval(model)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(batch).to(device, non_blocking=True)).float().cpu().numpy()
+
     out = []
     with torch.inference_mode():
         for x, _ in loader:
-            out.append(model(x.to(device, non_blocking=True)).float().cpu().numpy())
+            out.append(with_tta(run, x.numpy(), spec) if spec is not None else run(x.numpy()))
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
@@ -176,7 +208,7 @@ def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, po
     ``metrics["calibration"]`` is the temperature fitted on these cells
     (:func:`alnett_edge.metrics.calibration_summary`): on a validation split, what the card records."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
-    logits = predict_logits(model, loader, device)
+    logits = predict_logits(model, loader, device, ds.spec)
     prob_all = softmax(logits)[:, positive]
     metrics = binary_metrics(ds.labels, prob_all)
     per_patient = patient_metrics(ds.labels, prob_all, [s.patient_id for s in ds.samples])
@@ -245,8 +277,9 @@ def _amp_context(device: torch.device, enabled: bool):  # noqa: ANN202
 
 def run_epoch(net: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
               scheduler: Any, device: torch.device, amp: bool = False, scaler: Any = None,
-              on_step: Any = None) -> tuple[float, int, float]:
-    """One pass over ``loader``; returns (mean loss, images seen, seconds). ``net`` must be in train mode."""
+              on_step: Any = None, after_update: Any = None) -> tuple[float, int, float]:
+    """One pass over ``loader``; returns (mean loss, images seen, seconds). ``net`` must be in train mode.
+    ``after_update()`` runs after every optimiser step (the weights' moving average)."""
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -262,6 +295,8 @@ def run_epoch(net: nn.Module, loader: DataLoader, criterion: nn.Module, optimize
         else:
             loss.backward()
             optimizer.step()
+        if after_update is not None:
+            after_update()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.item() * len(y)
@@ -271,9 +306,29 @@ def run_epoch(net: nn.Module, loader: DataLoader, criterion: nn.Module, optimize
     return loss_sum / max(seen, 1), seen, time.perf_counter() - t0
 
 
-def make_criterion(labels: np.ndarray, balance: str, device: torch.device) -> nn.Module:
+def make_criterion(labels: np.ndarray, balance: str, device: torch.device, label_smoothing: float = 0.0) -> nn.Module:
     weight = _class_weights(labels).to(device) if balance == "weights" else None
-    return nn.CrossEntropyLoss(weight=weight)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+
+def make_ema(model: nn.Module, epochs: float, steps_per_epoch: int) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights spanning about ``epochs`` epochs of steps
+    (decay 1 - 1 / steps); None for ``epochs`` 0. BatchNorm statistics are not averaged: they are
+    recomputed for the averaged weights before it is validated (:func:`recalibrate_bn`)."""
+    if epochs <= 0:
+        return None
+    decay = 1.0 - 1.0 / max(1.0, epochs * steps_per_epoch)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def selection_score(select: str, history: list[dict[str, Any]]) -> float:
+    """The number the kept epoch minimises, from the validation history up to this epoch."""
+    if select == "f1":
+        return -float(history[-1]["f1"])
+    if select == "loss":
+        window = [float(r["val_nll"]) for r in history[-SMOOTH_EPOCHS:]]
+        return float(np.mean(window))
+    return -float(history[-1]["epoch"])  # "last": every epoch is better than the one before
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> Any:
@@ -281,7 +336,8 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
 
 
 def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard] | None = None) -> TrainResult:
-    """Train a fresh variant, resume (``cfg.resume``), or fine-tune ``init`` = (model, card)."""
+    """Train a fresh variant, resume (``cfg.resume``), or fine-tune ``init`` = (model, card). The model
+    object ends as the last validated weights (with EMA on, the moving average)."""
     cfg.validate()
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
@@ -307,7 +363,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         if cfg.fusion:
             overrides["fusion"] = cfg.fusion
         model = create_model(cfg.variant, **overrides)
-        card = new_card(model, cfg.variant, cfg.input_size, stain=cfg.stain)
+        card = new_card(model, cfg.variant, cfg.input_size, stain=cfg.stain, tta=cfg.tta)
 
     # Data: patient-disjoint split, decoded once.
     sd = load_split_datasets(cfg.data, card.input, cfg.layout, cfg.labels_csv, cfg.val_fraction, cfg.seed,
@@ -327,7 +383,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         card.appearance = fit_appearance(train_ds.images, card.input.canvas_um, card.input.mask_threshold, seed=cfg.seed)
 
     model.to(device)
-    criterion = make_criterion(train_ds.labels, cfg.balance, device)
+    criterion = make_criterion(train_ds.labels, cfg.balance, device, cfg.label_smoothing)
     if dd.enabled:
         sampler = DistributedSampler(train_ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed)
         if cfg.balance == "sampler":
@@ -360,17 +416,25 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
     use_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
-    start_epoch, best_f1, best_epoch, bad_epochs, history = 0, -1.0, -1, 0, []
+    # At most a fifth of the schedule: the average of a short run (a 1-3 epoch fine-tune after pruning)
+    # would otherwise still weigh the weights it started from.
+    ema = make_ema(model, min(cfg.ema_epochs, cfg.epochs / 5), steps_per_epoch)
+    kept = ema.module if ema is not None else model  # the weights validated and saved as best
+
+    start_epoch, best_score, best_epoch, bad_epochs, history = 0, math.inf, -1, 0, []
     best_metrics: dict[str, Any] = {}
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch = int(state["epoch"]) + 1
-        best_f1, best_epoch, bad_epochs = float(state["best_f1"]), int(state["best_epoch"]), int(state["bad_epochs"])
+        best_score = float(state.get("best_score", -float(state.get("best_f1", -math.inf))))
+        best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
         history = json.loads(state["history"])
         best_metrics = json.loads(state["best_metrics"])
         torch.set_rng_state(state["torch_rng"])
-        log.info("resuming at epoch %d (best F1 %.4f at epoch %d)", start_epoch + 1, best_f1, best_epoch + 1)
+        log.info("resuming at epoch %d (best epoch so far %d)", start_epoch + 1, best_epoch + 1)
 
     info = {
         "data": str(cfg.data),
@@ -405,27 +469,30 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
                 sampler.set_epoch(epoch)
             net.train()
             loss, seen, train_seconds = run_epoch(net, loader, criterion, optimizer, scheduler, device, cfg.amp,
-                                                  scaler, prog.step)
+                                                  scaler, prog.step,
+                                                  None if ema is None else lambda: ema.update_parameters(model))
 
             decision = torch.zeros(1)
             if dd.main:
-                recalibrate_bn(model, train_ds, device, cfg.batch_size, seed=cfg.seed + epoch)
-                metrics, _ = evaluate_dataset(model, val_ds, device, card.positive_class, batch_size=max(64, cfg.batch_size),
+                recalibrate_bn(kept, train_ds, device, cfg.batch_size, seed=cfg.seed + epoch)
+                metrics, _ = evaluate_dataset(kept, val_ds, device, card.positive_class, batch_size=max(64, cfg.batch_size),
                                               calibrate=True)
+                calibration = metrics.pop("calibration")
                 row = {
                     "epoch": epoch + 1,
                     "loss": loss,
                     "lr": scheduler.get_last_lr()[0],
                     "images_per_s": seen * dd.world / max(train_seconds, 1e-9),
                     **{k: metrics[k] for k in HISTORY_METRICS},
+                    "val_nll": calibration.get("nll_after", math.nan),
                 }
                 history.append(row)
-                calibration = metrics.pop("calibration")
-                if metrics["f1"] > best_f1:
-                    best_f1, best_epoch, bad_epochs, best_metrics = metrics["f1"], epoch, 0, metrics
+                score = selection_score(cfg.select, history)
+                if score < best_score or best_epoch < 0:
+                    best_score, best_epoch, bad_epochs, best_metrics = score, epoch, 0, metrics
                     card.metrics = {"val": metrics, "epoch": epoch + 1}
                     card.calibration = calibration  # temperature scaling on the validation split
-                    save_checkpoint(best_path, model, card)
+                    save_checkpoint(best_path, kept, card)
                 else:
                     bad_epochs += 1
                 card.metrics = {"val": best_metrics, "epoch": best_epoch + 1}
@@ -435,7 +502,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "epoch": epoch,
-                        "best_f1": best_f1,
+                        "best_score": best_score,
+                        "ema": None if ema is None else ema.state_dict(),
                         "best_epoch": best_epoch,
                         "bad_epochs": bad_epochs,
                         "history": json.dumps(history),
@@ -445,13 +513,16 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
                     state_path,
                 )
                 prog.epoch_done(row)
-                if bad_epochs >= cfg.patience:
-                    log.info("early stop: validation F1 has not improved for %d epochs", bad_epochs)
+                if bad_epochs >= cfg.patience and cfg.select != "last":
+                    what = "F1" if cfg.select == "f1" else f"loss (mean of {SMOOTH_EPOCHS} epochs)"
+                    log.info("early stop: validation %s has not improved for %d epochs", what, bad_epochs)
                     decision[0] = 1
             if dd.enabled:
                 dist.broadcast(decision, src=0)
             stop = bool(decision[0])
 
+    if ema is not None and history:  # the model object ends as the weights validated last (a fine-tune's caller
+        model.load_state_dict(kept.state_dict())  # goes on with it), BatchNorm statistics included
     seconds = time.perf_counter() - t0
     result = TrainResult(out, best_path, last_path, best_epoch + 1, best_metrics, history, report.to_dict(), seconds)
     if dd.main:
