@@ -97,3 +97,6 @@ def check_ensemble(out, rep, data, tmp_path):
         assert np.abs(ort.infer(x.numpy()) - ref.infer(x.numpy())).max() < 1e-4
     one_line_error(cli("prune", out / "ensemble.safetensors", "--data", data, "--out", tmp_path / "p"),
                    "is an ensemble of 3 models")
+    # no held-out fold is held out from all members: scoring the ensemble on one is refused
+    one_line_error(cli("evaluate", out / "ensemble.safetensors", "--data", data, "--split", "test",
+                       "--out", tmp_path / "ev2"), "needs a model trained as a cross-validation fold")

@@ -144,7 +144,11 @@ def build_ensemble(checkpoints: Sequence[str | Path], out: str | Path) -> dict[s
     card.calibration = {"method": "mean of the members' logits, each divided by its own temperature",
                         "temperature": 1.0, "member_temperatures": temps}
     card.metrics, card.compression = {}, {}
-    card.training = {**base.training, "ensemble": {"members": [str(p) for p in checkpoints], "canvas_um": canvas}}
+    # Not a fold of anything: a member's held-out fold trained the others, so `evaluate --split test` must
+    # refuse it rather than score it on cells it saw.
+    config = {**base.training.get("config", {}), "cv_folds": 0, "cv_fold": 0}
+    card.training = {**base.training, "config": config,
+                     "ensemble": {"members": [str(p) for p in checkpoints], "canvas_um": canvas}}
     path = save_checkpoint(out, model, card)
     size = card.input.size[0]
     one, whole = profile_model(models[0], size), profile_model(model, size)

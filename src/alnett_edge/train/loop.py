@@ -513,7 +513,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
                     state_path,
                 )
                 prog.epoch_done(row)
-                if bad_epochs >= cfg.patience and cfg.select != "last":
+                if bad_epochs >= cfg.patience:  # never under "last": every epoch is kept in turn
                     what = "F1" if cfg.select == "f1" else f"loss (mean of {SMOOTH_EPOCHS} epochs)"
                     log.info("early stop: validation %s has not improved for %d epochs", what, bad_epochs)
                     decision[0] = 1
