@@ -71,7 +71,7 @@ def test_without_tracking_every_detection_is_its_own_track():
     assert len(ids) == len(set(ids)) >= 3 and len(book.ended()) == len(ids)
 
 
-@pytest.mark.parametrize("bad", [{"observations": 0}, {"max_jump_um": 0.0}, {"lost_frames": -1}])
+@pytest.mark.parametrize("bad", [{"observations": 0}, {"watch_frames": 0}, {"max_jump_um": 0.0}, {"lost_frames": -1}])
 def test_tracking_config_is_checked(bad):
     from alnett_edge.errors import ConfigError
 
@@ -128,6 +128,29 @@ def test_a_still_field_is_decided_once_per_cell_with_ten_times_fewer_model_calls
     assert decided and all(len(r["observed_prob_all"]) == 3 for r in decided)
     for r in decided:
         assert r["prob_all"] == pytest.approx(float(np.mean(r["observed_prob_all"])), abs=2e-6)
+
+
+def test_a_track_is_classified_on_its_sharpest_observations(x86_bundle, tmp_path):
+    """Focus coming in: a still field out of focus for 3 frames (blurred, still past the quality gate),
+    then sharp. The track is watched for 6 good observations and classified on its 3 sharpest, the
+    sharp frames, not on the first 3 it saw."""
+    smear = synth_smear(np.random.default_rng([3, 0]), n_wbc=(3, 3))
+    video = tmp_path / "focus.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (W, H))
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        img = cv2.GaussianBlur(smear.image, (0, 0), 1.5) if i < 3 else smear.image
+        noisy = np.clip(img.astype(np.int16) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+        writer.write(cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR))
+    writer.release()
+    summary = _daemon(x86_bundle["bundle"], video, tmp_path, "focus", {"observations": 3, "watch_frames": 6})
+    lines = [json.loads(x) for x in (tmp_path / "focus.jsonl").read_text().splitlines()]
+    rows = [r for r in lines if "track_id" in r]
+    assert len(rows) == 3 == summary["session"]["cells"]
+    for r in rows:  # decided in the 6th frame it passed the gate in, on the three sharp frames it had then
+        assert r["frame_index"] == 5 and sorted(r["observed_frames"]) == [3, 4, 5], r
+        assert r["prob_all"] == pytest.approx(float(np.mean(r["observed_prob_all"])), abs=2e-6)
+    assert summary["inferences"] == 9
 
 
 def test_a_stop_mid_track_decides_the_tracks_in_flight(x86_bundle, tmp_path):
@@ -204,7 +227,7 @@ def test_a_cell_missed_for_a_few_frames_keeps_its_id_and_one_gone_longer_gets_a_
         dets = real[1:] if 5 <= i <= 12 or 20 <= i <= 29 else real
         tracks = book.assign(smear.image, dets, i)
         for track, det in zip(tracks, dets):
-            track.observe(i, det, "not classified here", None)
+            track.observe(i, det, "not classified here")
         ids.append(tracks[0].id if dets is real else None)
     before, between, after = ids[4], ids[13], ids[30]
     assert len(real) == 2 and before == between != after, ids

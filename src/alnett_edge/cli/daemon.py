@@ -72,8 +72,10 @@ def register(app: typer.Typer) -> None:
                                           callback=output_file),
         tracking: bool = typer.Option(None, "--tracking/--no-tracking", help="One row per cell tracked across frames "
                                       "(default), or one per detection per frame."),
-        observations: int = typer.Option(None, help="Classified observations fused before a track is decided "
-                                         "(default 3)."),
+        observations: int = typer.Option(None, help="The sharpest good observations of a track classified and "
+                                         "fused into its decision (default 3)."),
+        watch_frames: int = typer.Option(None, help="Good observations a track is watched for before its sharpest "
+                                         "are classified (default 6)."),
         target_cells: int = typer.Option(None, help="A differential of N decided cells: say so when reached (log, "
                                          "/status, --on-target)."),
         on_target: str = typer.Option(None, help="Command run once when the target is reached (a beep, an LED)."),
@@ -93,7 +95,7 @@ def register(app: typer.Typer) -> None:
             "http": {"host": host, "port": port, "token": http_token, "preview": preview},
             "run": {"max_frames": max_frames, "duration": duration, "target_cells": target_cells, "on_target": on_target,
                     "stop_at_target": stop_at_target},
-            "tracking": {"enabled": tracking, "observations": observations},
+            "tracking": {"enabled": tracking, "observations": observations, "watch_frames": watch_frames},
         }  # fmt: skip
         cfg = load_config(config, overrides)
         d = Daemon(cfg)

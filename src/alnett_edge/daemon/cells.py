@@ -62,12 +62,17 @@ def sharpness(frame_rgb: np.ndarray, det: Detection) -> float:
     return float(lap[inside].var()) if inside.any() else 0.0
 
 
-def quality_reason(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig, canvas_px: float = 0.0) -> str | None:
-    """Why this cell must not be classified, or None. (Nucleus size is the detector's: µm² bounds.)"""
+def gate(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig, canvas_px: float = 0.0) -> tuple[str | None, float]:
+    """(why this cell must not be classified or None, its sharpness; 0 when a cut or oversized cell
+    was not measured). Nucleus size is the detector's (µm² bounds)."""
     if det.touches_border and not cfg.allow_border:
-        return "cut by frame or field edge"
+        return "cut by frame or field edge", 0.0
     if not fits_canvas(det, canvas_px):
-        return "larger than the model's field"
-    if sharpness(frame_rgb, det) < cfg.min_sharpness:
-        return "blurred"
-    return None
+        return "larger than the model's field", 0.0
+    sharp = sharpness(frame_rgb, det)
+    return ("blurred" if sharp < cfg.min_sharpness else None), sharp
+
+
+def quality_reason(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig, canvas_px: float = 0.0) -> str | None:
+    """Why this cell must not be classified, or None (:func:`gate` without the sharpness)."""
+    return gate(frame_rgb, det, cfg, canvas_px)[0]

@@ -28,7 +28,8 @@ Example (every key optional except a bundle and a source, from the file or the c
     min_confidence = 0.6
 
     [tracking]               # each cell one track, decided once (daemon/tracking.py)
-    observations = 3         # classified observations fused before a track is decided
+    observations = 3         # the sharpest good observations classified and fused into the decision
+    watch_frames = 6         # good observations watched before the sharpest are classified
     max_jump_um = 8.0        # how far a cell centre may move frame to frame (after stage motion)
 
     [sinks]
@@ -78,7 +79,11 @@ class RuntimeConfig:
     bundle: str = ""
     backend: str = ""
     threads: int = 0  # inference threads; 0: every core but one (capture and detection need one)
-    max_batch: int = 8
+    # crops per model call; 0: the runtime's own (a fixed-profile engine's batch), else 1. On 2 AVX2
+    # cores alnett-s at batch 3 costs 3x batch 1 (ONNX Runtime, 1 thread: 14.2 against 4.5 ms), and
+    # ONNX Runtime's arena keeps its largest batch's blocks (the daemon's RSS: 137 MB at batch 1, 170
+    # at up to 8, BCCD held 1 s): batching pays on a GPU, not here
+    max_batch: int = 0
 
 
 @dataclass
@@ -140,8 +145,8 @@ class DaemonConfig:
             raise ConfigError("no bundle: pass --bundle or set [runtime] bundle in the config")
         if not self.source.spec:
             raise ConfigError("no source: pass --source or set [source] spec in the config")
-        if self.source.queue < 1 or self.runtime.max_batch < 1:
-            raise ConfigError("[source] queue and [runtime] max_batch must be >= 1")
+        if self.source.queue < 1 or self.runtime.max_batch < 0:
+            raise ConfigError("[source] queue must be >= 1 and [runtime] max_batch >= 0")
         if self.source.stall_timeout <= 0 or self.source.backoff_min <= 0 or self.source.backoff_max < self.source.backoff_min:
             raise ConfigError("[source] stall_timeout and backoff_min must be > 0 and backoff_max >= backoff_min")
         if not 0 <= self.http.port <= 65535:

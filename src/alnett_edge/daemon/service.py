@@ -27,7 +27,7 @@ import numpy as np
 
 from alnett_edge.capture.base import Frame, SourceSettings, make_source
 from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
-from alnett_edge.daemon.cells import QualityConfig, cell_image, quality_reason
+from alnett_edge.daemon.cells import QualityConfig, cell_image, gate, quality_reason
 from alnett_edge.daemon.config import DaemonConfig
 from alnett_edge.daemon.detector import CellDetector
 from alnett_edge.daemon.optics import estimate_um_per_px
@@ -47,30 +47,29 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0
 
 
-def _classify(frame_rgb: np.ndarray, dets: list[Any], canvas_px: float, runtime: Any, max_batch: int,
-              ood: str = "record") -> tuple[list[np.ndarray | None], list[float | None], float, float, list[np.ndarray]]:
-    """Scale-true crops (the card's ``canvas_um`` at the detector's pixel size; 0: the card has no scale),
-    the card's one preprocessing, the out-of-distribution check on the prepared crop (the card's
-    ``appearance``), batched inference of the rest. Returns per detection its calibrated probabilities
+def _classify(crops: list[np.ndarray], runtime: Any, max_batch: int, ood: str = "record"
+              ) -> tuple[list[np.ndarray | None], list[float | None], float, float]:
+    """Cell images (``cell_image``: scale-true, the card's ``canvas_um`` at the detector's pixel size)
+    through the card's one preprocessing, the out-of-distribution check on the prepared crop (the card's
+    ``appearance``), batched inference of the rest. Returns per crop its calibrated probabilities
     (None: out of distribution with ``ood`` "abstain", not classified) and its distance from the training
-    cells (None: the card records no appearance, or ``ood`` is "off"), the crop and inference times in
-    ms, and the crops."""
+    cells (None: the card records no appearance, or ``ood`` is "off"), and the preprocessing and
+    inference times in ms."""
     spec = runtime.card.input
     appearance = runtime.card.appearance if ood != "off" else {}
     t0 = time.perf_counter()
-    crops = [cell_image(frame_rgb, d, canvas_px) for d in dets]
     prepared = [prepare(c, spec) for c in crops]
     dist = [ood_distance(appearance, p, spec.mask_threshold) for p in prepared]
     ok = [i for i, d in enumerate(dist) if ood != "abstain" or d is None or d <= appearance["max_distance"]]
     inputs = [normalize(prepared[i], spec) for i in ok]
     t1 = time.perf_counter()
-    probs: list[np.ndarray | None] = [None] * len(dets)
+    probs: list[np.ndarray | None] = [None] * len(crops)
     if inputs:
         x = np.stack(inputs)
         out = np.concatenate([runtime.infer(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
         for i, p in zip(ok, out):
             probs[i] = p
-    return probs, dist, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, crops
+    return probs, dist, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
 
 
 def _rounded(d: float | None) -> float | None:
@@ -100,8 +99,11 @@ def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig,
     canvas_px = card.input.canvas_um / detector.um_per_px
     reasons = [quality_reason(frame.rgb, d, quality, canvas_px) for d in dets]
     keep = [i for i, r in enumerate(reasons) if r is None]
-    probs, dist, crop_ms, infer_ms, _ = _classify(frame.rgb, [dets[i] for i in keep], canvas_px, runtime, max_batch,
-                                                  quality.out_of_distribution)
+    t1 = time.perf_counter()
+    crops = [cell_image(frame.rgb, dets[i], canvas_px) for i in keep]
+    cut_ms = (time.perf_counter() - t1) * 1e3
+    probs, dist, crop_ms, infer_ms = _classify(crops, runtime, max_batch, quality.out_of_distribution)
+    crop_ms += cut_ms
     row, far = {i: p for i, p in zip(keep, probs) if p is not None}, {i for i, p in zip(keep, probs) if p is None}
     dist_of = dict(zip(keep, dist))
     now, records = time.time(), []
@@ -124,49 +126,63 @@ def decide_track(track: Track, card: Any, min_confidence: float, model_sha256: s
     track.decision = CellRecord(
         time.time(), track.last_frame, track.box, p_hem, p_all, label, reason, model_sha256, round(track.edge_weight, 4),
         track_id=track.id, first_frame=track.first_frame, observations=track.seen, classified=len(track.probs),
-        observed_prob_all=[round(float(q[pos]), 6) for q in track.probs], appearance_distance=track.distance,
-        crop=track.crop)
+        observed_prob_all=[round(float(q[pos]), 6) for q in track.probs], observed_frames=list(track.frames),
+        appearance_distance=track.distance, crop=track.crop)
     track.crop = None  # the row carries it to the crops sink, which drops it (see Daemon._process)
     return track.decision
 
 
+def decide_tracks(tracks: list[Track], runtime: Any, quality: QualityConfig, max_batch: int, model_sha256: str
+                  ) -> tuple[list[CellRecord], float, float, int]:
+    """Classify the kept (sharpest) candidates of ``tracks`` in one batch and decide each track.
+    Returns their rows, the preprocessing and inference times in ms and the crops the model ran on."""
+    crops = [c.crop for t in tracks for c in t.candidates]
+    probs, dist, crop_ms, infer_ms = ([], [], 0.0, 0.0) if not crops else \
+        _classify(crops, runtime, max_batch, quality.out_of_distribution)
+    k = 0
+    for t in tracks:
+        n = len(t.candidates)
+        t.classified(probs[k : k + n], [_rounded(d) for d in dist[k : k + n]], OOD_REASON)
+        k += n
+    rows = [decide_track(t, runtime.card, quality.min_confidence, model_sha256) for t in tracks]
+    return rows, crop_ms, infer_ms, sum(p is not None for p in probs)
+
+
 def track_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, runtime: Any, max_batch: int,
                 model_sha256: str, book: TrackBook) -> tuple[list[CellRecord], list[CellRecord], dict[str, float], int]:
-    """The daemon's per-frame path: detect -> track -> quality gate and classification of the tracks
-    not yet decided -> the rows of the tracks decided in this frame (enough observations, or ended).
-    Returns those rows, every detection as shown on the frame, the stage times in ms and the number of
-    crops the model ran on."""
-    card = runtime.card
+    """The daemon's per-frame path: detect -> track -> quality gate and a crop of each good observation
+    of the tracks not yet decided (their sharpest kept) -> classification of the tracks watched long
+    enough or ended -> their rows. Returns those rows, every detection as shown on the frame, the stage
+    times in ms and the number of crops the model ran on."""
+    canvas_px = runtime.card.input.canvas_um / detector.um_per_px
+    cfg = book.cfg
     t0 = time.perf_counter()
     dets = detector.detect(frame.rgb)
     t1 = time.perf_counter()
     tracks = book.assign(frame.rgb, dets, frame.index)
     t2 = time.perf_counter()
-    canvas_px = card.input.canvas_um / detector.um_per_px
-    reasons = [None if t.decision is not None else quality_reason(frame.rgb, d, quality, canvas_px) for d, t in zip(dets, tracks)]
-    need = [i for i, t in enumerate(tracks) if t.decision is None and reasons[i] is None]
-    probs, dist, crop_ms, infer_ms, crops = _classify(frame.rgb, [dets[i] for i in need], canvas_px, runtime, max_batch,
-                                                      quality.out_of_distribution)
-    row = {i: p for i, p in zip(need, probs) if p is not None}
-    crop_of = {i: c for i, c, p in zip(need, crops, probs) if p is not None}
-    for i, p, d in zip(need, probs, dist):
-        tracks[i].distance = _rounded(d)
-        if p is None:  # measured, far from every training cell: not classified
-            reasons[i] = OOD_REASON
-    rows, view, now = [], [], time.time()
-    for i, (det, track) in enumerate(zip(dets, tracks)):
-        if track.decision is None:
-            track.observe(frame.index, det, reasons[i], row.get(i), crop_of.get(i))
-            if len(track.probs) >= book.cfg.observations:
-                rows.append(decide_track(track, card, quality.min_confidence, model_sha256))
-        else:
+    reasons: list[str | None] = []
+    for det, track in zip(dets, tracks):
+        if track.decision is not None:  # decided: seen, nothing more
             track.seen, track.last_frame = track.seen + 1, frame.index
+            reasons.append(None)
+            continue
+        reason, sharp = gate(frame.rgb, det, quality, canvas_px)
+        track.observe(frame.index, det, reason, sharp, None if reason else cell_image(frame.rgb, det, canvas_px),
+                      cfg.observations)
+        reasons.append(reason)
+    ready = list({id(t): t for t in tracks if t.decision is None and t.good >= cfg.watch}.values())
+    ready += [t for t in book.ended() if t.decision is None]
+    t3 = time.perf_counter()
+    rows, crop_ms, infer_ms, inferred = decide_tracks(ready, runtime, quality, max_batch, model_sha256)
+    view, now = [], time.time()
+    for det, track, reason in zip(dets, tracks, reasons):
         shown = track.decision or CellRecord(
-            now, frame.index, det.box, None, None, None, reasons[i] or f"deciding {len(track.probs)}/{book.cfg.observations}",
+            now, frame.index, det.box, None, None, None, reason or f"deciding {track.good}/{cfg.watch}",
             model_sha256, track_id=track.id)
         view.append(shown if shown.box == det.box else dataclasses.replace(shown, box=det.box))
-    rows += [decide_track(t, card, quality.min_confidence, model_sha256) for t in book.ended() if t.decision is None]
-    return rows, view, {"detect": (t1 - t0) * 1e3, "track": (t2 - t1) * 1e3, "crop": crop_ms, "infer": infer_ms}, len(row)
+    times = {"detect": (t1 - t0) * 1e3, "track": (t2 - t1) * 1e3, "crop": (t3 - t2) * 1e3 + crop_ms, "infer": infer_ms}
+    return rows, view, times, inferred
 
 
 def inference_threads(asked: int) -> int:
@@ -230,6 +246,7 @@ class Daemon:
         files = self.runtime.bundle.manifest.get("files", {}) if self.runtime.bundle else {}
         self.model_sha256 = files.get(self.runtime.path.name) or sha256_file(self.runtime.path)
         self.card = self.runtime.card
+        self.max_batch = cfg.runtime.max_batch or self.runtime.max_batch or 1  # see RuntimeConfig.max_batch
         self.agg = Aggregator.for_card(self.card)
         self.started = 0.0
 
@@ -291,8 +308,10 @@ class Daemon:
         if self.detector is None:
             self._calibrate(None)  # a run shorter than the calibration frames: estimate from what came
         if self.tracks is not None:  # tracks in flight are decided from what they have, none is lost
-            card, q = self.runtime.card, self.cfg.quality
-            rows = [decide_track(t, card, q.min_confidence, self.model_sha256) for t in self.tracks.close() if t.decision is None]
+            open_ = [t for t in self.tracks.close() if t.decision is None]
+            rows, _, _, inferred = decide_tracks(open_, self.runtime, self.cfg.quality, self.max_batch,
+                                                 self.model_sha256)
+            self.inferences += inferred
             if rows:
                 self.cells_processed += len(rows)
                 self._count(self.recorder.write(None, -1, rows))
@@ -361,7 +380,7 @@ class Daemon:
         if self.tracks is None:
             self.tracks = TrackBook(self.cfg.tracking, detector.um_per_px)
         records, view, times, inferred = track_frame(frame, detector, self.cfg.quality, self.runtime,
-                                                     self.cfg.runtime.max_batch, self.model_sha256, self.tracks)
+                                                     self.max_batch, self.model_sha256, self.tracks)
         t3 = time.perf_counter()
         self._count(self.recorder.write(frame.rgb, frame.index, records, view))
         for r in records:  # the crops sink has written them; a decided track keeps its row, not the pixels

@@ -82,6 +82,7 @@ class CellRecord:
     observations: int = 1  # frames the cell was detected in until it was decided
     classified: int = 0  # of those, the ones the model ran on (quality gate passed); fused into the probabilities
     observed_prob_all: list[float] = field(default_factory=list)  # each classified observation's prob_all (JSONL)
+    observed_frames: list[int] = field(default_factory=list)  # and the frame it was seen in (JSONL)
     appearance_distance: float | None = None  # from the training cells' look (card.appearance); None: unchecked
     crop: np.ndarray | None = field(default=None, repr=False, compare=False)  # the cell as classified (crops sink)
 

@@ -16,13 +16,17 @@ that does not correlate with the last one is a new field of view, and every trac
 (norfair's optical-flow ``MotionEstimator`` measured 4-6 ms a frame here against 0.8 ms, and cannot
 tell a new field).
 
-A track is decided once, when ``observations`` good observations (quality gate passed: not cut by an
-edge, sharp, fits the model's field) have been classified: the fused probabilities are the **mean of
-the observations' calibrated probabilities** (``Runtime.infer``; temperature applied), and the decision
-is the fused top class, or an abstain for low confidence below ``[quality] min_confidence``. Later
-frames of a decided track run no model. A track that ends before that (it left the field, it was lost
-for ``lost_frames`` frames, or the session stopped) is decided from the good observations it has, or
-abstained with its most frequent quality reason when it has none. A decided track is one database row.
+A track is decided once, from its sharpest good observations: every observation that passes the
+quality gate (not cut by an edge, sharp, fits the model's field) is a candidate, and the track keeps
+the ``observations`` sharpest (variance of the Laplacian in the cell mask; the earlier of equals) as
+it is watched for ``watch_frames`` good observations. Then those are classified in one batch: the
+fused probabilities are the **mean of the observations' calibrated probabilities**
+(``Runtime.infer``; temperature applied), and the decision is the fused top class, or an abstain for
+low confidence below ``[quality] min_confidence``. Frames of a track being watched cost a crop, not a
+model call; later frames of a decided track cost nothing. A track that ends before that (it left the
+field, it was lost for ``lost_frames`` frames, or the session stopped) is classified and decided on
+the sharpest it has, or abstained with its most frequent quality reason when it has none. A decided
+track is one database row.
 
 With ``enabled = false`` every detection is its own track of one observation, decided in its frame:
 the per-frame behaviour of earlier versions.
@@ -57,19 +61,37 @@ NEW_FIELD_RESPONSE = 0.3
 @dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
-    observations: int = 3  # good observations fused before a track is decided
+    observations: int = 3  # the sharpest good observations classified and fused into a track's decision
+    watch_frames: int = 6  # good observations a track is watched for before its sharpest are classified (at least
+    # `observations`): 0.2 s at 30 fps, long enough to pass through a focus sweep's best plane
     max_jump_um: float = 8.0  # farthest a cell centre may land from its track's prediction, frame to frame
     lost_frames: int = 8  # frames a track may go unseen before it ends (focus hunting, a missed detection)
     min_frames: int = 3  # a track that vanished from a field still in view after fewer frames is a flicker
     stage_motion: bool = True  # measure the field's shift (stage moved; a new field ends every track)
 
+    @property
+    def watch(self) -> int:
+        return max(self.watch_frames, self.observations)
+
     def validate(self) -> None:
         if self.observations < 1:
             raise ConfigError("[tracking] observations must be >= 1")
+        if self.watch_frames < 1:
+            raise ConfigError("[tracking] watch_frames must be >= 1")
         if not self.max_jump_um > 0:
             raise ConfigError("[tracking] max_jump_um must be > 0")
         if self.lost_frames < 0 or self.min_frames < 1:
             raise ConfigError("[tracking] lost_frames must be >= 0 and min_frames >= 1")
+
+
+@dataclass
+class Candidate:
+    """A good observation of a track, kept until the track is classified."""
+    sharpness: float
+    frame: int
+    crop: np.ndarray  # the cell image as the model will see it (uint8 RGB, see daemon.cells.cell_image)
+    box: tuple[int, int, int, int]
+    edge_weight: float
 
 
 @dataclass
@@ -79,30 +101,50 @@ class Track:
     last_frame: int
     box: tuple[int, int, int, int]
     seen: int = 0  # frames it was detected in
-    probs: list[np.ndarray] = field(default_factory=list)  # good observations' probabilities
-    edge_weights: list[float] = field(default_factory=list)  # of the good observations
+    good: int = 0  # of those, the ones that passed the quality gate
+    candidates: list[Candidate] = field(default_factory=list)  # the sharpest good ones, sharpest first
+    probs: list[np.ndarray] = field(default_factory=list)  # the classified observations' probabilities
+    frames: list[int] = field(default_factory=list)  # and their frames
+    edge_weights: list[float] = field(default_factory=list)  # and their edge weights
     last_edge_weight: float = 1.0
-    reasons: Counter = field(default_factory=Counter)  # quality reasons of the other observations
+    reasons: Counter = field(default_factory=Counter)  # why the other observations were not classified
     decision: Any = None  # the CellRecord once decided
     lost: bool = False  # ended because it vanished while its field stayed in view (not a new field, not a stop)
-    crop: np.ndarray | None = None  # the last classified observation's cell image (uint8 RGB)
-    distance: float | None = None  # the last measured distance from the training cells' appearance
+    crop: np.ndarray | None = None  # the sharpest classified observation's cell image (uint8 RGB)
+    distance: float | None = None  # the sharpest observation's distance from the training cells' appearance
     pos: np.ndarray | None = None  # where it was last seen, slide coordinates (frame px less the stage shift)
     missed: int = 0  # frames in a row it went unseen
 
-    def observe(self, frame_index: int, det: Detection, reason: str | None, prob: np.ndarray | None,
-                crop: np.ndarray | None = None) -> None:
+    def observe(self, frame_index: int, det: Detection, reason: str | None, sharpness: float = 0.0,
+                crop: np.ndarray | None = None, keep: int = 3) -> None:
+        """One frame's detection of this track: ``reason`` why the gate refused it, or None and its
+        ``crop``, kept as a candidate while it is among the ``keep`` sharpest."""
         self.seen += 1
         self.last_frame, self.last_edge_weight = frame_index, float(det.edge_weight)
-        if prob is not None:
-            self.probs.append(np.asarray(prob, np.float64))
-            self.edge_weights.append(float(det.edge_weight))
-            self.box = det.box  # the box of the last observation that was classified
-            self.crop = crop if crop is not None else self.crop
-        else:
+        if reason is not None or crop is None:
             self.reasons[reason or "not classified"] += 1
-            if not self.probs:
+            if not self.candidates:
                 self.box = det.box
+            return
+        self.good += 1
+        self.candidates.append(Candidate(float(sharpness), frame_index, crop, det.box, float(det.edge_weight)))
+        self.candidates.sort(key=lambda c: -c.sharpness)  # stable: the earlier of two equals first
+        del self.candidates[keep:]
+        self.box = self.candidates[0].box  # the box of the sharpest observation
+
+    def classified(self, probs: list[np.ndarray | None], distances: list[float | None], refused: str) -> None:
+        """The model's answers for :attr:`candidates`, in their order (None: not classified, for the
+        ``refused`` reason); the candidates' pixels are let go."""
+        for c, p in zip(self.candidates, probs):
+            if p is None:
+                self.reasons[refused] += 1
+                continue
+            self.probs.append(np.asarray(p, np.float64))
+            self.frames.append(c.frame)
+            self.edge_weights.append(c.edge_weight)
+            self.crop = c.crop if self.crop is None else self.crop
+        self.distance = distances[0] if distances else self.distance
+        self.candidates = []
 
     @property
     def fused(self) -> np.ndarray | None:
