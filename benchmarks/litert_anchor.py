@@ -12,6 +12,8 @@ rounds (every model once per round), and the ratio to MobileNetV3-Small of the s
 with the CPU model and ISA.
 
 Usage: .venv/bin/python benchmarks/litert_anchor.py [--model alnett-s] [--threads 2] [--rounds 15] [--json OUT]
+       [--keep DIR] (keep the converted .tflite files there: ``alnett-edge bench RPI5_BUNDLE --backend litert
+       --anchor DIR/mobilenet_v3_small.fp32.tflite`` then times a trained bundle against the same anchor)
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, help="keep the converted .tflite files in this folder")
     args = ap.parse_args()
     print(isa_line())
     torch.manual_seed(0)
@@ -164,9 +167,11 @@ def main() -> None:
           f"({ANCHOR_ONNX.name}): {onnx_weight_count(ANCHOR_ONNX) or 'not found'}")
     rows: list[Timed] = []
     with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for name, model in ((args.model, ours), ("mobilenet_v3_small", anchor)):
             for precision in ("fp32", "int8"):
-                path = convert(model, precision, Path(tmp) / f"{name}.{precision}.tflite")
+                path = convert(model, precision, folder / f"{name}.{precision}.tflite")
                 with quiet_native_stderr():  # XNNPACK announces itself when the tensors are allocated
                     rows.append(Timed(f"{name} {precision}", path, args.threads))
         for t in rows:  # warm-up

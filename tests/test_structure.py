@@ -154,4 +154,27 @@ def test_bench_anchor_rows_give_ratios_from_the_same_run(x86_bundle, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     res = cli("bench", x86_bundle["bundle"], "--anchor", bad, "--runs", "2")
-    assert res.exit_code == 2 and "not a loadable ONNX model" in res.stderr
+    assert res.exit_code == 2 and "is not a loadable model (ONNX Runtime cannot load" in res.stderr
+    res = cli("bench", x86_bundle["bundle"], "--anchor", tmp_path / "b.json", "--runs", "2")
+    assert res.exit_code == 2 and "--anchor takes a model file (.onnx, .tflite)" in res.stderr
+
+
+def test_bench_takes_a_tflite_anchor_and_times_it_on_litert(rpi_bundle, tmp_path):
+    """Issue 14: a card-less .tflite (here the bundle's own int8 model, copied out) is an anchor on
+    LiteRT, the backend whose table entry opens .tflite files; timed beside the same model from its
+    bundle, the ratio comes out near 1."""
+    import shutil
+
+    (art,) = [a for a in rpi_bundle["artifacts"] if a["format"] == "tflite" and a["precision"] == "int8"]
+    anchor = tmp_path / "same_model.tflite"
+    shutil.copy(Path(rpi_bundle["bundle"]) / art["file"], anchor)
+    report = tmp_path / "b.json"
+    res = cli("bench", rpi_bundle["bundle"], "--anchor", anchor, "--backend", "litert", "--batch", "1",
+              "--runs", "30", "--warmup", "3", "--json", report)
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    rows = {r["artifact"]: r for r in data["rows"] if "batches" in r}
+    assert rows["same_model.tflite"]["anchor"] and rows["same_model.tflite"]["backend"] == "litert"
+    (ratio,) = [a for a in data["anchor_ratios"] if a["artifact"] == art["file"]]
+    assert 0.5 < ratio["p50_ratio"]["1"] < 2.0, ratio  # the same model, the same interpreter options
+    assert "vs same_model.tflite on litert" in res.output

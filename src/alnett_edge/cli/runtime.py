@@ -178,9 +178,10 @@ def register(app: typer.Typer) -> None:
                                       callback=output_file),
         plot: Path = typer.Option(None, help="Write a PNG of the latency distributions.", callback=output_file),
         any_size: bool = typer.Option(False, "--any-size", help="Accept --images of another size than the training cells."),
-        anchor: list[Path] = typer.Option(None, "--anchor", help="A plain ONNX classifier (e.g. ../shared/anchors/"
-                                          "mobilenet_v3_small.onnx) timed alongside with the same options; "
-                                          "prints each model's p50 latency as a ratio to it. Repeatable."),
+        anchor: list[Path] = typer.Option(None, "--anchor", help="A plain classifier, .onnx or .tflite (e.g. "
+                                          "../shared/anchors/mobilenet_v3_small.onnx), timed alongside on the "
+                                          "backends that open it with the same options; prints each model's p50 "
+                                          "latency as a ratio to it. Repeatable."),
         wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
     ) -> None:
         """Latency percentiles, throughput, memory, FLOP/s and accuracy of every artifact, side by side."""

@@ -44,6 +44,7 @@ class BackendSpec:
     exact_int8: bool = False  # can compute the exact int8 reference arithmetic (int8_reference=True)
     reference: bool = False  # the training framework's fp32 reference (bench's agreement yardstick)
     cpu_options: tuple[tuple[str, Any], ...] = ()  # options that pin it to the CPU (gate, fp32 reference)
+    plain_files: tuple[str, ...] = ()  # suffixes of card-less model files it can inspect (speed anchors)
 
 
 #: backend name -> spec. A new backend is one file plus one entry here. The order is the default
@@ -54,10 +55,10 @@ BACKENDS: dict[str, BackendSpec] = {
                             profiling="trtexec --dumpProfile"),
     "onnxruntime": BackendSpec("alnett_edge.runtime.ort_backend:OrtRuntime", ("onnx", "tensorrt"),
                                options=("provider", "int8_reference"), install="pip install onnxruntime",
-                               exact_int8=True, cpu_options=(("provider", "cpu"),)),
+                               exact_int8=True, cpu_options=(("provider", "cpu"),), plain_files=(".onnx",)),
     "litert": BackendSpec("alnett_edge.runtime.litert_backend:LiteRTRuntime", ("tflite",), options=("xnnpack",),
                           install="pip install ai-edge-litert (or tflite-runtime)",
-                          profiling="LiteRT's benchmark_model --enable_op_profiling=true"),
+                          profiling="LiteRT's benchmark_model --enable_op_profiling=true", plain_files=(".tflite",)),
     "pytorch": BackendSpec("alnett_edge.model.torch_backend:TorchRuntime", ("checkpoint",), options=("device",),
                            install="pip install 'alnett-edge[train]'", profiling="torch.profiler", reference=True),
 }
@@ -123,6 +124,12 @@ class Runtime:
     def unavailable(cls) -> str | None:
         """None when this backend's library (and hardware) is present here, else the reason."""
         return None
+
+    @classmethod
+    def io_shapes(cls, path: Path) -> tuple[list[Any], list[Any]]:
+        """The first input's and first output's shapes of a card-less model file (a speed anchor;
+        a symbolic or dynamic axis is not an int). Backends listing ``plain_files`` implement it."""
+        raise NotImplementedError
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N x classes) for a validated, contiguous float32 batch; :meth:`infer` turns them

@@ -55,6 +55,16 @@ class LiteRTRuntime(Runtime):
             return "LiteRT is not installed (pip install ai-edge-litert, or tflite-runtime on older devices)"
         return None
 
+    @classmethod
+    def io_shapes(cls, path: Path) -> tuple[list[Any], list[Any]]:
+        try:
+            with quiet_native_stderr():
+                interp = interpreter_class()(model_path=str(path))
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeUnavailable(f"LiteRT cannot load {path.name}: {str(exc).splitlines()[0][:200]}") from exc
+        return ([int(d) for d in interp.get_input_details()[0]["shape"]],
+                [int(d) for d in interp.get_output_details()[0]["shape"]])
+
     def __init__(self, path: str | Path, card: Any, artifact: dict[str, Any] | None = None, threads: int = 0,
                  xnnpack: bool = True, **options: Any) -> None:
         super().__init__(path, card, artifact, threads, **options)

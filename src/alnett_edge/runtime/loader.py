@@ -162,18 +162,22 @@ def open_file(path: str | Path, card: ModelCard, fmt: str, precision: str = "fp3
 
 
 def anchor_target(path: str | Path) -> Target:
-    """A plain ONNX classifier without a model card — a speed anchor such as MobileNetV3-Small — as a
-    target for latency only: its card is made from its input and output shapes (no preprocessing
-    contract, no labels)."""
+    """A plain classifier file without a model card — a speed anchor such as MobileNetV3-Small, as
+    ONNX or .tflite (any backend's ``plain_files``) — as a target for latency only: its card is made
+    from its input and output shapes (no preprocessing contract, no labels)."""
     path = Path(path)
-    if not path.is_file() or path.suffix != ".onnx":
-        raise ConfigError(f"--anchor takes an .onnx file, got {path}")
-    ort = __import__("onnxruntime")
+    names = [n for n, spec in BACKENDS.items() if path.suffix in spec.plain_files]
+    if not path.is_file() or not names:
+        known = sorted({x for spec in BACKENDS.values() for x in spec.plain_files})
+        raise ConfigError(f"--anchor takes a model file ({', '.join(known)}), got {path}")
+    usable = [n for n in names if unavailable_reason(n) is None]
+    if not usable:
+        raise RuntimeUnavailable(f"no backend here opens {path.name}: "
+                                 + "; ".join(f"{n}: {unavailable_reason(n)}" for n in names))
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
-        raise CheckpointError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from exc
-    shape, out = sess.get_inputs()[0].shape, sess.get_outputs()[0].shape
+        shape, out = backend_class(usable[0]).io_shapes(path)
+    except RuntimeUnavailable as exc:
+        raise CheckpointError(f"{path} is not a loadable model ({exc})") from exc
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or 3 not in (shape[1], shape[3]):
         raise ConfigError(f"{path.name}: an anchor needs an image input N x 3 x H x W (or N x H x W x 3), got {shape}")
     nchw = shape[1] == 3
@@ -181,4 +185,5 @@ def anchor_target(path: str | Path) -> Target:
     classes = out[-1] if isinstance(out[-1], int) and out[-1] >= 2 else 2
     card = ModelCard(variant=f"anchor:{path.stem}", arch={}, class_names=tuple(f"class{i}" for i in range(classes)),
                      input=InputSpec(size=size, layout="NCHW" if nchw else "NHWC", mask_background=False))
-    return Target(path, card, {"file": path.name, "format": "onnx", "precision": "fp32", "anchor": True})
+    fmt = backend_formats(usable[0])[0]
+    return Target(path, card, {"file": path.name, "format": fmt, "precision": "fp32", "anchor": True})

@@ -85,6 +85,11 @@ class OrtRuntime(Runtime):
             return "onnxruntime is not installed (pip install onnxruntime)"
         return None
 
+    @classmethod
+    def io_shapes(cls, path: Path) -> tuple[list[Any], list[Any]]:
+        sess = open_session(path, 1, PROVIDERS["cpu"])
+        return list(sess.get_inputs()[0].shape), list(sess.get_outputs()[0].shape)
+
     def __init__(self, path: str | Path, card: Any, artifact: dict[str, Any] | None = None, threads: int = 0,
                  provider: str = "auto", int8_reference: bool = False, **options: Any) -> None:
         """``int8_reference``: run a QDQ model unfused (exact int8 arithmetic; see :func:`session_options`)."""
