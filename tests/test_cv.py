@@ -100,3 +100,30 @@ def check_ensemble(out, rep, data, tmp_path):
     # no held-out fold is held out from all members: scoring the ensemble on one is refused
     one_line_error(cli("evaluate", out / "ensemble.safetensors", "--data", data, "--split", "test",
                        "--out", tmp_path / "ev2"), "needs a model trained as a cross-validation fold")
+
+
+def test_few_patients_of_a_class_are_warned_about_unless_the_stain_is_normalised(caplog):
+    """Issue 16: on 300 synthetic cells of 15 patients the model learned each patient's stain (5-fold
+    accuracy 0.68 against 0.92 with --stain cell); training says so when a class has few patients."""
+    import logging
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from alnett_edge.card import CLASS_NAMES
+    from alnett_edge.data.sources import Sample
+    from alnett_edge.train.loop import FEW_PATIENTS, _warn_few_patients
+
+    def split(n_hem, n_all):
+        samples = [Sample(Path(f"h{i}.bmp"), 0, f"H{i}") for i in range(n_hem) for _ in range(3)]
+        samples += [Sample(Path(f"a{i}.bmp"), 1, f"A{i}") for i in range(n_all) for _ in range(3)]
+        return SimpleNamespace(samples=samples, labels=np.array([s.label for s in samples]))
+
+    with caplog.at_level(logging.WARNING, logger="alnett_edge.train.loop"):
+        _warn_few_patients(split(3, 12), CLASS_NAMES)
+    assert len(caplog.records) == 1 and "(hem 3)" in caplog.text and "--stain cell" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="alnett_edge.train.loop"):
+        _warn_few_patients(split(FEW_PATIENTS, FEW_PATIENTS), CLASS_NAMES)
+    assert not caplog.records

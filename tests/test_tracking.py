@@ -153,6 +153,18 @@ def test_a_track_is_classified_on_its_sharpest_observations(x86_bundle, tmp_path
     assert summary["inferences"] == 9
 
 
+def test_without_tracking_a_detection_is_one_row_however_few_observations_are_asked(x86_bundle, tmp_path):
+    """With tracking off every detection is a track that ends in its frame; watched for 1 observation
+    it is also ready in that frame, and must still be decided once (one row, one model call)."""
+    video = tmp_path / "still.avi"
+    _still_video(video, fields=2, hold=3)
+    summary = _daemon(x86_bundle["bundle"], video, tmp_path, "one", {"enabled": False, "observations": 1,
+                                                                    "watch_frames": 1})
+    rows = sqlite3.connect(tmp_path / "one.db").execute("SELECT track_id, classified FROM cells").fetchall()
+    assert len(rows) == len({r[0] for r in rows}) == summary["observations"] == summary["session"]["cells"] > 0
+    assert summary["inferences"] == sum(c for _, c in rows)
+
+
 def test_a_stop_mid_track_decides_the_tracks_in_flight(x86_bundle, tmp_path):
     from alnett_edge.daemon.config import build_config
     from alnett_edge.daemon.service import Daemon

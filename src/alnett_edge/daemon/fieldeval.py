@@ -186,7 +186,7 @@ def detect_only(frame: Frame, detector: CellDetector, quality: QualityConfig) ->
 
 def field_eval(runtime: Any, folder: str | Path, detector: DetectorConfig | None = None,
                quality: QualityConfig | None = None, iou: float = 0.5, limit: int | None = None,
-               max_batch: int = 8, optics: OpticsConfig | None = None) -> tuple[dict[str, Any], list[FrameResult]]:
+               max_batch: int = 0, optics: OpticsConfig | None = None) -> tuple[dict[str, Any], list[FrameResult]]:
     """Score the daemon's per-frame path on annotated frames (see the module doc); ``runtime=None``
     scores the detector and quality gate alone. The pixel size is the optics config's, or estimated from
     the frames' red cells as the daemon would."""

@@ -66,7 +66,8 @@ def _classify(crops: list[np.ndarray], runtime: Any, max_batch: int, ood: str = 
     probs: list[np.ndarray | None] = [None] * len(crops)
     if inputs:
         x = np.stack(inputs)
-        out = np.concatenate([runtime.infer(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
+        step = max_batch or runtime.max_batch or 1  # 0: the runtime's own batch, else one (RuntimeConfig.max_batch)
+        out = np.concatenate([runtime.infer(x[i : i + step]) for i in range(0, len(x), step)])
         for i, p in zip(ok, out):
             probs[i] = p
     return probs, dist, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
@@ -171,8 +172,8 @@ def track_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, ru
         track.observe(frame.index, det, reason, sharp, None if reason else cell_image(frame.rgb, det, canvas_px),
                       cfg.observations)
         reasons.append(reason)
-    ready = list({id(t): t for t in tracks if t.decision is None and t.good >= cfg.watch}.values())
-    ready += [t for t in book.ended() if t.decision is None]
+    ended = [t for t in book.ended() if t.decision is None]  # with tracking off: every track of this frame
+    ready = list({id(t): t for t in [*(t for t in tracks if t.decision is None and t.good >= cfg.watch), *ended]}.values())
     t3 = time.perf_counter()
     rows, crop_ms, infer_ms, inferred = decide_tracks(ready, runtime, quality, max_batch, model_sha256)
     view, now = [], time.time()
@@ -246,7 +247,6 @@ class Daemon:
         files = self.runtime.bundle.manifest.get("files", {}) if self.runtime.bundle else {}
         self.model_sha256 = files.get(self.runtime.path.name) or sha256_file(self.runtime.path)
         self.card = self.runtime.card
-        self.max_batch = cfg.runtime.max_batch or self.runtime.max_batch or 1  # see RuntimeConfig.max_batch
         self.agg = Aggregator.for_card(self.card)
         self.started = 0.0
 
@@ -309,7 +309,7 @@ class Daemon:
             self._calibrate(None)  # a run shorter than the calibration frames: estimate from what came
         if self.tracks is not None:  # tracks in flight are decided from what they have, none is lost
             open_ = [t for t in self.tracks.close() if t.decision is None]
-            rows, _, _, inferred = decide_tracks(open_, self.runtime, self.cfg.quality, self.max_batch,
+            rows, _, _, inferred = decide_tracks(open_, self.runtime, self.cfg.quality, self.cfg.runtime.max_batch,
                                                  self.model_sha256)
             self.inferences += inferred
             if rows:
@@ -380,7 +380,7 @@ class Daemon:
         if self.tracks is None:
             self.tracks = TrackBook(self.cfg.tracking, detector.um_per_px)
         records, view, times, inferred = track_frame(frame, detector, self.cfg.quality, self.runtime,
-                                                     self.max_batch, self.model_sha256, self.tracks)
+                                                     self.cfg.runtime.max_batch, self.model_sha256, self.tracks)
         t3 = time.perf_counter()
         self._count(self.recorder.write(frame.rgb, frame.index, records, view))
         for r in records:  # the crops sink has written them; a decided track keeps its row, not the pixels

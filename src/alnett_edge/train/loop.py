@@ -335,6 +335,26 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps))
 
 
+#: fewer patients of a class than this in the training split: each patient's stain can stand in for the class
+FEW_PATIENTS = 8
+
+
+def _warn_few_patients(ds: Any, class_names: tuple[str, ...]) -> None:
+    """Warn when a class comes from few patients and the card does not normalise the stain: the model
+    can learn which patient a cell came from instead of what the cell is. Measured on 300 synthetic
+    cells of 15 patients (each patient its own stain; 5-fold, patient-disjoint, alnett-s): accuracy
+    0.683 +- 0.062 without stain normalisation, 0.917 +- 0.020 with ``--stain cell`` (README)."""
+    patients: dict[int, set[str]] = {}
+    for sample, label in zip(ds.samples, ds.labels):
+        if sample.patient_id is not None:
+            patients.setdefault(int(label), set()).add(sample.patient_id)
+    few = {class_names[k]: len(v) for k, v in sorted(patients.items()) if len(v) < FEW_PATIENTS}
+    if few:
+        log.warning("few patients in the training split (%s): the model can learn each patient's stain instead "
+                    "of the cell; --stain cell normalises each cell's colour (see the README, small datasets)",
+                    ", ".join(f"{name} {n}" for name, n in few.items()))
+
+
 def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard] | None = None) -> TrainResult:
     """Train a fresh variant, resume (``cfg.resume``), or fine-tune ``init`` = (model, card). The model
     object ends as the last validated weights (with EMA on, the moving average)."""
@@ -370,6 +390,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
                              cfg.val_fold, AugmentConfig() if cfg.augment else None,
                              (cfg.cv_fold, cfg.cv_folds) if cfg.cv_folds else None)
     train_ds, val_ds, report = sd.train, sd.val, sd.report
+    if cfg.stain == "none":
+        _warn_few_patients(train_ds, card.class_names)
     scale_info: dict[str, Any] = {}
     if cfg.canvas_um:
         card.input = replace(card.input, canvas_um=float(cfg.canvas_um))
