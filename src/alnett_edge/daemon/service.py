@@ -138,8 +138,7 @@ def decide_tracks(tracks: list[Track], runtime: Any, quality: QualityConfig, max
     """Classify the kept (sharpest) candidates of ``tracks`` in one batch and decide each track.
     Returns their rows, the preprocessing and inference times in ms and the crops the model ran on."""
     crops = [c.crop for t in tracks for c in t.candidates]
-    probs, dist, crop_ms, infer_ms = ([], [], 0.0, 0.0) if not crops else \
-        _classify(crops, runtime, max_batch, quality.out_of_distribution)
+    probs, dist, crop_ms, infer_ms = _classify(crops, runtime, max_batch, quality.out_of_distribution)
     k = 0
     for t in tracks:
         n = len(t.candidates)
