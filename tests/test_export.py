@@ -9,7 +9,7 @@ import pytest
 from alnett_edge.devices import UnsupportedOnDevice
 from alnett_edge.errors import ConfigError
 from alnett_edge.bundle import BundleError, extract_archive, load_bundle
-from alnett_edge.export.exporter import GateFailed, export_bundle
+from alnett_edge.export.exporter import AUTO_MIN_GAIN, GateFailed, export_bundle, fastest
 from alnett_edge.export.formats import FORMATS, get_format
 from alnett_edge.tensorrt.engine import build_engine
 from alnett_edge.tensorrt.backend import EngineMismatch, check_engine_key, engine_key
@@ -35,8 +35,12 @@ def test_x86_auto_bundle_gates_every_artifact_and_verifies(x86_bundle):
         assert a["gate"]["failures"] and not (pathlib.Path(m["bundle"]) / a["file"]).exists()
     int8 = files.get("model.int8.onnx") or m["rejected_by_gate"][0]
     assert int8["extra"]["source"] == "ptq"
-    # auto picks the fastest passing artifact on this (x86) host
-    assert m["selected"] == min(files.values(), key=lambda a: a["latency_b1_ms_here"])["file"]
+    # auto picks the fastest passing artifact on this (x86) host, timed round by round against the
+    # first built (fp32); int8 only when at least AUTO_MIN_GAIN faster
+    assert files["model.fp32.onnx"]["latency_vs_first_here"] == 1.0
+    rel = {f: a["latency_vs_first_here"] for f, a in files.items()}
+    int8_wins = rel.get("model.int8.onnx", 2.0) <= 1 - AUTO_MIN_GAIN
+    assert m["selected"] == ("model.int8.onnx" if int8_wins else "model.fp32.onnx"), rel
     # every BatchNorm is folded into its convolution at export: the runtime never normalises twice
     import onnx
 
@@ -52,6 +56,17 @@ def test_x86_auto_bundle_gates_every_artifact_and_verifies(x86_bundle):
     assert np.allclose(pred(golden), probs, atol=1e-6)
     assert set(bundle.manifest["files"]) >= {"card.json", "model.fp32.onnx", "golden/inputs.npy"}
     assert bundle.manifest["source_checkpoint"]["sha256"] and bundle.manifest["toolkit"]["onnxruntime"]
+
+
+def test_auto_keeps_the_more_exact_artifact_unless_the_other_is_clearly_faster():
+    def arts(int8_rel):
+        return [{"file": "model.fp32.onnx", "precision": "fp32", "latency_vs_first_here": 1.0},
+                {"file": "model.int8.onnx", "precision": "int8", "latency_vs_first_here": int8_rel}]
+
+    assert fastest(arts(0.97)) == "model.fp32.onnx"  # within timing noise: the exact one
+    assert fastest(arts(0.80)) == "model.int8.onnx"
+    assert fastest(arts(1.70)) == "model.fp32.onnx"
+    assert fastest(list(reversed(arts(1.2)))) == "model.fp32.onnx"  # build order does not matter
 
 
 def test_tampered_truncated_and_failed_bundles(x86_bundle, tmp_path):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from alnett_edge.timing import summarize
+from alnett_edge.timing import interleaved_ms, median_ms, relative_to, summarize
 from alnett_edge.bench.runner import BenchOptions, plot_latency, run_bench, write_json
 from alnett_edge.bench.system import simd
 from alnett_edge.bundle import write_manifest
@@ -173,6 +173,33 @@ def test_percentiles_on_a_known_sample():
     assert lat.p50_ms == pytest.approx(50.5) and lat.p90_ms == pytest.approx(90.1) and lat.p99_ms == pytest.approx(99.01)
     assert simd({"avx512f", "avx2", "fma"}) == ("AVX-512", 64) and simd({"avx2", "fma"})[1] == 32
     assert simd(set(), "aarch64") == ("NEON", 16)
+
+
+def test_interleaved_rounds_rank_two_calls_through_a_machine_slowdown():
+    """A shared VM's speed shifts for seconds at a time. Two calls, A 0.3 ms and B 0.39 ms of busy work,
+    on a machine that turns 3x slower halfway: timed one after the other, B (timed before the shift)
+    looks faster than A; compared round by round, A is faster by B's true 1.3x."""
+    import time
+
+    calls = {"n": 0}
+
+    def work(ms: float):
+        def fn():
+            calls["n"] += 1
+            slow = 3.0 if calls["n"] > switch else 1.0
+            end = time.perf_counter() + ms * slow / 1e3
+            while time.perf_counter() < end:
+                pass
+        return fn
+
+    a, b = work(0.3), work(0.39)
+    switch = 40  # B's 3 warm-up + 30 calls, then the shift: A is timed in the slow phase
+    seq_b, seq_a = median_ms(b), median_ms(a)
+    assert seq_b < seq_a
+    calls["n"], switch = 0, 6 + 9 * 2 * 15 // 2  # the shift halfway through the rounds
+    rounds = interleaved_ms({"A": a, "B": b}, rounds=9, runs=15, warmup=3)
+    rel = relative_to(rounds, "A")
+    assert rel["A"] == 1.0 and 1.2 < rel["B"] < 1.45, (rel, rounds)
 
 
 def test_bench_reports_every_field_json_and_png(rpi_bundle, trained, easy_cells, tmp_path):

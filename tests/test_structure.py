@@ -151,6 +151,19 @@ def test_bench_anchor_rows_give_ratios_from_the_same_run(x86_bundle, tmp_path):
     expected = rows["model.fp32.onnx"]["batches"]["1"]["p50_ms"] / rows["tiny_anchor.onnx"]["batches"]["1"]["p50_ms"]
     assert ratio["p50_ratio"]["1"] == pytest.approx(expected, rel=1e-2)
     assert "vs tiny_anchor.onnx on onnxruntime" in res.output and "memory (onnxruntime)" in res.output
+    # --rounds: every row again in turn; percentiles pool the rounds, ratios are taken round by round
+    res = cli("bench", x86_bundle["bundle"], "--anchor", anchor, "--batch", "1", "--runs", "5", "--warmup", "1",
+              "--rounds", "3", "--json", report)
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    rows = {r["artifact"]: r["batches"]["1"] for r in data["rows"] if "batches" in r}
+    assert all(len(b["round_p50_ms"]) == 3 and b["runs"] == len(b["samples_ms"]) == 15 for b in rows.values())
+    (ratio,) = [a for a in data["anchor_ratios"] if a["artifact"] == "model.fp32.onnx"]
+    per_round = np.array(rows["model.fp32.onnx"]["round_p50_ms"]) / np.array(rows["tiny_anchor.onnx"]["round_p50_ms"])
+    assert ratio["p50_ratio"]["1"] == pytest.approx(np.median(per_round), rel=1e-2)
+    assert ratio["p50_ratio_range"]["1"] == pytest.approx([per_round.min(), per_round.max()], rel=1e-2)
+    assert "median of 3 rounds (range)" in res.output
+    assert cli("bench", x86_bundle["bundle"], "--rounds", "0").exit_code == 2
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     res = cli("bench", x86_bundle["bundle"], "--anchor", bad, "--runs", "2")

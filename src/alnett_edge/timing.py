@@ -55,6 +55,28 @@ def median_ms(fn: Callable[[], object], runs: int = 30, warmup: int = 3) -> floa
     return float(np.median(time_calls(fn, runs, warmup)))
 
 
+def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int = 9, runs: int = 15,
+                   warmup: int = 3) -> dict[str, list[float]]:
+    """Per name, the median milliseconds of ``runs`` calls in each of ``rounds`` rounds, every function
+    once per round. A shared machine's speed shifts for seconds at a time (a 2-core AMD EPYC VM here:
+    one model's batch-1 latency went from 0.53 to 1.2 ms for 10 s and back), so candidates timed one
+    after the other can swap places; compared round by round they meet the same conditions."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name].append(float(np.median(time_calls(fn, runs, 0))))
+    return out
+
+
+def relative_to(rounds_ms: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Per name, the median over rounds of its round's latency / the reference's in the same round."""
+    ref = np.asarray(rounds_ms[reference])
+    return {name: float(np.median(np.asarray(ms) / ref)) for name, ms in rounds_ms.items()}
+
+
 def runtime_latency(rt: Any, batch: int = 1, runs: int = 200, warmup: int = 20) -> Latency:
     """Latency of a loaded runtime (anything with ``infer`` and ``input_shape``) on random inputs."""
     x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape)).astype(np.float32)

@@ -31,6 +31,7 @@ from alnett_edge.errors import ConfigError
 from alnett_edge.files import load_plain_npy
 from alnett_edge.runtime.base import BACKENDS, backend_formats, unavailable_reason
 from alnett_edge.runtime.loader import Target, anchor_target, backend_order, targets_of
+from alnett_edge.timing import summarize
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ MAX_IMAGES = 256
 
 
 MAX_BATCH = 256  # largest --batch: memory stays bounded on a device
+MAX_ROUNDS = 50
 
 @dataclass
 class BenchOptions:
@@ -59,6 +61,7 @@ class BenchOptions:
     any_size: bool = False
     limit: int = MAX_IMAGES
     anchors: list[Path] = field(default_factory=list)  # plain ONNX classifiers timed alongside (--anchor)
+    rounds: int = 1  # every row this many times, in turn (--rounds): ratios compared round by round
 
     def validate(self) -> None:
         if not self.batches or min(self.batches) < 1:
@@ -71,6 +74,8 @@ class BenchOptions:
         for name, value in (("--duration", self.duration), ("--max-seconds", self.max_seconds)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
+        if not 1 <= self.rounds <= MAX_ROUNDS:
+            raise ConfigError(f"--rounds must be 1 to {MAX_ROUNDS}, got {self.rounds}")
         if self.warmup < 0 or self.threads < 0:
             raise ConfigError("--warmup and --threads must be >= 0")
         for b in self.backends:
@@ -159,7 +164,7 @@ def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
     # a checkpoint (the PyTorch reference) runs on the golden images of the bundle exported from it
     golden_of = {_source_sha(r["target"]): r["target"].bundle.root / "golden" / "inputs.npy"
                  for r in rows if r["target"].bundle is not None}
-    results = []
+    results, jobs = [], []
     with tempfile.TemporaryDirectory(prefix="alnett-bench-") as tmp:
         for i, row in enumerate(rows):
             target: Target = row["target"]
@@ -186,16 +191,27 @@ def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
                     "duration": opts.duration, "max_seconds": opts.max_seconds, "predict": True,
                     "op_profile": opts.op_profile, "anchor": anchor,
                     "cpu": True}
-            log.info("bench %d/%d: %s on %s", i + 1, len(rows), target.path.name, row["backend"])
-            out = _run_worker(spec, Path(tmp) / f"row{i}")
             entry.update(inputs=inp.source, _inputs_key=key)
+            results.append(entry)
+            jobs.append((entry, spec, target, inp))
+        # rows run in turn, round after round: a shared machine's speed shifts for seconds at a time,
+        # and a row's ratio to an anchor is then taken within each round; predictions and the operator
+        # profile come from the first round
+        outs: list[list[dict[str, Any]]] = [[] for _ in jobs]
+        for k in range(opts.rounds):
+            for i, (entry, spec, _, _) in enumerate(jobs):
+                log.info("bench %d/%d%s: %s on %s", i + 1, len(jobs), f" round {k + 1}/{opts.rounds}" if opts.rounds > 1
+                         else "", entry["artifact"], entry["backend"])
+                again = {"predict": False, "op_profile": False} if k else {}
+                outs[i].append(_run_worker({**spec, **again}, Path(tmp) / f"row{i}-{k}"))
+        for (entry, _, target, inp), row_outs in zip(jobs, outs):
+            out = merge_rounds(row_outs)
             if "error" in out:
-                results.append({**entry, "error": out["error"]})
+                entry["error"] = out["error"]
                 continue
             macs = out.pop("macs", None) or (target.bundle.manifest.get("model", {}).get("macs") if target.bundle else None)
-            entry.update(out, macs=macs, _probs=np.asarray(out.pop("probs")), _labels=None if anchor else inp.labels,
-                         _positive=target.card.positive_class)
-            results.append(entry)
+            entry.update(out, macs=macs, _probs=np.asarray(out.pop("probs")),
+                         _labels=None if entry["anchor"] else inp.labels, _positive=target.card.positive_class)
     disambiguate(results)
     _accuracy_and_agreement(results)
     _fill_macs(results)
@@ -216,15 +232,47 @@ def disambiguate(rows: list[dict[str, Any]]) -> None:
             r["artifact"] = f"{p.name if p.is_dir() else p.parent.name}/{r['artifact']}"
 
 
+def merge_rounds(outs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from its rounds: the first round's output (load, first call, predictions, profile) with
+    every round's samples pooled into the percentiles, each round's p50 in ``round_p50_ms`` and the
+    largest RSS; an error in any round is the row's error."""
+    bad = next((o for o in outs if "error" in o), None)
+    if bad is not None or len(outs) == 1:
+        return bad or outs[0]
+    out = outs[0]
+    for b, lat in out["batches"].items():
+        lats = [o["batches"][b] for o in outs]
+        samples = [x for lt in lats for x in lt["samples_ms"]]
+        pooled = summarize(samples, int(b), lat["threads"]).to_dict()
+        lat.update(pooled, throughput_ips=round(int(b) * 1e3 / pooled["mean_ms"], 2), samples_ms=samples,
+                   round_p50_ms=[round(lt["p50_ms"], 4) for lt in lats], rss_mb=max(lt["rss_mb"] for lt in lats),
+                   note="; ".join(sorted({lt["note"] for lt in lats if lt.get("note")})))
+    out["peak_rss_mb"] = max(o["peak_rss_mb"] for o in outs)
+    return out
+
+
 def anchor_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """p50 latency of every model row / the same backend's anchor row, per batch size (< 1: faster)."""
+    """p50 latency of every model row / the same backend's anchor row, per batch size (< 1: faster).
+    With rounds (``--rounds``), the median of the rounds' ratios, and their range in ``p50_ratio_range``."""
     out = []
     for a in (r for r in rows if r.get("anchor") and "batches" in r):
         for r in (r for r in rows if not r.get("anchor") and "batches" in r and r["backend"] == a["backend"]):
-            ratios = {b: round(lat["p50_ms"] / a["batches"][b]["p50_ms"], 3)
-                      for b, lat in r["batches"].items() if b in a["batches"] and a["batches"][b]["p50_ms"] > 0}
-            out.append({"artifact": r["artifact"], "precision": r["precision"], "anchor": a["artifact"],
-                        "backend": a["backend"], "p50_ratio": ratios})
+            ratios, spread = {}, {}
+            for b, lat in r["batches"].items():
+                ref = a["batches"].get(b)
+                if not ref or ref["p50_ms"] <= 0:
+                    continue
+                mine, theirs = lat.get("round_p50_ms", [lat["p50_ms"]]), ref.get("round_p50_ms", [ref["p50_ms"]])
+                per_round = np.asarray(mine) / np.asarray(theirs) if len(mine) == len(theirs) else \
+                    np.asarray([lat["p50_ms"] / ref["p50_ms"]])
+                ratios[b] = round(float(np.median(per_round)), 3)
+                if len(per_round) > 1:
+                    spread[b] = [round(float(per_round.min()), 3), round(float(per_round.max()), 3)]
+            entry = {"artifact": r["artifact"], "precision": r["precision"], "anchor": a["artifact"],
+                     "backend": a["backend"], "p50_ratio": ratios}
+            if spread:
+                entry["p50_ratio_range"] = spread
+            out.append(entry)
     return out
 
 

@@ -182,6 +182,9 @@ def register(app: typer.Typer) -> None:
                                           "../shared/anchors/mobilenet_v3_small.onnx), timed alongside on the "
                                           "backends that open it with the same options; prints each model's p50 "
                                           "latency as a ratio to it. Repeatable."),
+        rounds: int = typer.Option(1, help="Run every row this many times, in turn: on a machine whose speed "
+                                   "shifts (a shared VM), p50 pools the rounds and ratios to an anchor are taken "
+                                   "round by round (median, range)."),
         wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
     ) -> None:
         """Latency percentiles, throughput, memory, FLOP/s and accuracy of every artifact, side by side."""
@@ -191,7 +194,7 @@ def register(app: typer.Typer) -> None:
                             threads=threads, images=images, random_inputs=random_inputs, warmup=warmup,
                             runs=None if duration else runs, duration=duration, max_seconds=max_seconds,
                             op_profile=profile_ops, reference=reference, peak_gflops=peak_gflops, any_size=any_size,
-                            anchors=list(anchor or []))
+                            anchors=list(anchor or []), rounds=rounds)
         report = run_bench(models, opts)
         console(wide).print(bench_table(report, wide))
         sources = {r["inputs"] for r in report["rows"] if "inputs" in r}
@@ -202,9 +205,12 @@ def register(app: typer.Typer) -> None:
         for backend, note in sorted({(r["backend"], r["memory"]) for r in report["rows"] if r.get("memory")}):
             typer.echo(f"memory ({backend}): {note}")
         if report["anchor_ratios"]:
-            typer.echo("p50 latency / the anchor's, same backend and run (< 1: faster than the anchor):")
+            typer.echo("p50 latency / the anchor's, same backend and run (< 1: faster than the anchor)"
+                       + (f"; median of {rounds} rounds (range)" if rounds > 1 else "") + ":")
         for a in report["anchor_ratios"]:
-            ratios = ", ".join(f"b{b} {v:.2f}" for b, v in a["p50_ratio"].items())
+            spread = a.get("p50_ratio_range", {})
+            ratios = ", ".join(f"b{b} {v:.2f}" + (f" ({spread[b][0]:.2f}-{spread[b][1]:.2f})" if b in spread else "")
+                               for b, v in a["p50_ratio"].items())
             typer.echo(f"  {a['artifact']} vs {a['anchor']} on {a['backend']}: {ratios}")
         notes = {lat["note"] for r in report["rows"] for lat in r.get("batches", {}).values() if lat.get("note")}
         for note in sorted(notes):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from alnett_edge import __version__
-from alnett_edge.timing import median_ms
+from alnett_edge.timing import interleaved_ms, relative_to
 from alnett_edge.devices import DeviceProfile, resolve_target
 from alnett_edge.errors import AlnettError, ConfigError
 from alnett_edge.bundle import CARD, guard_output, make_archive, remove_own_staging, sha256_file, write_manifest
@@ -77,6 +77,41 @@ def _saturation_failures(extra: dict[str, Any], profile: DeviceProfile) -> list[
             f"({len(sat['layers_that_may_saturate'])} layers; worst pair {sat['worst_pair']} > 32767)"]
 
 
+#: a lower precision is selected by ``--precision auto`` only when at least this much faster (its
+#: round-by-round latency / the most precise passing artifact's, median over rounds): within timing noise
+#: the more exact artifact is kept
+AUTO_MIN_GAIN = 0.05
+_BITS = {"fp32": 32, "fp16": 16, "int8": 8}
+
+
+def _time_here(artifacts: list[dict[str, Any]], timers: dict[str, Any]) -> None:
+    """Batch-1 latency of every artifact that runs here, in interleaved rounds (``timing.interleaved_ms``):
+    ``latency_b1_ms_here`` (median of the rounds' medians) and ``latency_vs_first_here`` (round by round,
+    against the first one built)."""
+    if not timers:
+        return
+    rounds = interleaved_ms(timers)
+    rel = relative_to(rounds, next(iter(timers)))
+    for a in artifacts:
+        if a["file"] in rounds:
+            a["latency_b1_ms_here"] = round(float(np.median(rounds[a["file"]])), 4)
+            a["latency_vs_first_here"] = round(rel[a["file"]], 4)
+
+
+def fastest(passed: list[dict[str, Any]]) -> str:
+    """What ``--precision auto`` selects among the artifacts that passed the gate: the fastest here, by
+    their latency compared round by round; a lower precision only when ``AUTO_MIN_GAIN`` faster than
+    the most precise one."""
+    timed = [a for a in passed if "latency_vs_first_here" in a]
+    if not timed:
+        return passed[0]["file"]
+    exact = max(timed, key=lambda a: _BITS.get(a["precision"], 0))
+    best = min(timed, key=lambda a: a["latency_vs_first_here"])
+    if best["latency_vs_first_here"] <= exact["latency_vs_first_here"] * (1 - AUTO_MIN_GAIN):
+        return best["file"]
+    return exact["file"]
+
+
 def _reference_model(model: Any, card: Any, staging: Path, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
     """The fp32 model ``verify --gate-images`` compares with on the device: an fp32 ONNX artifact of the
     bundle, else a ``reference.fp32.onnx`` added for that purpose (never selected or run by predict)."""
@@ -125,6 +160,7 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
                     layout=layout)
     artifacts: list[dict[str, Any]] = []
     built: set[tuple[str, str]] = set()
+    timers: dict[str, Any] = {}  # file -> one batch-1 call on this machine, timed once all are built
     try:
         for rank, fmt_name in enumerate(profile.formats):
             fmt = get_format(fmt_name)
@@ -143,8 +179,7 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
                     entry["gate"] = gate_artifact(runners, ref, gate, allow_drop, min_agreement, fmt.proxy,
                                                   _saturation_failures(art.extra, profile))
                     predict = runners.get(KERNELS) or next(iter(runners.values()))
-                    x1 = gate.inputs[:1]
-                    entry["latency_b1_ms_here"] = round(median_ms(lambda p=predict, x=x1: p(x)), 4)
+                    timers[art.file] = lambda p=predict, x=gate.inputs[:1]: p(x)
                     np.save(staging / "golden" / f"{art.file}.probs.npy", predict(golden))
                 entry["bytes"] = (staging / art.file).stat().st_size
                 artifacts.append(entry)
@@ -156,6 +191,7 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
         shutil.rmtree(staging, ignore_errors=True)
         raise ConfigError(f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
+    _time_here(artifacts, timers)
     rejected: list[dict[str, Any]] = []
     if precision == "auto":
         # auto tries every precision: a candidate that fails the gate is left out, not fatal
@@ -170,7 +206,7 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
         failed = rejected
     selected = None
     if precision == "auto" and host_is(profile) and passed:
-        selected = min(passed, key=lambda a: a["latency_b1_ms_here"])["file"]
+        selected = fastest(passed)
     elif artifacts:
         primary = [a for a in artifacts if a["format"] == profile.formats[0] and a["precision"] in wanted]
         selected = (primary or artifacts)[0]["file"]
