@@ -113,7 +113,7 @@ def test_few_patients_of_a_class_are_warned_about_unless_the_stain_is_normalised
 
     from alnett_edge.card import CLASS_NAMES
     from alnett_edge.data.sources import Sample
-    from alnett_edge.train.loop import FEW_PATIENTS, _warn_few_patients
+    from alnett_edge.train.loop import FEW_PATIENTS, _warn_few_patients, resolve_stain
 
     def split(n_hem, n_all):
         samples = [Sample(Path(f"h{i}.bmp"), 0, f"H{i}") for i in range(n_hem) for _ in range(3)]
@@ -127,3 +127,28 @@ def test_few_patients_of_a_class_are_warned_about_unless_the_stain_is_normalised
     with caplog.at_level(logging.WARNING, logger="alnett_edge.train.loop"):
         _warn_few_patients(split(FEW_PATIENTS, FEW_PATIENTS), CLASS_NAMES)
     assert not caplog.records
+    # --stain auto (the default) normalises each cell's colour when a class has few patients
+    assert resolve_stain("auto", split(3, 12).samples, CLASS_NAMES) == "cell"
+    assert resolve_stain("auto", split(FEW_PATIENTS, FEW_PATIENTS).samples, CLASS_NAMES) == "none"
+    assert resolve_stain("none", split(3, 12).samples, CLASS_NAMES) == "none"  # asked: kept (and warned)
+    no_ids = [Sample(Path(f"c{i}.bmp"), i % 2) for i in range(40)]
+    assert resolve_stain("auto", no_ids, CLASS_NAMES) == "none"  # nothing to count
+
+
+def test_auto_stain_is_decided_once_for_every_fold(tmp_path, caplog):
+    """Five normal patients: ``train --folds`` with the default --stain auto gives every fold's card "cell" (one
+    decision on the whole dataset, so the folds can be ensembled), and says why."""
+    import logging
+
+    from alnett_edge.data.synth import SynthSpec, generate_cnmc_dataset
+
+    data = tmp_path / "few"
+    generate_cnmc_dataset(data, SynthSpec(n_cells=60, size=64, difficulty=0.1, fmt="png", cells_per_patient=4, seed=5))
+    with caplog.at_level(logging.INFO, logger="alnett_edge.train.loop"):
+        res = cli("train", "--data", data, "--out", tmp_path / "cv", "-m", "alnett-tiny", "--folds", 2, "--epochs", 1,
+                  "--workers", 0, "--input-size", 64)
+    assert res.exit_code == 0, res.output
+    cards = [read_card(tmp_path / "cv" / f"fold_{k}" / "best.safetensors") for k in range(2)]
+    assert [c.input.stain for c in cards] == ["cell", "cell"]
+    assert [c.training["config"]["stain"] for c in cards] == ["cell", "cell"]
+    assert caplog.text.count("stain normalisation: cell (--stain auto: few patients per class") == 1

@@ -43,8 +43,9 @@ def register(app: typer.Typer) -> None:
         no_augment: bool = typer.Option(False, "--no-augment"),
         dilations: str = typer.Option(None, help="Comma-separated dilation rates, e.g. 1,2,3."),
         fusion: str = typer.Option(None, help="Branch fusion: concat or sum."),
-        stain: str = typer.Option("none", help="Colour normalisation in the card: none (the card's mean/std) or "
-                                  "cell (each cell's own mean/std: robust to lamp and stain strength)."),
+        stain: str = typer.Option("auto", help="Colour normalisation in the card: none (the card's mean/std), "
+                                  "cell (each cell's own mean/std: robust to lamp and stain strength) or auto "
+                                  "(cell when a class comes from fewer than 8 patients, else none)."),
         canvas_um: float = typer.Option(0.0, "--canvas-um", min=0.0, help="Side of the input canvas in µm "
                                         "(default: measured, the median normal cell taken as 9 µm)."),
         workers: int = typer.Option(2, help="Data loading worker processes."),

@@ -24,13 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from alnett_edge.card import CLASS_NAMES
+from alnett_edge.data.sources import load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.metrics import binary_metrics, ece_noise_floor, expected_calibration_error
 from alnett_edge.model.checkpoint import load_checkpoint, save_checkpoint
 from alnett_edge.model.ensemble import MEMBERS_KEY, ALNettEnsemble
 from alnett_edge.model.profile import profile_model
 from alnett_edge.train.evaluate import evaluate_checkpoint
-from alnett_edge.train.loop import TrainConfig, train
+from alnett_edge.train.loop import TrainConfig, resolve_stain, train
 from alnett_edge.train.plots import plot_rocs
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
         raise ConfigError("--folds runs every fold to the end: --resume and --stop-after do not apply")
     out = Path(cfg.out)
     t0 = time.perf_counter()
+    # --stain auto is decided once, on the whole dataset: every fold (and an ensemble of them) shares a card
+    cfg = replace(cfg, stain=resolve_stain(cfg.stain, load_samples(cfg.data, cfg.layout, cfg.labels_csv), CLASS_NAMES))
     rows, curves = [], []
     for k in range(folds):
         fold_dir = out / f"fold_{k}"
