@@ -152,3 +152,4 @@ def test_auto_stain_is_decided_once_for_every_fold(tmp_path, caplog):
     assert [c.input.stain for c in cards] == ["cell", "cell"]
     assert [c.training["config"]["stain"] for c in cards] == ["cell", "cell"]
     assert caplog.text.count("stain normalisation: cell (--stain auto: few patients per class") == 1
+    assert "stain normalisation: cell" in res.output  # said without -v

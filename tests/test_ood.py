@@ -55,6 +55,28 @@ def test_a_red_cell_a_restained_cell_and_a_wrong_scale_are_out_of_distribution(c
     assert ood_distance(app, np.zeros_like(cells[0]), t) == float("inf")  # no cell pixels at all
 
 
+def test_a_stain_normalising_card_ignores_brightness_but_not_a_red_cell_or_another_hue(card_and_cells):
+    """A ``stain = "cell"`` card's model cancels a brightness gain, so its appearance check does too
+    (skewness and chromaticity instead of L*a*b*), while a red cell and swapped channels stay far."""
+    card, cells = card_and_cells
+    t = card.input.mask_threshold
+    fit, held_out = np.stack(cells[:90]), cells[90:]
+    lab, free = fit_appearance(fit, card.input.canvas_um, t), fit_appearance(fit, card.input.canvas_um, t, stain="cell")
+    assert free["stain"] == "cell" and free["features"][:3] == ["skew R", "skew G", "skew B"]
+
+    def brighter(c, g):
+        return np.where(c.max(-1, keepdims=True) > t, np.clip(c * g, 0, 255), 0).astype(np.uint8)
+
+    def beyond(app, imgs):
+        return np.mean([ood_distance(app, c, t) > app["max_distance"] for c in imgs])
+
+    assert beyond(free, held_out) == 0 and beyond(lab, held_out) == 0
+    lamp = [brighter(c, 1.8) for c in held_out]
+    assert beyond(free, lamp) == 0 and beyond(lab, lamp) >= 0.9  # the colour check calls a brighter lamp far
+    assert beyond(free, [np.ascontiguousarray(c[..., [1, 2, 0]]) for c in held_out]) == 1
+    assert ood_distance(free, red_cell(card), t) > free["max_distance"]
+
+
 def test_without_a_scale_the_size_is_left_out_and_few_cells_give_no_appearance():
     rng = np.random.default_rng(0)
     imgs = np.zeros((40, 32, 32, 3), np.uint8)

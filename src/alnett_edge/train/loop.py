@@ -362,9 +362,9 @@ def resolve_stain(stain: str, samples: list[Any], class_names: tuple[str, ...]) 
     if stain != "auto":
         return stain
     few = few_patients(samples, class_names)
-    if few:
-        log.info("stain normalisation: cell (--stain auto: few patients per class, %s; each cell's colour is "
-                 "standardised so that a patient's stain cannot stand in for the class)", _listed(few))
+    if few:  # a caveat about the data as much as a choice: said by default
+        log.warning("stain normalisation: cell (--stain auto: few patients per class, %s; each cell's colour is "
+                    "standardised so that a patient's stain cannot stand in for the class)", _listed(few))
         return "cell"
     log.info("stain normalisation: none (--stain auto: every class has %d or more patients)", FEW_PATIENTS)
     return "none"
@@ -430,7 +430,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         card.input = replace(card.input, canvas_um=scale_info["canvas_um"])
         log.info("input canvas %.1f µm (%s)", scale_info["canvas_um"], scale_info["method"])
     if not card.appearance:  # what the training cells look like: the daemon abstains crops far from it
-        card.appearance = fit_appearance(train_ds.images, card.input.canvas_um, card.input.mask_threshold, seed=cfg.seed)
+        card.appearance = fit_appearance(train_ds.images, card.input.canvas_um, card.input.mask_threshold, seed=cfg.seed,
+                                         stain=card.input.stain)
 
     model.to(device)
     criterion = make_criterion(train_ds.labels, cfg.balance, device, cfg.label_smoothing)
