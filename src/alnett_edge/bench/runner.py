@@ -166,7 +166,7 @@ def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
                  for r in rows if r["target"].bundle is not None}
     results, jobs = [], []
     with tempfile.TemporaryDirectory(prefix="alnett-bench-") as tmp:
-        for i, row in enumerate(rows):
+        for row in rows:
             target: Target = row["target"]
             entry: dict[str, Any] = {
                 "model": row["model"], "artifact": target.path.name, "format": target.format,
@@ -262,9 +262,9 @@ def anchor_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ref = a["batches"].get(b)
                 if not ref or ref["p50_ms"] <= 0:
                     continue
-                mine, theirs = lat.get("round_p50_ms", [lat["p50_ms"]]), ref.get("round_p50_ms", [ref["p50_ms"]])
-                per_round = np.asarray(mine) / np.asarray(theirs) if len(mine) == len(theirs) else \
-                    np.asarray([lat["p50_ms"] / ref["p50_ms"]])
+                # every row ran the same rounds (a row with a failed round has no latencies)
+                per_round = np.asarray(lat.get("round_p50_ms", [lat["p50_ms"]])) / \
+                    np.asarray(ref.get("round_p50_ms", [ref["p50_ms"]]))
                 ratios[b] = round(float(np.median(per_round)), 3)
                 if len(per_round) > 1:
                     spread[b] = [round(float(per_round.min()), 3), round(float(per_round.max()), 3)]

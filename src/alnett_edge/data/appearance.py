@@ -53,7 +53,7 @@ def crop_features(prepared: np.ndarray, canvas_um: float, threshold: int = 10,
                   stain: str = "none") -> np.ndarray | None:
     """The features of one prepared (uint8 RGB, background black) cell image for a card with this
     ``stain``; None without a cell. OpenCV per plane and masked means: 0.6 ms for a 224 px cell on 2
-    AVX2 cores (3.5 ms in numpy)."""
+    AVX2 cores (3.5 ms in numpy); the gain-free set 0.7 ms against L*a*b*'s 0.3 on an AVX-512 EPYC."""
     img = np.ascontiguousarray(prepared)
     _, mask = foreground(img, threshold)
     pixels = cv2.countNonZero(mask)
