@@ -117,10 +117,11 @@ class SplitData:
 
 def load_split_datasets(data: str | Path, spec: InputSpec, layout: str = "auto", labels_csv: str | None = None,
                         val_fraction: float = 0.2, seed: int = 0, val_fold: str | None = None,
-                        augment_cfg: AugmentConfig | None = None, cv: tuple[int, int] | None = None) -> SplitData:
-    """Load a dataset, split it patient-disjointly (leaving out cross-validation fold ``cv`` =
-    (fold, folds) first) and decode both sides once."""
-    samples = load_samples(data, layout, labels_csv)
+                        augment_cfg: AugmentConfig | None = None, cv: tuple[int, int] | None = None,
+                        samples: list[Sample] | None = None) -> SplitData:
+    """Load a dataset (or take its already listed ``samples``), split it patient-disjointly (leaving out
+    cross-validation fold ``cv`` = (fold, folds) first) and decode both sides once."""
+    samples = load_samples(data, layout, labels_csv) if samples is None else samples
     split = make_split(samples, val_fraction, seed, val_fold, cv)
     train_ds, train_report = CellDataset.from_samples(split.train, spec, augment_cfg, seed, "training split")
     val_ds, val_report = CellDataset.from_samples(split.val, spec, None, seed, "validation split")

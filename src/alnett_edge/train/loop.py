@@ -395,6 +395,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
     last_path, state_path, best_path = out / "last.safetensors", out / "last.state.pt", out / "best.safetensors"
 
     asked_stain = cfg.stain
+    samples = load_samples(cfg.data, cfg.layout, cfg.labels_csv)  # listed once: --stain auto and the split
     # Model and card: the last checkpoint when resuming, a given model to fine-tune, or a fresh variant.
     state = None
     if cfg.resume:
@@ -409,14 +410,13 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         if cfg.fusion:
             overrides["fusion"] = cfg.fusion
         model = create_model(cfg.variant, **overrides)
-        cfg = replace(cfg, stain=resolve_stain(cfg.stain, load_samples(cfg.data, cfg.layout, cfg.labels_csv),
-                                               CLASS_NAMES))
+        cfg = replace(cfg, stain=resolve_stain(cfg.stain, samples, CLASS_NAMES))
         card = new_card(model, cfg.variant, cfg.input_size, stain=cfg.stain, tta=cfg.tta)
 
     # Data: patient-disjoint split, decoded once.
     sd = load_split_datasets(cfg.data, card.input, cfg.layout, cfg.labels_csv, cfg.val_fraction, cfg.seed,
                              cfg.val_fold, AugmentConfig() if cfg.augment else None,
-                             (cfg.cv_fold, cfg.cv_folds) if cfg.cv_folds else None)
+                             (cfg.cv_fold, cfg.cv_folds) if cfg.cv_folds else None, samples=samples)
     train_ds, val_ds, report = sd.train, sd.val, sd.report
     if cfg.stain == "none" and asked_stain == "none":
         _warn_few_patients(train_ds, card.class_names)
