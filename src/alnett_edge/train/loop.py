@@ -466,6 +466,10 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
     scheduler = cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     use_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    if device.type == "cuda":
+        amp_what = ("off" if not cfg.amp else "float16 with a gradient scaler" if use_scaler else "bfloat16")
+        log.info("training on %s (%s), mixed precision %s%s", device, torch.cuda.get_device_name(device), amp_what,
+                 f", {dd.world} processes" if dd.enabled else "")
 
     # At most a fifth of the schedule: the average of a short run (a 1-3 epoch fine-tune after pruning)
     # would otherwise still weigh the weights it started from.
