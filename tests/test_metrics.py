@@ -115,3 +115,34 @@ def test_ece_noise_floor_says_how_many_cells_an_ece_needs():
     assert floors[14] > 0.15 and floors[1500] < 0.05
     assert floors[14] > floors[70] > floors[300] > floors[1500]
     assert ece_noise_floor(np.tile([[0.0005, 0.9995]], (50, 1))) < 0.002
+
+
+def test_the_gate_judges_what_a_device_reports_and_names_its_resolution():
+    from alnett_edge.evaluation import gate_result
+
+    rng = np.random.default_rng(3)
+    # 80 cells (40 blasts): fp32 sure of most, four near 0.5, as a small real gate set has
+    labels = np.repeat([1, 0], 40)
+    ref = np.where(labels == 1, rng.uniform(0.75, 0.99, 80), rng.uniform(0.01, 0.25, 80))
+    ref[[0, 1, 40, 41]] = [0.54, 0.52, 0.51, 0.55]  # blasts right, normals wrong, all unsure
+    # int8 within rounding of fp32, but the four coin flips cross 0.5 (two blasts lost, two normals won)
+    q = np.clip(ref + rng.normal(0, 0.005, 80), 0, 1)
+    q[[0, 1, 40, 41]] = [0.47, 0.45, 0.46, 0.44]
+    g = gate_result(ref, q, labels)
+    assert g["top1_agreement"] == 76 / 80 and g["drop_points"]["sensitivity"] == 5.0  # what the old rule failed
+    assert g["changed"] == {"decisions": 4, "counted": 0, "min_confidence": 0.6}
+    assert g["passed"] and g["agreement"] == 1.0 and g["counted_drop_points"]["sensitivity"] == 0.0, g["failures"]
+    # one confident blast lost (0.9 -> 0.3) is a real change: a point of sensitivity is less than one of 40 blasts
+    q2 = q.copy()
+    q2[5] = 0.3
+    g2 = gate_result(ref, q2, labels)
+    assert not g2["passed"] and g2["changed"]["counted"] == 1 and g2["agreement"] == 79 / 80
+    assert any(f.startswith("sensitivity drops 2.50 points (> 1.0; one image is 2.50 points of 40)") for f in g2["failures"])
+    assert any(f.startswith("agreement 98.75% < 99% (1 of 80 decisions") for f in g2["failures"])
+    # a systematic shift (every probability 0.15 lower) moves sure cells across 0.5 too: it fails
+    g3 = gate_result(ref, np.clip(ref - 0.15, 0, 1), labels)
+    assert g3["changed"]["counted"] >= 1 and not g3["passed"]
+    # a change from unsure to sure (0.55 -> 0.2) is counted: the device reports a class it did not
+    q4 = q.copy()
+    q4[41] = 0.2
+    assert gate_result(ref, q4, labels)["changed"]["counted"] == 1

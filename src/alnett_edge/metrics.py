@@ -20,10 +20,26 @@ def summary(metrics: dict[str, object]) -> dict[str, object]:
     return {k: metrics[k] for k in SUMMARY_KEYS}
 
 
+#: The daemon's default ``[quality] min_confidence``: a cell whose top-class probability is lower is
+#: abstained, not reported.
+DEFAULT_MIN_CONFIDENCE = 0.6
+
+
 def top1_agreement(prob_a: np.ndarray, prob_b: np.ndarray, threshold: float = 0.5) -> float:
     """Share of images on which two models make the same decision (P(all) >= threshold)."""
     a, b = np.asarray(prob_a), np.asarray(prob_b)
     return float(((a >= threshold) == (b >= threshold)).mean()) if len(a) else 1.0
+
+
+def changed_decisions(prob_a: np.ndarray, prob_b: np.ndarray, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+                      threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the images whose decision differs at ``threshold``, and of those among them that either
+    model calls with a top-class probability of at least ``min_confidence``. A change on an image both
+    hold below it (0.52 -> 0.47, say) changes nothing a device abstaining below ``min_confidence`` reports."""
+    a, b = np.asarray(prob_a, dtype=np.float64), np.asarray(prob_b, dtype=np.float64)
+    changed = (a >= threshold) != (b >= threshold)
+    sure = np.maximum(np.maximum(a, 1 - a), np.maximum(b, 1 - b)) >= min_confidence
+    return changed, changed & sure
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import textwrap
 import sys
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 from alnett_edge.files import check_output_dir, check_output_file
@@ -34,3 +36,13 @@ def output_file(value: Path | None) -> Path | None:
 def output_dir(value: Path | None) -> Path | None:
     """typer callback for options that name a folder to write into: refused before the command runs."""
     return None if value is None else check_output_dir(value)
+
+
+def change(drop_points: float | None) -> str:
+    """A drop in points shown as the change it is: a gain reads +0.75, a loss -0.75."""
+    return "" if drop_points is None else f"{0.0 - drop_points:+.2f}"
+
+
+def echo_wrapped(text: str) -> None:
+    """One note line, wrapped at the narrow width (continuation lines indented)."""
+    typer.echo(textwrap.fill(text, NARROW, subsequent_indent="    "))

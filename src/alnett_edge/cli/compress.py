@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import console, output_dir, output_file
+from alnett_edge.cli.common import console, echo_wrapped, output_dir, output_file
 
 
 def _fmt(v: object) -> str:
@@ -82,8 +82,11 @@ def register(app: typer.Typer) -> None:
                                  {"fp32": e["fp32"], "QAT int8": {**e["int8"], "agreement": e["agreement"]}}, cols))
         typer.echo(f"QAT checkpoint: {rep['qat']} (activation zero-points: {rep['activation_zero_points'][:8]})")
         g = rep["gate_on_val"]
-        typer.echo("export gate on the validation split: " + ("passes" if g["passed"] else
-                   "FAILS (" + "; ".join(g["failures"]) + "): more --epochs, another --lr, or export fp32"))
+        ch = g["changed"]
+        unsure = (f" ({ch['decisions'] - ch['counted']} of the {ch['decisions']} changed decisions on cells both "
+                  f"models hold below {ch['min_confidence']}: not counted)" if ch["decisions"] > ch["counted"] else "")
+        echo_wrapped("export gate on the validation split: " + ("passes" if g["passed"] else "FAILS ("
+                     + "; ".join(g["failures"]) + "): more --epochs, another --lr, or export fp32") + unsure)
 
     @app.command("calibrate")
     def calibrate(

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import console
+from alnett_edge.cli.common import change, console, echo_wrapped
 
 
 def gate_table(manifest: dict) -> Table:
@@ -22,7 +22,7 @@ def gate_table(manifest: dict) -> Table:
             table.add_row(a["file"], a["precision"], f"{a['bytes']:,}", "", "", "", "", "", "not run here")
             continue
         table.add_row(a["file"], a["precision"], f"{a['bytes']:,}", f"{g['metrics']['accuracy']:.4f}",
-                      f"{g['drop_points']['accuracy']:+.2f}", f"{g['drop_points']['f1']:+.2f}", f"{g['agreement']:.2%}",
+                      change(g["drop_points"]["accuracy"]), change(g["drop_points"]["f1"]), f"{g['agreement']:.2%}",
                       f"{a.get('latency_b1_ms_here', 0):.3f}", tag + ("pass" if g["passed"] else "FAIL"))
     return table
 
@@ -43,6 +43,13 @@ def gate_notes(manifest: dict) -> list[str]:
                                              f"pair x 255 = {sat['worst_pair']} <= 32767)" if sat["exact_on_x86_without_vnni"]
                                              else f"{len(sat['layers_that_may_saturate'])} layers may saturate on "
                                                   "x86 without VNNI (fine on the target's own hardware)"))
+        ch = g.get("changed")
+        if ch and ch["decisions"] > ch["counted"]:
+            unsure = ch["decisions"] - ch["counted"]
+            lines.append(f"{a['file']}: {ch['decisions']} of {g['n']} decisions changed, "
+                         f"{'all' if unsure == ch['decisions'] else unsure} on images both models hold below "
+                         f"{ch['min_confidence']} (abstained on a device either way): not counted by the gate")
+        lines += [f"FAIL: {a['file']}: {f}" for f in g.get("failures", [])]
         if g.get("proxy"):
             lines.append(f"{a['file']}: a proxy gate (see the manifest); on the device run "
                          "`alnett-edge verify BUNDLE --gate-images DIR`")
@@ -76,7 +83,7 @@ def register(app: typer.Typer) -> None:
                                  min_agreement, force, layout)
         console().print(gate_table(manifest))
         for line in gate_notes(manifest):
-            typer.echo(line)
+            echo_wrapped(line)
         typer.echo(f"bundle: {manifest['bundle']} (selected artifact: {manifest['selected']})")
         if "archive" in manifest:
             typer.echo(f"archive: {manifest['archive']}")

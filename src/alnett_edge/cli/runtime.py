@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import WIDE_HELP, console, output_file
+from alnett_edge.cli.common import WIDE_HELP, change, console, output_file
 from alnett_edge.errors import ConfigError
 from alnett_edge.runtime.base import BACKENDS
 
@@ -72,7 +72,7 @@ def _regate(bundle: Path, gate_images: Path, backend: str | None, threads: int) 
     for r in rows:
         gate = "not run" if r.passed is None else "pass" if r.passed else "FAIL"
         table.add_row(r.artifact, r.precision, r.backend, _f(r.accuracy, "{:.4f}"),
-                      _f(r.drop_points.get("accuracy"), "{:+.2f}"), _f(r.drop_points.get("sensitivity"), "{:+.2f}"),
+                      change(r.drop_points.get("accuracy")), change(r.drop_points.get("sensitivity")),
                       _f(r.agreement, "{:.2%}"), gate)
     console().print(table)
     typer.echo(f"reference: {info['reference']}")

@@ -264,7 +264,7 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
         "checkpoint": str(checkpoint), "qat": str(path), "scheme": scheme, "epochs": epochs, "losses": losses,
         "val": {"fp32": fp32_metrics, "int8": int8_metrics, "agreement": top1_agreement(fp32_prob, int8_prob),
                 "n": len(sd.val)},
-        "gate_on_val": {"passed": gate["passed"], "failures": gate["failures"]},
+        "gate_on_val": {k: gate[k] for k in ("passed", "failures", "agreement", "counted_drop_points", "changed")},
         "activation_zero_points": sorted(set(zps)),
     }  # fmt: skip
     if not gate["passed"]:

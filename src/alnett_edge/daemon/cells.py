@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from alnett_edge.daemon.detector import Detection
+from alnett_edge.metrics import DEFAULT_MIN_CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class QualityConfig:
     # optics and resolution: set it for your microscope.
     min_sharpness: float = 4.5
     allow_border: bool = False  # cells cut by the frame border are abstained
-    min_confidence: float = 0.6  # top class probability; lower = abstain
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE  # top class probability (0.6); lower = abstain
     # a crop farther from the training cells' look than the card allows (card.appearance): "abstain"
     # (not classified: "out of distribution"), "record" (classified; its distance is recorded), "off"
     out_of_distribution: str = "record"

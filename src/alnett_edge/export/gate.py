@@ -56,8 +56,12 @@ def gate_artifact(runners: dict[str, Predictor], ref: np.ndarray, gate: GateSet,
     results = {name: gate_result(ref[:, col], predict_batched(p, gate.inputs)[:, col], gate.labels, allow_drop, min_agreement)
                for name, p in runners.items()}
     head = results.get(KERNELS) or next(iter(results.values()))
-    failures = [f + (f" ({name} int8 arithmetic)" if len(results) > 1 else "") for name, r in results.items()
-                for f in r["failures"]]
+    failing: dict[str, list[str]] = {}  # one line per failure, naming every arithmetic it failed under
+    for name, r in results.items():
+        for f in r["failures"]:
+            failing.setdefault(f, []).append(name)
+    failures = [f + (f" ({' and '.join(names)} int8 arithmetic)" if len(results) > 1 else "")
+                for f, names in failing.items()]
     failures += extra_failures or []
     return {**head, "passed": not failures, "failures": failures,
             "arithmetic": {name: {k: r[k] for k in ("passed", "metrics", "drop_points", "agreement")}
