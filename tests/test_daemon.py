@@ -301,6 +301,14 @@ def test_shipped_example_config_is_valid():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "deploy" / "daemon.toml")
     assert cfg.source.spec == "picamera2:0" and cfg.http.host == "127.0.0.1" and cfg.quality.min_sharpness == 4.5
+    # the systemd unit starts an entry point that exists, on the config the README installs
+    import importlib.util
+
+    unit = (Path(__file__).resolve().parents[1] / "deploy" / "alnett-edge.service").read_text()
+    exec_start = [line.split("=", 1)[1].split() for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert len(exec_start) == 1 and exec_start[0][1] == "-m", exec_start
+    assert importlib.util.find_spec(exec_start[0][2] + ".__main__") is not None
+    assert exec_start[0][3:] == ["/etc/alnett-edge/daemon.toml"]
 
 
 def test_bad_config_bundle_source_and_port_are_one_line_errors(x86_bundle, tmp_path):
@@ -336,3 +344,30 @@ def test_daemon_without_a_pixel_size_estimates_it_from_its_first_frames(x86_bund
     assert optics["source"] == "estimated from 4 frames" and summary["frames_processed"] == 10
     assert abs(optics["um_per_px"] - SMEAR_UM_PER_PX) / SMEAR_UM_PER_PX < 0.15, optics
     assert summary["frames_uncalibrated"] == 0 and summary["session"]["cells"] > 0
+
+
+def test_the_service_entry_runs_from_a_config_without_the_cli_libraries(x86_bundle, tmp_path):
+    """``python -m alnett_edge.daemon CONFIG`` (the systemd unit's command): the cells reach the
+    database, the summary is written, and typer, rich and pydantic are never imported."""
+    video = tmp_path / "smear.avi"
+    write_smear_video(video, 6)
+    db, summary = tmp_path / "cells.db", tmp_path / "summary.json"
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'[source]\nspec = "video:{video}"\nqueue = 64\n[runtime]\nbundle = "{x86_bundle["bundle"]}"\n'
+                   f'[optics]\num_per_px = {SMEAR_UM_PER_PX}\n[sinks]\ndb = "{db}"\n[http]\nport = 0\n')
+    code = (f"import sys\nfrom alnett_edge.daemon.__main__ import main\nrc = main([{str(cfg)!r}, '--summary-json', "
+            f"{str(summary)!r}])\nheavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{'typer', 'rich', 'pydantic'}})\n"
+            "print(rc, heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "0 []", (proc.stdout, proc.stderr)
+    s = json.loads(summary.read_text())
+    rows = sqlite3.connect(db).execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+    assert s["frames_processed"] == 6 and s["stop_reason"] == "ended" and rows == s["session"]["cells"] > 0
+    assert "stopped (ended): 6 frames" in proc.stderr  # the exit summary, logged
+    # errors: one line, the CLI's exit code
+    cfg.write_text('[source]\nspec = "synthetic"\nfps = "fast"\n')
+    bad = subprocess.run([sys.executable, "-m", "alnett_edge.daemon", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: [source] fps must be float, got str 'fast'"], bad.stderr
+    gone = subprocess.run([sys.executable, "-m", "alnett_edge.daemon", str(tmp_path / "none.toml")], capture_output=True,
+                          text=True, timeout=120)
+    assert gone.returncode == 2 and gone.stderr.startswith("error: config file not found"), gone.stderr

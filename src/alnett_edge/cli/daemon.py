@@ -33,21 +33,6 @@ def stage_table(summary: dict) -> Table:
     return table
 
 
-#: with ``[quality] out_of_distribution = "record"``, this share of the stored cells beyond the card's
-#: appearance limit makes the exit summary say that the calls are not to be trusted
-OOD_WARN_SHARE = 0.2
-
-
-def ood_warning(summary: dict) -> str | None:
-    """A warning when many cells looked unlike the model's training cells and were classified anyway."""
-    ood, cells = summary.get("out_of_distribution") or {}, summary["session"]["cells"]
-    if ood.get("mode") != "record" or not cells or ood.get("cells", 0) < OOD_WARN_SHARE * cells:
-        return None
-    return (f"warning: {ood['cells']} of {cells} cells look unlike the model's training cells (colour or size\n"
-            "beyond the card's limit); their calls and the blast ratio are not to be trusted. Check the stain and\n"
-            "the optics, or set [quality] out_of_distribution = \"abstain\".")
-
-
 def register(app: typer.Typer) -> None:
     @app.command("daemon")
     def daemon(
@@ -84,7 +69,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the microscope daemon: capture -> detect -> track -> quality gate -> classify -> record."""
         from alnett_edge.daemon.config import load_config
-        from alnett_edge.daemon.service import Daemon
+        from alnett_edge.daemon.service import Daemon, ood_warning
         from alnett_edge.daemon.sinks import StoreError
 
         overrides = {

@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import WIDE_HELP, change, console, output_file
+from alnett_edge.cli.common import WIDE_HELP, change, console, echo_wrapped, output_file
 from alnett_edge.errors import ConfigError
+from alnett_edge.metrics import DEFAULT_MIN_CONFIDENCE
 from alnett_edge.runtime.base import BACKENDS
 
 BACKEND_HELP = f"{', '.join(BACKENDS)} (default: the device profile's order, first one installed here)."
@@ -76,10 +77,11 @@ def _regate(bundle: Path, gate_images: Path, backend: str | None, threads: int) 
                       _f(r.agreement, "{:.2%}"), gate)
     console().print(table)
     typer.echo(f"reference: {info['reference']}")
-    typer.echo(f"limits (the bundle's): drop <= {info['allow_drop']} points, agreement >= {info['min_agreement']:.0%}")
+    echo_wrapped(f"limits (the bundle's): drop <= {info['allow_drop']} points, agreement >= {info['min_agreement']:.0%} "
+                 f"(changes on cells both models hold below {DEFAULT_MIN_CONFIDENCE} not counted)")
     for r in rows:
         for line in r.failures + ([r.note] if r.note else []):
-            typer.echo(f"{'FAIL' if r.failures and line in r.failures else 'note'}: {r.artifact}: {line}")
+            echo_wrapped(f"{'FAIL' if r.failures and line in r.failures else 'note'}: {r.artifact}: {line}")
     return {**info, "rows": rows_to_dicts(rows)}
 
 

@@ -462,3 +462,18 @@ class Daemon:
         if cap.state == "running" and time.time() - cap.last_frame_time > self.cfg.source.stall_timeout:
             return False, "no frame within the stall timeout"
         return True, cap.state
+
+
+#: with ``[quality] out_of_distribution = "record"``, this share of the stored cells beyond the card's
+#: appearance limit makes the exit summary say that the calls are not to be trusted
+OOD_WARN_SHARE = 0.2
+
+
+def ood_warning(summary: dict) -> str | None:
+    """A warning when many cells looked unlike the model's training cells and were classified anyway."""
+    ood, cells = summary.get("out_of_distribution") or {}, summary["session"]["cells"]
+    if ood.get("mode") != "record" or not cells or ood.get("cells", 0) < OOD_WARN_SHARE * cells:
+        return None
+    return (f"warning: {ood['cells']} of {cells} cells look unlike the model's training cells (colour or size\n"
+            "beyond the card's limit); their calls and the blast ratio are not to be trusted. Check the stain and\n"
+            "the optics, or set [quality] out_of_distribution = \"abstain\".")
