@@ -371,3 +371,6 @@ def test_the_service_entry_runs_from_a_config_without_the_cli_libraries(x86_bund
     gone = subprocess.run([sys.executable, "-m", "alnett_edge.daemon", str(tmp_path / "none.toml")], capture_output=True,
                           text=True, timeout=120)
     assert gone.returncode == 2 and gone.stderr.startswith("error: config file not found"), gone.stderr
+    bare = subprocess.run([sys.executable, "-m", "alnett_edge.daemon"], capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and bare.stderr.strip().splitlines() == [
+        "error: the following arguments are required: config (see python -m alnett_edge.daemon --help)"], bare.stderr

@@ -24,9 +24,16 @@ from alnett_edge.errors import AlnettError
 log = logging.getLogger("alnett_edge.daemon")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """A usage mistake is one line too, as in the CLI."""
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m alnett_edge.daemon",
-                                 description="The microscope daemon from a TOML config (as a service runs it).")
+    ap = _Parser(prog="python -m alnett_edge.daemon",
+                 description="The microscope daemon from a TOML config (as a service runs it).")
     ap.add_argument("config", type=Path, help="daemon TOML (see deploy/daemon.toml)")
     ap.add_argument("--summary-json", type=Path, help="write the session summary here at exit")
     args = ap.parse_args(argv)
