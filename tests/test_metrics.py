@@ -132,6 +132,9 @@ def test_the_gate_judges_what_a_device_reports_and_names_its_resolution():
     assert g["top1_agreement"] == 76 / 80 and g["drop_points"]["sensitivity"] == 5.0  # what the old rule failed
     assert g["changed"] == {"decisions": 4, "counted": 0, "min_confidence": 0.6}
     assert g["passed"] and g["agreement"] == 1.0 and g["counted_drop_points"]["sensitivity"] == 0.0, g["failures"]
+    from alnett_edge.metrics import device_agreement, top1_agreement
+
+    assert device_agreement(ref, q) == 1.0 and top1_agreement(ref, q) == 0.95  # what bench / calibrate / qat report
     # one confident blast lost (0.9 -> 0.3) is a real change: a point of sensitivity is less than one of 40 blasts
     q2 = q.copy()
     q2[5] = 0.3

@@ -32,6 +32,7 @@ from alnett_edge.metrics import (
     SUMMARY_KEYS,
     binary_metrics,
     changed_decisions,
+    device_agreement,
     expected_calibration_error,
     summary,
     top1_agreement,
@@ -123,7 +124,7 @@ def gate_result(ref_prob_all: np.ndarray, prob_all: np.ndarray, labels: np.ndarr
     one_image = {"accuracy": len(labels), "sensitivity": int((labels == 1).sum()), "specificity": int((labels == 0).sum())}
     failures = [f"{k} drops {d:.2f} points (> {allow_drop}" + _resolution(one_image.get(k), allow_drop) + ")"
                 for k, d in counted_drops.items() if d > allow_drop]
-    agreement = 1.0 - int(counted.sum()) / max(len(labels), 1)
+    agreement = device_agreement(a, b)
     if agreement < min_agreement:
         failures.append(f"agreement {agreement:.2%} < {min_agreement:.0%} ({int(counted.sum())} of {len(labels)} "
                         f"decisions changed where a model is >= {DEFAULT_MIN_CONFIDENCE} sure)")

@@ -42,6 +42,14 @@ def changed_decisions(prob_a: np.ndarray, prob_b: np.ndarray, min_confidence: fl
     return changed, changed & sure
 
 
+def device_agreement(prob_a: np.ndarray, prob_b: np.ndarray, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> float:
+    """Share of images on which two models agree as a device abstaining below ``min_confidence``
+    reports them: :func:`top1_agreement` without the changes on images both hold below it. The
+    accuracy gate's agreement, and what ``bench``, ``calibrate`` and ``qat`` report as agreement."""
+    _, counted = changed_decisions(prob_a, prob_b, min_confidence)
+    return 1.0 - float(counted.mean()) if len(counted) else 1.0
+
+
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """[[TN, FP], [FN, TP]] (rows = truth hem/all, columns = prediction hem/all)."""
     y_true = np.asarray(y_true).astype(int)

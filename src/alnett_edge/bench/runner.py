@@ -298,7 +298,7 @@ def _reference_for(row: dict[str, Any], ran: list[dict[str, Any]]) -> dict[str, 
 
 
 def _accuracy_and_agreement(rows: list[dict[str, Any]]) -> None:
-    from alnett_edge.metrics import binary_metrics, top1_agreement
+    from alnett_edge.metrics import binary_metrics, device_agreement, top1_agreement
 
     ran = [r for r in rows if "_probs" in r]
     for r in ran:
@@ -309,7 +309,8 @@ def _accuracy_and_agreement(rows: list[dict[str, Any]]) -> None:
         ref = None if r.get("anchor") else _reference_for(r, [x for x in ran if not x.get("anchor")])
         if ref is not None:
             r["reference"] = f"{ref['artifact']} on {ref['backend']}"
-            r["agreement"] = top1_agreement(ref["_probs"][:, r["_positive"]], probs[:, r["_positive"]])
+            a, b = ref["_probs"][:, r["_positive"]], probs[:, r["_positive"]]
+            r["agreement"], r["top1_agreement"] = device_agreement(a, b), top1_agreement(a, b)
     for r in ran:
         del r["_probs"], r["_labels"], r["_positive"]
 

@@ -6,7 +6,7 @@ float — what TensorRT's explicit quantization accepts. ``--scheme asymmetric``
 Methods: ``minmax``, ``percentile`` (99.999th percentile of |x|) and ``entropy`` (KL divergence).
 
 The report puts the fp32 model, this PTQ model and optionally a QAT model side by side on one
-labelled evaluation set, with top-1 agreement against fp32.
+labelled evaluation set, with agreement against fp32 (as the gate counts it).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from alnett_edge.data.sources import Sample, load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.onnx_io import card_from_onnx, load_onnx, set_card
 from alnett_edge.evaluation import predict_batched
-from alnett_edge.metrics import binary_metrics, summary, top1_agreement
+from alnett_edge.metrics import binary_metrics, device_agreement, summary
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def calibrate(model: str | Path, images: str | Path, out: str | Path | None = No
         x, y = _eval_inputs(eval_samples, card)
         fp32, p32 = evaluate_onnx(model, card, x, y)
         int8, p8 = evaluate_onnx(out, card, x, y, "int8")
-        rows = {"fp32 (ORT)": fp32, f"PTQ int8 {method} (ORT)": {**int8, "agreement": top1_agreement(p32, p8)}}
+        rows = {"fp32 (ORT)": fp32, f"PTQ int8 {method} (ORT)": {**int8, "agreement": device_agreement(p32, p8)}}
         if qat_checkpoint is not None:
             rows["QAT int8 (torch)"] = _qat_row(qat_checkpoint, x, y, p32, card.positive_class)
         report["eval"] = {"data": str(eval_data), "n": len(y), "rows": rows}
@@ -160,4 +160,4 @@ def _qat_row(qat_checkpoint: str | Path, x: np.ndarray, y: np.ndarray, p32: np.n
     model, _ = load_qat_checkpoint(qat_checkpoint)
     with torch.inference_mode():
         prob = torch.softmax(model(torch.from_numpy(x)), dim=1)[:, positive].numpy()
-    return {**summary(binary_metrics(y, prob)), "agreement": top1_agreement(p32, prob)}
+    return {**summary(binary_metrics(y, prob)), "agreement": device_agreement(p32, prob)}

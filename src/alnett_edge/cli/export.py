@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
         layout: str = typer.Option("auto", help="Layout of --gate-images and --calib-images: auto, cnmc, folders, "
                                    "manifest or cnmc-prelim."),
         allow_drop: float = typer.Option(1.0, help="Largest accepted drop, in points, of any gate metric."),
-        min_agreement: float = typer.Option(0.99, help="Smallest accepted top-1 agreement with fp32."),
+        min_agreement: float = typer.Option(0.99, help="Smallest accepted agreement with fp32 (changes on cells both "
+                                           "models hold below 0.6 are not counted)."),
         archive: bool = typer.Option(False, "--archive", help="Also write <bundle>.tar.gz."),
         force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (never another folder)."),
     ) -> None:

@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
         for source in sorted(sources):
             typer.echo(f"inputs: {source}")
         typer.echo("latency in ms per call; RSS MB: the row's own process after that batch size (peak in --json);\n"
-                   "agree: top-1 vs the fp32 reference of the same model" + ("" if wide else "; --wide: every column"))
+                   "agree: vs the fp32 reference of the same model, as the gate counts it" + ("" if wide else "; --wide: every column"))
         for backend, note in sorted({(r["backend"], r["memory"]) for r in report["rows"] if r.get("memory")}):
             typer.echo(f"memory ({backend}): {note}")
         if report["anchor_ratios"]:

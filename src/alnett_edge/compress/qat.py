@@ -44,7 +44,7 @@ from alnett_edge.model.alnett import ALNett, fold_batchnorm
 from alnett_edge.model.checkpoint import load_checkpoint, model_from_card, read_card
 from alnett_edge.train.loop import cosine_schedule, finetune_config, make_criterion, run_epoch
 from alnett_edge.evaluation import gate_result
-from alnett_edge.metrics import top1_agreement
+from alnett_edge.metrics import device_agreement, top1_agreement
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,8 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
     gate = gate_result(np.asarray(fp32_prob), np.asarray(int8_prob), np.asarray(sd.val.labels))
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "qat": str(path), "scheme": scheme, "epochs": epochs, "losses": losses,
-        "val": {"fp32": fp32_metrics, "int8": int8_metrics, "agreement": top1_agreement(fp32_prob, int8_prob),
+        "val": {"fp32": fp32_metrics, "int8": int8_metrics, "agreement": device_agreement(fp32_prob, int8_prob),
+                "top1_agreement": top1_agreement(fp32_prob, int8_prob),
                 "n": len(sd.val)},
         "gate_on_val": {k: gate[k] for k in ("passed", "failures", "agreement", "counted_drop_points", "changed")},
         "activation_zero_points": sorted(set(zps)),
@@ -276,7 +277,7 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
         ds, _ = CellDataset.from_samples(load_samples(extra_eval), card.input, source=str(extra_eval))
         f_m, f_p = metrics_row(model, ds, card)
         q_m, q_p = metrics_row(converted, ds, card)
-        report["extra"] = {"data": str(extra_eval), "fp32": f_m, "int8": q_m, "agreement": top1_agreement(f_p, q_p),
+        report["extra"] = {"data": str(extra_eval), "fp32": f_m, "int8": q_m, "agreement": device_agreement(f_p, q_p),
                            "n": len(ds)}
     (out / f"qat-{scheme}_report.json").write_text(json.dumps(report, indent=2))
     return report
