@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: set (to anything) to see the traceback behind a one-line error
+DEBUG_ENV = "ALNETT_EDGE_DEBUG"
+
 
 class AlnettError(Exception):
     """Base class of every error alnett-edge raises on purpose."""

@@ -18,10 +18,9 @@ import typer
 from typer.core import TyperGroup
 
 from alnett_edge import __version__
-from alnett_edge.errors import AlnettError
+from alnett_edge.errors import DEBUG_ENV, AlnettError
 from alnett_edge.plugins import load_plugins
 
-DEBUG_ENV = "ALNETT_EDGE_DEBUG"
 # Native logs of the TFLite/LiteRT converter stack (absl/glog) unless the user set their own level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import textwrap
 import sys
+import textwrap
 from pathlib import Path
 
 import typer

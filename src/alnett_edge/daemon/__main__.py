@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from alnett_edge.errors import AlnettError
+from alnett_edge.errors import DEBUG_ENV, AlnettError
 
 log = logging.getLogger("alnett_edge.daemon")
 
@@ -40,15 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(args.config, args.summary_json)
-    except (AlnettError, OSError) as exc:
-        if os.environ.get("ALNETT_EDGE_DEBUG"):
+    except AlnettError as exc:
+        if os.environ.get(DEBUG_ENV):
             raise
-        if isinstance(exc, OSError) and not isinstance(exc, AlnettError):
-            where = f": {exc.filename}" if exc.filename else ""
-            sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
-            return 1 if exc.errno == errno.EPIPE else 2
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
+    except OSError as exc:  # a file or folder the config names: what the system said, and about which path
+        if os.environ.get(DEBUG_ENV):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
+        return 1 if exc.errno == errno.EPIPE else 2
 
 
 def _run(config: Path, summary_json: Path | None) -> int:
