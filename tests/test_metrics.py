@@ -149,3 +149,19 @@ def test_the_gate_judges_what_a_device_reports_and_names_its_resolution():
     q4 = q.copy()
     q4[41] = 0.2
     assert gate_result(ref, q4, labels)["changed"]["counted"] == 1
+
+
+def test_the_gate_compares_calibration_on_the_reference_bins():
+    from alnett_edge.evaluation import gate_result
+
+    # 16 cells (a C-NMC sample fold's validation split), one 15-bin bin [0.767, 0.8): 8 blasts called at
+    # 0.775 (right) and 8 normals called blasts at 0.799, just under the bin's upper edge (wrong)
+    labels = np.repeat([1, 0], 8)
+    ref = np.repeat([0.775, 0.799], 8)
+    q = ref + 0.002  # int8: every confidence 0.002 higher, no decision changed; the wrong ones cross 0.8
+    g = gate_result(ref, q, labels)
+    assert g["ece"] - g["reference_ece"] > 0.2  # on its own bins, a "rise" the earlier rule failed
+    assert abs(g["ece_on_reference_bins"] - g["reference_ece"] - 0.002) < 1e-9 and g["passed"], g
+    # an int8 model far more confident than fp32 (no decision changed) fails on the same bins
+    g2 = gate_result(ref, np.full(16, 0.995), labels)
+    assert not g2["passed"] and any("on fp32's bins" in f for f in g2["failures"]), g2

@@ -194,14 +194,18 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05, h
     return float(np.exp((a + b) / 2))
 
 
-def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS,
+                bin_by: np.ndarray | None = None) -> list[dict[str, float]]:
     """Per confidence bin (top-class probability, equal widths over [1/classes, 1]): the mean
-    confidence, the accuracy and the number of cells."""
+    confidence, the accuracy and the number of cells. ``bin_by`` (another model's probabilities for the
+    same cells) places each cell in that model's bin, so two models are compared bin by bin on the same
+    cells and a small probability change cannot move a cell across a bin edge."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     edges = np.linspace(1.0 / probs.shape[1], 1.0, bins + 1)
-    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    where = conf if bin_by is None else np.asarray(bin_by, dtype=np.float64).max(axis=1)
+    idx = np.clip(np.searchsorted(edges, where, side="right") - 1, 0, bins - 1)
     out = []
     for k in range(bins):
         sel = idx == k
@@ -211,9 +215,11 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
     return out
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE: the gap between confidence and accuracy per bin, weighted by the bin's share of cells."""
-    return ece_of(reliability(probs, labels, bins))
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS,
+                               bin_by: np.ndarray | None = None) -> float:
+    """ECE: the gap between confidence and accuracy per bin, weighted by the bin's share of cells
+    (``bin_by``: see :func:`reliability`)."""
+    return ece_of(reliability(probs, labels, bins, bin_by))
 
 
 def ece_noise_floor(probs: np.ndarray, bins: int = ECE_BINS, draws: int = 400, seed: int = 0) -> float:

@@ -265,7 +265,8 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
         "val": {"fp32": fp32_metrics, "int8": int8_metrics, "agreement": device_agreement(fp32_prob, int8_prob),
                 "top1_agreement": top1_agreement(fp32_prob, int8_prob),
                 "n": len(sd.val)},
-        "gate_on_val": {k: gate[k] for k in ("passed", "failures", "agreement", "counted_drop_points", "changed")},
+        "gate_on_val": {k: gate[k] for k in ("passed", "failures", "agreement", "counted_drop_points", "changed",
+                                                 "reference_ece", "ece", "ece_on_reference_bins")},
         "activation_zero_points": sorted(set(zps)),
     }  # fmt: skip
     if not gate["passed"]:
