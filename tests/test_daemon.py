@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -374,3 +375,20 @@ def test_the_service_entry_runs_from_a_config_without_the_cli_libraries(x86_bund
     bare = subprocess.run([sys.executable, "-m", "alnett_edge.daemon"], capture_output=True, text=True, timeout=120)
     assert bare.returncode == 2 and bare.stderr.strip().splitlines() == [
         "error: the following arguments are required: config (see python -m alnett_edge.daemon --help)"], bare.stderr
+
+
+def test_a_daemon_reporting_below_the_gates_confidence_says_so(x86_bundle, tmp_path, caplog):
+    """The gate leaves out decision changes on cells both models hold below 0.6 (a device abstains on
+    them); a daemon configured to report such cells warns at start, one at 0.6 or above does not."""
+    base = {"source": {"spec": "synthetic"}, "runtime": {"bundle": x86_bundle["bundle"]}, "http": {"port": 0},
+            "optics": {"um_per_px": SMEAR_UM_PER_PX}}
+    for conf, warned in ((0.5, True), (0.6, False), (0.8, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="alnett_edge.daemon.service"):
+            d = Daemon(build_config({}, {**base, "sinks": {"db": str(tmp_path / f"{conf}.db")},
+                                         "quality": {"min_confidence": conf}}))
+            d.close()
+        hits = [r.getMessage() for r in caplog.records if "min_confidence" in r.getMessage()]
+        assert bool(hits) == warned, (conf, hits)
+        if warned:
+            assert hits[0].startswith("[quality] min_confidence 0.5 is below the 0.6 the bundle's accuracy gate assumed")

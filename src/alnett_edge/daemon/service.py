@@ -245,9 +245,21 @@ class Daemon:
         self.runtime = open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads))
         files = self.runtime.bundle.manifest.get("files", {}) if self.runtime.bundle else {}
         self.model_sha256 = files.get(self.runtime.path.name) or sha256_file(self.runtime.path)
+        self._check_gate_confidence()
         self.card = self.runtime.card
         self.agg = Aggregator.for_card(self.card)
         self.started = 0.0
+
+    def _check_gate_confidence(self) -> None:
+        """The gate left out the changes its artifact made on cells both models hold below the
+        ``min_confidence`` it assumed; a daemon reporting cells below that must say so."""
+        artifacts = self.runtime.bundle.manifest.get("artifacts", []) if self.runtime.bundle else []
+        gated = next((a.get("gate", {}).get("changed", {}).get("min_confidence") for a in artifacts
+                      if a.get("file") == self.runtime.path.name), None)
+        if gated is not None and self.cfg.quality.min_confidence < gated:
+            log.warning("[quality] min_confidence %s is below the %s the bundle's accuracy gate assumed: %s may "
+                        "decide cells below %s unlike fp32, and this daemon reports them; set it to %s",
+                        self.cfg.quality.min_confidence, gated, self.runtime.path.name, gated, gated)
 
     # -- control -----------------------------------------------------------------------------------
     def request_stop(self, reason: str = "signal") -> None:
