@@ -148,8 +148,12 @@ def _resolution(images: int | None, allow_drop: float) -> str:
 
 
 def _binary_ece(labels: np.ndarray, prob_all: np.ndarray, bin_by: np.ndarray | None = None) -> float:
-    p = np.asarray(prob_all, dtype=np.float64)
-    if not len(p):
+    if not len(prob_all):
         return 0.0
-    two = None if bin_by is None else np.stack([1 - np.asarray(bin_by, np.float64), np.asarray(bin_by, np.float64)], axis=1)
-    return expected_calibration_error(np.stack([1 - p, p], axis=1), np.asarray(labels).astype(int), bin_by=two)
+    return expected_calibration_error(_two_class(prob_all), np.asarray(labels).astype(int),
+                                      bin_by=None if bin_by is None else _two_class(bin_by))
+
+
+def _two_class(prob_all: np.ndarray) -> np.ndarray:
+    p = np.asarray(prob_all, dtype=np.float64)
+    return np.stack([1 - p, p], axis=1)
