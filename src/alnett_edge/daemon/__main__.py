@@ -3,8 +3,8 @@
 The systemd unit (``deploy/alnett-edge.service``) starts this: everything comes from the TOML config
 (every option of ``alnett-edge daemon`` has a key there; the HTTP token also from
 ``ALNETT_EDGE_HTTP_TOKEN``), the exit summary is logged, and typer, rich and pydantic are never
-imported: a process that runs for days on a Raspberry Pi holds about 12 MB less (640x480 BCCD at
-30 fps, AMD EPYC Zen 4: 127-128 MB resident against 139-140 for ``alnett-edge daemon``). Errors are
+imported: a process that runs for days on a Raspberry Pi holds about 12 MiB less (640x480 BCCD at
+30 fps, AMD EPYC Zen 4: 127-128 MiB resident against 139-140 for ``alnett-edge daemon``). Errors are
 one line on stderr with the CLI's exit codes (``ALNETT_EDGE_DEBUG=1``: the traceback).
 """
 
