@@ -46,3 +46,12 @@ def change(drop_points: float | None) -> str:
 def echo_wrapped(text: str) -> None:
     """One note line, wrapped at the narrow width (continuation lines indented)."""
     typer.echo(textwrap.fill(text, NARROW, subsequent_indent="    "))
+
+
+def uncounted_changes(changed: dict | None) -> str:
+    """The gate's changed decisions it did not count (a gate result's ``changed``), as a phrase; ""
+    when every change counted."""
+    if not changed or changed["decisions"] <= changed["counted"]:
+        return ""
+    return (f"{changed['decisions'] - changed['counted']} of the {changed['decisions']} changed decisions on cells "
+            f"both models hold below {changed['min_confidence']} (abstained on a device either way): not counted")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import console, echo_wrapped, output_dir, output_file
+from alnett_edge.cli.common import console, echo_wrapped, output_dir, output_file, uncounted_changes
 
 
 def _fmt(v: object) -> str:
@@ -82,9 +82,7 @@ def register(app: typer.Typer) -> None:
                                  {"fp32": e["fp32"], "QAT int8": {**e["int8"], "agreement": e["agreement"]}}, cols))
         typer.echo(f"QAT checkpoint: {rep['qat']} (activation zero-points: {rep['activation_zero_points'][:8]})")
         g = rep["gate_on_val"]
-        ch = g["changed"]
-        unsure = (f" ({ch['decisions'] - ch['counted']} of the {ch['decisions']} changed decisions on cells both "
-                  f"models hold below {ch['min_confidence']}: not counted)" if ch["decisions"] > ch["counted"] else "")
+        unsure = f" ({uncounted_changes(g['changed'])})" if uncounted_changes(g["changed"]) else ""
         echo_wrapped("export gate on the validation split: " + ("passes" if g["passed"] else "FAILS ("
                      + "; ".join(g["failures"]) + "): more --epochs, another --lr, or export fp32") + unsure)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import change, console, echo_wrapped
+from alnett_edge.cli.common import change, console, echo_wrapped, uncounted_changes
+from alnett_edge.metrics import DEFAULT_MIN_CONFIDENCE
 
 
 def gate_table(manifest: dict) -> Table:
@@ -43,12 +44,8 @@ def gate_notes(manifest: dict) -> list[str]:
                                              f"pair x 255 = {sat['worst_pair']} <= 32767)" if sat["exact_on_x86_without_vnni"]
                                              else f"{len(sat['layers_that_may_saturate'])} layers may saturate on "
                                                   "x86 without VNNI (fine on the target's own hardware)"))
-        ch = g.get("changed")
-        if ch and ch["decisions"] > ch["counted"]:
-            unsure = ch["decisions"] - ch["counted"]
-            lines.append(f"{a['file']}: {ch['decisions']} of {g['n']} decisions changed, "
-                         f"{'all' if unsure == ch['decisions'] else unsure} on images both models hold below "
-                         f"{ch['min_confidence']} (abstained on a device either way): not counted by the gate")
+        if uncounted_changes(g.get("changed")):
+            lines.append(f"{a['file']} ({g['n']} cells): {uncounted_changes(g['changed'])}")
         lines += [f"FAIL: {a['file']}: {f}" for f in g.get("failures", [])]
         if g.get("proxy"):
             lines.append(f"{a['file']}: a proxy gate (see the manifest); on the device run "
@@ -73,7 +70,7 @@ def register(app: typer.Typer) -> None:
                                    "manifest or cnmc-prelim."),
         allow_drop: float = typer.Option(1.0, help="Largest accepted drop, in points, of any gate metric."),
         min_agreement: float = typer.Option(0.99, help="Smallest accepted agreement with fp32 (changes on cells both "
-                                           "models hold below 0.6 are not counted)."),
+                                           f"models hold below {DEFAULT_MIN_CONFIDENCE} are not counted)."),
         archive: bool = typer.Option(False, "--archive", help="Also write <bundle>.tar.gz."),
         force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (never another folder)."),
     ) -> None:
