@@ -23,7 +23,7 @@ import pytest
 
 from alnett_edge.capture import Frame, FrameQueue, make_source, parse_spec
 from alnett_edge.card import InputSpec
-from alnett_edge.daemon.cells import cell_image
+from alnett_edge.daemon.cells import cell_image, crop_scale
 from alnett_edge.daemon.config import build_config
 from alnett_edge.daemon.detector import CellDetector
 from alnett_edge.daemon.optics import estimate_um_per_px
@@ -106,6 +106,22 @@ def test_crop_builder_gives_the_cnmc_look():
     assert abs((xs.min() + xs.max()) / 2 - 47.5) < 8 and abs((ys.min() + ys.max()) / 2 - 47.5) < 8  # centred
 
 
+def test_crop_builder_leaves_out_the_blurred_edge_band():
+    """The mask's outer 0.3 µm is the cell's edge blurred into the bright plasma: a pale rim that no
+    C-NMC cell has (it put synthetic blasts beyond their card's appearance limit)."""
+    frame = synth_smear(np.random.default_rng(6))
+    canvas_px, trim_px = crop_scale(22.0, SMEAR_UM_PER_PX)
+    assert trim_px == 3 and crop_scale(22.0, 0.71)[1] == 0  # no band narrower than a pixel
+    (det, *_) = CellDetector(um_per_px=SMEAR_UM_PER_PX).detect(frame.image)
+
+    def pale_share(img: np.ndarray) -> float:  # cell pixels at the plasma's brightness
+        img = img.astype(int)
+        return float(((img.min(axis=2) > 170) & (img.max(axis=2) > 10)).sum() / (img.max(axis=2) > 10).sum())
+
+    assert pale_share(cell_image(frame.image, det, canvas_px)) > 0.02
+    assert pale_share(cell_image(frame.image, det, canvas_px, trim_px)) < 0.005
+
+
 def test_frame_queue_drops_the_oldest_and_counts():
     q = FrameQueue(3)
     for i in range(10):
@@ -132,7 +148,8 @@ def test_end_to_end_every_known_cell_reaches_the_database(x86_bundle, tmp_path):
     truth = write_smear_video(video, 16)
     db = tmp_path / "cells.db"
     cfg = build_config({}, {"source": {"spec": f"video:{video}", "queue": 64}, "runtime": {"bundle": x86_bundle["bundle"]},
-                            "optics": {"um_per_px": SMEAR_UM_PER_PX},
+                            "optics": {"um_per_px": SMEAR_UM_PER_PX},  # the fixture's model saw darker cells
+                            "quality": {"out_of_distribution": "record"},  # (tests/test_ood.py): classify them
                             "sinks": {"db": str(db), "jsonl": str(tmp_path / "cells.jsonl"), "snapshots": str(tmp_path / "snaps"),
                                       "snapshot_every": 5}, "http": {"port": 0}})
     summary = Daemon(cfg).run()
@@ -279,11 +296,12 @@ def test_sigterm_mid_run_loses_no_processed_cell(x86_bundle, tmp_path):
     con = sqlite3.connect(db)
     assert con.execute("SELECT cells, frames FROM sessions").fetchone() == (s["cells_processed"], s["frames_processed"])
     assert "frame_to_decision" in out
-    # this fixture's model was trained on cells drawn darker than the smear's (tests/test_ood.py): the
-    # exit summary says its calls are not to be trusted
+    # this fixture's model was trained on cells drawn darker than the smear's (tests/test_ood.py): by
+    # default they are not classified, and the exit summary says why
     ood = s["out_of_distribution"]
-    assert ood["mode"] == "record" and ood["cells"] >= 0.2 * s["session"]["cells"] > 0
-    assert "look unlike the model's training cells" in out and max(len(x) for x in out.splitlines()) <= 100
+    assert ood["mode"] == "abstain" and ood["cells"] >= 0.2 * s["session"]["cells"] > 0
+    assert "look unlike the model's training cells" in out and "they were not classified" in out
+    assert max(len(x) for x in out.splitlines()) <= 100
 
 
 def _count(db: Path) -> int:

@@ -98,7 +98,8 @@ def test_the_daemon_abstains_a_restained_field_as_out_of_distribution(x86_bundle
 
     smear = synth_smear(np.random.default_rng(12), n_wbc=(3, 3)).image
     detector = CellDetector(um_per_px=SMEAR_UM_PER_PX)
-    abstain, record = QualityConfig(allow_border=True, out_of_distribution="abstain"), QualityConfig(allow_border=True)
+    abstain, record = QualityConfig(allow_border=True), QualityConfig(allow_border=True, out_of_distribution="record")
+    assert abstain.out_of_distribution == "abstain"  # the default
     with open_runtime(x86_bundle["bundle"]) as rt:
         app = rt.card.appearance
         # the training cells (cells_train) are drawn darker than the smear's own cells: a real difference

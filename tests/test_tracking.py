@@ -94,6 +94,11 @@ def _still_video(path, fields=4, hold=30, seed=3):
     return cells
 
 
+#: the fixture's model saw cells drawn darker than the smear's (tests/test_ood.py), so by default every
+#: one is abstained as out of distribution; these tests of tracking classify them anyway
+CLASSIFY_ALL = {"out_of_distribution": "record"}
+
+
 def _daemon(bundle, video, tmp_path, name, tracking):
     from alnett_edge.daemon.config import build_config
     from alnett_edge.daemon.service import Daemon
@@ -101,6 +106,7 @@ def _daemon(bundle, video, tmp_path, name, tracking):
     cfg = build_config({}, {
         "source": {"spec": f"video:{video}", "fps": 0.0, "loop": False, "queue": 10_000},
         "runtime": {"bundle": str(bundle)}, "optics": {"um_per_px": SMEAR_UM_PER_PX}, "tracking": tracking,
+        "quality": CLASSIFY_ALL,
         "sinks": {"db": str(tmp_path / f"{name}.db"), "jsonl": str(tmp_path / f"{name}.jsonl")}, "http": {"port": 0}})
     return Daemon(cfg).run()
 
@@ -173,7 +179,8 @@ def test_a_stop_mid_track_decides_the_tracks_in_flight(x86_bundle, tmp_path):
     _still_video(video, fields=1, hold=2)
     cfg = build_config({}, {
         "source": {"spec": f"video:{video}", "fps": 0.0, "loop": False}, "runtime": {"bundle": str(x86_bundle["bundle"])},
-        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "sinks": {"db": str(tmp_path / "s.db")}, "http": {"port": 0}})
+        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "quality": CLASSIFY_ALL, "sinks": {"db": str(tmp_path / "s.db")},
+        "http": {"port": 0}})
     summary = Daemon(cfg).run()  # the video ends after 2 frames: every track is still open (3 observations)
     rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT classified, label, abstain_reason FROM cells").fetchall()
     assert rows and len(rows) == summary["session"]["cells"]
@@ -284,7 +291,8 @@ def test_report_of_a_session_with_crops_is_self_contained(x86_bundle, tmp_path):
     _still_video(video, fields=3, hold=5)
     cfg = build_config({}, {
         "source": {"spec": f"video:{video}", "fps": 0.0, "queue": 1000}, "runtime": {"bundle": str(x86_bundle["bundle"])},
-        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "sinks": {"db": str(tmp_path / "s.db"), "crops": str(tmp_path / "crops")},
+        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "quality": CLASSIFY_ALL,
+        "sinks": {"db": str(tmp_path / "s.db"), "crops": str(tmp_path / "crops")},
         "http": {"port": 0}})
     summary = Daemon(cfg).run()
     crops = sorted((tmp_path / "crops").glob("*.jpg"))
@@ -333,7 +341,8 @@ def test_a_differential_target_is_announced_and_can_end_the_session(x86_bundle, 
     flag = tmp_path / "reached"
     cfg = build_config({}, {
         "source": {"spec": f"video:{video}", "fps": 20.0}, "runtime": {"bundle": str(x86_bundle["bundle"])},
-        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "sinks": {"db": str(tmp_path / "t.db")}, "http": {"port": 0},
+        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "quality": CLASSIFY_ALL, "sinks": {"db": str(tmp_path / "t.db")},
+        "http": {"port": 0},
         "run": {"target_cells": 4, "stop_at_target": True,
                 "on_target": f"{sys.executable} -c \"open('{flag}', 'w').write('ok')\""}})
     summary = Daemon(cfg).run()

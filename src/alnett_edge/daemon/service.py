@@ -27,7 +27,7 @@ import numpy as np
 
 from alnett_edge.capture.base import Frame, SourceSettings, make_source
 from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
-from alnett_edge.daemon.cells import QualityConfig, cell_image, gate, quality_reason
+from alnett_edge.daemon.cells import QualityConfig, cell_image, crop_scale, gate, quality_reason
 from alnett_edge.daemon.config import DaemonConfig
 from alnett_edge.daemon.detector import CellDetector
 from alnett_edge.daemon.optics import estimate_um_per_px
@@ -97,11 +97,11 @@ def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig,
     t0 = time.perf_counter()
     dets = detector.detect(frame.rgb)
     detect_ms = (time.perf_counter() - t0) * 1e3
-    canvas_px = card.input.canvas_um / detector.um_per_px
+    canvas_px, trim_px = crop_scale(card.input.canvas_um, detector.um_per_px)
     reasons = [quality_reason(frame.rgb, d, quality, canvas_px) for d in dets]
     keep = [i for i, r in enumerate(reasons) if r is None]
     t1 = time.perf_counter()
-    crops = [cell_image(frame.rgb, dets[i], canvas_px) for i in keep]
+    crops = [cell_image(frame.rgb, dets[i], canvas_px, trim_px) for i in keep]
     cut_ms = (time.perf_counter() - t1) * 1e3
     probs, dist, crop_ms, infer_ms = _classify(crops, runtime, max_batch, quality.out_of_distribution)
     crop_ms += cut_ms
@@ -154,7 +154,7 @@ def track_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, ru
     of the tracks not yet decided (their sharpest kept) -> classification of the tracks watched long
     enough or ended -> their rows. Returns those rows, every detection as shown on the frame, the stage
     times in ms and the number of crops the model ran on."""
-    canvas_px = runtime.card.input.canvas_um / detector.um_per_px
+    canvas_px, trim_px = crop_scale(runtime.card.input.canvas_um, detector.um_per_px)
     cfg = book.cfg
     t0 = time.perf_counter()
     dets = detector.detect(frame.rgb)
@@ -168,7 +168,7 @@ def track_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, ru
             reasons.append(None)
             continue
         reason, sharp = gate(frame.rgb, det, quality, canvas_px)
-        track.observe(frame.index, det, reason, sharp, None if reason else cell_image(frame.rgb, det, canvas_px),
+        track.observe(frame.index, det, reason, sharp, None if reason else cell_image(frame.rgb, det, canvas_px, trim_px),
                       cfg.observations)
         reasons.append(reason)
     ended = [t for t in book.ended() if t.decision is None]  # with tracking off: every track of this frame
@@ -476,16 +476,22 @@ class Daemon:
         return True, cap.state
 
 
-#: with ``[quality] out_of_distribution = "record"``, this share of the stored cells beyond the card's
-#: appearance limit makes the exit summary say that the calls are not to be trusted
+#: this share of the stored cells beyond the card's appearance limit makes the exit summary warn: with
+#: ``[quality] out_of_distribution = "record"`` their calls are not to be trusted; with "abstain" the model
+#: does not know this microscope's stain or optics
 OOD_WARN_SHARE = 0.2
 
 
 def ood_warning(summary: dict) -> str | None:
-    """A warning when many cells looked unlike the model's training cells and were classified anyway."""
+    """A warning when many cells looked unlike the model's training cells (classified anyway with
+    ``record``, left unclassified with ``abstain``)."""
     ood, cells = summary.get("out_of_distribution") or {}, summary["session"]["cells"]
-    if ood.get("mode") != "record" or not cells or ood.get("cells", 0) < OOD_WARN_SHARE * cells:
+    if ood.get("mode") not in ("record", "abstain") or not cells or ood.get("cells", 0) < OOD_WARN_SHARE * cells:
         return None
-    return (f"warning: {ood['cells']} of {cells} cells look unlike the model's training cells (colour or size\n"
-            "beyond the card's limit); their calls and the blast ratio are not to be trusted. Check the stain and\n"
-            "the optics, or set [quality] out_of_distribution = \"abstain\".")
+    head = (f"warning: {ood['cells']} of {cells} cells look unlike the model's training cells (colour or size\n"
+            "beyond the card's limit); ")
+    if ood["mode"] == "abstain":
+        return head + ("they were not classified. Check [optics] um_per_px, or\n"
+                       "train the model on cells of this stain and microscope.")
+    return head + ("their calls and the blast ratio are not to be trusted. Check the stain and\n"
+                   "the optics, or set [quality] out_of_distribution = \"abstain\".")
