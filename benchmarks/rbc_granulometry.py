@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from alnett_edge.daemon.detector import _disk
 from alnett_edge.daemon.optics import fov_mask, rbc_diameter_px
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
@@ -46,7 +47,7 @@ FILL_MIN = 8
 
 
 def _disc(r: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return _disk(2 * r + 1)  # the detector's disc, radius r
 
 
 def fill_pale_centres(sat: np.ndarray, max_area: float) -> np.ndarray:
@@ -65,8 +66,8 @@ def fill_pale_centres(sat: np.ndarray, max_area: float) -> np.ndarray:
     return np.where(small[labels], marker, sat)
 
 
-def granule_diameter_px(rgb: np.ndarray) -> float | None:
-    d0 = rbc_diameter_px(rgb)
+def granule_diameter_px(rgb: np.ndarray, d0: float | None) -> float | None:
+    """The granulometry's diameter; ``d0``: the shipped estimate of the same frame (its scale)."""
     if d0 is None:
         return None
     h, w = rgb.shape[:2]
@@ -142,10 +143,10 @@ def main() -> None:
             else:
                 rgb = load_image(item, what="frame")
                 ref += bccd_boxes(item) if name == "bccd" else round_blobs(rgb)
-            t0 = time.perf_counter()
-            g = granule_diameter_px(rgb)
-            ms.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()  # the granulometry's time includes its scale: the shipped estimate
             a = rbc_diameter_px(rgb)
+            g = granule_diameter_px(rgb, a)
+            ms.append((time.perf_counter() - t0) * 1e3)
             if g is not None and a is not None:
                 acf.append(a)
                 gran.append(g)
