@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.detector import Detection, _disk
+from alnett_edge.daemon.detector import Detection
+from alnett_edge.daemon.optics import disk
 from alnett_edge.metrics import DEFAULT_MIN_CONFIDENCE
 
 
@@ -50,7 +51,7 @@ def cell_image(frame_rgb: np.ndarray, det: Detection, canvas_px: float = 0.0, tr
     ``preprocess(cell_image(...), card.input)``, the one function training, predict and the gate use."""
     x0, y0, x1, y1 = det.box
     crop = frame_rgb[y0:y1, x0:x1]
-    mask = cv2.erode(det.mask, _disk(2 * trim_px + 1)) if trim_px > 0 else det.mask
+    mask = cv2.erode(det.mask, disk(2 * trim_px + 1)) if trim_px > 0 else det.mask
     cell = np.where(mask[..., None] > 0, crop, 0).astype(np.uint8)
     ys, xs = np.nonzero(det.mask)
     if len(xs):

@@ -18,7 +18,7 @@ Example (every key optional except a bundle and a source, from the file or the c
     threads = 0              # 0: all cores but one, left to capture and detection
 
     [optics]
-    um_per_px = 0.074        # µm per camera pixel; or camera_pixel_um + magnification; or nothing:
+    um_per_px = 0.093        # µm per camera pixel; or camera_pixel_um + magnification; or nothing:
                              # estimated from the first frames (alnett-edge optics calibrate prints it)
 
     [detector]               # sizes in µm / µm², converted with the pixel size

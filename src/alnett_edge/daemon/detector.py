@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.optics import fov_mask, histogram_percentiles
+from alnett_edge.daemon.optics import disk, fov_mask, histogram_percentiles
 from alnett_edge.errors import ConfigError
 
 #: the cell mask is computed on the cell's box at most this many pixels on a side, then scaled back
@@ -119,12 +119,6 @@ def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     return np.clip(b - g, 0, 255).astype(np.uint8)
 
 
-def _disk(px: float) -> np.ndarray:
-    px = max(1, int(round(px)))
-    px += 1 - px % 2
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px, px))
-
-
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = np.zeros_like(mask)
@@ -136,7 +130,7 @@ def split_touching(component: np.ndarray, radius_px: float) -> list[np.ndarray]:
     """Split a blob of touching nuclei: a watershed on the distance transform, seeded at its maxima
     at least one expected nucleus radius apart and at least half a radius deep. One mask per nucleus."""
     dist = cv2.distanceTransform(component, cv2.DIST_L2, 5)
-    peak = (dist >= cv2.dilate(dist, _disk(2 * radius_px * 0.8))) & (dist >= 0.5 * radius_px)
+    peak = (dist >= cv2.dilate(dist, disk(2 * radius_px * 0.8))) & (dist >= 0.5 * radius_px)
     n, markers = cv2.connectedComponents(peak.astype(np.uint8))
     if n <= 2:
         return [component]
@@ -173,17 +167,17 @@ class CellDetector:
         _, mask = cv2.threshold(score, max(cfg.min_score, median + cfg.min_contrast), 255, cv2.THRESH_BINARY)
         mask[fov == 0] = 0
         if FOV_MARGIN_UM > 0 and (fov == 0).any():  # the rim of an eyepiece's field: colour fringes, not nuclei
-            k = _disk(2 * FOV_MARGIN_UM / um)
+            k = disk(2 * FOV_MARGIN_UM / um)
             mask[cv2.erode(cv2.copyMakeBorder(fov, k.shape[0], k.shape[0], k.shape[1], k.shape[1], cv2.BORDER_CONSTANT,
                                               value=255), k)[k.shape[0]:-k.shape[0], k.shape[1]:-k.shape[1]] == 0] = 0
         # the field's own stain level: the score's p90 away from large violet objects (nuclei and the
         # cytoplasm around them), so a field crowded with white cells does not raise the bar
-        big = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(2 * np.sqrt(cfg.min_nucleus_um2 / np.pi) / um))
-        away = cv2.bitwise_and(fov, cv2.bitwise_not(cv2.dilate(big, _disk(2 * cfg.nucleus_radius_um / um))))
+        big = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(2 * np.sqrt(cfg.min_nucleus_um2 / np.pi) / um))
+        away = cv2.bitwise_and(fov, cv2.bitwise_not(cv2.dilate(big, disk(2 * cfg.nucleus_radius_um / um))))
         (p90,) = histogram_percentiles(score, away if cv2.countNonZero(away) > 0.2 * cv2.countNonZero(fov) else fov, (90,))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(cfg.close_um / um))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(cfg.close_um / um))
         mask = _fill_holes(mask)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(cfg.open_um / um))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(cfg.open_um / um))
         px_um2 = um * um
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
         nuclei: list[tuple[np.ndarray, int, int]] = []  # (mask in its ROI, x, y)
@@ -200,7 +194,7 @@ class CellDetector:
         out: list[Detection] = []
         if not nuclei:
             return out
-        fov_edge = cv2.erode(fov, _disk(3)) if (fov == 0).any() else None
+        fov_edge = cv2.erode(fov, disk(3)) if (fov == 0).any() else None
         weights = field_weights(fov)
         for roi, x, y in nuclei:
             area = int(cv2.countNonZero(roi))
@@ -279,10 +273,10 @@ def cell_mask(crop: np.ndarray, nucleus: np.ndarray, px_per_um: float = 14.0) ->
     bluish = nucleus_score(crop) > 12
     pink = crop[..., 0].astype(np.int16) - crop[..., 2] > 15  # red cells (R > B): never part of a white cell
     darker = (gray < bg - 18) & ~pink
-    near = cv2.dilate(nucleus, _disk(max(3, int(0.35 * max(crop.shape[:2])))))
+    near = cv2.dilate(nucleus, disk(max(3, int(0.35 * max(crop.shape[:2])))))
     mask = (((bluish | darker) & (near > 0)) | (nucleus > 0)).astype(np.uint8) * 255
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(min(7, 2 * round(0.5 * px_per_um) + 1)))
-    mask = _fill_holes(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disk(min(3, round(0.25 * px_per_um)))))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(min(7, 2 * round(0.5 * px_per_um) + 1)))
+    mask = _fill_holes(cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(min(3, round(0.25 * px_per_um)))))
     n, labels = cv2.connectedComponents(mask)
     if n > 2:  # keep the component holding the nucleus
         keep = np.bincount(labels[nucleus > 0].ravel(), minlength=n)
