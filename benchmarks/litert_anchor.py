@@ -9,7 +9,8 @@ parameter count), and converted with the very calls the ``rpi5`` export uses for
 ``litert_torch.convert`` for fp32 and ``compress.qat.to_litert_int8_ptq`` (PT2E post-training int8)
 for int8. Each model is timed with ``Interpreter(num_threads=T)`` at batch 1 and 8 in interleaved
 rounds (every model once per round), and the ratio to MobileNetV3-Small of the same precision printed
-with the CPU model and ISA.
+with the CPU model and ISA. Batch 8 is timed as one call and as 8 calls of 1 (the runtime keeps the
+faster, ``runtime.base.Runtime.tunes_batching``); the b8 ratio takes each model's faster way.
 
 Usage: .venv/bin/python benchmarks/litert_anchor.py [--model alnett-s] [--threads 2] [--rounds 15] [--json OUT]
        [--keep DIR] (keep the converted .tflite files there: ``alnett-edge bench RPI5_BUNDLE --backend litert
@@ -140,7 +141,7 @@ class Timed:
                 scale, zero = det["quantization"]
                 x = np.clip(np.round(x / scale + zero), -128, 127).astype(det["dtype"])
             self.inputs[b] = (det["index"], x)
-        self.ms: dict[int, list[float]] = {1: [], 8: []}
+        self.ms: dict[int, list[float]] = {1: [], 8: [], -8: []}  # -8: a batch of 8 as 8 calls of 1
 
     def run(self, batch: int, calls: int) -> None:
         it, (index, x) = self.interp[batch], self.inputs[batch]
@@ -149,6 +150,16 @@ class Timed:
             t0 = time.perf_counter()
             it.invoke()
             self.ms[batch].append((time.perf_counter() - t0) * 1e3)
+
+    def run_singles(self, calls: int) -> None:
+        """A batch of 8 as 8 calls of 1, what the LiteRT runtime does when its timing finds it faster."""
+        it, (index, x) = self.interp[1], self.inputs[1]
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            for _ in range(8):
+                it.set_tensor(index, x)
+                it.invoke()
+            self.ms[-8].append((time.perf_counter() - t0) * 1e3)
 
 
 def main() -> None:
@@ -177,21 +188,25 @@ def main() -> None:
         for t in rows:  # warm-up
             t.run(1, 5)
             t.run(8, 2)
-            t.ms = {1: [], 8: []}
+            t.run_singles(2)
+            t.ms = {1: [], 8: [], -8: []}
         for _ in range(args.rounds):  # interleaved: every model once per round
             for t in rows:
                 t.run(1, 10)
                 t.run(8, 2)
+                t.run_singles(2)
     p50 = {t.name: {b: float(np.median(v)) for b, v in t.ms.items()} for t in rows}
-    print(f"LiteRT (ai-edge-litert, XNNPACK), {args.threads} threads, {args.rounds} interleaved rounds, p50 ms")
-    print(f"{'model':28s} {'b1':>7s} {'b8':>7s} {'b1 / MNv3-S':>12s} {'b8 / MNv3-S':>12s}")
+    print(f"LiteRT (ai-edge-litert, XNNPACK), {args.threads} threads, {args.rounds} interleaved rounds, p50 ms;\n"
+          "b8: one call of 8; 8x1: eight calls of 1; ratios: b8 at each model's faster way (the runtime's choice)")
+    print(f"{'model':26s} {'b1':>6s} {'b8':>6s} {'8x1':>6s} {'b1 / MNv3-S':>12s} {'b8 / MNv3-S':>12s}")
     out = {"machine": isa_line(), "threads": args.threads, "rounds": args.rounds, "rows": []}
     for t in rows:
         ref = p50[f"mobilenet_v3_small {t.name.split()[-1]}"]
-        r1, r8 = p50[t.name][1] / ref[1], p50[t.name][8] / ref[8]
-        print(f"{t.name:28s} {p50[t.name][1]:7.2f} {p50[t.name][8]:7.2f} {r1:12.2f} {r8:12.2f}")
-        out["rows"].append({"model": t.name, "b1_p50_ms": round(p50[t.name][1], 3), "b8_p50_ms": round(p50[t.name][8], 3),
-                            "ratio_b1": round(r1, 3), "ratio_b8": round(r8, 3)})
+        ours = p50[t.name]
+        r1, r8 = ours[1] / ref[1], min(ours[8], ours[-8]) / min(ref[8], ref[-8])
+        print(f"{t.name:26s} {ours[1]:6.2f} {ours[8]:6.2f} {ours[-8]:6.2f} {r1:12.2f} {r8:12.2f}")
+        out["rows"].append({"model": t.name, "b1_p50_ms": round(ours[1], 3), "b8_p50_ms": round(ours[8], 3),
+                            "b8_as_8x1_p50_ms": round(ours[-8], 3), "ratio_b1": round(r1, 3), "ratio_b8": round(r8, 3)})
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

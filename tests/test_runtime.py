@@ -111,6 +111,22 @@ def test_backend_follows_the_profile_or_the_flag(rpi_bundle):
         rt.infer(np.zeros((1, 3, 64, 64), np.float32))
 
 
+def test_litert_times_a_batch_both_ways_and_keeps_the_faster_with_the_same_answers(rpi_bundle):
+    from alnett_edge.runtime.base import BATCH_TRIALS
+
+    x = np.random.default_rng(0).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    with open_runtime(rpi_bundle["bundle"]) as rt, open_runtime(rpi_bundle["bundle"], backend="onnxruntime") as ort_rt:
+        singles = np.concatenate([rt.infer(x[i : i + 1]) for i in range(5)])
+        for call in range(2 * BATCH_TRIALS):
+            assert (5 in rt.batch_plan) == (call == 2 * BATCH_TRIALS)  # decided after both ways were timed
+            # either way the same answers (one int8 output step apart at most: kernels may differ by batch)
+            assert np.allclose(rt.infer(x), singles, atol=0.02), call
+        assert rt.batch_plan[5] in (1, 5) and rt.batching_note().startswith("b5 as ")
+        assert np.allclose(rt.infer(x), singles, atol=0.02)
+        ort_rt.infer(x)
+        assert ort_rt.batch_plan == {} and ort_rt.batching_note() is None  # ONNX Runtime: one call a batch
+
+
 def test_runtime_preprocessing_is_the_training_preprocessing(cnmc_sample, rpi_bundle):
     """The same real image through training's cached dataset path and the runtime's path."""
     samples = load_samples(cnmc_sample)[:4]

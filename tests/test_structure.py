@@ -188,6 +188,7 @@ def test_bench_takes_a_tflite_anchor_and_times_it_on_litert(rpi_bundle, tmp_path
     data = json.loads(report.read_text())
     rows = {r["artifact"]: r for r in data["rows"] if "batches" in r}
     assert rows["same_model.tflite"]["anchor"] and rows["same_model.tflite"]["backend"] == "litert"
+    assert rows["same_model.tflite"]["precision"] == "int8"  # read from the file's tensors: no card says it
     (ratio,) = [a for a in data["anchor_ratios"] if a["artifact"] == art["file"]]
     assert 0.5 < ratio["p50_ratio"]["1"] < 2.0, ratio  # the same model, the same interpreter options
     assert "vs same_model.tflite on litert" in res.output

@@ -81,6 +81,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         out["batches"][str(b)] = {**lat, "throughput_ips": round(b * 1e3 / lat["mean_ms"], 2), "samples_ms": samples,
                                   "rss_mb": round(rss_mb(), 1), "note": note}
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["batching"] = rt.batching_note()
     if spec.get("predict"):
         step = max(spec["batches"])
         out["probs"] = np.concatenate([rt.infer(np.asarray(inputs[i : i + step])) for i in range(0, len(inputs), step)]).tolist()

@@ -206,6 +206,8 @@ def register(app: typer.Typer) -> None:
                    "agree: vs the fp32 reference of the same model, as the gate counts it" + ("" if wide else "; --wide: every column"))
         for backend, note in sorted({(r["backend"], r["memory"]) for r in report["rows"] if r.get("memory")}):
             typer.echo(f"memory ({backend}): {note}")
+        for r in (r for r in report["rows"] if r.get("batching")):
+            typer.echo(f"batching, {r['artifact']} ({r['backend']}): {r['batching']}")
         if report["anchor_ratios"]:
             typer.echo("p50 latency / the anchor's, same backend and run (< 1: faster than the anchor)"
                        + (f"; median of {rounds} rounds (range)" if rounds > 1 else "") + ":")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +23,11 @@ from alnett_edge.errors import AlnettError, ConfigError, DataError
 from alnett_edge.metrics import softmax
 
 log = logging.getLogger(__name__)
+
+#: calls timed each way (the whole batch in one call, then one sample a call) before a backend that
+#: tunes its batching keeps the faster way for that batch size; the first call of each way may
+#: include a re-allocation, so the faster of the calls counts
+BATCH_TRIALS = 3
 
 
 class RuntimeUnavailable(AlnettError):
@@ -108,6 +114,10 @@ class Runtime:
     name: ClassVar[str] = ""
     #: whether a batch larger than max_batch must be split (fixed-profile engines)
     max_batch: int | None = None
+    #: whether a batch may run faster as one call per sample: a CPU backend that runs each operator over
+    #: the whole batch, where a model's early, large activations outgrow the cache at batch 8 but not at
+    #: batch 1. The first calls at each batch size time both ways and the faster one is kept.
+    tunes_batching: ClassVar[bool] = False
 
     def __init__(self, path: str | Path, card: ModelCard, artifact: dict[str, Any] | None = None,
                  threads: int = 0, **options: Any) -> None:
@@ -118,6 +128,8 @@ class Runtime:
         self.options = options
         self.bundle: Any = None  # set by the loader: the Bundle this artifact came from
         self._closed = False
+        self._trials: dict[int, dict[int, list[float]]] = {}  # batch size -> {samples a call: seconds}
+        self.batch_plan: dict[int, int] = {}  # batch size -> samples a call, once tuned
 
     # -- what a backend implements -------------------------------------------------------------------
     @classmethod
@@ -130,6 +142,11 @@ class Runtime:
         """The first input's and first output's shapes of a card-less model file (a speed anchor;
         a symbolic or dynamic axis is not an int). Backends listing ``plain_files`` implement it."""
         raise NotImplementedError
+
+    @classmethod
+    def plain_precision(cls, path: Path) -> str:
+        """The precision of a card-less model file (a speed anchor), as far as this backend can tell."""
+        return "fp32"
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N x classes) for a validated, contiguous float32 batch; :meth:`infer` turns them
@@ -181,10 +198,34 @@ class Runtime:
         return with_tta(self._run_chunked, self.check_batch(batch), self.card.input).astype(np.float32)
 
     def _run_chunked(self, batch: np.ndarray) -> np.ndarray:
-        step = self.max_batch or len(batch)
+        n = len(batch)
+        if self.max_batch or not self.tunes_batching or n == 1:
+            return self._run_steps(batch, self.max_batch or n)
+        if n in self.batch_plan:
+            return self._run_steps(batch, self.batch_plan[n])
+        timed = self._trials.setdefault(n, {n: [], 1: []})
+        step = n if len(timed[n]) < BATCH_TRIALS else 1
+        t0 = time.perf_counter()
+        out = self._run_steps(batch, step)
+        timed[step].append(time.perf_counter() - t0)
+        if len(timed[1]) == BATCH_TRIALS:
+            self.batch_plan[n] = min(timed, key=lambda k: min(timed[k]))
+            log.debug("%s: %s", self.path.name, self.batching_note())
+        return out
+
+    def _run_steps(self, batch: np.ndarray, step: int) -> np.ndarray:
         if len(batch) <= step:
             return np.asarray(self._run(batch), np.float32)
         return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)]).astype(np.float32)
+
+    def batching_note(self) -> str | None:
+        """How each tuned batch size runs, with the calls' times it was chosen on."""
+        parts = []
+        for n, step in sorted(self.batch_plan.items()):
+            whole, single = (1e3 * min(self._trials[n][k]) for k in (n, 1))
+            parts.append(f"b{n} as {n} calls of 1, {single:.2f} ms against one call {whole:.2f}" if step == 1 else
+                         f"b{n} as one call, {whole:.2f} ms against {n} calls of 1 {single:.2f}")
+        return "; ".join(parts) or None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N x classes, float32) for a preprocessed batch: the softmax of the

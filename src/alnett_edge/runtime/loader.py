@@ -186,4 +186,5 @@ def anchor_target(path: str | Path) -> Target:
     card = ModelCard(variant=f"anchor:{path.stem}", arch={}, class_names=tuple(f"class{i}" for i in range(classes)),
                      input=InputSpec(size=size, layout="NCHW" if nchw else "NHWC", mask_background=False))
     fmt = backend_formats(usable[0])[0]
-    return Target(path, card, {"file": path.name, "format": fmt, "precision": "fp32", "anchor": True})
+    precision = backend_class(usable[0]).plain_precision(path)
+    return Target(path, card, {"file": path.name, "format": fmt, "precision": precision, "anchor": True})
