@@ -207,7 +207,8 @@ def register(app: typer.Typer) -> None:
         for backend, note in sorted({(r["backend"], r["memory"]) for r in report["rows"] if r.get("memory")}):
             typer.echo(f"memory ({backend}): {note}")
         for r in (r for r in report["rows"] if r.get("batching")):
-            typer.echo(f"batching, {r['artifact']} ({r['backend']}): {r['batching']}")
+            for part in r["batching"].split("; "):  # one line a batch size
+                typer.echo(f"batching, {r['artifact']} ({r['backend']}): {part}")
         if report["anchor_ratios"]:
             typer.echo("p50 latency / the anchor's, same backend and run (< 1: faster than the anchor)"
                        + (f"; median of {rounds} rounds (range)" if rounds > 1 else "") + ":")
