@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.optics import acf_diameter_px, fov_mask, rbc_diameter_px
+from alnett_edge.daemon.optics import acf_diameter_px, fov_mask, green_density, rbc_diameter_px
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
 from alnett_edge.machine import isa_line
@@ -53,8 +53,7 @@ def bccd_boxes(image: Path) -> list[float]:
 def isolated_red_cells(rgb: np.ndarray) -> list[float]:
     """Equivalent-area diameters of the isolated, round, pink stain blobs of a frame."""
     inside = cv2.erode(fov_mask(rgb), np.ones((9, 9), np.uint8)) > 0
-    green = rgb[..., 1].astype(np.float32) + 1
-    density = np.clip(np.log(np.percentile(green[inside], 95) / green) * 255, 0, 255).astype(np.uint8)
+    density = green_density(rgb, inside).astype(np.uint8)
     v = density[inside]
     v = v[v < np.percentile(v, 95)]
     t, _ = cv2.threshold(v.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)

@@ -175,6 +175,14 @@ def acf_diameter_px(rgb: np.ndarray) -> float | None:
     return float(lag / ACF_HALF / s)
 
 
+def green_density(rgb: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The green channel's optical density against the field's bright background (its 95th percentile
+    inside the field of view), float32 on 0..255 (density 1 = 255): red cells absorb green."""
+    green = rgb[..., 1].astype(np.float32) + 1.0
+    bright = float(np.percentile(green[inside], 95))
+    return np.clip(np.log(bright / green) * 255.0, 0, 255)
+
+
 def _fill_pale_centres(img: np.ndarray, max_area: float) -> np.ndarray:
     """Dim regions enclosed by brighter ones and smaller than ``max_area`` px raised to their rim
     (grayscale reconstruction by erosion, started from a closing so that it converges in a few steps)."""
@@ -206,9 +214,7 @@ def _granulometry(rgb: np.ndarray, scale_px: float) -> tuple[float, bool] | None
     inside = cv2.erode(fov_mask(small), np.ones((5, 5), np.uint8)) > 0
     if inside.sum() < 0.1 * inside.size:
         return None
-    green = small[..., 1].astype(np.float32) + 1.0
-    bright = float(np.percentile(green[inside], 95))
-    density = np.clip(np.log(bright / green) * 255.0, 0, 255)  # optical density 1 = 255
+    density = green_density(small, inside)
     v = density[inside]
     v = v[v < np.percentile(v, 95)]  # without the white cells
     if v.size < 64:
