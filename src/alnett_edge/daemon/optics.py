@@ -46,6 +46,8 @@ RBC_UM = 7.8
 ACF_HALF = 0.404
 #: the autocorrelation works on a frame resampled to this long side (the result does not depend on it)
 ACF_SIDE = 256
+#: below this diameter (px) in the resampled frame the autocorrelation cannot resolve the cells
+MIN_ACF_PX = 8.0
 #: the granulometry resamples a frame so that a red cell has this radius in px
 GRANULE_R = 8.0
 #: a dim region enclosed by stain and smaller than this share of a red cell's disc is its pale centre
@@ -135,7 +137,23 @@ def histogram_percentiles(values: np.ndarray, mask: np.ndarray | None, qs: tuple
 
 def acf_diameter_px(rgb: np.ndarray) -> float | None:
     """A first, noisy red-cell diameter in px from the autocorrelation of the saturation (the scale
-    :func:`rbc_diameter_px` starts from), or None when the frame shows no cells to measure."""
+    :func:`rbc_diameter_px` starts from), or None when the frame shows no cells to measure.
+
+    The frame is measured resampled to :data:`ACF_SIDE` on its long side, and, when it is larger, in a
+    full-resolution window of that side at its centre. Cells narrower than :data:`MIN_ACF_PX` in the
+    resampled frame (a large sensor at a low magnification) cannot be resolved there: the window's
+    value is used when it sees at least six cells across."""
+    h, w = rgb.shape[:2]
+    d = _acf_diameter_px(rgb)
+    if min(h, w) > ACF_SIDE:
+        y, x = (h - ACF_SIDE) // 2, (w - ACF_SIDE) // 2
+        fine = _acf_diameter_px(rgb[y : y + ACF_SIDE, x : x + ACF_SIDE])
+        if fine is not None and fine <= ACF_SIDE / 6 and (d is None or fine * ACF_SIDE / max(h, w) < MIN_ACF_PX):
+            d = fine
+    return d
+
+
+def _acf_diameter_px(rgb: np.ndarray) -> float | None:
     h, w = rgb.shape[:2]
     s = ACF_SIDE / max(h, w)
     small = cv2.resize(rgb, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
