@@ -73,7 +73,8 @@ def calibrate(
     typer.echo(f"pixel size {cal.um_per_px:.4f} µm (95 % CI {lo:.4f}-{hi:.4f}; {1 / cal.um_per_px:.2f} px per µm)")
     typer.echo(f"red cells {cal.rbc_px:.1f} px across (taken as {cal.rbc_um:g} µm) in {cal.frames} frames; "
                f"frame-to-frame spread {100 * cal.spread:.1f} % (p10-p90 {p10:.1f}-{p90:.1f} px)"
-               + (f"; {cal.frames_without_cells} frames without red cells" if cal.frames_without_cells else ""))
+               + (f"; {cal.frames_without_cells} frames without a red-cell size to measure"
+                  if cal.frames_without_cells else ""))
     if (hi - lo) / 2 > 0.05 * cal.um_per_px:
         typer.echo("note: the estimate is uncertain by more than 5 %: measure more frames (-n), or give the pixel "
                    "size from the microscope (camera pixel pitch / magnification)")
