@@ -242,6 +242,13 @@ def test_bench_reports_every_field_json_and_png(rpi_bundle, trained, easy_cells,
     assert ref["agreement"] == 1.0, ref  # the reference against itself
     # fp32 ONNX vs eager PyTorch: the same decisions, bar at most one image sitting on the 0.5 threshold
     assert onnx["agreement"] >= 47 / 48 and abs(onnx["accuracy"] - ref["accuracy"]) <= 1 / 48, (onnx, ref)
+    # deployed / eager (issue 14's target): each deployed row against the checkpoint it came from
+    eager = {(e["artifact"], e["backend"]): e for e in report["eager_ratios"]}
+    assert set(eager) == {("model.int8.tflite", "litert"), ("model.fp32.onnx", "onnxruntime")}, eager
+    for key, e in eager.items():
+        assert e["eager"] == "best.safetensors" and set(e["p50_ratio"]) == {"1", "4"}
+        assert e["p50_ratio"]["4"] == pytest.approx(rows[key]["batches"]["4"]["p50_ms"] / ref["batches"]["4"]["p50_ms"],
+                                                    rel=1e-2)
     ops = rows[("model.fp32.onnx", "onnxruntime")]["op_profile"]
     assert ops[0]["op"] in ("Conv", "FusedConv") and sum(o["share"] for o in ops) <= 1 + 1e-3  # shares are rounded to 4 places
     assert report["machine"]["cores"] >= 1 and report["machine"]["peak_gflops"] > 0

@@ -127,7 +127,7 @@ def test_the_models_own_training_images_calibrate_whatever_their_size(tmp_path):
         load_calibration_set(tmp_path / "data", card)
 
 
-def test_bench_anchor_rows_give_ratios_from_the_same_run(x86_bundle, tmp_path):
+def test_bench_anchor_rows_give_ratios_from_the_same_run(x86_bundle, trained, tmp_path):
     """Issue 14: a plain ONNX classifier (no card) is timed with the same options; ratios come out."""
     import onnx
     from onnx import TensorProto, helper
@@ -153,7 +153,7 @@ def test_bench_anchor_rows_give_ratios_from_the_same_run(x86_bundle, tmp_path):
     assert "vs tiny_anchor.onnx on onnxruntime" in res.output and "memory (onnxruntime)" in res.output
     # --rounds: every row again in turn; percentiles pool the rounds, ratios are taken round by round
     res = cli("bench", x86_bundle["bundle"], "--anchor", anchor, "--batch", "1", "--runs", "5", "--warmup", "1",
-              "--rounds", "3", "--json", report)
+              "--rounds", "3", "--reference", trained[1].best, "--json", report)
     assert res.exit_code == 0, res.output
     data = json.loads(report.read_text())
     rows = {r["artifact"]: r["batches"]["1"] for r in data["rows"] if "batches" in r}
@@ -163,6 +163,13 @@ def test_bench_anchor_rows_give_ratios_from_the_same_run(x86_bundle, tmp_path):
     assert ratio["p50_ratio"]["1"] == pytest.approx(np.median(per_round), rel=1e-2)
     assert ratio["p50_ratio_range"]["1"] == pytest.approx([per_round.min(), per_round.max()], rel=1e-2)
     assert "median of 3 rounds (range)" in res.output
+    # and every deployed row against PyTorch eager on its checkpoint, round by round too
+    eager = {e["artifact"]: e for e in data["eager_ratios"]}
+    per_round = np.array(rows["model.fp32.onnx"]["round_p50_ms"]) / np.array(rows["best.safetensors"]["round_p50_ms"])
+    assert eager["model.fp32.onnx"]["p50_ratio"]["1"] == pytest.approx(np.median(per_round), rel=1e-2)
+    assert "tiny_anchor.onnx" not in eager and "best.safetensors" not in eager
+    assert "/ PyTorch eager on the checkpoint it came from, same run; median of 3 rounds" in res.output
+    assert "  model.fp32.onnx on onnxruntime vs best.safetensors: b1 " in res.output
     assert cli("bench", x86_bundle["bundle"], "--rounds", "0").exit_code == 2
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")

@@ -218,7 +218,8 @@ def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
     _flops(results, machine)
     for r in results:
         r.pop("_inputs_key", None)
-    return {"machine": machine, "options": _opts_dict(opts), "rows": results, "anchor_ratios": anchor_ratios(results)}
+    return {"machine": machine, "options": _opts_dict(opts), "rows": results, "anchor_ratios": anchor_ratios(results),
+            "eager_ratios": eager_ratios(results)}
 
 
 def disambiguate(rows: list[dict[str, Any]]) -> None:
@@ -257,23 +258,37 @@ def anchor_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for a in (r for r in rows if r.get("anchor") and "batches" in r):
         for r in (r for r in rows if not r.get("anchor") and "batches" in r and r["backend"] == a["backend"]):
-            ratios, spread = {}, {}
-            for b, lat in r["batches"].items():
-                ref = a["batches"].get(b)
-                if not ref or ref["p50_ms"] <= 0:
-                    continue
-                # every row ran the same rounds (a row with a failed round has no latencies)
-                per_round = np.asarray(lat.get("round_p50_ms", [lat["p50_ms"]])) / \
-                    np.asarray(ref.get("round_p50_ms", [ref["p50_ms"]]))
-                ratios[b] = round(float(np.median(per_round)), 3)
-                if len(per_round) > 1:
-                    spread[b] = [round(float(per_round.min()), 3), round(float(per_round.max()), 3)]
-            entry = {"artifact": r["artifact"], "precision": r["precision"], "anchor": a["artifact"],
-                     "backend": a["backend"], "p50_ratio": ratios}
-            if spread:
-                entry["p50_ratio_range"] = spread
-            out.append(entry)
+            out.append({"artifact": r["artifact"], "precision": r["precision"], "anchor": a["artifact"],
+                        "backend": a["backend"], **_p50_ratios(r, a)})
     return out
+
+
+def eager_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """p50 latency of every deployed row / PyTorch eager on the checkpoint it was exported from (a
+    checkpoint among the models, or ``--reference``), per batch size, taken like ``anchor_ratios``:
+    what deployment buys over running the training code."""
+    eager = {r["source_sha256"]: r for r in rows
+             if r["backend"] in REFERENCE_BACKENDS and r.get("source_sha256") and "batches" in r}
+    return [{"artifact": r["artifact"], "precision": r["precision"], "backend": r["backend"],
+             "eager": eager[r["source_sha256"]]["artifact"], **_p50_ratios(r, eager[r["source_sha256"]])}
+            for r in rows if r["backend"] not in REFERENCE_BACKENDS and not r.get("anchor") and "batches" in r
+            and r.get("source_sha256") in eager]
+
+
+def _p50_ratios(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """``p50_ratio`` (and with rounds ``p50_ratio_range``) of ``row`` to ``ref`` per batch size both ran:
+    every row ran the same rounds, so the ratio is taken round by round and its median kept."""
+    ratios, spread = {}, {}
+    for b, lat in row["batches"].items():
+        base = ref["batches"].get(b)
+        if not base or base["p50_ms"] <= 0:
+            continue
+        per_round = np.asarray(lat.get("round_p50_ms", [lat["p50_ms"]])) / \
+            np.asarray(base.get("round_p50_ms", [base["p50_ms"]]))
+        ratios[b] = round(float(np.median(per_round)), 3)
+        if len(per_round) > 1:
+            spread[b] = [round(float(per_round.min()), 3), round(float(per_round.max()), 3)]
+    return {"p50_ratio": ratios, **({"p50_ratio_range": spread} if spread else {})}
 
 
 def _run_worker(spec: dict[str, Any], stem: Path) -> dict[str, Any]:

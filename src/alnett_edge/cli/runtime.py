@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import WIDE_HELP, change, console, echo_wrapped, output_file
+from alnett_edge.cli.common import NARROW, WIDE_HELP, change, console, echo_wrapped, output_file
 from alnett_edge.errors import ConfigError
 from alnett_edge.metrics import DEFAULT_MIN_CONFIDENCE
 from alnett_edge.runtime.base import BACKENDS
@@ -83,6 +83,15 @@ def _regate(bundle: Path, gate_images: Path, backend: str | None, threads: int) 
         for line in r.failures + ([r.note] if r.note else []):
             echo_wrapped(f"{'FAIL' if r.failures and line in r.failures else 'note'}: {r.artifact}: {line}")
     return {**info, "rows": rows_to_dicts(rows)}
+
+
+def _echo_ratios(head: str, entry: dict) -> None:
+    """``HEAD b1 0.52, b8 0.61`` (with rounds: ``b1 0.52 (0.48-0.60)``) from a report's ratio entry; the
+    ratios go on their own indented line when the two do not fit the narrow width."""
+    spread = entry.get("p50_ratio_range", {})
+    text = ", ".join(f"b{b} {v:.2f}" + (f" ({spread[b][0]:.2f}-{spread[b][1]:.2f})" if b in spread else "")
+                     for b, v in entry["p50_ratio"].items())
+    typer.echo(f"{head} {text}" if len(head) + 1 + len(text) <= NARROW else f"{head}\n    {text}")
 
 
 def _ints(text: str, name: str) -> list[int]:
@@ -205,18 +214,19 @@ def register(app: typer.Typer) -> None:
         typer.echo("latency in ms per call; RSS MB: the row's own process after that batch size (peak in --json);\n"
                    "agree: vs the fp32 reference of the same model, as the gate counts it" + ("" if wide else "; --wide: every column"))
         for backend, note in sorted({(r["backend"], r["memory"]) for r in report["rows"] if r.get("memory")}):
-            typer.echo(f"memory ({backend}): {note}")
+            echo_wrapped(f"memory ({backend}): {note}")
         for r in (r for r in report["rows"] if r.get("batching")):
             for part in r["batching"].split("; "):  # one line a batch size
                 typer.echo(f"batching, {r['artifact']} ({r['backend']}): {part}")
+        per_round = f"; median of {rounds} rounds (range)" if rounds > 1 else ""
         if report["anchor_ratios"]:
-            typer.echo("p50 latency / the anchor's, same backend and run (< 1: faster than the anchor)"
-                       + (f"; median of {rounds} rounds (range)" if rounds > 1 else "") + ":")
+            echo_wrapped(f"p50 latency / the anchor's, same backend and run (< 1: faster){per_round}:")
         for a in report["anchor_ratios"]:
-            spread = a.get("p50_ratio_range", {})
-            ratios = ", ".join(f"b{b} {v:.2f}" + (f" ({spread[b][0]:.2f}-{spread[b][1]:.2f})" if b in spread else "")
-                               for b, v in a["p50_ratio"].items())
-            typer.echo(f"  {a['artifact']} vs {a['anchor']} on {a['backend']}: {ratios}")
+            _echo_ratios(f"  {a['artifact']} vs {a['anchor']} on {a['backend']}:", a)
+        if report["eager_ratios"]:
+            echo_wrapped(f"p50 latency / PyTorch eager on the checkpoint it came from, same run{per_round}:")
+        for e in report["eager_ratios"]:
+            _echo_ratios(f"  {e['artifact']} on {e['backend']} vs {e['eager']}:", e)
         notes = {lat["note"] for r in report["rows"] for lat in r.get("batches", {}).values() if lat.get("note")}
         for note in sorted(notes):
             typer.echo(f"note: {note}")
