@@ -5,7 +5,8 @@
 #  2. LiteRT/XNNPACK: the rpi5 fp32 bundle against MobileNetV3-Small fp32 and int8 converted the way the
 #     rpi5 export converts (benchmarks/litert_anchor.py --keep), with the batching each one chose;
 #  3. verify of both ONNX bundles (int8 made on another CPU: the same answers here?);
-#  4. the daemon on the BCCD frames at 0.093 um/px, unpaced and paced at 30 fps, with its RSS.
+#  4. the daemon on the BCCD frames at 0.093 um/px, unpaced and paced at 30 fps, with its RSS;
+#  then each of issue 14's targets with its figure, met or not (benchmarks/cpu_targets_summary.py).
 # Usage: bash benchmarks/cpu_targets.sh [WORK] (default runs/cpu-targets; reports land there)
 # Inputs (env, defaults as benchmarks/runtime.py and benchmarks/compression.py leave them):
 #   CKPT=runs/bench-compress-s/train/best.safetensors  XS=runs/bench-runtime/alnett-s
@@ -40,3 +41,5 @@ step "LiteRT, rpi5 fp32 bundle; anchors MobileNetV3-Small fp32, alnett-s int8, M
 for b in "$XS" "$XA"; do step "verify $b" "${PIN[@]}" "${AE[@]}" verify "$b"; done
 step "daemon, BCCD 640x480 at 0.093 um/px, unpaced then 30 fps" "${PIN[@]}" "$PY" benchmarks/daemon.py "$XS" \
   --videos bccd --seconds "$SECS" --um-per-px 0.093 --out "$WORK/daemon"
+echo; echo "== issue 14's targets (the artifacts each export selected)"
+"$PY" benchmarks/cpu_targets_summary.py "$WORK"
