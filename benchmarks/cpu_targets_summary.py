@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from alnett_edge.bench.runner import p50_ratios
 
 
 def selected_rows(report: dict) -> dict[str, dict]:
@@ -35,13 +35,11 @@ def ratio(report: dict, key: str, artifact: str, batch: str, anchor: str | None 
 
 
 def anchor_pair(report: dict, model: str, anchor: str, batch: str) -> float | None:
-    """Median of the per-round p50 ratio of two rows of one report (two anchors timed side by side)."""
+    """The p50 ratio of two rows of one report (two anchors timed side by side), taken as bench takes it."""
     rows = {r["artifact"]: r for r in report["rows"] if "batches" in r}
     if model not in rows or anchor not in rows:
         return None
-    a, b = (np.asarray(rows[n]["batches"][batch].get("round_p50_ms", [rows[n]["batches"][batch]["p50_ms"]]))
-            for n in (model, anchor))
-    return float(np.median(a / b))
+    return p50_ratios(rows[model], rows[anchor])["p50_ratio"].get(batch)
 
 
 def _report(path: Path, empty: dict | list) -> dict | list:

@@ -259,7 +259,7 @@ def anchor_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for a in (r for r in rows if r.get("anchor") and "batches" in r):
         for r in (r for r in rows if not r.get("anchor") and "batches" in r and r["backend"] == a["backend"]):
             out.append({"artifact": r["artifact"], "precision": r["precision"], "anchor": a["artifact"],
-                        "backend": a["backend"], **_p50_ratios(r, a)})
+                        "backend": a["backend"], **p50_ratios(r, a)})
     return out
 
 
@@ -270,12 +270,12 @@ def eager_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     eager = {r["source_sha256"]: r for r in rows
              if r["backend"] in REFERENCE_BACKENDS and r.get("source_sha256") and "batches" in r}
     return [{"artifact": r["artifact"], "precision": r["precision"], "backend": r["backend"],
-             "eager": eager[r["source_sha256"]]["artifact"], **_p50_ratios(r, eager[r["source_sha256"]])}
+             "eager": eager[r["source_sha256"]]["artifact"], **p50_ratios(r, eager[r["source_sha256"]])}
             for r in rows if r["backend"] not in REFERENCE_BACKENDS and not r.get("anchor") and "batches" in r
             and r.get("source_sha256") in eager]
 
 
-def _p50_ratios(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+def p50_ratios(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     """``p50_ratio`` (and with rounds ``p50_ratio_range``) of ``row`` to ``ref`` per batch size both ran:
     every row ran the same rounds, so the ratio is taken round by round and its median kept."""
     ratios, spread = {}, {}
