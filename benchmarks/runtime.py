@@ -39,7 +39,8 @@ def summarize(report: dict) -> list[dict]:
         out.append({
             "model": best["model"], "best_b1": f"{best['artifact']} on {best['backend']}",
             "best_b1_p50_ms": best["batches"]["1"]["p50_ms"], "eager_b1_p50_ms": eager["batches"]["1"]["p50_ms"],
-            "ratio_best_over_eager": round(best["batches"]["1"]["p50_ms"] / eager["batches"]["1"]["p50_ms"], 3),
+            "ratio_best_over_eager": next(e["p50_ratio"]["1"] for e in report["eager_ratios"]
+                                          if e["artifact"] == best["artifact"] and e["backend"] == best["backend"]),
             "best_b8_gflops": best8["batches"]["8"].get("gflops"), "peak_gflops": peak,
             "b8_peak_share": best8["batches"]["8"].get("peak_share"),
             "best_rss_b1_mb": best["batches"]["1"]["rss_mb"], "best_peak_rss_mb": best["peak_rss_mb"],
