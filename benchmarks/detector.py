@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.detector import CellDetector
-from alnett_edge.daemon.fieldeval import match, read_truth
-from alnett_edge.daemon.optics import estimate_um_per_px
 from alnett_edge.machine import isa_line
+from alnett_edge.vision.annotations import match, read_truth
+from alnett_edge.vision.detector import CellDetector
+from alnett_edge.vision.optics import estimate_um_per_px
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = [("bccd", DATA / "bccd", 1.0), ("bccd x0.5", DATA / "bccd", 0.5), ("bccd x2", DATA / "bccd", 2.0),

@@ -29,10 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.optics import acf_diameter_px, fov_mask, green_density, rbc_diameter_px
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
 from alnett_edge.machine import isa_line
+from alnett_edge.vision.optics import acf_diameter_px, fov_mask, green_density, rbc_diameter_px
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

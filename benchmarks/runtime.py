@@ -22,6 +22,7 @@ from alnett_edge.bench.runner import BenchOptions, plot_latency, run_bench, writ
 from alnett_edge.export.exporter import export_bundle
 from alnett_edge.model.checkpoint import new_card, save_checkpoint
 from alnett_edge.model.registry import create_model
+from alnett_edge.runtime.base import BACKENDS
 
 
 def summarize(report: dict) -> list[dict]:
@@ -32,8 +33,8 @@ def summarize(report: dict) -> list[dict]:
         if "batches" in r:
             by_model.setdefault(r["source_sha256"], []).append(r)
     for rows in by_model.values():
-        eager = next(r for r in rows if r["backend"] == "pytorch")
-        deployed = [r for r in rows if r["backend"] != "pytorch"]
+        eager = next(r for r in rows if BACKENDS[r["backend"]].reference)  # PyTorch eager on the checkpoint
+        deployed = [r for r in rows if not BACKENDS[r["backend"]].reference]
         best = min(deployed, key=lambda r: r["batches"]["1"]["p50_ms"])
         best8 = max(deployed, key=lambda r: r["batches"]["8"].get("gflops") or 0)
         out.append({

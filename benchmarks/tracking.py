@@ -1,4 +1,4 @@
-"""Tracking (daemon/tracking.py) on real annotated frames held as a still camera would see them, the
+"""Tracking (vision/tracking.py) on real annotated frames held as a still camera would see them, the
 cost of tracking a 10-cell field, and (with --bundle) the daemon's model calls on a still field with
 and without tracking.
 
@@ -27,12 +27,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.detector import CellDetector
-from alnett_edge.daemon.fieldeval import match, read_truth
-from alnett_edge.daemon.optics import estimate_um_per_px
-from alnett_edge.daemon.tracking import TrackBook, TrackingConfig
 from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
 from alnett_edge.machine import isa_line
+from alnett_edge.vision.annotations import match, read_truth
+from alnett_edge.vision.detector import CellDetector
+from alnett_edge.vision.optics import estimate_um_per_px
+from alnett_edge.vision.tracking import TrackBook, TrackingConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = [("bccd", DATA / "bccd"), ("wbc-smartphone valid", DATA / "wbc-smartphone" / "valid")]

@@ -20,19 +20,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import BCCD, cli, one_line_error, require_shared
 
 from alnett_edge.capture import Frame, FrameQueue, make_source, parse_spec
 from alnett_edge.card import InputSpec
-from alnett_edge.daemon.cells import cell_image, crop_scale
 from alnett_edge.daemon.config import build_config
-from alnett_edge.daemon.detector import CellDetector
-from alnett_edge.daemon.optics import estimate_um_per_px
 from alnett_edge.daemon.service import Daemon
-from alnett_edge.daemon.stats import wilson_interval
 from alnett_edge.data.preprocess import prepare
 from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear, write_smear_video
+from alnett_edge.vision.cells import cell_image, crop_scale
+from alnett_edge.vision.detector import CellDetector
+from alnett_edge.vision.differential import wilson_interval
+from alnett_edge.vision.optics import estimate_um_per_px
 
-from conftest import BCCD, cli, one_line_error, require_shared
 
 def iou(a, b):
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -83,8 +83,8 @@ def test_detector_meets_the_target_on_real_bccd_frames():
 
 
 def test_detector_settings_that_cannot_hold_are_refused():
-    from alnett_edge.daemon.detector import DetectorConfig
     from alnett_edge.errors import ConfigError
+    from alnett_edge.vision.detector import DetectorConfig
 
     with pytest.raises(ConfigError, match="max_cell_to_nucleus must be > 1"):
         CellDetector(DetectorConfig(max_cell_to_nucleus=0.8), um_per_px=0.1)

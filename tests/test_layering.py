@@ -29,7 +29,8 @@ from alnett_edge.runtime import base, loader, ort_backend, litert_backend, predi
 from alnett_edge.tensorrt import backend, calibrator, engine
 from alnett_edge.bench import runner, system, worker
 from alnett_edge.capture import base as cbase, watchdog, images, video, v4l2, gstreamer, url, synthetic, picamera2
-from alnett_edge.daemon import detector, cells, config, service, sinks, stats, http
+from alnett_edge.vision import annotations, cells, detector, differential, fieldeval, optics, path, record, tracking
+from alnett_edge.daemon import config, service, sinks, http, report
 from alnett_edge.cli import app
 assert devices.resolve_target("rpi")[0].name == "rpi5"
 img = synth.synth_cell(np.random.default_rng(0), 1, 96, 0.3)
@@ -54,15 +55,17 @@ def _imports(path: Path) -> set[str]:
 
 
 #: the layers, bottom first: a module imports only from its own layer or below. The device side
-#: (runtime, capture, daemon, bench) never imports the workstation chain (model ... export).
+#: (runtime, capture, vision, daemon, bench) never imports the workstation chain (model ... export). Cell
+#: vision sits below the daemon: field-eval, optics calibrate, report and harvest use it without the service.
 LAYERS = [("errors", "card", "files", "machine", "timing", "metrics", "plugins"),
           ("devices", "data", "bundle", "evaluation", "onnx_io"),
           ("runtime", "capture", "tensorrt"),
+          ("vision",),
           ("daemon", "bench"),
           ("model",), ("train",), ("compress",), ("calibrate",), ("export",),
           ("demo",), ("cli", "__main__")]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
-DEVICE = {"runtime", "capture", "tensorrt", "daemon", "bench"}
+DEVICE = {"runtime", "capture", "tensorrt", "vision", "daemon", "bench"}
 WORKSTATION = {"model", "train", "compress", "calibrate", "export"}
 
 
@@ -87,3 +90,19 @@ def test_imports_run_one_way_at_module_and_function_level():
                 if RANK[other] > RANK[me] or (me in DEVICE and other in WORKSTATION):
                     wrong.append(f"{rel}:{node.lineno} imports {name}")
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
+
+
+def test_offline_vision_commands_do_not_load_the_service():
+    """field-eval, optics calibrate and report run cell vision without the daemon's service, sinks
+    or HTTP server (the modules a long-running process needs, and nothing else)."""
+    code = BLOCK_TORCH + """
+import sys
+from alnett_edge.vision import fieldeval, optics, path, tracking
+from alnett_edge.daemon import report
+from alnett_edge.cli import daemon as cli_daemon, optics as cli_optics
+loaded = sorted(m for m in sys.modules if m in ("alnett_edge.daemon.service", "alnett_edge.daemon.sinks",
+                                                 "alnett_edge.daemon.http"))
+print(loaded)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

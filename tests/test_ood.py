@@ -90,11 +90,11 @@ def test_without_a_scale_the_size_is_left_out_and_few_cells_give_no_appearance()
 
 def test_the_daemon_abstains_a_restained_field_as_out_of_distribution(x86_bundle):
     from alnett_edge.capture.base import Frame
-    from alnett_edge.daemon.cells import QualityConfig
-    from alnett_edge.daemon.detector import CellDetector
-    from alnett_edge.daemon.service import classify_frame
     from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
     from alnett_edge.runtime.loader import open_runtime
+    from alnett_edge.vision.cells import QualityConfig
+    from alnett_edge.vision.detector import CellDetector
+    from alnett_edge.vision.path import classify_frame
 
     smear = synth_smear(np.random.default_rng(12), n_wbc=(3, 3)).image
     detector = CellDetector(um_per_px=SMEAR_UM_PER_PX)

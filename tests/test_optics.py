@@ -6,15 +6,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from conftest import BCCD, SHARED, cli, one_line_error, require_shared
 
 from alnett_edge.daemon.config import build_config
-from alnett_edge.daemon.detector import CellDetector, split_touching
-from alnett_edge.daemon.fieldeval import match, read_truth
-from alnett_edge.daemon.optics import OpticsConfig, estimate_um_per_px, fov_mask, rbc_diameter_px
 from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
 from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.vision.annotations import match, read_truth
+from alnett_edge.vision.detector import CellDetector, split_touching
+from alnett_edge.vision.optics import OpticsConfig, estimate_um_per_px, fov_mask, rbc_diameter_px
 
 
 def _frames(n: int, seed: int = 0) -> list:

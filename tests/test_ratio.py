@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alnett_edge.daemon.detector import MAX_EDGE_WEIGHT, field_weights
-from alnett_edge.daemon.sinks import CellRecord
-from alnett_edge.daemon.stats import Aggregator, ratio_estimate
+from alnett_edge.vision.detector import MAX_EDGE_WEIGHT, field_weights
+from alnett_edge.vision.differential import Aggregator, ratio_estimate
+from alnett_edge.vision.record import CellRecord
 
 
 def test_field_weights_of_a_frame_and_of_an_eyepiece_disc():

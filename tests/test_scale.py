@@ -10,16 +10,15 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
-
 from conftest import SHARED, require_shared
 
 from alnett_edge.card import InputSpec, ModelCard
-from alnett_edge.daemon.cells import QualityConfig, cell_image, fits_canvas, quality_reason
-from alnett_edge.daemon.detector import CellDetector
 from alnett_edge.data.preprocess import load_image, normalize, prepare
 from alnett_edge.data.scale import HEM_CELL_UM, cell_diameters_px, measure_canvas_um
 from alnett_edge.data.synth import CELL_UM_PER_PX, REF_SIZE, Stain, synth_cell
 from alnett_edge.errors import CheckpointError
+from alnett_edge.vision.cells import QualityConfig, cell_image, fits_canvas, quality_reason
+from alnett_edge.vision.detector import CellDetector
 
 CNMC = "cnmc-sample"
 

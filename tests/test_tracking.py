@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from alnett_edge.daemon.detector import CellDetector, DetectorConfig
-from alnett_edge.daemon.tracking import TrackBook, TrackingConfig
 from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
+from alnett_edge.vision.detector import CellDetector, DetectorConfig
+from alnett_edge.vision.tracking import TrackBook, TrackingConfig
 
 W, H = 640, 480
 
@@ -255,7 +255,8 @@ def test_a_cell_missed_for_a_few_frames_keeps_its_id_and_one_gone_longer_gets_a_
 
 
 def test_a_database_from_before_tracking_gets_the_new_columns(tmp_path):
-    from alnett_edge.daemon.sinks import CellRecord, SqliteSink
+    from alnett_edge.daemon.sinks import SqliteSink
+    from alnett_edge.vision.record import CellRecord
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)

@@ -192,9 +192,9 @@ def _export(ctx: PipelineContext) -> dict[str, Any]:
 def _daemon(ctx: PipelineContext) -> dict[str, Any]:
     """The camera daemon on a 60-frame synthetic smear video played once at 30 fps."""
     from alnett_edge.daemon.config import build_config
-    from alnett_edge.daemon.optics import estimate_um_per_px, read_source_frames
     from alnett_edge.daemon.service import Daemon
     from alnett_edge.data.synth import SMEAR_UM_PER_PX, write_smear_video
+    from alnett_edge.vision.optics import estimate_um_per_px, read_source_frames
 
     bundle = ctx.artifacts.get("bundle:x86-cpu") or next((v for k, v in ctx.artifacts.items() if k.startswith("bundle:")), None)
     if bundle is None:

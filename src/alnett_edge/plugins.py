@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from alnett_edge.errors import ConfigError
 
@@ -24,3 +26,15 @@ def load_plugins() -> list[str]:
         except ImportError as exc:
             raise ConfigError(f"{ENV}: cannot import plugin {name!r} ({exc})") from exc
     return names
+
+
+def registered_name(cls: type, table: Mapping[str, Any]) -> str:
+    """The key under which ``cls`` (or the class it derives from) is registered in ``table``, whose
+    entries name their class as ``target = "module:Class"``: a backend's or a source's name is
+    written once, as its table key, and never again on the class ("" when not registered)."""
+    for klass in cls.__mro__:
+        target = f"{klass.__module__}:{klass.__qualname__}"
+        for name, spec in table.items():
+            if spec.target == target:
+                return name
+    return ""

@@ -6,9 +6,11 @@ many threads ran and how many CPUs the machine has.
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -81,3 +83,31 @@ def runtime_latency(rt: Any, batch: int = 1, runs: int = 200, warmup: int = 20) 
     """Latency of a loaded runtime (anything with ``infer`` and ``input_shape``) on random inputs."""
     x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape)).astype(np.float32)
     return summarize(time_calls(lambda: rt.infer(x), runs, warmup), batch, rt.threads or (os.cpu_count() or 1))
+
+
+class StageTimes:
+    """Per-stage latency over a rolling window of the last ``window`` samples (thread-safe): the
+    daemon's and ``field-eval``'s stage table. ``stages`` fixes the names and their order."""
+
+    def __init__(self, stages: Sequence[str], window: int = 4096) -> None:
+        self._samples = {s: collections.deque(maxlen=window) for s in stages}
+        self._counts = dict.fromkeys(stages, 0)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, ms: float) -> None:
+        with self._lock:
+            self._samples[stage].append(ms)
+            self._counts[stage] += 1
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Each stage with samples: count, mean, p50, p95, p99 and max in ms."""
+        out = {}
+        with self._lock:
+            for stage, d in self._samples.items():
+                if not d:
+                    continue
+                a = np.fromiter(d, np.float64)
+                p50, p95, p99 = np.percentile(a, [50, 95, 99])
+                out[stage] = {"n": self._counts[stage], "mean_ms": round(float(a.mean()), 3), "p50_ms": round(float(p50), 3),
+                              "p95_ms": round(float(p95), 3), "p99_ms": round(float(p99), 3), "max_ms": round(float(a.max()), 3)}
+        return out

@@ -10,7 +10,6 @@ from alnett_edge.runtime.base import BACKENDS, BackendSpec, Runtime
 
 
 class FakeRuntime(Runtime):
-    name = "fakert"
     calls = 0
 
     def __init__(self, path, card, artifact=None, threads=0, **options):

@@ -11,7 +11,6 @@ from alnett_edge.model.to_onnx import export_onnx
 class FakeOnnxFormat(ExportFormat):
     name = "fakeonnx"
     precisions = ("fp32",)
-    gate_backends = ("fakert",)
 
     def build(self, job: ExportJob, precision: str) -> Artifact:
         dest = job.out / "model.fake"

@@ -9,7 +9,6 @@ from alnett_edge.data.synth import synth_smear
 
 
 class FakeCamera(Source):
-    kind = "fakecam"
     paced = True
 
     def open(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from alnett_edge.plugins import load_plugins
+from alnett_edge.runtime.base import Runtime
 from alnett_edge.timing import summarize
 from alnett_edge.bench.system import peak_rss_mb, rss_mb
 
@@ -27,7 +28,7 @@ def _batches(inputs: np.ndarray, batch: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(pool[i : i + batch]) for i in range(0, len(pool) - batch + 1, batch)] or [pool[:batch]]
 
 
-def time_batches(rt: Any, inputs: np.ndarray, batch: int, warmup: int, runs: int | None, duration: float | None,
+def time_batches(rt: Runtime, inputs: np.ndarray, batch: int, warmup: int, runs: int | None, duration: float | None,
                  max_seconds: float) -> tuple[list[float], str]:
     feeds = _batches(inputs, batch)
     for i in range(warmup):

@@ -31,11 +31,10 @@ from alnett_edge.calibrate.reader import (
 )
 from alnett_edge.calibrate.int8_safety import check_saturation, fit_weights_to_int16_pairs, saturation_summary
 from alnett_edge.card import ModelCard
-from alnett_edge.data.preprocess import load_image, preprocess
-from alnett_edge.data.sources import Sample, load_samples
+from alnett_edge.data.sources import load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.onnx_io import card_from_onnx, load_onnx, set_card
-from alnett_edge.evaluation import predict_batched
+from alnett_edge.evaluation import labelled_inputs, predict_batched
 from alnett_edge.metrics import binary_metrics, device_agreement, summary
 
 log = logging.getLogger(__name__)
@@ -115,10 +114,6 @@ def evaluate_onnx(path: str | Path, card: ModelCard, inputs: np.ndarray, labels:
     return summary(binary_metrics(labels, prob_all)), prob_all
 
 
-def _eval_inputs(samples: list[Sample], card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
-    return np.stack([preprocess(load_image(s.path), card.input) for s in samples]), np.array([s.label for s in samples])
-
-
 def calibrate(model: str | Path, images: str | Path, out: str | Path | None = None, method: str = "minmax",
               scheme: str = "symmetric", num: int = 300, allow_any_size: bool = False,
               eval_data: str | Path | None = None, allow_patient_overlap: bool = False,
@@ -141,7 +136,8 @@ def calibrate(model: str | Path, images: str | Path, out: str | Path | None = No
     report["zero_points"] = sorted(set(zps))
     report["int8_saturation"] = saturation_summary(check_saturation(str(out)))
     if eval_samples is not None:
-        x, y = _eval_inputs(eval_samples, card)
+        held_out = labelled_inputs(eval_samples, card, str(eval_data))
+        x, y = held_out.inputs, held_out.labels
         fp32, p32 = evaluate_onnx(model, card, x, y)
         int8, p8 = evaluate_onnx(out, card, x, y, "int8")
         rows = {"fp32 (ORT)": fp32, f"PTQ int8 {method} (ORT)": {**int8, "agreement": device_agreement(p32, p8)}}

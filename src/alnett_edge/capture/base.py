@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from alnett_edge.errors import AlnettError, ConfigError
+from alnett_edge.plugins import registered_name
 
 
 class FrameSkipped(AlnettError):
@@ -51,7 +52,11 @@ class Source:
     """Open, read frames (RGB), close. ``read()`` returns None when no frame is available (a stall, or
     the end of a file that does not loop: see :attr:`ended`)."""
 
-    kind: ClassVar[str] = ""
+    @property
+    def kind(self) -> str:
+        """This source's kind: its key in :data:`SOURCES` (written nowhere else)."""
+        return registered_name(type(self), SOURCES)
+
 
     def __init__(self, arg: str, settings: SourceSettings | None = None) -> None:
         self.arg = arg

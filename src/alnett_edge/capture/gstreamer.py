@@ -18,7 +18,6 @@ def opencv_has_gstreamer() -> bool:
 
 
 class GStreamerSource(OpenCVSource):
-    kind = "gstreamer"
     api = cv2.CAP_GSTREAMER
 
     def open(self) -> None:

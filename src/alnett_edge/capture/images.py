@@ -16,7 +16,6 @@ from alnett_edge.errors import DataError
 
 
 class ImageFolderSource(Source):
-    kind = "images"
     paced = True
 
     def open(self) -> None:

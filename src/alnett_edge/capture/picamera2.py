@@ -14,7 +14,6 @@ from alnett_edge.capture.base import Source, SourceError
 
 
 class Picamera2Source(Source):
-    kind = "picamera2"
 
     def open(self) -> None:
         try:

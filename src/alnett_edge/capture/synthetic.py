@@ -10,7 +10,6 @@ from alnett_edge.data.synth import synth_smear
 
 
 class SyntheticSmearSource(Source):
-    kind = "synthetic"
     paced = True
 
     def open(self) -> None:

@@ -24,7 +24,6 @@ def redact_url(url: str) -> str:
 
 
 class UrlSource(OpenCVSource):
-    kind = "url"
     api = cv2.CAP_FFMPEG
 
     @property

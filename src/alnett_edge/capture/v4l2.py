@@ -8,7 +8,6 @@ from alnett_edge.capture.cv import OpenCVSource
 
 
 class V4L2Source(OpenCVSource):
-    kind = "v4l2"
     api = cv2.CAP_V4L2
 
     def target(self) -> str | int:

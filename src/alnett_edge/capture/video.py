@@ -11,7 +11,6 @@ from alnett_edge.capture.cv import OpenCVSource
 
 
 class VideoFileSource(OpenCVSource):
-    kind = "video"
     paced = True
 
     def open(self) -> None:

@@ -147,9 +147,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("give the annotated frames folder once: field-eval [BUNDLE] FRAMES or --frames FRAMES")
         frames = frames_arg or frames_opt
         from alnett_edge.daemon.config import build_config, load_config
-        from alnett_edge.daemon.fieldeval import contact_sheet, field_eval as run
-        from alnett_edge.daemon.service import inference_threads
+        from alnett_edge.machine import inference_threads
         from alnett_edge.runtime.loader import open_runtime
+        from alnett_edge.vision.fieldeval import contact_sheet
+        from alnett_edge.vision.fieldeval import field_eval as run
 
         overrides = {"source": {"spec": "field-eval"}, "runtime": {"bundle": str(bundle or "none")},
                      "optics": {"um_per_px": um_per_px}}

@@ -61,7 +61,7 @@ def calibrate(
     json_out: Path = typer.Option(None, "--json", help="Write the estimate as JSON.", callback=output_file),
 ) -> None:
     """Estimate the pixel size (µm per camera pixel) from the red cells of a smear, with its spread."""
-    from alnett_edge.daemon.optics import RBC_UM, estimate_um_per_px, read_source_frames
+    from alnett_edge.vision.optics import RBC_UM, estimate_um_per_px, read_source_frames
 
     if (frames is None) == (source is None):
         raise ConfigError("give the frames once: --frames DIR or --source SPEC")

@@ -27,7 +27,7 @@ Example (every key optional except a bundle and a source, from the file or the c
     [quality]
     min_confidence = 0.6
 
-    [tracking]               # each cell one track, decided once (daemon/tracking.py)
+    [tracking]               # each cell one track, decided once (vision/tracking.py)
     observations = 3         # the sharpest good observations classified and fused into the decision
     watch_frames = 6         # good observations watched before the sharpest are classified
     max_jump_um = 8.0        # how far a cell centre may move frame to frame (after stage motion)
@@ -46,16 +46,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alnett_edge.daemon.cells import QualityConfig
-from alnett_edge.daemon.detector import DetectorConfig
-from alnett_edge.daemon.optics import OpticsConfig
-from alnett_edge.daemon.tracking import TrackingConfig
+import tomllib
+
 from alnett_edge.errors import ConfigError
+from alnett_edge.vision.cells import QualityConfig
+from alnett_edge.vision.detector import DetectorConfig
+from alnett_edge.vision.optics import OpticsConfig
+from alnett_edge.vision.tracking import TrackingConfig
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 

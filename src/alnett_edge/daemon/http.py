@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,13 +21,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from alnett_edge.errors import ConfigError
 
+if TYPE_CHECKING:  # the service imports this module
+    from alnett_edge.daemon.service import Daemon
+
 log = logging.getLogger(__name__)
 
 
 class DaemonCollector:
     """Prometheus metrics read from the daemon's status at scrape time."""
 
-    def __init__(self, daemon: Any) -> None:
+    def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
     def collect(self):  # noqa: ANN201 - prometheus collector protocol
@@ -105,7 +108,7 @@ class _Server(ThreadingHTTPServer):
         log.debug("http: %s: %s", client_address[0] if client_address else "?", exc)
 
 
-def make_handler(daemon: Any, token: str, preview: bool, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+def make_handler(daemon: Daemon, token: str, preview: bool, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = IO_TIMEOUT_S  # socket timeout for every read and write of this connection
 
@@ -162,7 +165,7 @@ def make_handler(daemon: Any, token: str, preview: bool, registry: CollectorRegi
 
 
 class HttpServer:
-    def __init__(self, daemon: Any, host: str, port: int, token: str = "", preview: bool = False) -> None:
+    def __init__(self, daemon: Daemon, host: str, port: int, token: str = "", preview: bool = False) -> None:
         registry = CollectorRegistry()
         registry.register(DaemonCollector(daemon))
         try:

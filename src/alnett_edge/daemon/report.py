@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.stats import wilson_interval
+from alnett_edge.data.preprocess import load_image
 from alnett_edge.errors import DataError
+from alnett_edge.vision.differential import wilson_interval
+
+log = logging.getLogger(__name__)
 
 #: normal cells shown beside every blast (a sample, not all: a slide has hundreds)
 NORMAL_SAMPLE = 24
@@ -94,8 +98,17 @@ def _open(db: Path) -> sqlite3.Connection:
     return con
 
 
+def _read_tile(path: Path) -> np.ndarray | None:
+    """A crop through the one bounded decoder (BGR), or None (logged) when it cannot be read."""
+    try:
+        return cv2.cvtColor(load_image(path, what="crop"), cv2.COLOR_RGB2BGR)
+    except DataError as exc:
+        log.warning("left out of the montage: %s", exc)
+        return None
+
+
 def _tiles(paths: list[Path], label: str, colour: tuple[int, int, int], per_row: int = 8) -> np.ndarray | None:
-    images = [im for im in (cv2.imread(str(p)) for p in paths) if im is not None]
+    images = [im for im in (_read_tile(p) for p in paths) if im is not None]
     if not images:
         return None
     tiles = [cv2.resize(im, (TILE, TILE), interpolation=cv2.INTER_AREA) for im in images]
@@ -106,12 +119,13 @@ def _tiles(paths: list[Path], label: str, colour: tuple[int, int, int], per_row:
     return np.vstack([bar, *rows])
 
 
-def _montage(crops: Path | None, session_prefix: str, seed: int = 0) -> np.ndarray | None:
+def _montage(crops: Path | None, session_prefix: str, positive: str, seed: int = 0) -> np.ndarray | None:
+    """Every blast crop (``positive``: the card's blast class) and a sample of the other classes'."""
     if crops is None or not crops.is_dir():
         return None
     files = sorted(crops.glob(f"{session_prefix}-t*.jpg"))
-    blasts = [p for p in files if p.stem.endswith("-all")]
-    normal = [p for p in files if p.stem.endswith("-hem")]
+    blasts = [p for p in files if p.stem.endswith(f"-{positive}")]
+    normal = [p for p in files if not p.stem.endswith((f"-{positive}", "-abstain"))]
     if len(normal) > NORMAL_SAMPLE:
         normal = [normal[i] for i in sorted(np.random.default_rng(seed).choice(len(normal), NORMAL_SAMPLE, replace=False))]
     parts = [t for t in (_tiles(blasts, f"every blast ({len(blasts)})", (192, 38, 45)),
@@ -171,10 +185,12 @@ def build_report(db: str | Path, out: str | Path, session: int | None = None, cr
         con.close()
     summary = json.loads(summary_json) if summary_json else {}
     labels = [lab for lab, _ in cells if lab]
-    blasts, classified = labels.count("all"), len(labels)
+    # the card's blast class, as the daemon recorded it (a session before it was recorded: "all")
+    positive = (summary.get("session") or {}).get("positive_class") or "all"
+    blasts, classified = labels.count(positive), len(labels)
     outcomes: dict[str, int] = {}
     for lab, reason in cells:
-        key = {"all": "blast (ALL)", "hem": "normal (HEM)"}.get(lab, lab) if lab else f"abstained: {reason}"
+        key = (f"blast ({lab})" if lab == positive else lab) if lab else f"abstained: {reason}"
         outcomes[key] = outcomes.get(key, 0) + 1
     ci = wilson_interval(blasts, classified)
     est = (summary.get("session") or {}).get("blast_ratio_estimate") or {}
@@ -196,7 +212,7 @@ def build_report(db: str | Path, out: str | Path, session: int | None = None, cr
     out.mkdir(parents=True, exist_ok=True)
     crops_dir = Path(crops) if crops else (Path(summary["crops"]) if summary.get("crops") else None)
     files = {}
-    montage = _montage(crops_dir, f"s{int(started)}")
+    montage = _montage(crops_dir, f"s{int(started)}", positive)
     if montage is not None:
         data = _png(montage)
         (out / "cells.png").write_bytes(data)

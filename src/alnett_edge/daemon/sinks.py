@@ -1,4 +1,4 @@
-"""Where decisions go: SQLite (WAL; one row per cell, that is per track (``daemon/tracking.py``), one
+"""Where decisions go: SQLite (WAL; one row per cell, that is per track (``vision/tracking.py``), one
 per session), JSON lines, and annotated snapshots (every N frames and on each blast). A sink is one class with ``open``, ``write`` and
 ``close``.
 
@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from alnett_edge.errors import AlnettError, ConfigError
+from alnett_edge.vision.record import CellRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +65,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-@dataclass
-class CellRecord:
-    time: float
-    frame_index: int
-    box: tuple[int, int, int, int]
-    prob_hem: float | None
-    prob_all: float | None
-    label: str | None  # None when abstained
-    abstain_reason: str | None
-    model_sha256: str
-    edge_weight: float = 1.0  # Miles-Lantuéjoul weight of the cell's size (the session's ratio estimate)
-    track_id: int | None = None
-    first_frame: int | None = None  # frame_index is the frame the track was decided in
-    observations: int = 1  # frames the cell was detected in until it was decided
-    classified: int = 0  # of those, the ones the model ran on (quality gate passed); fused into the probabilities
-    observed_prob_all: list[float] = field(default_factory=list)  # each classified observation's prob_all (JSONL)
-    observed_frames: list[int] = field(default_factory=list)  # and the frame it was seen in (JSONL)
-    appearance_distance: float | None = None  # from the training cells' look (card.appearance); None: unchecked
-    crop: np.ndarray | None = field(default=None, repr=False, compare=False)  # the cell as classified (crops sink)
 
 
 class Sink:
@@ -254,14 +234,16 @@ class JsonlSink(Sink):
                 pass
 
 
-COLOURS = {"all": (220, 30, 30), "hem": (30, 160, 60), None: (150, 150, 150)}
+#: box colours (RGB): the card's blast class, any other class, abstained
+BLAST_COLOUR, OTHER_COLOUR, ABSTAIN_COLOUR = (220, 30, 30), (30, 160, 60), (150, 150, 150)
 
 
-def annotate(frame_rgb: np.ndarray, cells: list[CellRecord]) -> np.ndarray:
+def annotate(frame_rgb: np.ndarray, cells: list[CellRecord], positive: str) -> np.ndarray:
+    """The frame with each cell's box, coloured by its verdict (``positive``: the card's blast class)."""
     img = frame_rgb.copy()
     for c in cells:
         x0, y0, x1, y1 = c.box
-        colour = COLOURS.get(c.label, COLOURS[None])
+        colour = ABSTAIN_COLOUR if c.label is None else BLAST_COLOUR if c.label == positive else OTHER_COLOUR
         cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
         text = f"{c.label} {max(c.prob_all or 0, c.prob_hem or 0):.2f}" if c.label else f"abstain: {c.abstain_reason}"
         cv2.putText(img, text, (x0 + 3, max(12, y0 + 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
@@ -275,9 +257,11 @@ class SnapshotSink(Sink):
         self.folder, self.every, self.min_interval_s = Path(folder), max(1, every), min_interval_s
         self.written = 0
         self._last_blast = 0.0
+        self.positive = ""  # the card's blast class, from the session (open)
 
     def open(self, session: dict[str, Any]) -> None:
         _writable_folder(self.folder, "snapshots")
+        self.positive = session["positive_class"]
 
     def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
               view: list[CellRecord] | None = None) -> None:
@@ -285,7 +269,7 @@ class SnapshotSink(Sink):
             return
         shown = cells if view is None else view
         now = time.monotonic()
-        blast = any(c.label == "all" for c in cells) and now - self._last_blast >= self.min_interval_s
+        blast = any(c.label == self.positive for c in cells) and now - self._last_blast >= self.min_interval_s
         if frame_index % self.every and not blast:
             return
         if blast:
@@ -293,7 +277,7 @@ class SnapshotSink(Sink):
         name = f"frame{frame_index:07d}{'-blast' if blast else ''}.jpg"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)  # made again if it was deleted
-            ok = cv2.imwrite(str(self.folder / name), cv2.cvtColor(annotate(frame_rgb, shown), cv2.COLOR_RGB2BGR))
+            ok = cv2.imwrite(str(self.folder / name), cv2.cvtColor(annotate(frame_rgb, shown, self.positive), cv2.COLOR_RGB2BGR))
         except (OSError, cv2.error) as exc:
             raise SinkFault(f"cannot write snapshot {self.folder / name}: {exc}") from exc
         if not ok:  # OpenCV says nothing more than False

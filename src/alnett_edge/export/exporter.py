@@ -23,6 +23,7 @@ from alnett_edge import __version__
 from alnett_edge.timing import interleaved_ms, relative_to
 from alnett_edge.devices import DeviceProfile, resolve_target
 from alnett_edge.errors import AlnettError, ConfigError
+from alnett_edge.card import ModelCard
 from alnett_edge.bundle import CARD, guard_output, make_archive, remove_own_staging, sha256_file, write_manifest
 from alnett_edge.export.formats import ExportJob, get_format
 from alnett_edge.export.formats.base import KERNELS
@@ -112,7 +113,7 @@ def fastest(passed: list[dict[str, Any]]) -> str:
     return exact["file"]
 
 
-def _reference_model(model: Any, card: Any, staging: Path, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+def _reference_model(model: Any, card: ModelCard, staging: Path, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
     """The fp32 model ``verify --gate-images`` compares with on the device: an fp32 ONNX artifact of the
     bundle, else a ``reference.fp32.onnx`` added for that purpose (never selected or run by predict)."""
     fp32 = next((a for a in artifacts if a["precision"] == "fp32" and a["file"].endswith(".onnx")), None)

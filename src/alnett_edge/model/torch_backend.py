@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alnett_edge.card import ModelCard
 from alnett_edge.errors import ConfigError
 from alnett_edge.model.checkpoint import load_checkpoint
 from alnett_edge.runtime.base import Runtime
@@ -25,9 +26,8 @@ def pick_device(name: str) -> torch.device:
 
 
 class TorchRuntime(Runtime):
-    name = "pytorch"
 
-    def __init__(self, path: str | Path, card: Any = None, artifact: dict[str, Any] | None = None, threads: int = 0,
+    def __init__(self, path: str | Path, card: ModelCard | None = None, artifact: dict[str, Any] | None = None, threads: int = 0,
                  device: str = "cpu", **options: Any) -> None:
         model, ckpt_card = load_checkpoint(path)
         super().__init__(path, card or ckpt_card, artifact or {"precision": "fp32", "format": "checkpoint"}, threads,

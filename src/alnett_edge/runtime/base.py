@@ -17,10 +17,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from alnett_edge.bundle import Bundle
 from alnett_edge.card import ModelCard
 from alnett_edge.data.preprocess import with_tta
 from alnett_edge.errors import AlnettError, ConfigError, DataError
 from alnett_edge.metrics import softmax
+from alnett_edge.plugins import registered_name
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class BackendSpec:
     reference: bool = False  # the training framework's fp32 reference (bench's agreement yardstick)
     cpu_options: tuple[tuple[str, Any], ...] = ()  # options that pin it to the CPU (gate, fp32 reference)
     plain_files: tuple[str, ...] = ()  # suffixes of card-less model files it can inspect (speed anchors)
+    host_gate: bool = True  # runs its formats' artifacts on the export host for the gate (False: built on the device)
 
 
 #: backend name -> spec. A new backend is one file plus one entry here. The order is the default
@@ -58,7 +61,7 @@ class BackendSpec:
 BACKENDS: dict[str, BackendSpec] = {
     "tensorrt": BackendSpec("alnett_edge.tensorrt.backend:TensorRTRuntime", ("tensorrt",),
                             install="TensorRT comes with JetPack (python3-libnvinfer)",
-                            profiling="trtexec --dumpProfile"),
+                            profiling="trtexec --dumpProfile", host_gate=False),
     "onnxruntime": BackendSpec("alnett_edge.runtime.ort_backend:OrtRuntime", ("onnx", "tensorrt"),
                                options=("provider", "int8_reference"), install="pip install onnxruntime",
                                exact_int8=True, cpu_options=(("provider", "cpu"),), plain_files=(".onnx",)),
@@ -83,6 +86,12 @@ def backend_formats(name: str) -> tuple[str, ...]:
 def backends_for_format(fmt: str) -> list[str]:
     """The backends that run an artifact format, in the default order."""
     return [b for b, spec in BACKENDS.items() if fmt in spec.formats]
+
+
+def gate_backends(fmt: str) -> list[str]:
+    """The backends that can gate an artifact of this format on the export host, in the default order
+    (the format -> backend link is the backends' ``formats``, read in this one direction)."""
+    return [b for b in backends_for_format(fmt) if BACKENDS[b].host_gate]
 
 
 def backend_class(name: str) -> type[Runtime]:
@@ -111,7 +120,11 @@ def unavailable_reason(name: str) -> str | None:
 class Runtime:
     """One loaded model artifact on one backend. Use as a context manager or call :meth:`close`."""
 
-    name: ClassVar[str] = ""
+    @property
+    def name(self) -> str:
+        """This backend's name: its key in :data:`BACKENDS` (written nowhere else)."""
+        return registered_name(type(self), BACKENDS)
+
     #: whether a batch larger than max_batch must be split (fixed-profile engines)
     max_batch: int | None = None
     #: whether a batch may run faster as one call per sample: a CPU backend that runs each operator over
@@ -126,7 +139,7 @@ class Runtime:
         self.artifact = dict(artifact or {})
         self.threads = threads
         self.options = options
-        self.bundle: Any = None  # set by the loader: the Bundle this artifact came from
+        self.bundle: Bundle | None = None  # set by the loader: the bundle this artifact came from
         self._closed = False
         self._trials: dict[int, dict[int, list[float]]] = {}  # batch size -> {samples a call: seconds}
         self.batch_plan: dict[int, int] = {}  # batch size -> samples a call, once tuned

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from alnett_edge.card import ModelCard
 from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
 
 
@@ -45,7 +46,6 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 class LiteRTRuntime(Runtime):
-    name = "litert"
     # XNNPACK runs each operator over the whole batch: alnett-s's first cluster (112x112x16, three
     # depthwise branches summed) outgrows a core's cache at batch 8, so 8 calls of 1 can be faster
     tunes_batching = True
@@ -74,7 +74,7 @@ class LiteRTRuntime(Runtime):
             interp = interpreter_class()(model_path=str(path))
         return "int8" if any(t["dtype"] == np.int8 for t in interp.get_tensor_details()) else "fp32"
 
-    def __init__(self, path: str | Path, card: Any, artifact: dict[str, Any] | None = None, threads: int = 0,
+    def __init__(self, path: str | Path, card: ModelCard, artifact: dict[str, Any] | None = None, threads: int = 0,
                  xnnpack: bool = True, **options: Any) -> None:
         super().__init__(path, card, artifact, threads, **options)
         cls = interpreter_class()

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from alnett_edge.card import ModelCard
 from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ MEMORY_NOTE = "arena on (keeps its largest block for reuse); memory pattern off 
 
 
 class OrtRuntime(Runtime):
-    name = "onnxruntime"
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -90,7 +90,7 @@ class OrtRuntime(Runtime):
         sess = open_session(path, 1, PROVIDERS["cpu"])
         return list(sess.get_inputs()[0].shape), list(sess.get_outputs()[0].shape)
 
-    def __init__(self, path: str | Path, card: Any, artifact: dict[str, Any] | None = None, threads: int = 0,
+    def __init__(self, path: str | Path, card: ModelCard, artifact: dict[str, Any] | None = None, threads: int = 0,
                  provider: str = "auto", int8_reference: bool = False, **options: Any) -> None:
         """``int8_reference``: run a QDQ model unfused (exact int8 arithmetic; see :func:`session_options`)."""
         super().__init__(path, card, artifact, threads, **options)

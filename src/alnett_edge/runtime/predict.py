@@ -59,7 +59,7 @@ def classify_arrays(rt: Runtime, images: list[np.ndarray]) -> tuple[np.ndarray, 
 
 def predict_files(rt: Runtime, files: list[Path], batch: int = 1, any_size: bool = False) -> list[Prediction]:
     names = rt.card.class_names
-    blast = names.index("all") if "all" in names else len(names) - 1
+    blast = rt.card.positive_class
     expected = rt.card.training.get("source_size")
     out: list[Prediction] = []
     for i in range(0, len(files), max(batch, 1)):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from alnett_edge.card import ModelCard
 from alnett_edge.errors import AlnettError
 from alnett_edge.files import sha256_file
 from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
@@ -97,7 +98,6 @@ def find_engine(onnx_path: Path) -> Path:
 
 
 class TensorRTRuntime(Runtime):
-    name = "tensorrt"
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -109,7 +109,7 @@ class TensorRTRuntime(Runtime):
             return str(exc)
         return None
 
-    def __init__(self, path: str | Path, card: Any, artifact: dict[str, Any] | None = None, threads: int = 0,
+    def __init__(self, path: str | Path, card: ModelCard, artifact: dict[str, Any] | None = None, threads: int = 0,
                  **options: Any) -> None:
         super().__init__(path, card, artifact, threads, **options)
         trt = tensorrt_module()

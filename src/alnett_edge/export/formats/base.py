@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from alnett_edge.card import ModelCard
+from alnett_edge.devices import DeviceProfile
 from alnett_edge.errors import ConfigError
 
 #: Runs a batch of model inputs (N x 3 x H x W float32, the card's preprocessing) -> P(class) N x 2.
@@ -25,7 +26,7 @@ class ExportJob:
     out: Path  # the bundle directory being written
     qat_checkpoint: Path | None = None
     calib_images: Path | None = None
-    profile: Any = None  # DeviceProfile
+    profile: DeviceProfile | None = None
     layout: str = "auto"  # the dataset layout of calib_images (and of the gate images)
     notes: list[str] = field(default_factory=list)
 
@@ -52,8 +53,6 @@ REFERENCE = "reference"  # the exact int8 arithmetic: the QDQ graph unfused (int
 class ExportFormat:
     name: str = ""
     precisions: tuple[str, ...] = ()
-    #: backends that can run this format's artifact on the export host for the gate, in order
-    gate_backends: tuple[str, ...] = ()
     #: how the host gates this format's int8 artifacts (every listed arithmetic must pass)
     int8_gate: tuple[str, ...] = (KERNELS,)
     #: why the host's gate only approximates what the device runs (None: the host runs the device's code)
@@ -80,10 +79,10 @@ class ExportFormat:
         """A runner for the gate on this machine (the device runtime's backend for this format), or
         None when the format cannot run here. ``int8_reference``: the exact int8 arithmetic instead of
         this CPU's fused kernels (ONNX Runtime only)."""
-        from alnett_edge.runtime.base import backend_class, backend_options, backend_spec, unavailable_reason
+        from alnett_edge.runtime.base import backend_class, backend_options, backend_spec, gate_backends, unavailable_reason
 
         # the first of this format's gate backends that runs here (and can do the exact int8, if asked)
-        backend = next((b for b in self.gate_backends if not unavailable_reason(b)
+        backend = next((b for b in gate_backends(self.name) if not unavailable_reason(b)
                         and (backend_spec(b).exact_int8 or not int8_reference)), None)
         if backend is None:
             return None

@@ -53,7 +53,6 @@ def int8_onnx(job: ExportJob, dest: Path, scheme: str, fit_avx2: bool = False) -
 class OnnxFormat(ExportFormat):
     name = "onnx"
     precisions = ("fp32", "fp16", "int8")
-    gate_backends = ("onnxruntime",)
     int8_gate = (KERNELS, REFERENCE)  # this CPU's kernels and the exact arithmetic other CPUs compute
 
     def build(self, job: ExportJob, precision: str) -> Artifact:

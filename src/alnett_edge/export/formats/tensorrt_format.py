@@ -22,7 +22,6 @@ from alnett_edge.tensorrt.engine import BUILD_CONFIG
 class TensorRTFormat(ExportFormat):
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
-    gate_backends = ("onnxruntime",)  # the engine is built on the device; its ONNX runs here
     int8_gate = (REFERENCE,)
     proxy = ("the TensorRT engine is built and run on the Jetson; the host gates the same ONNX in ONNX Runtime "
              "(int8: exact QDQ arithmetic), which approximates the engine (its own kernels, fusions and rounding)")

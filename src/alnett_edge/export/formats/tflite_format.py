@@ -27,7 +27,6 @@ def _sample(job: ExportJob):  # noqa: ANN202
 class TFLiteFormat(ExportFormat):
     name = "tflite"
     precisions = ("fp32", "int8")
-    gate_backends = ("litert",)
 
     def build(self, job: ExportJob, precision: str) -> Artifact:
         dest = job.out / f"model.{precision}.tflite"

@@ -37,14 +37,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import cv2
 import lap
 import numpy as np
 
-from alnett_edge.daemon.detector import Detection
 from alnett_edge.errors import ConfigError
+from alnett_edge.vision.detector import Detection
+from alnett_edge.vision.record import CellRecord
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Track:
     edge_weights: list[float] = field(default_factory=list)  # and their edge weights
     last_edge_weight: float = 1.0
     reasons: Counter = field(default_factory=Counter)  # why the other observations were not classified
-    decision: Any = None  # the CellRecord once decided
+    decision: CellRecord | None = None  # its row, once decided
     lost: bool = False  # ended because it vanished while its field stayed in view (not a new field, not a stop)
     crop: np.ndarray | None = None  # the sharpest classified observation's cell image (uint8 RGB)
     distance: float | None = None  # the sharpest observation's distance from the training cells' appearance

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.detector import Detection
-from alnett_edge.daemon.optics import disk
 from alnett_edge.metrics import DEFAULT_MIN_CONFIDENCE
+from alnett_edge.vision.detector import Detection
+from alnett_edge.vision.optics import disk
 
 
 @dataclass(frozen=True)

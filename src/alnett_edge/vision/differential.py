@@ -1,42 +1,17 @@
-"""Per-stage latency (rolling window of the last samples) and session aggregates: counts, the blast
-ratio with its Wilson 95 % interval, cells per minute, and the edge- and error-corrected estimate of
-the slide's blast ratio (:func:`ratio_estimate`)."""
+"""The differential of a session or a set of frames: counts per class and abstention reason, the
+blast ratio with its Wilson 95 % interval, cells per minute, and the edge- and error-corrected estimate
+of the slide's blast ratio (:func:`ratio_estimate`)."""
 
 from __future__ import annotations
 
-import collections
 import math
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-STAGES = ("capture", "detect", "track", "crop", "infer", "sink", "frame_to_decision")
-
-
-class StageTimes:
-    def __init__(self, window: int = 4096) -> None:
-        self._samples = {s: collections.deque(maxlen=window) for s in STAGES}
-        self._counts = dict.fromkeys(STAGES, 0)
-        self._lock = threading.Lock()
-
-    def add(self, stage: str, ms: float) -> None:
-        with self._lock:
-            self._samples[stage].append(ms)
-            self._counts[stage] += 1
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        out = {}
-        with self._lock:
-            for stage, d in self._samples.items():
-                if not d:
-                    continue
-                a = np.fromiter(d, np.float64)
-                p50, p95, p99 = np.percentile(a, [50, 95, 99])
-                out[stage] = {"n": self._counts[stage], "mean_ms": round(float(a.mean()), 3), "p50_ms": round(float(p50), 3),
-                              "p95_ms": round(float(p95), 3), "p99_ms": round(float(p99), 3), "max_ms": round(float(a.max()), 3)}
-        return out
+if TYPE_CHECKING:
+    from alnett_edge.card import ModelCard
+    from alnett_edge.vision.record import CellRecord
 
 
 def wilson_interval(k: float, n: float, z: float = 1.959964) -> tuple[float, float] | None:
@@ -102,7 +77,7 @@ class Aggregator:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_card(cls, card: Any) -> Aggregator:
+    def for_card(cls, card: ModelCard) -> Aggregator:
         """Counts for this model card: its positive class, and its validation sensitivity and
         specificity (``metrics.val``, when recorded) for the ratio estimate's error correction."""
         val = card.metrics.get("val", {}) if isinstance(card.metrics, dict) else {}
@@ -111,8 +86,8 @@ class Aggregator:
                    float(sens) if isinstance(sens, (int, float)) else None,
                    float(spec) if isinstance(spec, (int, float)) else None)
 
-    def add_record(self, record: Any) -> None:
-        """A daemon :class:`~alnett_edge.daemon.sinks.CellRecord`."""
+    def add_record(self, record: CellRecord) -> None:
+        """One cell's row (a track's decision, or a detection of one frame)."""
         called = None
         if record.prob_all is not None and record.prob_hem is not None:
             called = self.positive if record.prob_all >= record.prob_hem else \
@@ -142,7 +117,8 @@ class Aggregator:
             minutes = max(1e-9, (time.time() - self.started) / 60)
             ci = wilson_interval(blasts, classified)
             return {
-                "frames": self.frames, "cells": classified + sum(self.abstained.values()), "classified": classified,
+                "frames": self.frames, "positive_class": self.positive,
+                "cells": classified + sum(self.abstained.values()), "classified": classified,
                 "labels": dict(self.labels), "abstained": dict(self.abstained),
                 "blast_ratio": round(blasts / classified, 4) if classified else None,
                 "blast_ratio_ci95": [round(v, 4) for v in ci] if ci else None,

@@ -4,7 +4,7 @@ units: no training data needed, and no size written as a fraction of a frame.
 White-cell nuclei are the most blue-violet structures of such a field: the nucleus score is ``B - G``
 (red cells are pink or lilac: B ≈ G or a little above). Every size below is in µm or µm²; the
 detector turns them into pixels with the frame's pixel size (``um_per_px``, from the ``[optics]``
-config or estimated from the frames, see :mod:`alnett_edge.daemon.optics`).
+config or estimated from the frames, see :mod:`alnett_edge.vision.optics`).
 
 Steps, on the frame resampled to ``work_um_per_px`` (detection costs the same for a 640x480 and a
 2592x1944 camera of the same field): field-of-view mask (an eyepiece camera's black vignette is not
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from alnett_edge.daemon.optics import disk, fov_mask, histogram_percentiles
 from alnett_edge.errors import ConfigError
+from alnett_edge.vision.optics import disk, fov_mask, histogram_percentiles
 
 #: the cell mask is computed on the cell's box at most this many pixels on a side, then scaled back
 MASK_SIDE = 160

@@ -1,0 +1,156 @@
+"""``alnett-edge field-eval``: the daemon's per-frame path over annotated field frames, scored.
+
+Frames and their white-cell boxes come in Pascal VOC or YOLO (:mod:`alnett_edge.vision.annotations`).
+The pixel size comes from the ``[optics]`` config or ``--um-per-px``; without either it is estimated
+from the frames' red cells (:mod:`alnett_edge.vision.optics`), as the daemon does at start-up. Every
+frame goes through :func:`alnett_edge.vision.path.classify_frame` — the detector, quality
+gate, crop, the card's preprocessing and the runtime, exactly as the daemon runs them. Scores:
+detection recall / precision at an IoU threshold (one-to-one matching, best IoU first), centroid
+recall (a true cell's centre inside exactly one detection), abstentions by reason, per-cell accuracy
+and predicted vs true blast ratio where the truth has labels, and per-stage latency.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from alnett_edge.capture.base import Frame
+from alnett_edge.data.preprocess import load_image
+from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.runtime.base import Runtime
+from alnett_edge.timing import StageTimes
+from alnett_edge.vision.annotations import Truth, inside, match, read_truth
+from alnett_edge.vision.cells import QualityConfig
+from alnett_edge.vision.detector import CellDetector, DetectorConfig
+from alnett_edge.vision.differential import Aggregator, wilson_interval
+from alnett_edge.vision.optics import OpticsConfig, estimate_um_per_px
+from alnett_edge.vision.path import STAGES, classify_frame, detect_only
+from alnett_edge.vision.record import CellRecord
+
+CALIBRATION_FRAMES = 40
+
+
+@dataclass
+class FrameResult:
+    truth: Truth
+    records: list[CellRecord]
+    pairs: list[tuple[int, int]]
+
+
+def field_eval(runtime: Runtime | None, folder: str | Path, detector: DetectorConfig | None = None,
+               quality: QualityConfig | None = None, iou: float = 0.5, limit: int | None = None,
+               max_batch: int = 0, optics: OpticsConfig | None = None) -> tuple[dict[str, Any], list[FrameResult]]:
+    """Score the daemon's per-frame path on annotated frames (see the module doc); ``runtime=None``
+    scores the detector and quality gate alone. The pixel size is the optics config's, or estimated from
+    the frames' red cells as the daemon would."""
+    if not 0 < iou <= 1:
+        raise ConfigError(f"--iou must be in (0, 1], got {iou}")
+    layout, truths = read_truth(folder)
+    truths = truths[:limit] if limit else truths
+    optics = optics or OpticsConfig()
+    um_per_px = optics.resolve()
+    optics_report: dict[str, Any] = {"um_per_px": um_per_px, "source": "config"}
+    if not um_per_px:
+        step = max(1, len(truths) // CALIBRATION_FRAMES)
+        cal = estimate_um_per_px((load_image(t.image, what="frame") for t in truths[::step]), optics.rbc_um)
+        um_per_px = cal.um_per_px
+        optics_report = {**cal.to_dict(), "source": f"estimated from {cal.frames} of the frames"}
+    det, quality = CellDetector(detector or DetectorConfig(), um_per_px), quality or QualityConfig()
+    times = StageTimes(STAGES)
+    agg = Aggregator.for_card(runtime.card) if runtime is not None else None
+    results = []
+    for k, truth in enumerate(truths):
+        frame = Frame(load_image(truth.image, what="frame"), time.time(), k, f"field-eval:{truth.image.name}")
+        records, stage_ms = classify_frame(frame, det, quality, runtime, max_batch, "") if runtime is not None \
+            else detect_only(frame, det, quality)
+        for stage, ms in stage_ms.items():
+            times.add(stage, ms)
+        for rec in records if agg is not None else ():
+            agg.add_record(rec)
+        results.append(FrameResult(truth, records, match([r.box for r in records], truth.boxes, iou)))
+    positive = runtime.card.class_names[runtime.card.positive_class] if runtime is not None else ""
+    report = _report(results, layout, str(folder), iou, times, positive)
+    report["optics"] = optics_report
+    if agg is not None:  # the daemon's session estimate over these frames (edge- and error-corrected)
+        report["blast_ratio_estimate"] = agg.snapshot()["blast_ratio_estimate"]
+    return report, results
+
+
+def _report(results: list[FrameResult], layout: str, folder: str, iou: float, times: StageTimes,
+            positive: str) -> dict[str, Any]:
+    """The scores; ``positive``: the card's blast class (the truth's blast label is "all", see
+    :mod:`alnett_edge.vision.annotations`)."""
+    n_true = sum(len(r.truth.boxes) for r in results)
+    n_det = sum(len(r.records) for r in results)
+    tp = sum(len(r.pairs) for r in results)
+    centroid_hits = 0
+    for r in results:
+        for g in r.truth.boxes:
+            cx, cy = (g[0] + g[2]) / 2, (g[1] + g[3]) / 2
+            centroid_hits += sum(inside(rec.box, cx, cy) for rec in r.records) == 1
+    abstained: dict[str, int] = {}
+    for r in results:
+        for rec in r.records:
+            if rec.abstain_reason:
+                abstained[rec.abstain_reason] = abstained.get(rec.abstain_reason, 0) + 1
+    labelled = [(r.records[i].label, r.truth.labels[j]) for r in results for i, j in r.pairs if r.truth.labels[j]]
+    judged = [(p, t) for p, t in labelled if p is not None]
+    true_labels = [lab for r in results for lab in r.truth.labels if lab]
+    pred_labels = [rec.label for r in results for rec in r.records if rec.label]
+    blasts_pred = sum(lab == positive for lab in pred_labels)
+    report: dict[str, Any] = {
+        "frames": len(results), "layout": layout, "folder": folder, "iou": iou,
+        "true_cells": n_true, "detections": n_det, "matched": tp,
+        "recall": round(tp / n_true, 4) if n_true else None,
+        "precision": round(tp / n_det, 4) if n_det else None,
+        "centroid_recall": round(centroid_hits / n_true, 4) if n_true else None,
+        "classified": len(pred_labels), "abstained": dict(sorted(abstained.items())),
+        "cell_accuracy": round(sum(p == t for p, t in judged) / len(judged), 4) if judged else None,
+        "cells_with_truth_label": len(labelled),
+        "blast_ratio_predicted": round(blasts_pred / len(pred_labels), 4) if pred_labels else None,
+        "blast_ratio_predicted_ci95": [round(v, 4) for v in wilson_interval(blasts_pred, len(pred_labels))]
+        if pred_labels else None,
+        "blast_ratio_true": round(sum(t == "all" for t in true_labels) / len(true_labels), 4) if true_labels else None,
+        "stages": times.summary(),
+    }
+    return report
+
+
+def contact_sheet(results: list[FrameResult], dest: str | Path, columns: int = 3, tiles: int = 12,
+                  tile_width: int = 320) -> Path:
+    """A PNG of the first frames: found cells green (grey when abstained, with the reason), false
+    detections red, missed true cells blue."""
+    out = []
+    for r in results[:tiles]:
+        img = cv2.cvtColor(load_image(r.truth.image, what="frame"), cv2.COLOR_RGB2BGR)
+        hit_d, hit_g = {i for i, _ in r.pairs}, {j for _, j in r.pairs}
+        for j, g in enumerate(r.truth.boxes):
+            if j not in hit_g:
+                cv2.rectangle(img, g[:2], (g[2] - 1, g[3] - 1), (230, 120, 20), 2)
+        for i, rec in enumerate(r.records):
+            colour = (40, 170, 40) if i in hit_d else (30, 30, 220)
+            if rec.abstain_reason and i in hit_d:
+                colour = (150, 150, 150)  # found, but not classified
+            cv2.rectangle(img, rec.box[:2], (rec.box[2] - 1, rec.box[3] - 1), colour, 2)
+            text = rec.label or rec.abstain_reason or ""
+            cv2.putText(img, text, (rec.box[0] + 2, max(12, rec.box[1] + 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
+        scale = tile_width / img.shape[1]
+        out.append(cv2.resize(img, (tile_width, int(round(img.shape[0] * scale)))))
+    if not out:
+        raise DataError("no frames to draw")
+    h = max(t.shape[0] for t in out)
+    out = [cv2.copyMakeBorder(t, 0, h - t.shape[0], 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255)) for t in out]
+    while len(out) % columns:
+        out.append(np.full_like(out[0], 255))
+    rows = [np.hstack(out[i : i + columns]) for i in range(0, len(out), columns)]
+    dest = Path(dest)
+    dest = dest if dest.suffix else dest.with_suffix(".png")
+    if not cv2.imwrite(str(dest), np.vstack(rows)):
+        raise DataError(f"cannot write {dest}")
+    return dest
