@@ -139,7 +139,8 @@ def _register() -> None:
         load_plugins()
     except AlnettError:
         pass
-    from alnett_edge.cli import compress, daemon, data, demo, devices, evaluate, export, model, optics, runtime, train
+    from alnett_edge.cli import (compress, daemon, data, demo, devices, evaluate, export, harvest, model, optics, runtime,
+                                 train)
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
@@ -150,6 +151,7 @@ def _register() -> None:
     export.register(app)
     runtime.register(app)
     daemon.register(app)
+    harvest.register(app)
     app.add_typer(optics.app, name="optics")
     demo.register(app)
 

@@ -27,7 +27,6 @@ from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
 from alnett_edge.daemon.config import DaemonConfig
 from alnett_edge.daemon.sinks import CropSink, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.errors import ConfigError, DataError
-from alnett_edge.files import sha256_file
 from alnett_edge.machine import inference_threads, isa_line
 from alnett_edge.runtime.loader import open_runtime
 from alnett_edge.timing import StageTimes
@@ -91,8 +90,7 @@ class Daemon:
         self._closed = False
         # the one resource opened here, last: nothing above can fail after it and leak it
         self.runtime = open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads))
-        files = self.runtime.bundle.manifest.get("files", {}) if self.runtime.bundle else {}
-        self.model_sha256 = files.get(self.runtime.path.name) or sha256_file(self.runtime.path)
+        self.model_sha256 = self.runtime.sha256()
         self._check_gate_confidence()
         self.card = self.runtime.card
         self.agg = Aggregator.for_card(self.card)

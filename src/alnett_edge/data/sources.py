@@ -143,7 +143,10 @@ def load_cnmc_prelim(root: Path, labels_csv: Path | None = None) -> list[Sample]
 
 
 def load_manifest(csv_path: Path) -> list[Sample]:
-    samples = []
+    """A CSV ``filename,label[,patient_id][,fold]``. A harvest's manifest (``alnett-edge harvest``) also
+    has ``weak_label``: a cell a person has not labelled takes its field's class (the naive rule: every
+    cell inherits its field's label); a row with neither label is left out, and the count is logged."""
+    samples, unlabelled = [], 0
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or ())
@@ -151,14 +154,20 @@ def load_manifest(csv_path: Path) -> list[Sample]:
             raise DataError(f"{csv_path}: a manifest needs the columns filename,label[,patient_id]")
         for row in reader:
             where = f"{csv_path}:{reader.line_num}"
-            path = Path(row["filename"])
+            label = (row.get("label") or "").strip() or (row.get("weak_label") or "").strip()
+            if not label and "weak_label" in fields:
+                unlabelled += 1
+                continue
+            path = Path(row["filename"] or "")
             path = path if path.is_absolute() else csv_path.parent / path
             patient = (row.get("patient_id") or "").strip() or None
             if patient is None:
                 parsed = parse_cnmc_name(path.name)
                 patient = parsed[0] if parsed else None
             fold = (row.get("fold") or "").strip() or None
-            samples.append(Sample(path, parse_label(row["label"], where), patient, fold))
+            samples.append(Sample(path, parse_label(label, where), patient, fold))
+    if unlabelled:
+        log.warning("%s: %d cells have no label and no weak label; left out", csv_path, unlabelled)
     return samples
 
 

@@ -21,6 +21,7 @@ from alnett_edge.bundle import Bundle
 from alnett_edge.card import ModelCard
 from alnett_edge.data.preprocess import with_tta
 from alnett_edge.errors import AlnettError, ConfigError, DataError
+from alnett_edge.files import sha256_file
 from alnett_edge.metrics import softmax
 from alnett_edge.plugins import registered_name
 
@@ -263,3 +264,8 @@ class Runtime:
 
     def describe(self) -> str:
         return f"{self.path.name} ({self.precision}) on {self.name}"
+
+    def sha256(self) -> str:
+        """The artifact's SHA-256 (its bundle manifest's, else hashed): the model hash each row carries."""
+        files = self.bundle.manifest.get("files", {}) if self.bundle is not None else {}
+        return files.get(self.path.name) or sha256_file(self.path)

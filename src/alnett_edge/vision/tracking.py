@@ -92,6 +92,7 @@ class Candidate:
     crop: np.ndarray  # the cell image as the model will see it (uint8 RGB, see daemon.cells.cell_image)
     box: tuple[int, int, int, int]
     edge_weight: float
+    model_crop: np.ndarray | None = None  # the same cell at a second scale (harvest: the bundle's own canvas)
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Track:
     missed: int = 0  # frames in a row it went unseen
 
     def observe(self, frame_index: int, det: Detection, reason: str | None, sharpness: float = 0.0,
-                crop: np.ndarray | None = None, keep: int = 3) -> None:
+                crop: np.ndarray | None = None, keep: int = 3, model_crop: np.ndarray | None = None) -> None:
         """One frame's detection of this track: ``reason`` why the gate refused it, or None and its
         ``crop``, kept as a candidate while it is among the ``keep`` sharpest."""
         self.seen += 1
@@ -127,7 +128,8 @@ class Track:
                 self.box = det.box
             return
         self.good += 1
-        self.candidates.append(Candidate(float(sharpness), frame_index, crop, det.box, float(det.edge_weight)))
+        self.candidates.append(Candidate(float(sharpness), frame_index, crop, det.box, float(det.edge_weight),
+                                         model_crop))
         self.candidates.sort(key=lambda c: -c.sharpness)  # stable: the earlier of two equals first
         del self.candidates[keep:]
         self.box = self.candidates[0].box  # the box of the sharpest observation

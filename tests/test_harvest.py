@@ -1,0 +1,184 @@
+"""``alnett-edge harvest`` (issue 32): training cells from a microscope's own frames, through the daemon's
+vision path, on real all-fields fields and synthetic smears."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import SHARED, cli, one_line_error, require_shared
+
+from alnett_edge.data.sources import load_samples
+from alnett_edge.data.splits import make_split
+from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
+
+ALL_FIELDS = SHARED / "all-fields"
+CLASSES = ("--classes", "hem=Benign", "--classes", "all=Early,Pre,Pro")
+
+
+def _fields(tmp_path: Path, per_class: dict[str, int]) -> Path:
+    """Class folders of links to the first real fields of each class (the images stay in ../shared)."""
+    root = require_shared(ALL_FIELDS)
+    src = tmp_path / "fields"
+    for cls, n in per_class.items():
+        (src / cls).mkdir(parents=True)
+        for f in sorted((root / cls).iterdir())[:n] if n else ():
+            (src / cls / f.name).symlink_to(f)
+    return src
+
+
+def _manifest(dataset: Path) -> list[dict[str, str]]:
+    with open(dataset / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_harvest_of_real_fields_by_class_folder(tmp_path):
+    src, out = _fields(tmp_path, {"Benign": 12, "Pre": 12}), tmp_path / "ds"
+    res = cli("harvest", src, "--out", out, "--labels-from-folders", *CLASSES, "--json", tmp_path / "h.json",
+              "--sheet", tmp_path / "sheet.png")
+    assert res.exit_code == 0, res.output
+    rep, meta, rows = json.loads((tmp_path / "h.json").read_text()), json.loads((out / "harvest.json").read_text()), \
+        _manifest(out)
+    sessions = {s["session"]: s for s in rep["sessions"]}
+    assert set(sessions) == {"Benign", "Pre"} and all(s["frames"] == 12 for s in sessions.values())
+    # every detection is written or abstained, and each written cell is one manifest row
+    for s in sessions.values():
+        assert s["written"] + sum(s["abstained"].values()) == s["detections"] and s["written"] > 12
+    assert len(rows) == rep["written"] == sum(s["written"] for s in sessions.values())
+    # the pixel size is estimated per session (folder), and the two differ on this set
+    assert meta["sessions"]["Benign"]["um_per_px"] == sessions["Benign"]["um_per_px"]
+    assert abs(sessions["Benign"]["um_per_px"] - sessions["Pre"]["um_per_px"]) > 0.01
+    canvas = meta["canvas_um"]
+    assert 15 <= canvas <= 45, canvas
+    for r in rows:
+        img = cv2.imread(str(out / r["filename"]))
+        side = canvas / float(r["um_per_px"])  # scale-true: the canvas in µm at the session's pixel size
+        assert img is not None and img.shape[0] == img.shape[1] and abs(img.shape[0] - side) <= 1, (img.shape, side)
+        assert r["weak_label"] == {"Benign": "hem", "Pre": "all"}[r["field_class"]] and r["label"] == ""
+        # a class folder holding its fields directly is no slide: the split group is the field
+        assert r["patient_id"] == f"{r['session']}/{Path(r['source']).name}"
+    assert len({r["cell_id"] for r in rows}) == len(rows)
+    assert cv2.imread(str(tmp_path / "sheet.png")).shape[1] > 500
+
+    # a person labels one cell; a re-run writes nothing again and keeps the label
+    rows[0]["label"] = "all"
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    again = cli("harvest", src, "--out", out, "--labels-from-folders", *CLASSES, "--json", tmp_path / "h2.json")
+    assert again.exit_code == 0, again.output
+    rep2, rows2 = json.loads((tmp_path / "h2.json").read_text()), _manifest(out)
+    assert rep2["written"] == 0 and sum(s["already"] for s in rep2["sessions"]) == len(rows)
+    assert rows2 == rows
+
+
+def test_train_reads_a_harvest_with_groups_on_one_side_only(tmp_path):
+    src, out = _fields(tmp_path, {"Benign": 8, "Early": 8}), tmp_path / "ds"
+    assert cli("harvest", src, "--out", out, "--labels-from-folders", *CLASSES).exit_code == 0
+    rows = _manifest(out)
+    rows[0]["label"] = "hem" if rows[0]["weak_label"] == "all" else "all"  # a person's label beats the weak one
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    samples = load_samples(out)
+    assert len(samples) == len(rows)
+    by_path = {s.path.name: s for s in samples}
+    assert by_path[Path(rows[0]["filename"]).name].label_name == rows[0]["label"]
+    assert sum(s.label_name == "all" for s in samples) == sum(r["weak_label"] == "all" for r in rows[1:]) + \
+        (rows[0]["label"] == "all")
+    split = make_split(samples, 0.25, seed=0)
+    train_groups, val_groups = {s.patient_id for s in split.train}, {s.patient_id for s in split.val}
+    assert train_groups and val_groups and not train_groups & val_groups
+
+
+def test_class_folders_that_match_no_class_are_named(tmp_path):
+    src = _fields(tmp_path, {"Benign": 2, "Pre": 2, "Weird": 0})
+    (src / "Weird" / "x.jpg").write_bytes((src / "Pre" / next((src / "Pre").iterdir()).name).read_bytes())
+    res = cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders", *CLASSES)
+    one_line_error(res, "Weird")
+    one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders"), "Pre", "Weird", "--classes")
+    one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders", "--classes", "all"),
+                   "CLASS=FOLDER")
+    one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders", "--classes", "blue=Pre"),
+                   "unknown label 'blue'")
+    assert not (tmp_path / "ds").exists()  # nothing written before the sources are understood
+
+
+def test_harvest_refuses_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    one_line_error(cli("harvest", tmp_path / "empty", "--out", tmp_path / "ds"), "no frames")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "f.png"), cv2.cvtColor(synth_smear(np.random.default_rng(0)).image, cv2.COLOR_RGB2BGR))
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.txt").write_text("mine")
+    one_line_error(cli("harvest", frames, "--out", other, "--um-per-px", SMEAR_UM_PER_PX), "not a harvest dataset")
+    assert (other / "thesis.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
+    one_line_error(cli("harvest", "v4l2:0", "--out", tmp_path / "ds"), "--max-frames or --duration")
+    one_line_error(cli("harvest", frames, "--out", tmp_path / "ds", "--group-by", "slide"), "--group-by")
+    one_line_error(cli("harvest", frames, "--out", tmp_path / "ds", "--labels-from-folders"), "class is a folder")
+
+    ds = tmp_path / "ds"
+    assert cli("harvest", frames, "--out", ds, "--um-per-px", SMEAR_UM_PER_PX).exit_code == 0
+    good = (ds / "manifest.csv").read_text()
+    for nonsense, needle in (("just,two\n1,2\n", "not a harvest manifest"),
+                             (good + "a,b\n", "manifest.csv:"),
+                             (good.replace(good.splitlines()[1].split(",")[0], "", 1).rsplit("\n", 2)[0] + "\n"
+                              + ",,,,,,,,,,,,,,,,,\n", "without cell_id")):
+        (ds / "manifest.csv").write_text(nonsense)
+        one_line_error(cli("harvest", frames, "--out", ds, "--um-per-px", SMEAR_UM_PER_PX), needle)
+    (ds / "manifest.csv").write_bytes(b"\xff\xfe\x00garbage")
+    one_line_error(cli("harvest", frames, "--out", ds, "--um-per-px", SMEAR_UM_PER_PX), "manifest.csv")
+    (ds / "harvest.json").write_text("{not json")
+    one_line_error(cli("harvest", frames, "--out", ds, "--um-per-px", SMEAR_UM_PER_PX), "harvest.json")
+    (ds / "harvest.json").write_text('{"canvas_um": -3}')
+    one_line_error(cli("harvest", frames, "--out", ds, "--um-per-px", SMEAR_UM_PER_PX), "canvas_um")
+
+
+def test_a_video_gives_each_cell_once(tmp_path):
+    """A camera held on one field for 10 frames (a small stage drift): each white cell is one row."""
+    smear = synth_smear(np.random.default_rng(7), n_wbc=(3, 3))
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (600, 440))
+    for i in range(10):
+        writer.write(cv2.cvtColor(smear.image[2 + i % 3 : 442 + i % 3, 4 + i : 604 + i], cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / "ds"
+    res = cli("harvest", f"video:{video}", "--out", out, "--um-per-px", SMEAR_UM_PER_PX, "--json", tmp_path / "h.json")
+    assert res.exit_code == 0, res.output
+    rep, rows = json.loads((tmp_path / "h.json").read_text()), _manifest(out)
+    whole = [o for o in smear.objects if o.name == "WBC" and o.box[0] > 12 and o.box[1] > 6 and o.box[2] < 600
+             and o.box[3] < 440]
+    assert rep["sessions"][0]["frames"] == 10 and rep["sessions"][0]["detections"] >= 10 * len(whole)
+    assert len(rows) == len(whole) and len({r["track"] for r in rows}) == len(rows), rows
+    again = cli("harvest", f"video:{video}", "--out", out, "--um-per-px", SMEAR_UM_PER_PX)
+    assert again.exit_code == 0 and len(_manifest(out)) == len(rows)
+
+
+def test_a_bundle_records_its_probabilities(x86_bundle, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        img = synth_smear(np.random.default_rng(10 + i), n_wbc=(2, 3)).image
+        cv2.imwrite(str(frames / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "ds"
+    res = cli("harvest", frames, "--out", out, "--um-per-px", SMEAR_UM_PER_PX, "--bundle", x86_bundle["bundle"])
+    assert res.exit_code == 0, res.output
+    rows = _manifest(out)
+    assert rows
+    manifest = json.loads((Path(x86_bundle["bundle"]) / "manifest.json").read_text())
+    for r in rows:  # every cell classified at the bundle's scale, its distance from the training cells recorded
+        assert r["model_sha256"] in manifest["files"].values()
+        assert abs(float(r["prob_all"]) + float(r["prob_hem"]) - 1) < 1e-4 and float(r["appearance_distance"]) >= 0
+
+
+@pytest.mark.parametrize("bad", ["0", "500"])
+def test_canvas_bounds(tmp_path, bad):
+    one_line_error(cli("harvest", tmp_path, "--out", tmp_path / "ds", "--canvas-um", bad), "--canvas-um")
