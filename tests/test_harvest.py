@@ -182,3 +182,104 @@ def test_a_bundle_records_its_probabilities(x86_bundle, tmp_path):
 @pytest.mark.parametrize("bad", ["0", "500"])
 def test_canvas_bounds(tmp_path, bad):
     one_line_error(cli("harvest", tmp_path, "--out", tmp_path / "ds", "--canvas-um", bad), "--canvas-um")
+
+
+# -- fine-tuning on a harvest, and fields decided from their cells -------------------------------------
+
+def test_field_threshold_and_decision():
+    from alnett_edge.metrics import decide_field, field_fractions, field_rule, fit_field_threshold
+
+    labels, fractions = np.array([0, 0, 0, 1, 1, 1]), np.array([0.0, 0.1, 0.3, 0.5, 0.8, 1.0])
+    t = fit_field_threshold(labels, fractions)
+    assert 0.3 < t < 0.5 and field_rule(labels, fractions, "x")["accuracy"] == 1.0
+    assert fit_field_threshold(np.array([0, 1, 0, 1]), np.array([0.2, 0.2, 0.2, 0.9])) == pytest.approx(0.55)
+    assert decide_field({}, 3, 4) is None and decide_field({"threshold": t}, 0, 0) is None
+    assert decide_field({"threshold": t}, 3, 4)["all"] and not decide_field({"threshold": t}, 1, 4)["all"]
+    keys, lab, fr, n = field_fractions([1, 1, 0, 0, 0], [0.9, 0.2, 0.1, 0.6, 0.7], ["a", "a", "b", "b", "b"])
+    assert keys == ["a", "b"] and lab.tolist() == [1, 0] and fr.tolist() == [0.5, pytest.approx(2 / 3)]
+    assert n.tolist() == [2, 3]
+
+
+@pytest.fixture(scope="module")
+def smear_fields(tmp_path_factory):
+    """Class folders of synthetic smear fields: all/ (every white cell a blast) and hem/ (none)."""
+    root = tmp_path_factory.mktemp("fields")
+    for cls, fraction in (("all", 1.0), ("hem", 0.0)):
+        (root / cls).mkdir()
+        for i in range(14):
+            smear = synth_smear(np.random.default_rng([int(fraction), i]), 480, 360, n_wbc=(2, 3), blast_fraction=fraction)
+            cv2.imwrite(str(root / cls / f"{cls}{i:02d}.png"), cv2.cvtColor(smear.image, cv2.COLOR_RGB2BGR))
+    return root
+
+
+def test_fine_tune_from_a_checkpoint_keeps_its_preprocessing(trained, smear_fields, tmp_path):
+    from alnett_edge.model.checkpoint import load_checkpoint, read_card
+
+    ds = tmp_path / "ds"
+    assert cli("harvest", smear_fields, "--out", ds, "--labels-from-folders", "--um-per-px", SMEAR_UM_PER_PX).exit_code == 0
+    _, result = trained
+    before_model, before = load_checkpoint(result.best)
+    res = cli("train", "--init", result.best, "--data", ds, "--out", tmp_path / "ft", "--epochs", 2, "--freeze", 1,
+              "--workers", 0, "--val-fraction", 0.3)
+    assert res.exit_code == 0, res.output
+    after_model, after = load_checkpoint(tmp_path / "ft" / "best.safetensors")
+    canvas = json.loads((ds / "harvest.json").read_text())["canvas_um"]
+    assert after.input.size == before.input.size and after.input.mean == before.input.mean  # preprocessing kept
+    assert after.input.canvas_um == canvas != before.input.canvas_um  # the harvest's canvas
+    assert after.appearance and after.appearance != before.appearance  # the new cells' look
+    assert after.training["finetune"]["scale"]["method"].startswith("the harvest's canvas")
+    for name, p in before_model.stem.state_dict().items():  # frozen weights unchanged; later ones moved
+        if name.endswith("weight") and p.dim() > 1:
+            assert np.array_equal(p.numpy(), after_model.stem.state_dict()[name].numpy()), name
+    head = before_model.head.weight.detach().numpy()
+    assert not np.allclose(head, after_model.head.weight.detach().numpy())
+    rule = after.field_decision  # fitted on the validation fields (grouped by field: auto)
+    assert rule["score"] == "blast_fraction" and 0 <= rule["threshold"] <= 1 and rule["fields"] >= 2, rule
+    one_line_error(cli("train", "--data", ds, "--out", tmp_path / "x", "--freeze", 1), "--freeze")
+    one_line_error(cli("train", "--data", ds, "--out", tmp_path / "x", "--init", result.best, "--freeze", 9), "clusters")
+
+    # the field path decides the same kind of fields with that rule, and field-eval scores it
+    rep_path = tmp_path / "fields.json"
+    res = cli("field-eval", tmp_path / "ft" / "best.safetensors", smear_fields, "--fields", "--um-per-px",
+              SMEAR_UM_PER_PX, "--json", rep_path)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(rep_path.read_text())
+    assert rep["fields"] == 28 and rep["all_fields"] + rep["benign_fields"] == rep["decided"]
+    assert rep["decided"] + rep["undecided"] == 28 and rep["threshold"] == read_card(tmp_path / "ft" / "best.safetensors").field_decision["threshold"]
+    for f in rep["per_field"]:
+        assert f["label"] == int(f["field"].startswith("all/"))
+        if f["all"] is not None:
+            assert f["all"] == (f["blast_fraction"] > rep["threshold"])
+    assert rep["accuracy"] is not None and "field decisions: 28 fields" in res.output
+    one_line_error(cli("field-eval", result.best, smear_fields, "--fields", "--um-per-px", SMEAR_UM_PER_PX),
+                   "no field decision")
+    one_line_error(cli("field-eval", "--frames", smear_fields, "--fields"), "give the bundle")
+
+
+def test_the_session_is_decided_by_the_cards_field_rule():
+    from alnett_edge.card import ModelCard
+    from alnett_edge.vision.differential import Aggregator
+
+    card = ModelCard("alnett-tiny", {}, field_decision={"score": "blast_fraction", "threshold": 0.3})
+    agg = Aggregator.for_card(card)
+    for called in ("all", "hem", "hem", "hem"):
+        agg.add(called, None, called)
+    d = agg.snapshot()["decision"]
+    assert d == {"all": False, "blast_fraction": 0.25, "threshold": 0.3, "cells": 4}
+    agg.add(None, "low confidence", "all")  # classified, below the confidence to report: still a call
+    assert agg.snapshot()["decision"]["all"] and agg.snapshot()["decision"]["cells"] == 5
+    assert Aggregator.for_card(ModelCard("alnett-tiny", {})).snapshot()["decision"] is None
+
+
+def test_an_unreadable_frame_is_skipped_and_named(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        img = synth_smear(np.random.default_rng(20 + i), n_wbc=(2, 2)).image
+        cv2.imwrite(str(frames / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    (frames / "broken.jpg").write_bytes(b"not a jpeg at all" * 10)
+    res = cli("harvest", frames, "--out", tmp_path / "ds", "--um-per-px", SMEAR_UM_PER_PX, "--json", tmp_path / "h.json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "h.json").read_text())["sessions"][0]
+    assert rep["frames"] == 2 and rep["unreadable"] == [str(frames / "broken.jpg")] and rep["written"] >= 2
+    assert "1 unreadable frame(s) skipped" in res.stderr and "Traceback" not in res.output

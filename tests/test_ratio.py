@@ -56,11 +56,9 @@ def test_rogan_gladen_undoes_known_errors_and_is_skipped_for_a_weak_model():
 
 
 def test_aggregator_counts_every_classified_cell_in_the_estimate():
-    class Card:
-        class_names, positive_class = ("hem", "all"), 1
-        metrics = {"val": {"sensitivity": 0.9, "specificity": 0.9}}
+    from alnett_edge.card import ModelCard
 
-    agg = Aggregator.for_card(Card())
+    agg = Aggregator.for_card(ModelCard("alnett-tiny", {}, metrics={"val": {"sensitivity": 0.9, "specificity": 0.9}}))
     rec = dict(time=0.0, frame_index=0, box=(0, 0, 9, 9), model_sha256="")
     agg.add_record(CellRecord(**rec, prob_hem=0.1, prob_all=0.9, label="all", abstain_reason=None, edge_weight=2.0))
     agg.add_record(CellRecord(**rec, prob_hem=0.55, prob_all=0.45, label=None, abstain_reason="low confidence"))

@@ -297,7 +297,7 @@ def test_predict_cli_and_one_line_errors(rpi_bundle, cnmc_sample, tmp_path):
     assert lines[0].startswith("file,label,probability") and len(lines) - 1 == len(list((cnmc_sample / "all").glob("*.bmp")))
     assert all(line.split(",")[1] in ("all", "hem") for line in lines[1:])
     # real 450x450 cells are not what this 96 px synthetic model was trained on
-    one_line_error(cli("predict", root, next((cnmc_sample / "all").glob("*.bmp"))), "--any-size", "96x96")
+    one_line_error(cli("predict", root, next((cnmc_sample / "all").glob("*.bmp"))), "--any-size", "(96 px; 64-144 accepted")
     gray, notimg = tmp_path / "g.png", tmp_path / "x.png"
     cv2.imwrite(str(gray), np.zeros((96, 96), np.uint8))
     notimg.write_text("not an image")

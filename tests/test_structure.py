@@ -107,7 +107,8 @@ def test_class_folders_by_alias_are_found_and_export_takes_a_layout(tmp_path):
 def test_the_models_own_training_images_calibrate_whatever_their_size(tmp_path):
     """A few training cells of another size trained fine; int8 calibration from the training split must
     take them too (it once said "pass --any-size", an option export does not have). A user's own
-    calibration folder is still checked strictly."""
+    calibration folder is checked by the one size rule: sides within the training images' widened by
+    half (a 60x64 cell next to 64x64 ones is a cell; a 640x480 frame is the wrong folder)."""
     from alnett_edge.calibrate.reader import load_calibration_set, training_calibration_set
     from alnett_edge.card import InputSpec, ModelCard
     from alnett_edge.errors import DataError
@@ -123,7 +124,9 @@ def test_the_models_own_training_images_calibrate_whatever_their_size(tmp_path):
                                "config": {"layout": "folders", "val_fraction": 0.25, "seed": 0}})
     calib = training_calibration_set(card, limit=50)
     assert len(calib.inputs) == 18 and calib.inputs.shape[1:] == (3, 32, 32)  # the training side: 3/4 of 24
-    with pytest.raises(DataError, match="60x64 but the model was trained on 64x64"):
+    assert len(load_calibration_set(tmp_path / "data", card).inputs) == 24
+    cv2.imwrite(str(tmp_path / "data" / "all" / "frame.png"), rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"is 480x640, outside the sides .* \(64 px; 43-96 accepted"):
         load_calibration_set(tmp_path / "data", card)
 
 

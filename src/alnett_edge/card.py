@@ -117,6 +117,9 @@ class ModelCard:
     #: What the training cells look like (``data/appearance.py``: mean/covariance of their colour and
     #: size, the largest distance allowed); the daemon abstains crops farther away. Empty: no check.
     appearance: dict[str, Any] = field(default_factory=dict)
+    #: How a field or a slide is called from its cells (``metrics.field_rule``: the blast fraction and the
+    #: threshold fitted on training fields); set when the model was trained on fields labelled per field.
+    field_decision: dict[str, Any] = field(default_factory=dict)
     schema: int = CARD_SCHEMA
 
     def __post_init__(self) -> None:
@@ -167,6 +170,7 @@ class ModelCard:
                 quantization=dict(d.get("quantization", {})),
                 calibration=dict(d.get("calibration", {})),
                 appearance=dict(d.get("appearance", {})),
+                field_decision=dict(d.get("field_decision", {})),
                 schema=schema,
             )
         except (KeyError, TypeError, ValueError) as exc:

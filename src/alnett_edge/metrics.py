@@ -150,6 +150,62 @@ def patient_metrics(y_true: np.ndarray, prob_all: np.ndarray, patients: list[str
     return out
 
 
+# -- fields: a field (or a slide) decided from its cells ---------------------------------------------------
+
+#: a cell counts as a blast in its field's score when its P(blast) is at least this
+FIELD_CELL_THRESHOLD = 0.5
+
+
+def field_fractions(y_true: np.ndarray, prob_all: np.ndarray, fields: list[str | None],
+                    cell_threshold: float = FIELD_CELL_THRESHOLD) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Per field (cells grouped by ``fields``): its label (the majority of its cells' labels, which are
+    the field's own where they are weak labels), its blast fraction (the share of its cells at
+    P(blast) >= ``cell_threshold``) and its number of cells."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, f in enumerate(fields):
+        if f is not None:
+            groups[f].append(i)
+    keys = sorted(groups)
+    y, p = np.asarray(y_true).astype(int), np.asarray(prob_all, np.float64)
+    labels = np.array([int(round(y[groups[k]].mean() + 1e-9)) for k in keys], int)
+    fractions = np.array([(p[groups[k]] >= cell_threshold).mean() for k in keys])
+    return keys, labels, fractions, np.array([len(groups[k]) for k in keys], int)
+
+
+def fit_field_threshold(labels: np.ndarray, fractions: np.ndarray) -> float:
+    """The blast fraction above which a field is called ALL: the cut with the highest balanced
+    accuracy on these (training) fields, halfway between two observed fractions; the lower of equals."""
+    labels, fractions = np.asarray(labels).astype(int), np.asarray(fractions, np.float64)
+    values = np.unique(fractions)
+    cuts = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
+    best, best_ba = 0.5, -1.0
+    for c in cuts:
+        pred = fractions > c
+        sens = pred[labels == 1].mean() if (labels == 1).any() else 0.0
+        spec = (~pred[labels == 0]).mean() if (labels == 0).any() else 0.0
+        if (sens + spec) / 2 > best_ba + 1e-12:
+            best, best_ba = float(c), (sens + spec) / 2
+    return round(min(max(best, 0.0), 1.0), 6)
+
+
+def field_rule(labels: np.ndarray, fractions: np.ndarray, fitted_on: str) -> dict[str, object]:
+    """The card's ``field_decision``: the threshold fitted on these fields and how it scored there."""
+    t = fit_field_threshold(labels, fractions)
+    m = binary_metrics(labels, np.asarray(fractions) > t, 0.5)
+    return {"score": "blast_fraction", "cell_threshold": FIELD_CELL_THRESHOLD, "threshold": t, "fitted_on": fitted_on,
+            "fields": int(len(labels)), "accuracy": m["accuracy"], "auc": roc_auc(labels, fractions)}
+
+
+def decide_field(rule: dict[str, object], blasts: int, cells: int) -> dict[str, object] | None:
+    """A field's or a session's call under the card's rule: ALL when its blast fraction is above the
+    threshold; None without a rule, or with no classified cell (nothing to decide from)."""
+    if not rule or cells <= 0:
+        return None
+    fraction = blasts / cells
+    return {"all": bool(fraction > float(rule["threshold"])), "blast_fraction": round(fraction, 4),  # type: ignore[arg-type]
+            "threshold": rule["threshold"], "cells": cells}
+
+
 # -- calibration: are the probabilities what they claim? ------------------------------------------------
 
 #: bins of the top-class confidence for the expected calibration error and the reliability diagram

@@ -27,6 +27,7 @@ import numpy as np
 
 from alnett_edge.bench.system import machine_info
 from alnett_edge.card import InputSpec
+from alnett_edge.data.preprocess import training_sides
 from alnett_edge.errors import ConfigError
 from alnett_edge.files import load_plain_npy
 from alnett_edge.runtime.base import BACKENDS, backend_formats, unavailable_reason
@@ -90,7 +91,7 @@ class Inputs:
     source: str
 
 
-def load_inputs(card_input: InputSpec, opts: BenchOptions, golden: Path | None, expected_size: str | None,
+def load_inputs(card_input: InputSpec, opts: BenchOptions, golden: Path | None, expected_size: tuple[int, int] | None,
                 anchor: bool = False) -> Inputs:
     if opts.images is not None:
         from alnett_edge.data.preprocess import load_image, preprocess
@@ -182,7 +183,7 @@ def run_bench(models: list[str | Path], opts: BenchOptions) -> dict[str, Any]:
             golden = target.bundle.root / "golden" / "inputs.npy" if target.bundle else golden_of.get(entry["source_sha256"])
             key = (repr(target.card.input), "" if opts.images or opts.random_inputs or golden is None else str(golden))
             if key not in inputs:
-                inp = load_inputs(target.card.input, opts, golden, target.card.training.get("source_size"), anchor)
+                inp = load_inputs(target.card.input, opts, golden, training_sides(target.card.training), anchor)
                 inputs[key] = (inp, Path(tmp) / f"inputs{len(inputs)}.npy")
                 np.save(inputs[key][1], inp.x)
             inp, inp_file = inputs[key]

@@ -5,8 +5,9 @@ dataset, and a TensorRT INT8 calibrator on the device (:mod:`alnett_edge.tensorr
 
 Checks, each a one-line :class:`DataError` naming the file: an empty or missing folder; an image that
 is not 3-channel colour (grayscale or RGBA cell images mean the wrong folder or a broken export); an
-image whose size differs from the images the model was trained on (``card.training.source_size``;
-e.g. 640x480 smear frames instead of cell crops) unless ``allow_any_size``. Fewer than
+image whose sides are outside those of the images the model was trained on, widened by half
+(:func:`alnett_edge.data.preprocess.size_refusal`; e.g. 640x480 smear frames instead of 257-px cell
+crops) unless ``allow_any_size``. Fewer than
 ``MIN_IMAGES`` images is allowed with a warning, since int8 ranges from a handful of cells are noisy.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from alnett_edge.card import ModelCard
-from alnett_edge.data.preprocess import load_image, preprocess
+from alnett_edge.data.preprocess import load_image, preprocess, training_sides
 from alnett_edge.data.sources import Sample
 from alnett_edge.errors import DataError
 from alnett_edge.evaluation import images_of, training_split
@@ -66,7 +67,7 @@ def calibration_set_from_samples(samples: list[Sample], card: ModelCard, limit: 
     if limit is not None and len(samples) > limit:
         idx = np.random.default_rng(seed).choice(len(samples), limit, replace=False)
         samples = [samples[i] for i in sorted(idx)]
-    expected = card.training.get("source_size")
+    expected = training_sides(card.training)
     inputs, files = [], []
     for s in samples:
         img = load_image(s.path, strict, expected, allow_any_size, "calibration image")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -31,6 +32,33 @@ def stage_table(summary: dict) -> Table:
     for stage, v in summary["stages"].items():
         table.add_row(stage, str(v["n"]), *(f"{v[k]:.2f}" for k in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")))
     return table
+
+
+def _field_decisions(bundle: Path | None, frames: Path, cfg: Any, classes: list[str], limit: int | None,
+                     threshold: float | None, json_out: Path | None) -> None:
+    """``field-eval --fields``: fields labelled per field, decided by the field path, scored."""
+    from alnett_edge.machine import inference_threads
+    from alnett_edge.runtime.loader import open_runtime
+    from alnett_edge.vision.fieldeval import field_eval_fields
+
+    if bundle is None:
+        raise ConfigError("field-eval --fields decides fields with a model: give the bundle")
+    with open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads)) as rt:
+        rep = field_eval_fields(rt, frames, classes, cfg.detector, cfg.quality, cfg.optics, cfg.runtime.max_batch,
+                                limit, threshold)
+        rep["model"] = rt.describe()
+    table = Table(title=f"field decisions: {rep['fields']} fields of {frames}", title_justify="left")
+    for col in ("ALL", "benign", "undecided", "accuracy", "sensitivity", "specificity", "AUC", "cells/field"):
+        table.add_column(col, justify="right")
+    f3 = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    table.add_row(str(rep["all_fields"]), str(rep["benign_fields"]), str(rep["undecided"]), f3(rep["accuracy"]),
+                  f3(rep["sensitivity"]), f3(rep["specificity"]), f3(rep["auc"]), f"{rep['cells_per_field']['median']:.0f}")
+    console().print(table)
+    typer.echo(f"a field is ALL when over {rep['threshold']:.3f} of its classified cells are blasts; model: {rep['model']}")
+    for s in rep["skipped_sessions"]:
+        typer.echo(f"warning: skipped {s}", err=True)
+    if json_out:
+        json_out.write_text(json.dumps(rep, indent=2))
 
 
 def register(app: typer.Typer) -> None:
@@ -138,6 +166,12 @@ def register(app: typer.Typer) -> None:
         json_out: Path = typer.Option(None, "--json", help="Write the report as JSON.", callback=output_file),
         sheet: Path = typer.Option(None, help="Write a contact sheet PNG (found green, false red, missed blue).",
                                    callback=output_file),
+        fields: bool = typer.Option(False, "--fields", help="FRAMES are class folders of fields labelled per field "
+                                    "(no boxes): score the field decision (the card's blast-fraction threshold)."),
+        classes: list[str] = typer.Option(None, "--classes", help="With --fields: CLASS=FOLDER[,FOLDER...] as for "
+                                          "harvest, e.g. --classes hem=Benign --classes all=Early,Pre,Pro."),
+        threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0, help="With --fields: the blast "
+                                        "fraction above which a field is ALL (default: the card's)."),
     ) -> None:
         """Score the daemon's per-frame path (detect, gate, crop, classify) on annotated field frames."""
         if frames_arg is None and frames_opt is None and bundle is not None and bundle.is_dir() \
@@ -155,6 +189,9 @@ def register(app: typer.Typer) -> None:
         overrides = {"source": {"spec": "field-eval"}, "runtime": {"bundle": str(bundle or "none")},
                      "optics": {"um_per_px": um_per_px}}
         cfg = load_config(config, overrides) if config else build_config({}, overrides)
+        if fields:
+            _field_decisions(bundle, frames, cfg, classes or (), limit, threshold, json_out)
+            return
         if bundle is None:
             report, results = run(None, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch, cfg.optics)
             report["model"] = "none (detector and quality gate only)"

@@ -75,6 +75,9 @@ def register(app: typer.Typer) -> None:
         for r in reports:
             if r.um_per_px is None:
                 typer.echo(f"warning: session {r.session} skipped: {r.optics}", err=True)
+            if r.unreadable:
+                typer.echo(f"warning: {len(r.unreadable)} unreadable frame(s) skipped in {r.session}, e.g. "
+                           f"{r.unreadable[0]}", err=True)
         if json_out:
             json_out.write_text(json.dumps({"dataset": str(out), "canvas_um": harvester.canvas_um,
                                             "cells": len(harvester.rows), "written": written,

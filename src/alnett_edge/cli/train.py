@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from rich.table import Table
 
 from alnett_edge.cli.common import console, output_dir
@@ -55,12 +54,18 @@ def register(app: typer.Typer) -> None:
         stop_after: int = typer.Option(None, help="Run at most this many epochs now; continue later with --resume."),
         folds: int = typer.Option(0, "--folds", min=0, help="K-fold cross-validation (patient-disjoint, stratified): "
                                   "every fold trained alike and scored on its held-out cells; OUT/cv_report.md."),
+        init: Path = typer.Option(None, "--init", help="Fine-tune from this checkpoint (e.g. a C-NMC model on your "
+                                  "harvest): its preprocessing is kept, the canvas and the training cells' look are "
+                                  "measured again on --data."),
+        freeze: int = typer.Option(0, "--freeze", help="With --init: keep the stem and the first N clusters' weights "
+                                   "(their batch-norm statistics still adapt to the new cells)."),
         ensemble: bool = typer.Option(False, "--ensemble", help="With --folds: also write OUT/ensemble.safetensors, "
                                       "the fold models as one model (K times the compute at run time)."),
     ) -> None:
         """Train ALNett; writes best/last checkpoints (with their model card) to OUT."""
         from alnett_edge.errors import ConfigError
-        from alnett_edge.train.loop import TrainConfig, train as run
+        from alnett_edge.train.loop import TrainConfig
+        from alnett_edge.train.loop import train as run
 
         try:
             dil = tuple(int(d) for d in dilations.split(",")) if dilations else None
@@ -73,6 +78,7 @@ def register(app: typer.Typer) -> None:
             balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, stain=stain, canvas_um=canvas_um,
             workers=workers, device=device, seed=seed, resume=resume, stop_after=stop_after,
             select=select, ema_epochs=ema_epochs, label_smoothing=label_smoothing, tta=tta,
+            init=str(init) if init else None, freeze=freeze,
         )
         if ensemble and not folds:
             raise ConfigError("--ensemble averages cross-validation fold models: give --folds K too")
@@ -92,6 +98,11 @@ def register(app: typer.Typer) -> None:
             pl = rep["pooled"]
             table.add_row("pooled", str(pl["n"]), "", "", *("n/a" if pl[k] is None else f"{pl[k]:.3f}" for k in CV_KEYS))
             console().print(table)
+            if rep.get("fields"):
+                f = rep["fields"]
+                auc = "n/a" if f["auc"] is None else f"{f['auc']:.3f}"
+                typer.echo(f"held-out fields: {f['fields']}, accuracy {f['accuracy']:.3f}, sensitivity "
+                           f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}, AUC {auc} (blast fraction)")
             typer.echo(f"report: {out / 'cv_report.md'} (and cv_report.json, cv_roc.png); {rep['seconds']:.0f} s")
             if ensemble:
                 typer.echo(ensemble_line(rep["ensemble"]))

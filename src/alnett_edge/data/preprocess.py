@@ -17,9 +17,11 @@ flag) decodes a file to RGB.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,7 +73,39 @@ def decode_image_file(path: str | Path, what: str = "image") -> np.ndarray:
     return img
 
 
-def load_image(path: str | Path, strict: bool = False, expected_size: str | None = None,
+#: an image whose sides lie within the training images' sides divided / multiplied by this is taken
+#: (resized to the card's input like every image); beyond it, it is refused as the wrong folder
+SIZE_TOLERANCE = 1.5
+
+
+def training_sides(training: dict[str, Any]) -> tuple[int, int] | None:
+    """The smallest and largest side of the images a card was trained on (``training.source_sides``,
+    or its one ``source_size`` "HxW" on cards from before the range was recorded); None: unknown."""
+    sides = training.get("source_sides")
+    if isinstance(sides, (list, tuple)) and len(sides) == 2 and all(isinstance(v, int) and v > 0 for v in sides):
+        return int(sides[0]), int(sides[1])
+    size = training.get("source_size")
+    if isinstance(size, str) and re.fullmatch(r"\d+x\d+", size):
+        h, w = map(int, size.split("x"))
+        return min(h, w), max(h, w)
+    return None
+
+
+def size_refusal(shape: tuple[int, ...], sides: tuple[int, int] | None) -> str | None:
+    """Why an image of this shape is not one of the model's cells, or None: the one size rule of every
+    consumer (predict, bench, calibration, verify): its sides within the training images' smallest
+    and largest side, each widened by :data:`SIZE_TOLERANCE`."""
+    if sides is None:
+        return None
+    lo, hi = sides[0] / SIZE_TOLERANCE, sides[1] * SIZE_TOLERANCE
+    if lo <= min(shape[:2]) and max(shape[:2]) <= hi:
+        return None
+    trained = f"{sides[0]}" if sides[0] == sides[1] else f"{sides[0]}-{sides[1]}"
+    return (f"is {shape[0]}x{shape[1]}, outside the sides of the cell images the model was trained on "
+            f"({trained} px; {lo:.0f}-{hi:.0f} accepted, every image is resized to the model's input)")
+
+
+def load_image(path: str | Path, strict: bool = False, expected_size: tuple[int, int] | None = None,
                allow_any_size: bool = False, what: str = "image") -> np.ndarray:
     """The one way an image file becomes an RGB uint8 HxWx3 array (through :func:`decode_image_file`).
 
@@ -79,18 +113,17 @@ def load_image(path: str | Path, strict: bool = False, expected_size: str | None
     calibration from the training split, sheets): grayscale, RGBA and 16-bit are converted.
     ``strict=True`` (images a user brings to a trained model: predict, bench, calibrate/verify
     folders): 3-channel colour only (grayscale or RGBA cells mean the wrong folder or a broken export)
-    and, when ``expected_size`` ("HxW", the card's ``training.source_size``) is known, that size unless
-    ``allow_any_size``. Every refusal is a one-line :class:`DataError`."""
+    and, when ``expected_size`` (:func:`training_sides` of the card) is known, sides within that range
+    (:func:`size_refusal`) unless ``allow_any_size``. Every refusal is a one-line :class:`DataError`."""
     img = decode_image_file(path, what)
     if not strict:
         return to_rgb(img, source=str(path))
     channels = 1 if img.ndim == 2 else img.shape[2]
     if channels != 3:
         raise DataError(f"{what} {path} has {channels} channel(s); RGB cell images (3 channels) are needed")
-    size = f"{img.shape[0]}x{img.shape[1]}"
-    if expected_size and size != expected_size and not allow_any_size:
-        raise DataError(f"{what} {path} is {size} but the model was trained on {expected_size} cell images "
-                        "(wrong folder? pass --any-size to use it anyway)")
+    refusal = None if allow_any_size else size_refusal(img.shape, expected_size)
+    if refusal:
+        raise DataError(f"{what} {path} {refusal}: the wrong folder? (--any-size uses it anyway)")
     return to_rgb(img, str(path))
 
 

@@ -2,7 +2,8 @@
 
 Images go through the one preprocessing function (:func:`alnett_edge.data.preprocess.preprocess`,
 the card's contract) that training, calibration and export use. Images are checked like calibration
-images: colour (3 channels), decodable, and of the size the model was trained on unless ``any_size``.
+images: colour (3 channels), decodable, and of the sides of the training cells, widened by half (the one size
+rule, :func:`alnett_edge.data.preprocess.size_refusal`), unless ``any_size``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image, preprocess
+from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image, preprocess, training_sides
 from alnett_edge.errors import DataError
 from alnett_edge.runtime.base import Runtime
 
@@ -60,7 +61,7 @@ def classify_arrays(rt: Runtime, images: list[np.ndarray]) -> tuple[np.ndarray, 
 def predict_files(rt: Runtime, files: list[Path], batch: int = 1, any_size: bool = False) -> list[Prediction]:
     names = rt.card.class_names
     blast = rt.card.positive_class
-    expected = rt.card.training.get("source_size")
+    expected = training_sides(rt.card.training)
     out: list[Prediction] = []
     for i in range(0, len(files), max(batch, 1)):
         chunk = files[i : i + max(batch, 1)]

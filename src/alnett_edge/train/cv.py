@@ -27,8 +27,8 @@ import numpy as np
 from alnett_edge.card import CLASS_NAMES
 from alnett_edge.data.sources import load_samples
 from alnett_edge.errors import ConfigError
-from alnett_edge.metrics import binary_metrics, ece_noise_floor, expected_calibration_error
-from alnett_edge.model.checkpoint import load_checkpoint, save_checkpoint
+from alnett_edge.metrics import binary_metrics, ece_noise_floor, expected_calibration_error, field_fractions, roc_auc
+from alnett_edge.model.checkpoint import load_checkpoint, read_card, save_checkpoint
 from alnett_edge.model.ensemble import MEMBERS_KEY, ALNettEnsemble
 from alnett_edge.model.profile import profile_model
 from alnett_edge.train.evaluate import evaluate_checkpoint
@@ -58,7 +58,7 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
     t0 = time.perf_counter()
     # --stain auto is decided once, on the whole dataset: every fold (and an ensemble of them) shares a card
     cfg = replace(cfg, stain=resolve_stain(cfg.stain, load_samples(cfg.data, cfg.layout, cfg.labels_csv), CLASS_NAMES))
-    rows, curves = [], []
+    rows, curves, fields = [], [], []
     for k in range(folds):
         fold_dir = out / f"fold_{k}"
         log.info("fold %d of %d", k + 1, folds)
@@ -73,6 +73,9 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
         auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
         curves.append((f"fold {k}: AUC {auc}", [p["label"] == "all" for p in rep["predictions"]],
                        [p["prob_all"] for p in rep["predictions"]]))
+        rule = read_card(result.best).field_decision
+        if rule:  # a harvest of fields labelled per field: the held-out fields called by this fold's rule
+            fields.append((rule, *field_fractions(curves[-1][1], curves[-1][2], [p["patient_id"] for p in rep["predictions"]])))
     pooled_y = np.concatenate([np.asarray(c[1], dtype=int) for c in curves])
     pooled_p = np.concatenate([np.asarray(c[2], dtype=np.float64) for c in curves])
     pooled = binary_metrics(pooled_y, pooled_p)
@@ -88,6 +91,8 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
                 "validation split; ece_floor: the ECE those probabilities would show on that many cells if they "
                 "were perfectly calibrated (sampling noise alone); pooled: every fold's held-out cells together",
     }
+    if fields:
+        report["fields"] = _field_report(fields)
     out.mkdir(parents=True, exist_ok=True)
     if ensemble:
         report["ensemble"] = build_ensemble([r["checkpoint"] for r in rows], out / "ensemble.safetensors")
@@ -95,6 +100,22 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
     (out / "cv_report.md").write_text(markdown(report))
     plot_rocs(curves, out / "cv_roc.png", f"{cfg.variant}, {folds}-fold ROC (held-out cells)")
     return report
+
+
+def _field_report(folds: list[tuple[dict[str, Any], list[str], np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Field-level ALL vs benign on the held-out fields: each fold's fields called by the threshold
+    that fold fitted on its validation fields; the AUC is of the blast fraction, pooled."""
+    labels = np.concatenate([f[2] for f in folds])
+    fractions = np.concatenate([f[3] for f in folds])
+    called = np.concatenate([f[3] > float(f[0]["threshold"]) for f in folds])
+    m = binary_metrics(labels, called.astype(float), 0.5)
+    cells = np.concatenate([f[4] for f in folds])
+    return {"fields": int(len(labels)), "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
+            "specificity": m["specificity"], "auc": roc_auc(labels, fractions),
+            "thresholds": [f[0]["threshold"] for f in folds], "cells_per_field": {
+                "median": float(np.median(cells)), "min": int(cells.min()), "max": int(cells.max())},
+            "note": "a field's score is the share of its harvested cells at P(blast) >= 0.5; each fold's held-out "
+                    "fields are called with the threshold fitted on that fold's validation fields"}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -116,6 +137,11 @@ def markdown(report: dict[str, Any]) -> str:
         "n/a" if s[k]["mean"] is None else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in keys) + " |")
     p = report["pooled"]
     lines.append(f"| **pooled** | {p['n']} | | | " + " | ".join(fmt(p[k]) for k in keys) + " |")
+    if report.get("fields"):
+        f = report["fields"]
+        lines += ["", f"Held-out fields ({f['fields']}, {f['cells_per_field']['median']:.0f} cells each, median): "
+                      f"accuracy {f['accuracy']:.3f}, sensitivity {f['sensitivity']:.3f}, specificity "
+                      f"{f['specificity']:.3f}, AUC {fmt(f['auc'])}; {f['note']}."]
     return "\n".join(lines) + "\n"
 
 

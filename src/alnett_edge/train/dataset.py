@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,9 +45,15 @@ class LoadReport:
     def common_size(self) -> str | None:
         return self.source_sizes.most_common(1)[0][0] if self.source_sizes else None
 
+    @property
+    def sides(self) -> list[int] | None:
+        """The smallest and the largest side of the source images (the size rule's range)."""
+        sides = [int(v) for size in self.source_sizes for v in size.split("x")]
+        return [min(sides), max(sides)] if sides else None
+
     def to_dict(self) -> dict[str, object]:
         return {"loaded": self.loaded, "skipped": len(self.skipped), "skipped_files": self.skipped[:20],
-                "source_size": self.common_size}
+                "source_size": self.common_size, "source_sides": self.sides}
 
 
 def _prepare_one(sample: Sample, spec: InputSpec) -> tuple[np.ndarray, str] | None:

@@ -49,7 +49,9 @@ from alnett_edge.model.alnett import ALNett
 from alnett_edge.model.checkpoint import load_checkpoint, load_training_state, new_card, save_checkpoint
 from alnett_edge.model.registry import create_model, get_variant
 from alnett_edge.model.torch_backend import pick_device
-from alnett_edge.metrics import binary_metrics, calibration_summary, patient_metrics, softmax
+from alnett_edge.vision.harvest import dataset_canvas_um
+from alnett_edge.metrics import (binary_metrics, calibration_summary, field_fractions, field_rule, patient_metrics,
+                                 softmax)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class TrainConfig:
     select: str = "loss"  # which epoch is kept (SELECT_MODES, see the module doc)
     label_smoothing: float = 0.0
     tta: str = "none"  # test-time augmentation recorded in the card (InputSpec.tta)
+    init: str | None = None  # fine-tune from this checkpoint (its preprocessing kept; canvas, appearance re-measured)
+    freeze: int = 0  # with init: the stem and this many first clusters keep their weights (BN statistics adapt)
 
     def validate(self) -> None:
         get_variant(self.variant)
@@ -120,6 +124,10 @@ class TrainConfig:
             raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.freeze < 0 or (self.freeze and not self.init):
+            raise ConfigError("--freeze N (>= 0) freezes the early clusters of the model given with --init")
+        if self.init and self.resume:
+            raise ConfigError("--init starts a fine-tune; --resume continues one: give one of them")
 
 
 def finetune_config(card: ModelCard, data: str | Path, out: str | Path, epochs: int, lr: float,
@@ -380,6 +388,34 @@ def _warn_few_patients(ds: Any, class_names: tuple[str, ...]) -> None:
                     _listed(few))
 
 
+def _field_decision(val_ds: CellDataset, prob_all: np.ndarray) -> dict[str, Any] | None:
+    """The field rule (``metrics.field_rule``) fitted on the validation split's fields (its groups: a
+    harvest's fields or sessions), when it holds fields of both classes."""
+    keys, labels, fractions, _ = field_fractions(val_ds.labels, prob_all, [s.patient_id for s in val_ds.samples])
+    if len(set(labels.tolist())) < 2:
+        return None
+    return field_rule(labels, fractions, f"{len(keys)} validation fields")
+
+
+def _fine_tune_start(cfg: TrainConfig) -> tuple[ALNett, ModelCard]:
+    """The model and card of ``--init``, for new cells: the card's preprocessing (input size, mean/std,
+    stain mode, masking) is kept; its canvas and the look of its training cells are measured again on
+    the new data; the stem and the first ``--freeze`` clusters keep their weights."""
+    model, card = load_checkpoint(cfg.init)
+    card = card.copy()
+    card.input = replace(card.input, canvas_um=0.0)
+    card.appearance, card.field_decision = {}, {}
+    if cfg.freeze:
+        clusters = list(model.clusters)
+        if cfg.freeze > len(clusters):
+            raise ConfigError(f"--freeze {cfg.freeze}: {card.variant} has {len(clusters)} clusters")
+        for module in [model.stem, *clusters[: cfg.freeze]]:
+            for p in module.parameters():
+                p.requires_grad_(False)
+        log.info("fine-tuning from %s: stem and clusters 1-%d frozen", cfg.init, cfg.freeze)
+    return model, card
+
+
 def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard] | None = None) -> TrainResult:
     """Train a fresh variant, resume (``cfg.resume``), or fine-tune ``init`` = (model, card). The model
     object ends as the last validated weights (with EMA on, the moving average)."""
@@ -403,6 +439,9 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         state = load_training_state(state_path)
     elif init is not None:
         model, card = init[0], init[1].copy()
+    elif cfg.init:
+        model, card = _fine_tune_start(cfg)
+        init = (model, card)
     else:
         overrides: dict[str, Any] = {}
         if cfg.dilations:
@@ -421,9 +460,14 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
     if cfg.stain == "none" and asked_stain == "none":
         _warn_few_patients(train_ds, card.class_names)
     scale_info: dict[str, Any] = {}
+    harvest_canvas = dataset_canvas_um(cfg.data)
     if cfg.canvas_um:
         card.input = replace(card.input, canvas_um=float(cfg.canvas_um))
         scale_info = {"canvas_um": float(cfg.canvas_um), "method": "given (--canvas-um)"}
+    elif harvest_canvas and not card.input.canvas_um:  # cut by alnett-edge harvest on a canvas of known size
+        card.input = replace(card.input, canvas_um=harvest_canvas)
+        scale_info = {"canvas_um": harvest_canvas, "method": "the harvest's canvas (harvest.json)"}
+        log.info("input canvas %.1f µm (%s)", harvest_canvas, scale_info["method"])
     elif not card.input.canvas_um:  # the physical scale of the training cells, for scale-true field crops
         negative = next(i for i in range(len(card.class_names)) if i != card.positive_class)
         scale_info = measure_canvas_um(train_ds.images, train_ds.labels, negative, card.input.mask_threshold)
@@ -461,7 +505,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
     if dd.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
     scheduler = cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch))
     use_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -499,6 +544,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         "split": sd.split.summary(),
         "skipped_images": len(report.skipped),
         "source_size": report.common_size,
+        "source_sides": report.sides,  # the size rule's range (data.preprocess.size_refusal)
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "resume", "stop_after")},
         "world_size": dd.world,
         "device": device.type,
@@ -530,8 +576,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
             decision = torch.zeros(1)
             if dd.main:
                 recalibrate_bn(kept, train_ds, device, cfg.batch_size, seed=cfg.seed + epoch)
-                metrics, _ = evaluate_dataset(kept, val_ds, device, card.positive_class, batch_size=max(64, cfg.batch_size),
-                                              calibrate=True)
+                metrics, val_prob = evaluate_dataset(kept, val_ds, device, card.positive_class,
+                                                     batch_size=max(64, cfg.batch_size), calibrate=True)
                 calibration = metrics.pop("calibration")
                 row = {
                     "epoch": epoch + 1,
@@ -547,6 +593,8 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
                     best_score, best_epoch, bad_epochs, best_metrics = score, epoch, 0, metrics
                     card.metrics = {"val": metrics, "epoch": epoch + 1}
                     card.calibration = calibration  # temperature scaling on the validation split
+                    if harvest_canvas:  # cells of fields labelled per field: how a field is called from its cells
+                        card.field_decision = _field_decision(val_ds, val_prob) or card.field_decision
                     save_checkpoint(best_path, kept, card)
                 else:
                     bad_epochs += 1

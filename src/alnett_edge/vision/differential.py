@@ -9,6 +9,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from alnett_edge.metrics import decide_field
+
 if TYPE_CHECKING:
     from alnett_edge.card import ModelCard
     from alnett_edge.vision.record import CellRecord
@@ -66,7 +68,7 @@ def ratio_estimate(positive_w: float, total_w: float, total_w2: float, cells: in
 
 class Aggregator:
     def __init__(self, class_names: tuple[str, ...], positive: str = "all", sensitivity: float | None = None,
-                 specificity: float | None = None) -> None:
+                 specificity: float | None = None, field_rule: dict[str, Any] | None = None) -> None:
         self.class_names = class_names
         self.labels = dict.fromkeys(class_names, 0)
         self.abstained: dict[str, int] = {}
@@ -74,6 +76,8 @@ class Aggregator:
         self.started = time.time()
         self.positive, self.sensitivity, self.specificity = positive, sensitivity, specificity
         self._w = [0.0, 0.0, 0.0, 0]  # Σw over positive calls, Σw, Σw², cells: the ratio estimate
+        self.field_rule = dict(field_rule or {})  # the card's field_decision: the session called from its cells
+        self._calls = [0, 0]  # cells the model classified (low-confidence ones too): blast calls, all
         self._lock = threading.Lock()
 
     @classmethod
@@ -84,7 +88,7 @@ class Aggregator:
         sens, spec = val.get("sensitivity"), val.get("specificity")
         return cls(card.class_names, card.class_names[card.positive_class],
                    float(sens) if isinstance(sens, (int, float)) else None,
-                   float(spec) if isinstance(spec, (int, float)) else None)
+                   float(spec) if isinstance(spec, (int, float)) else None, card.field_decision)
 
     def add_record(self, record: CellRecord) -> None:
         """One cell's row (a track's decision, or a detection of one frame)."""
@@ -104,6 +108,8 @@ class Aggregator:
             else:
                 self.abstained[reason or "?"] = self.abstained.get(reason or "?", 0) + 1
             if called is not None:
+                self._calls[0] += called == self.positive
+                self._calls[1] += 1
                 w = self._w
                 w[0] += weight if called == self.positive else 0.0
                 w[1] += weight
@@ -124,4 +130,5 @@ class Aggregator:
                 "blast_ratio_ci95": [round(v, 4) for v in ci] if ci else None,
                 "cells_per_minute": round(classified / minutes, 2),
                 "blast_ratio_estimate": ratio_estimate(*self._w, self.sensitivity, self.specificity),
+                "decision": decide_field(self.field_rule, *self._calls),
             }  # fmt: skip

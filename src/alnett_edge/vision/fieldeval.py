@@ -13,6 +13,7 @@ and predicted vs true blast ratio where the truth has labels, and per-stage late
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ import numpy as np
 from alnett_edge.capture.base import Frame
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.metrics import FIELD_CELL_THRESHOLD, binary_metrics, decide_field, roc_auc
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.timing import StageTimes
 from alnett_edge.vision.annotations import Truth, inside, match, read_truth
 from alnett_edge.vision.cells import QualityConfig
 from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.differential import Aggregator, wilson_interval
+from alnett_edge.vision.harvest import class_mapping, find_sessions, weak_label
 from alnett_edge.vision.optics import OpticsConfig, estimate_um_per_px
 from alnett_edge.vision.path import STAGES, classify_frame, detect_only
 from alnett_edge.vision.record import CellRecord
@@ -154,3 +157,62 @@ def contact_sheet(results: list[FrameResult], dest: str | Path, columns: int = 3
     if not cv2.imwrite(str(dest), np.vstack(rows)):
         raise DataError(f"cannot write {dest}")
     return dest
+
+
+def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[str] = (),
+                      detector: DetectorConfig | None = None, quality: QualityConfig | None = None,
+                      optics: OpticsConfig | None = None, max_batch: int = 0, limit: int | None = None,
+                      threshold: float | None = None) -> dict[str, Any]:
+    """Fields labelled per field (class folders, ``classes`` as ``harvest --classes``), decided by the
+    field path: per session (folder) the pixel size, then each field's cells detected, gated, cut and
+    classified as the daemon does, its blast fraction (cells at P(blast) >= 0.5 among those the model
+    classified) and the card's ``field_decision`` threshold (or ``threshold``). Scores ALL vs benign:
+    accuracy, sensitivity, specificity and the AUC of the blast fraction; fields with no classified
+    cell are undecided and counted apart."""
+
+    rule = dict(runtime.card.field_decision)
+    if threshold is not None:
+        rule = {**rule, "threshold": float(threshold), "score": "blast_fraction"}
+    if not rule:
+        raise ConfigError(f"{runtime.path.name}'s card has no field decision (train on a harvest of fields labelled "
+                          "per field); give --threshold to score the blast fraction at a threshold of your own")
+    mapping = class_mapping(classes)
+    sessions = find_sessions(Path(folder), True, mapping)
+    optics = optics or OpticsConfig()
+    quality, times = quality or QualityConfig(), StageTimes(STAGES)
+    fields, skipped = [], []
+    for s in sessions:
+        files = s.frames[:limit] if limit else s.frames
+        um = optics.resolve()
+        if not um:
+            step = max(1, len(files) // CALIBRATION_FRAMES)
+            try:
+                um = estimate_um_per_px((load_image(p, what="frame") for p in files[::step]), optics.rbc_um).um_per_px
+            except DataError as exc:
+                skipped.append(f"{s.name}: {exc}")
+                continue
+        det = CellDetector(detector or DetectorConfig(), um)
+        label = int(weak_label(s.field_class, mapping) == "all")
+        for k, path in enumerate(files):
+            frame = Frame(load_image(path, what="frame"), time.time(), k, f"field-eval:{path.name}")
+            records, stage_ms = classify_frame(frame, det, quality, runtime, max_batch, "")
+            for stage, ms in stage_ms.items():
+                times.add(stage, ms)
+            probs = [r.prob_all for r in records if r.prob_all is not None]
+            blasts = sum(p >= FIELD_CELL_THRESHOLD for p in probs)
+            call = decide_field(rule, blasts, len(probs))
+            fields.append({"field": f"{s.name}/{path.name}", "label": label, "cells": len(probs),
+                           "detections": len(records), "blast_fraction": call["blast_fraction"] if call else None,
+                           "all": call["all"] if call else None, "um_per_px": round(um, 5)})
+    decided = [f for f in fields if f["all"] is not None]
+    if not decided:
+        raise DataError(f"{folder}: no field had a classified cell to decide from" + (f" ({skipped[0]})" if skipped else ""))
+    y = np.array([f["label"] for f in decided])
+    m = binary_metrics(y, np.array([f["all"] for f in decided], float), 0.5)
+    cells = np.array([f["cells"] for f in fields])
+    return {"folder": str(folder), "fields": len(fields), "decided": len(decided), "undecided": len(fields) - len(decided),
+            "all_fields": int(y.sum()), "benign_fields": int(len(y) - y.sum()), "threshold": rule["threshold"],
+            "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+            "auc": roc_auc(y, np.array([f["blast_fraction"] for f in decided])),
+            "cells_per_field": {"median": float(np.median(cells)), "min": int(cells.min()), "max": int(cells.max())},
+            "skipped_sessions": skipped, "stages": times.summary(), "per_field": fields}

@@ -76,6 +76,7 @@ class SessionReport:
     detections: int = 0
     written: int = 0
     already: int = 0  # cells already in the dataset (a re-run)
+    unreadable: list[str] = field(default_factory=list)  # frames that could not be decoded (skipped)
     abstained: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +158,15 @@ def open_dataset(dataset: Path) -> dict[str, Any]:
     return {}
 
 
+def dataset_canvas_um(data: str | Path) -> float | None:
+    """The canvas (µm) a harvest's crops were cut on, or None when ``data`` is not a harvest."""
+    path = Path(data)
+    path = path.parent if path.is_file() else path
+    if not (path / META).is_file():
+        return None
+    return float(open_dataset(path)["canvas_um"])
+
+
 # -- sources -------------------------------------------------------------------------------------------
 
 def _frames_in(folder: Path) -> list[Path]:
@@ -216,7 +226,7 @@ def _is_class(name: str) -> bool:
     return True
 
 
-def _weak_label(field_class: str, mapping: dict[str, str]) -> str:
+def weak_label(field_class: str, mapping: dict[str, str]) -> str:
     if not field_class:
         return ""
     cls = mapping.get(field_class.lower(), field_class)
@@ -329,7 +339,7 @@ class Harvester:
         (self.dataset / rel).parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(self.dataset / rel), cv2.cvtColor(best.crop, cv2.COLOR_RGB2BGR)):
             raise DataError(f"cannot write {self.dataset / rel}")
-        weak = _weak_label(session.field_class, self.mapping)
+        weak = weak_label(session.field_class, self.mapping)
         row: dict[str, Any] = {
             "filename": rel.as_posix(), "label": "", "weak_label": weak, "field_class": session.field_class,
             "patient_id": self._group(session, frame_name), "cell_id": cid, "session": session.name,
@@ -356,7 +366,17 @@ class Harvester:
             for name, v in zip(self.class_names, p if p is not None else [None] * len(self.class_names)):
                 r[f"prob_{name}"] = "" if v is None else round(float(v), 6)
 
-    def _frames(self, session: _Session) -> Iterator[tuple[int, str, str, np.ndarray]]:
+    def _read(self, path: Path, report: SessionReport) -> np.ndarray | None:
+        """A still through the bounded decoder; an unreadable one is skipped and named in the report."""
+        try:
+            return load_image(path, what="frame")
+        except DataError as exc:
+            if str(path) not in report.unreadable:
+                report.unreadable.append(str(path))
+                log.warning("skipped: %s", exc)
+            return None
+
+    def _frames(self, session: _Session, report: SessionReport) -> Iterator[tuple[int, str, str, np.ndarray]]:
         """(index, name, identity, RGB) of a session's frames, bounded by max_frames / duration. A
         still's identity is a digest of its pixels (however its path is spelled on a re-run), a stream
         frame's its session and index."""
@@ -366,8 +386,9 @@ class Harvester:
                 if (self.opt.max_frames and i >= self.opt.max_frames) or \
                         (self.opt.duration and time.monotonic() - t0 > self.opt.duration):
                     return
-                rgb = load_image(path, what="frame")
-                yield i, path.name, hashlib.sha1(rgb.tobytes()).hexdigest(), rgb
+                rgb = self._read(path, report)
+                if rgb is not None:
+                    yield i, path.name, hashlib.sha1(rgb.tobytes()).hexdigest(), rgb
             return
         with make_source(session.source, SourceSettings(loop=False, timeout=5.0)) as source:
             i, skipped = 0, 0
@@ -389,9 +410,10 @@ class Harvester:
     def _sample(self, session: _Session, report: SessionReport) -> tuple[CellDetector | None, list[float]]:
         """The session's optics from its calibration frames, and its cells' extents there (µm)."""
         if session.frames is not None:
-            frames = [load_image(p, what="frame") for p in _evenly(session.frames, CALIBRATION_FRAMES)]
+            frames = [f for f in (self._read(p, report) for p in _evenly(session.frames, CALIBRATION_FRAMES))
+                      if f is not None]
         else:
-            frames = [rgb for *_, rgb in _take(self._frames(session), CALIBRATION_FRAMES)]
+            frames = [rgb for *_, rgb in _take(self._frames(session, report), CALIBRATION_FRAMES)]
         if not frames:
             raise DataError(f"{session.source} gave no frames")
         detector = self._optics(frames, report)
@@ -423,7 +445,7 @@ class Harvester:
         frames: dict[int, tuple[str, str]] = {}
         done: set[int] = set()  # tracks whose cell is decided: later frames of it are not looked at
         new_rows: list[dict[str, Any]] = []
-        for index, name, key, rgb in self._frames(session):
+        for index, name, key, rgb in self._frames(session, report):
             frames[index] = (name, key)
             report.frames += 1
             if stills:
