@@ -16,12 +16,14 @@ groups of its ``fold_k/test/report.json``), each one shifted in colour as below,
   field's folder on the unshifted frames, so only the colour changes), the field called ALL when the
   share of its classified cells at P(blast) >= 0.5 is above the threshold the fold fitted on its
   validation fields (its card's ``field_decision``); a field without a classified cell is undecided
-  and counted as wrong;
+  and counted as wrong (``accuracy_decided``: over the decided fields only);
 * the whole-field model: the field is the model's input, called ALL at P(all) >= 0.5.
 
 Colour shifts (every pixel of the field, then the path as usual): ``hue+10`` / ``hue-10`` (degrees,
 OpenCV HSV), ``sat*0.7`` / ``sat*1.3`` (saturation scaled), ``stain*0.8`` / ``stain*1.25`` (the
-optical density -log(I/255) of every channel scaled: a weaker or stronger stain).
+optical density -log(I/255) of every channel scaled: a weaker or stronger stain), and ``like:Benign`` /
+``like:Early`` (Reinhard's transfer: the field's Lab mean and std replaced by the mean over that
+class's fields: every field recoloured as if shot in that class's batch; the colour trap itself).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -46,13 +49,32 @@ from alnett_edge.vision.cells import QualityConfig
 from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.path import classify_frame
 
-SHIFTS = ("none", "hue+10", "hue-10", "sat*0.7", "sat*1.3", "stain*0.8", "stain*1.25")
+SHIFTS = ("none", "hue+10", "hue-10", "sat*0.7", "sat*1.3", "stain*0.8", "stain*1.25", "like:Benign", "like:Early")
+#: per class, the mean and std of its fields' Lab channels (``like:CLASS``; filled by main from --fields)
+CLASS_LAB: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def class_colours(fields: Path, per_class: int = 100) -> None:
+    """The Lab mean and std of each class's fields (every ``len // per_class``-th field)."""
+    for cls in ALL_CLASSES:
+        files = sorted((fields / cls).iterdir())
+        labs = [cv2.cvtColor(load_image(f, what="field"), cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+                for f in files[:: max(1, len(files) // per_class)]]
+        stats = np.array([(lab.mean(0), lab.std(0)) for lab in labs])
+        CLASS_LAB[cls] = (stats[:, 0].mean(0), stats[:, 1].mean(0))
+#: inference threads (one: this benchmark may share the machine with a training run)
+THREADS = int(os.environ.get("FIELD_PATH_THREADS", "1"))
 ALL_CLASSES = {"Benign": 0, "Early": 1, "Pre": 1, "Pro": 1}
 
 
 def shift(rgb: np.ndarray, how: str) -> np.ndarray:
     if how == "none":
         return rgb
+    if how.startswith("like:"):  # Reinhard: the field's Lab mean/std moved to another class's (the colour trap)
+        mean, std = CLASS_LAB[how[5:]]
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+        m, sd = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0) + 1e-6
+        return cv2.cvtColor(np.clip((lab - m) / sd * std + mean, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
     m = re.fullmatch(r"(hue|sat|stain)([+*-])([0-9.]+)", how)
     if m is None:
         raise SystemExit(f"unknown shift {how}")
@@ -93,6 +115,7 @@ def _score(y: list[int], called: list[bool | None], score: list[float]) -> dict:
     right = np.array([c is not None and bool(c) == bool(t) for c, t in zip(called, y)])
     m = binary_metrics(yy, np.array([1.0 if c else 0.0 for c in called]), 0.5)
     return {"fields": len(y), "undecided": int((~decided).sum()), "accuracy": round(float(right.mean()), 4),
+            "accuracy_decided": round(float(right[decided].mean()), 4) if decided.any() else None,
             "sensitivity": m["sensitivity"], "specificity": m["specificity"],
             "auc": roc_auc(yy, np.array(score, np.float64))}
 
@@ -102,7 +125,7 @@ def cell_path(cv: Path, fields: Path, harvest_meta: dict, limit: int | None) -> 
     out: dict[str, dict] = {s: {"y": [], "called": [], "score": []} for s in SHIFTS}
     quality = QualityConfig()
     for k in folds:
-        with open_runtime(cv / f"fold_{k}" / "best.safetensors", threads=2) as rt:
+        with open_runtime(cv / f"fold_{k}" / "best.safetensors", threads=THREADS) as rt:
             rule = rt.card.field_decision
             if not rule:
                 raise SystemExit(f"fold {k}'s card has no field_decision (train on a harvest of fields)")
@@ -113,7 +136,7 @@ def cell_path(cv: Path, fields: Path, harvest_meta: dict, limit: int | None) -> 
                 det = CellDetector(DetectorConfig(), um)
                 rgb = load_image(fields / session / frame_name, what="field")
                 for s in SHIFTS:
-                    recs, _ = classify_frame(Frame(shift(rgb, s), 0.0, 0, name), det, quality, rt, 0, "")
+                    recs, _ = classify_frame(Frame(shift(rgb, s), 0.0, 0, name), det, quality, rt, 32, "")
                     probs = [r.prob_all for r in recs if r.prob_all is not None]
                     frac = sum(p >= FIELD_CELL_THRESHOLD for p in probs) / len(probs) if probs else None
                     o = out[s]
@@ -128,7 +151,7 @@ def whole_field(cv: Path, fields: Path, limit: int | None) -> dict[str, dict]:
     folds = sorted(int(p.name.split("_")[1]) for p in cv.glob("fold_*") if p.is_dir())
     out: dict[str, dict] = {s: {"y": [], "called": [], "score": []} for s in SHIFTS}
     for k in folds:
-        with open_runtime(cv / f"fold_{k}" / "best.safetensors", threads=2) as rt:
+        with open_runtime(cv / f"fold_{k}" / "best.safetensors", threads=THREADS) as rt:
             held = _held_out(cv, k)[:limit]
             images = [load_image(fields / n, what="field") for n in held]
             for s in SHIFTS:
@@ -155,6 +178,7 @@ def main() -> None:
     if a.write_whole_manifest:
         print(whole_manifest(a.fields, a.write_whole_manifest))
         return
+    class_colours(a.fields)
     result: dict = {"machine": isa_line(), "shifts": SHIFTS}
     if a.cells_cv:
         meta = json.loads((a.harvest / "harvest.json").read_text())
@@ -162,14 +186,15 @@ def main() -> None:
     if a.whole_cv:
         result["whole_field"] = whole_field(a.whole_cv, a.fields, a.limit)
     print(result["machine"])
-    print(f"{'shift':10s} | {'field path: acc  sens  spec   AUC  undec':40s} | whole-field: acc  sens  spec   AUC")
+    print(f"{'shift':10s} | {'field path: acc  sens  spec   AUC  undec  acc of decided':48s} | whole-field: acc  sens  spec   AUC")
     for s in SHIFTS:
         cols = []
         for key in ("field_path", "whole_field"):
             r = result.get(key, {}).get(s)
             cols.append("n/a" if r is None else f"{r['accuracy']:.3f} {r['sensitivity']:.3f} {r['specificity']:.3f} "
-                        f"{(r['auc'] or 0):.3f}" + (f" {r['undecided']:4d}" if key == "field_path" else ""))
-        print(f"{s:10s} | {cols[0]:40s} | {cols[1]}")
+                        f"{(r['auc'] or 0):.3f}" + (f" {r['undecided']:4d}  {r['accuracy_decided']:.3f}"
+                                                    if key == "field_path" else ""))
+        print(f"{s:10s} | {cols[0]:48s} | {cols[1]}")
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
 

@@ -17,7 +17,7 @@ from alnett_edge.errors import ConfigError
 
 def stage_table(summary: dict) -> Table:
     s = summary["session"]
-    est = s.get("blast_ratio_estimate")
+    est, dec = s.get("blast_ratio_estimate"), s.get("decision")
     title = (f"{summary['frames_processed']} frames ({summary['mean_fps']} fps mean), {summary['frames_dropped']} dropped, "
              f"{s['cells']} {'distinct cells' if summary.get('tracking') else 'cells'} ({s['classified']} classified; "
              f"the model ran {summary.get('inferences', 0)} times on {summary.get('observations', 0)} detections), "
@@ -25,6 +25,10 @@ def stage_table(summary: dict) -> Table:
              f"CI95 {s['blast_ratio_ci95']}, reconnects {summary['capture']['reconnects']}"
              + (f"\nblast ratio estimate {est['value']} CI95 {est['ci95']} (edge- and error-corrected, "
                 f"{est['cells']} cells)" if est else "")
+             + (f"\nslide decision: {'ALL' if dec['all'] else 'benign'} (blast fraction {dec['blast_fraction']} "
+                f"{'>' if dec['all'] else '<='} the card's {dec['threshold']}, {dec['cells']} cells)" if dec else "")
+             + (f"\nmodels: {len(summary['models'])} (bundle swapped {len(summary['models']) - 1} times)"
+                if summary.get("models") else "")
              + (f"\n{summary['machine']}" if summary.get("machine") else ""))
     table = Table(title=title, title_justify="left")
     for c in ("stage", "n", "mean ms", "p50 ms", "p95 ms", "p99 ms", "max ms"):
@@ -114,6 +118,8 @@ def register(app: typer.Typer) -> None:
         d = Daemon(cfg)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda num, _frame: d.request_stop(signal.Signals(num).name))
+        if config is not None:  # SIGHUP: the config's [runtime] bundle again, swapped without a restart
+            signal.signal(signal.SIGHUP, lambda *_: d.reload(config))
         summary = d.run()
         console().print(stage_table(summary))
         warning = ood_warning(summary)

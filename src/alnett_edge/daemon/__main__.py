@@ -63,6 +63,7 @@ def _run(config: Path, summary_json: Path | None) -> int:
     d = Daemon(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda num, _frame: d.request_stop(signal.Signals(num).name))
+    signal.signal(signal.SIGHUP, lambda *_: d.reload(config))  # a changed [runtime] bundle, without a restart
     summary = d.run()
     s, f2d = summary["session"], summary["stages"].get("frame_to_decision", {})
     log.info("stopped (%s): %d frames, %s fps, %d dropped; %d cells, %d classified, blast calls %s CI95 %s; "

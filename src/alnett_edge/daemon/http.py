@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from alnett_edge.errors import ConfigError
+from alnett_edge.errors import AlnettError, ConfigError
 
 if TYPE_CHECKING:  # the service imports this module
     from alnett_edge.daemon.service import Daemon
@@ -72,6 +72,8 @@ class DaemonCollector:
 MAX_CONNECTIONS = 16
 #: seconds a connection may stay silent (a request not sent, a client not reading) before it is closed
 IO_TIMEOUT_S = 10.0
+#: the largest request body taken (POST /bundle: a path in JSON)
+MAX_BODY = 4096
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nbusy\n"
 
 
@@ -143,6 +145,45 @@ def make_handler(daemon: Daemon, token: str, preview: bool, registry: CollectorR
             if url.path == "/preview.mjpg" and preview:
                 return self._mjpeg()
             return self._send(404, b"not found\n", "text/plain")
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            """``POST /bundle`` ``{"bundle": PATH}``: classify with another bundle from the next frame. It
+            changes the daemon, so it needs a configured token, sent as ``Authorization: Bearer`` (never
+            in the URL), and a JSON body (a cross-site form cannot send one without the browser asking
+            first)."""
+            url = urlparse(self.path)
+            if url.path != "/bundle":
+                return self._send(404, b"not found\n", "text/plain")
+            if not token:
+                return self._json(403, {"error": "changes need [http] token set in the daemon's config"})
+            given = self.headers.get("Authorization", "")
+            if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode("utf-8", "replace"),
+                                                                          token.encode("utf-8")):
+                return self._json(401, {"error": "token required (Authorization: Bearer TOKEN)"})
+            if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+                return self._json(415, {"error": "send a JSON body: {\"bundle\": \"/path/to/bundle\"}"})
+            try:
+                length = int(self.headers.get("Content-Length", "-1"))
+            except ValueError:
+                length = -1
+            if not 0 < length <= MAX_BODY:
+                return self._json(413 if length > MAX_BODY else 411, {"error": f"a body of 1 to {MAX_BODY} bytes is needed"})
+            try:
+                body = json.loads(self.rfile.read(length).decode("utf-8"))
+                bundle = body["bundle"]
+                if not isinstance(bundle, str) or not bundle:
+                    raise TypeError
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                return self._json(400, {"error": "the body must be JSON {\"bundle\": \"/path/to/bundle\"}"})
+            try:
+                sha = daemon.request_swap(bundle)
+            except AlnettError as exc:
+                log.error("bundle %s refused: %s", bundle, exc)
+                return self._json(409, {"error": str(exc)})
+            return self._json(202, {"accepted": bundle, "model_sha256": sha, "from": "the next frame"})
+
+        def _json(self, code: int, data: dict[str, Any]) -> None:
+            self._send(code, (json.dumps(data) + "\n").encode(), "application/json")
 
         def _mjpeg(self) -> None:
             self.send_response(200)

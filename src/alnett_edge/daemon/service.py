@@ -26,8 +26,9 @@ from alnett_edge.capture.base import Frame, SourceSettings, make_source
 from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
 from alnett_edge.daemon.config import DaemonConfig
 from alnett_edge.daemon.sinks import CropSink, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
-from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.errors import AlnettError, ConfigError, DataError
 from alnett_edge.machine import inference_threads, isa_line
+from alnett_edge.runtime.base import Runtime
 from alnett_edge.runtime.loader import open_runtime
 from alnett_edge.timing import StageTimes
 from alnett_edge.vision.detector import CellDetector
@@ -35,7 +36,7 @@ from alnett_edge.vision.differential import Aggregator
 from alnett_edge.vision.optics import estimate_um_per_px
 from alnett_edge.vision.path import STAGES, decide_tracks, track_frame
 from alnett_edge.vision.record import CellRecord
-from alnett_edge.vision.tracking import TrackBook
+from alnett_edge.vision.tracking import Track, TrackBook
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,17 @@ class Daemon:
         self._recent: list[float] = []
         self.http = None
         self._closed = False
+        self._swap_lock = threading.Lock()
+        self._pending: tuple[Path, Runtime] | None = None  # a bundle opened by request_swap, used from the next frame
         # the one resource opened here, last: nothing above can fail after it and leak it
         self.runtime = open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads))
         self.model_sha256 = self.runtime.sha256()
         self._check_gate_confidence()
         self.card = self.runtime.card
         self.agg = Aggregator.for_card(self.card)
+        self.by_model = {self.model_sha256: Aggregator.for_card(self.card)}  # the session's counts split by model
+        # every model of the session, from the first frame (capture index) it classified
+        self.models = [{"model_sha256": self.model_sha256, "bundle": str(bundle), "from_frame": 0, "at": time.time()}]
         self.started = 0.0
 
     def _check_gate_confidence(self) -> None:
@@ -148,6 +154,7 @@ class Daemon:
                     if (self.queue.closed or self._stop.is_set()) and not len(self.queue):
                         break
                     continue
+                self._apply_swap(frame.index)
                 self.process(frame)
                 if self.recorder.over_limit and not self._stop.is_set():
                     log.error("the database cannot be written and %d cells are waiting (limit [sinks] max_pending_cells):"
@@ -166,13 +173,7 @@ class Daemon:
         if self.detector is None:
             self._calibrate(None)  # a run shorter than the calibration frames: estimate from what came
         if self.tracks is not None:  # tracks in flight are decided from what they have, none is lost
-            open_ = [t for t in self.tracks.close() if t.decision is None]
-            rows, _, _, inferred = decide_tracks(open_, self.runtime, self.cfg.quality, self.cfg.runtime.max_batch,
-                                                 self.model_sha256)
-            self.inferences += inferred
-            if rows:
-                self.cells_processed += len(rows)
-                self._count(self.recorder.write(None, -1, rows))
+            self._decide_now([t for t in self.tracks.close() if t.decision is None])
         self._count(self.recorder.flush())
         summary = self.status()
         summary["stop_reason"] = self.stop_reason or self.capture.stats.state
@@ -191,6 +192,10 @@ class Daemon:
             self.http.stop()
         if not self.capture.is_alive():
             self.source.close()  # a capture thread still in a read closes its own source when it returns
+        with self._swap_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].close()
         self.runtime.close()
 
     def __enter__(self) -> Daemon:
@@ -204,6 +209,73 @@ class Daemon:
         if self.detector is None:
             return self._calibrate(frame)
         return self._process(frame)
+
+    # -- a new model without a restart ---------------------------------------------------------------
+    def request_swap(self, bundle: str | Path) -> str:
+        """Open ``bundle`` beside the running model (in the caller's thread: capture and classification
+        go on meanwhile); the processing loop switches to it before its next frame. The bundle loader
+        refuses a bundle that failed its gate or whose files do not match their sha256 (half-copied),
+        in one line, and the running model stays. Returns the new model's hash."""
+        path = Path(bundle)
+        if not path.exists():
+            raise ConfigError(f"bundle not found: {path}")
+        if self.stopping:
+            raise ConfigError("the daemon is stopping; the bundle was not changed")
+        rt = open_runtime(path, self.cfg.runtime.backend or None, threads=inference_threads(self.cfg.runtime.threads))
+        with self._swap_lock:
+            old, self._pending = self._pending, (path, rt)
+        if old is not None:  # a newer request replaces one not yet used
+            old[1].close()
+        log.warning("bundle %s (%s) accepted; classifying with it from the next frame", path, rt.describe())
+        return rt.sha256()
+
+    def reload(self, config: str | Path) -> threading.Thread:
+        """SIGHUP: read ``config`` again and, when its ``[runtime] bundle`` names another bundle, swap to it
+        (:meth:`request_swap`, on a thread of its own: a signal handler must not block or raise). A
+        config or bundle that cannot be used is one logged line; the running model stays."""
+        def work() -> None:
+            from alnett_edge.daemon.config import load_config
+
+            try:
+                bundle = Path(load_config(Path(config)).runtime.bundle)
+                current = Path(self.models[-1]["bundle"])
+                if bundle.resolve() == current.resolve():
+                    log.warning("SIGHUP: %s still names %s; nothing to change", config, bundle)
+                    return
+                self.request_swap(bundle)
+            except AlnettError as exc:
+                log.error("SIGHUP: the bundle was not changed: %s", exc)
+
+        thread = threading.Thread(target=work, name="reload", daemon=True)
+        thread.start()
+        return thread
+
+    def _apply_swap(self, next_frame: int) -> None:
+        """Switch to a bundle :meth:`request_swap` opened, before frame ``next_frame`` is processed."""
+        with self._swap_lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        path, rt = pending
+        if self.tracks is not None:  # tracks holding crops are decided by the model that watched them
+            self._decide_now([t for t in self.tracks.open if t.decision is None and t.candidates])
+        old = self.runtime
+        self.runtime, self.card, self.model_sha256 = rt, rt.card, rt.sha256()
+        self.by_model.setdefault(self.model_sha256, Aggregator.for_card(self.card))
+        self.models.append({"model_sha256": self.model_sha256, "bundle": str(path), "from_frame": next_frame,
+                            "at": time.time()})
+        old.close()
+        self._check_gate_confidence()
+        log.warning("now classifying with %s (%s)", path, rt.describe())
+
+    def _decide_now(self, tracks: list[Track]) -> None:
+        """Decide ``tracks`` with the running model outside a frame (a stop, a swap) and store their rows."""
+        rows, _, _, inferred = decide_tracks(tracks, self.runtime, self.cfg.quality, self.cfg.runtime.max_batch,
+                                             self.model_sha256)
+        self.inferences += inferred
+        if rows:
+            self.cells_processed += len(rows)
+            self._count(self.recorder.write(None, -1, rows))
 
     def _calibrate(self, frame: Frame | None) -> list[CellRecord]:
         """Hold the first frames until the pixel size is estimated from them, then process them."""
@@ -264,6 +336,8 @@ class Daemon:
         limit = self.card.appearance.get("max_distance", float("inf"))
         for r in stored:
             self.agg.add_record(r)
+            if r.model_sha256 in self.by_model:
+                self.by_model[r.model_sha256].add_record(r)
             d = r.appearance_distance
             self.unlike_training += d is not None and (d > limit or d < 0)
         self.agg.frames = self.recorder.db.frames
@@ -310,6 +384,8 @@ class Daemon:
                                     "max_distance": self.card.appearance.get("max_distance")},
             "target": {"cells": self.cfg.run.target_cells, "reached_at": self.target_reached_at}
             if self.cfg.run.target_cells else None,
+            "models": [{**m, "session": self.by_model[m["model_sha256"]].snapshot()} for m in self.models]
+            if len(self.models) > 1 else None,
         }  # fmt: skip
 
     def healthy(self) -> tuple[bool, str]:

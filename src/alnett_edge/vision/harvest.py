@@ -437,8 +437,8 @@ class Harvester:
         """The main pass over one session: detect -> track -> gate -> crop; each track's cell once."""
         canvas_px, trim_px = crop_scale(self.canvas_um, detector.um_per_px)
         card = self.runtime.card if self.runtime is not None else None
-        model_px = crop_scale(card.input.canvas_um, detector.um_per_px) if card is not None and card.input.canvas_um \
-            else None
+        # the bundle's own scale (a card without a canvas: zoomed to fit, as the daemon does)
+        model_px = crop_scale(card.input.canvas_um, detector.um_per_px) if card is not None else None
         stills = session.frames is not None and not self.opt.track
         tracking = dataclasses.replace(self.opt.tracking, stage_motion=False) if stills else self.opt.tracking
         book = TrackBook(tracking, detector.um_per_px)
