@@ -131,13 +131,19 @@ def binary_metrics(y_true: np.ndarray, prob_all: np.ndarray, threshold: float = 
     }
 
 
+def _grouped(keys: list[str | None]) -> dict[str, list[int]]:
+    """Item indices by key (a patient, a field); items without a key are left out."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        if k is not None:
+            groups[k].append(i)
+    return groups
+
+
 def patient_metrics(y_true: np.ndarray, prob_all: np.ndarray, patients: list[str | None],
                     threshold: float = 0.5) -> dict[str, object] | None:
     """Metrics over patients: a patient's score is the mean P(all) of its cells, its label the majority."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, p in enumerate(patients):
-        if p is not None:
-            groups[p].append(i)
+    groups = _grouped(patients)
     if not groups:
         return None
     y_true = np.asarray(y_true).astype(int)
@@ -161,10 +167,7 @@ def field_fractions(y_true: np.ndarray, prob_all: np.ndarray, fields: list[str |
     """Per field (cells grouped by ``fields``): its label (the majority of its cells' labels, which are
     the field's own where they are weak labels), its blast fraction (the share of its cells at
     P(blast) >= ``cell_threshold``) and its number of cells."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, f in enumerate(fields):
-        if f is not None:
-            groups[f].append(i)
+    groups = _grouped(fields)
     keys = sorted(groups)
     y, p = np.asarray(y_true).astype(int), np.asarray(prob_all, np.float64)
     labels = np.array([int(round(y[groups[k]].mean() + 1e-9)) for k in keys], int)

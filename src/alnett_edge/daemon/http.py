@@ -111,6 +111,9 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_handler(daemon: Daemon, token: str, preview: bool, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    def is_token(given: str) -> bool:
+        return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))  # any text, no TypeError
+
     class Handler(BaseHTTPRequestHandler):
         timeout = IO_TIMEOUT_S  # socket timeout for every read and write of this connection
 
@@ -122,7 +125,7 @@ def make_handler(daemon: Daemon, token: str, preview: bool, registry: CollectorR
             if not token:
                 return True
             given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip() or query.get("token", [""])[0]
-            return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))  # any text, no TypeError
+            return is_token(given)
 
         def _send(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)
@@ -157,8 +160,7 @@ def make_handler(daemon: Daemon, token: str, preview: bool, registry: CollectorR
             if not token:
                 return self._json(403, {"error": "changes need [http] token set in the daemon's config"})
             given = self.headers.get("Authorization", "")
-            if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode("utf-8", "replace"),
-                                                                          token.encode("utf-8")):
+            if not given.startswith("Bearer ") or not is_token(given[7:].strip()):
                 return self._json(401, {"error": "token required (Authorization: Bearer TOKEN)"})
             if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
                 return self._json(415, {"error": "send a JSON body: {\"bundle\": \"/path/to/bundle\"}"})

@@ -24,7 +24,7 @@ import cv2
 
 from alnett_edge.capture.base import Frame, SourceSettings, make_source
 from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
-from alnett_edge.daemon.config import DaemonConfig
+from alnett_edge.daemon.config import DaemonConfig, load_config
 from alnett_edge.daemon.sinks import CropSink, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.errors import AlnettError, ConfigError, DataError
 from alnett_edge.machine import inference_threads, isa_line
@@ -234,8 +234,6 @@ class Daemon:
         (:meth:`request_swap`, on a thread of its own: a signal handler must not block or raise). A
         config or bundle that cannot be used is one logged line; the running model stays."""
         def work() -> None:
-            from alnett_edge.daemon.config import load_config
-
             try:
                 bundle = Path(load_config(Path(config)).runtime.bundle)
                 current = Path(self.models[-1]["bundle"])

@@ -77,7 +77,7 @@ class Aggregator:
         self.positive, self.sensitivity, self.specificity = positive, sensitivity, specificity
         self._w = [0.0, 0.0, 0.0, 0]  # Σw over positive calls, Σw, Σw², cells: the ratio estimate
         self.field_rule = dict(field_rule or {})  # the card's field_decision: the session called from its cells
-        self._calls = [0, 0]  # cells the model classified (low-confidence ones too): blast calls, all
+        self._blast_calls = 0  # of the cells the model classified (_w[3], low-confidence ones too)
         self._lock = threading.Lock()
 
     @classmethod
@@ -108,8 +108,7 @@ class Aggregator:
             else:
                 self.abstained[reason or "?"] = self.abstained.get(reason or "?", 0) + 1
             if called is not None:
-                self._calls[0] += called == self.positive
-                self._calls[1] += 1
+                self._blast_calls += called == self.positive
                 w = self._w
                 w[0] += weight if called == self.positive else 0.0
                 w[1] += weight
@@ -130,5 +129,5 @@ class Aggregator:
                 "blast_ratio_ci95": [round(v, 4) for v in ci] if ci else None,
                 "cells_per_minute": round(classified / minutes, 2),
                 "blast_ratio_estimate": ratio_estimate(*self._w, self.sensitivity, self.specificity),
-                "decision": decide_field(self.field_rule, *self._calls),
+                "decision": decide_field(self.field_rule, self._blast_calls, self._w[3]),
             }  # fmt: skip

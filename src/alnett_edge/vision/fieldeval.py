@@ -32,11 +32,9 @@ from alnett_edge.vision.cells import QualityConfig
 from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.differential import Aggregator, wilson_interval
 from alnett_edge.vision.harvest import class_mapping, find_sessions, weak_label
-from alnett_edge.vision.optics import OpticsConfig, estimate_um_per_px
+from alnett_edge.vision.optics import OpticsConfig, calibration_sample, estimate_um_per_px
 from alnett_edge.vision.path import STAGES, classify_frame, detect_only
 from alnett_edge.vision.record import CellRecord
-
-CALIBRATION_FRAMES = 40
 
 
 @dataclass
@@ -60,8 +58,7 @@ def field_eval(runtime: Runtime | None, folder: str | Path, detector: DetectorCo
     um_per_px = optics.resolve()
     optics_report: dict[str, Any] = {"um_per_px": um_per_px, "source": "config"}
     if not um_per_px:
-        step = max(1, len(truths) // CALIBRATION_FRAMES)
-        cal = estimate_um_per_px((load_image(t.image, what="frame") for t in truths[::step]), optics.rbc_um)
+        cal = estimate_um_per_px((load_image(t.image, what="frame") for t in calibration_sample(truths)), optics.rbc_um)
         um_per_px = cal.um_per_px
         optics_report = {**cal.to_dict(), "source": f"estimated from {cal.frames} of the frames"}
     det, quality = CellDetector(detector or DetectorConfig(), um_per_px), quality or QualityConfig()
@@ -185,9 +182,9 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
         files = s.frames[:limit] if limit else s.frames
         um = optics.resolve()
         if not um:
-            step = max(1, len(files) // CALIBRATION_FRAMES)
             try:
-                um = estimate_um_per_px((load_image(p, what="frame") for p in files[::step]), optics.rbc_um).um_per_px
+                um = estimate_um_per_px((load_image(p, what="frame") for p in calibration_sample(files)),
+                                        optics.rbc_um).um_per_px
             except DataError as exc:
                 skipped.append(f"{s.name}: {exc}")
                 continue

@@ -47,7 +47,7 @@ from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.vision.cells import EDGE_TRIM_UM, QualityConfig, cell_image, crop_scale, gate
 from alnett_edge.vision.detector import CellDetector, Detection, DetectorConfig
-from alnett_edge.vision.optics import OpticsConfig, estimate_um_per_px
+from alnett_edge.vision.optics import CALIBRATION_FRAMES, OpticsConfig, estimate_um_per_px
 from alnett_edge.vision.path import classify_crops
 from alnett_edge.vision.tracking import Track, TrackBook, TrackingConfig
 
@@ -58,8 +58,6 @@ META_VERSION = 1
 #: the manifest's columns, in order; ``prob_<class>`` columns follow when a bundle classified the cells
 COLUMNS = ("filename", "label", "weak_label", "field_class", "patient_id", "cell_id", "session", "source", "frame",
            "x0", "y0", "x1", "y1", "um_per_px", "track", "sharpness", "model_sha256", "appearance_distance")
-#: frames of each session the pixel size is estimated from (evenly spaced; a stream's first ones)
-CALIBRATION_FRAMES = 40
 #: the canvas is this quantile of the sampled cells' extent (µm), times CANVAS_MARGIN, rounded up to 1 µm (the
 #: top percent is mostly masks that ran into red cells: on all-fields p95 26.7, p98 ~28, p99 31.9 µm)
 CANVAS_QUANTILE, CANVAS_MARGIN = 0.98, 1.1
@@ -336,7 +334,6 @@ class Harvester:
             report.already += 1
             return
         rel = Path("cells") / _slug(session.name) / f"{cid}.png"
-        (self.dataset / rel).parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(self.dataset / rel), cv2.cvtColor(best.crop, cv2.COLOR_RGB2BGR)):
             raise DataError(f"cannot write {self.dataset / rel}")
         weak = weak_label(session.field_class, self.mapping)
@@ -445,6 +442,7 @@ class Harvester:
         frames: dict[int, tuple[str, str]] = {}
         done: set[int] = set()  # tracks whose cell is decided: later frames of it are not looked at
         new_rows: list[dict[str, Any]] = []
+        (self.dataset / "cells" / _slug(session.name)).mkdir(parents=True, exist_ok=True)
         for index, name, key, rgb in self._frames(session, report):
             frames[index] = (name, key)
             report.frames += 1

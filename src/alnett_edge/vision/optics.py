@@ -31,13 +31,16 @@ alone varied by 10-19 %. Another species or an anaemic sample has red cells of a
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from alnett_edge.errors import ConfigError, DataError
+
+T = TypeVar("T")
 
 #: human red-cell diameter in µm (normal range 7.5-8)
 RBC_UM = 7.8
@@ -291,6 +294,15 @@ class Calibration:
                 "frames_without_cells": self.frames_without_cells, "rbc_um": self.rbc_um,
                 "um_per_px_ci95": [round(v, 5) for v in self.ci95],
                 "per_frame_rbc_px_p10_p90": [round(float(v), 2) for v in np.percentile(self.per_frame_px, [10, 90])]}
+
+
+#: frames the pixel size is estimated from when the optics are not given (field-eval, harvest)
+CALIBRATION_FRAMES = 40
+
+
+def calibration_sample(items: Sequence[T], n: int = CALIBRATION_FRAMES) -> Sequence[T]:
+    """Every ``len // n``-th item: the frames of a folder the pixel size is estimated from."""
+    return items[:: max(1, len(items) // n)]
 
 
 def estimate_um_per_px(frames: Iterable[np.ndarray], rbc_um: float = RBC_UM) -> Calibration:
