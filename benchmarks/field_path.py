@@ -1,5 +1,5 @@
 """Field-level ALL vs benign on held-out folds, plain and with the fields' colour shifted: the field path
-(cells harvested, classified, a field called from its blast fraction) against a whole-field classifier
+(cells harvested, classified, a field called from its cells' scores) against a whole-field classifier
 (issue 32's "no colour shortcut" target).
 
     .venv/bin/python benchmarks/field_path.py --fields ../shared/data/all-fields \\
@@ -14,8 +14,9 @@ groups of its ``fold_k/test/report.json``), each one shifted in colour as below,
 * the field path: the field's cells found, gated, cut and classified as the daemon does
   (:func:`alnett_edge.vision.path.classify_frame`, at the pixel size the harvest estimated for the
   field's folder on the unshifted frames, so only the colour changes), the field called ALL when the
-  share of its classified cells at P(blast) >= 0.5 is above the threshold the fold fitted on its
-  validation fields (its card's ``field_decision``); a field without a classified cell is undecided
+  field score of its classified cells is above the threshold the fold fitted on its
+  validation fields (its card's ``field_decision``, by the card's score: the mean log-odds of blast, or
+  the blast fraction on older cards); a field without a classified cell is undecided
   and counted as wrong (``accuracy_decided``: over the decided fields only);
 * the whole-field model: the field is the model's input, called ALL at P(all) >= 0.5.
 
@@ -42,7 +43,7 @@ import numpy as np
 from alnett_edge.capture.base import Frame
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.machine import isa_line
-from alnett_edge.metrics import FIELD_CELL_THRESHOLD, binary_metrics, roc_auc
+from alnett_edge.metrics import binary_metrics, cell_score, decide_field, roc_auc
 from alnett_edge.runtime.loader import open_runtime
 from alnett_edge.runtime.predict import classify_arrays
 from alnett_edge.vision.cells import QualityConfig
@@ -138,11 +139,11 @@ def cell_path(cv: Path, fields: Path, harvest_meta: dict, limit: int | None) -> 
                 for s in SHIFTS:
                     recs, _ = classify_frame(Frame(shift(rgb, s), 0.0, 0, name), det, quality, rt, 32, "")
                     probs = [r.prob_all for r in recs if r.prob_all is not None]
-                    frac = sum(p >= FIELD_CELL_THRESHOLD for p in probs) / len(probs) if probs else None
+                    call = decide_field(rule, float(np.sum(cell_score(np.array(probs), rule["score"]))), len(probs))
                     o = out[s]
                     o["y"].append(ALL_CLASSES[session])
-                    o["called"].append(None if frac is None else frac > float(rule["threshold"]))
-                    o["score"].append(-1.0 if frac is None else frac)
+                    o["called"].append(None if call is None else call["all"])
+                    o["score"].append(-1e9 if call is None else call["value"])
         print(f"cells fold {k}: {len(held)} held-out fields", file=sys.stderr)
     return {s: _score(v["y"], v["called"], v["score"]) for s, v in out.items()}
 

@@ -22,6 +22,40 @@ def require_shared(path: Path) -> Path:
     return path
 
 
+def wait_for(cond, timeout: float = 15.0) -> None:
+    """Poll ``cond()`` until it is true; an AssertionError after ``timeout`` seconds."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                 host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """One raw HTTP request to a local server (any Host header, any body); (status, body)."""
+    import http.client
+
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        con.request(method, path, body=body, headers={"Host": f"{host}:{port}", **(headers or {})})
+        r = con.getresponse()
+        return r.status, r.read()
+    finally:
+        con.close()
+
+
 def cli(*args):
     """Run the CLI in-process (typer's runner) with every argument as a string."""
     from typer.testing import CliRunner

@@ -187,7 +187,7 @@ def test_canvas_bounds(tmp_path, bad):
 # -- fine-tuning on a harvest, and fields decided from their cells -------------------------------------
 
 def test_field_threshold_and_decision():
-    from alnett_edge.metrics import decide_field, field_fractions, field_rule, fit_field_threshold
+    from alnett_edge.metrics import cell_score, decide_field, field_rule, field_scores, fit_field_threshold
 
     labels, fractions = np.array([0, 0, 0, 1, 1, 1]), np.array([0.0, 0.1, 0.3, 0.5, 0.8, 1.0])
     t = fit_field_threshold(labels, fractions)
@@ -195,9 +195,20 @@ def test_field_threshold_and_decision():
     assert fit_field_threshold(np.array([0, 1, 0, 1]), np.array([0.2, 0.2, 0.2, 0.9])) == pytest.approx(0.55)
     assert decide_field({}, 3, 4) is None and decide_field({"threshold": t}, 0, 0) is None
     assert decide_field({"threshold": t}, 3, 4)["all"] and not decide_field({"threshold": t}, 1, 4)["all"]
-    keys, lab, fr, n = field_fractions([1, 1, 0, 0, 0], [0.9, 0.2, 0.1, 0.6, 0.7], ["a", "a", "b", "b", "b"])
+    keys, lab, fr, n = field_scores([1, 1, 0, 0, 0], [0.9, 0.2, 0.1, 0.6, 0.7], ["a", "a", "b", "b", "b"],
+                                    "blast_fraction")
     assert keys == ["a", "b"] and lab.tolist() == [1, 0] and fr.tolist() == [0.5, pytest.approx(2 / 3)]
     assert n.tolist() == [2, 3]
+    # the mean log-odds keeps what the fraction throws away: two fields of one fraction, told apart
+    _, _, lo, _ = field_scores([1, 1, 1, 1], [0.51, 0.49, 0.99, 0.01], ["a", "a", "b", "b"])
+    _, _, fr2, _ = field_scores([1, 1, 1, 1], [0.51, 0.49, 0.99, 0.01], ["a", "a", "b", "b"], "blast_fraction")
+    assert fr2[0] == fr2[1] == 0.5 and lo[0] == pytest.approx(0.0, abs=1e-9) and lo[1] == pytest.approx(0.0, abs=1e-9)
+    _, _, lo, _ = field_scores([1, 1, 1, 1], [0.9, 0.6, 0.9, 0.4], ["a", "a", "b", "b"])
+    assert lo[0] > lo[1] > 0
+    assert cell_score(1.0) == pytest.approx(np.log(1e4), rel=1e-3)  # clipped: one saturated cell cannot outvote all
+    assert fit_field_threshold(np.array([0, 0, 1, 1]), np.array([-3.0, -1.0, 0.5, 2.0])) == pytest.approx(-0.25)
+    with pytest.raises(ValueError):
+        cell_score(0.5, "vote")
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +245,7 @@ def test_fine_tune_from_a_checkpoint_keeps_its_preprocessing(trained, smear_fiel
     head = before_model.head.weight.detach().numpy()
     assert not np.allclose(head, after_model.head.weight.detach().numpy())
     rule = after.field_decision  # fitted on the validation fields (grouped by field: auto)
-    assert rule["score"] == "blast_fraction" and 0 <= rule["threshold"] <= 1 and rule["fields"] >= 2, rule
+    assert rule["score"] == "mean_log_odds" and rule["fields"] >= 2, rule
     one_line_error(cli("train", "--data", ds, "--out", tmp_path / "x", "--freeze", 1), "--freeze")
     one_line_error(cli("train", "--data", ds, "--out", tmp_path / "x", "--init", result.best, "--freeze", 9), "clusters")
 
@@ -249,7 +260,7 @@ def test_fine_tune_from_a_checkpoint_keeps_its_preprocessing(trained, smear_fiel
     for f in rep["per_field"]:
         assert f["label"] == int(f["field"].startswith("all/"))
         if f["all"] is not None:
-            assert f["all"] == (f["blast_fraction"] > rep["threshold"])
+            assert f["all"] == (f["score"] > rep["threshold"])
     assert rep["accuracy"] is not None and "field decisions: 28 fields" in res.output
     one_line_error(cli("field-eval", result.best, smear_fields, "--fields", "--um-per-px", SMEAR_UM_PER_PX),
                    "no field decision")
@@ -265,10 +276,17 @@ def test_the_session_is_decided_by_the_cards_field_rule():
     for called in ("all", "hem", "hem", "hem"):
         agg.add(called, None, called)
     d = agg.snapshot()["decision"]
-    assert d == {"all": False, "blast_fraction": 0.25, "threshold": 0.3, "cells": 4}
+    assert d == {"all": False, "score": "blast_fraction", "value": 0.25, "threshold": 0.3, "cells": 4}
     agg.add(None, "low confidence", "all")  # classified, below the confidence to report: still a call
     assert agg.snapshot()["decision"]["all"] and agg.snapshot()["decision"]["cells"] == 5
     assert Aggregator.for_card(ModelCard("alnett-tiny", {})).snapshot()["decision"] is None
+    # a card with the mean log-odds rule: the cells' probabilities decide, not their calls alone
+    agg = Aggregator.for_card(ModelCard("alnett-tiny", {}, field_decision={"score": "mean_log_odds", "threshold": 0.0}))
+    for p in (0.9, 0.45, 0.45):  # one confident blast, two cells just under 0.5: ALL on the mean log-odds
+        agg.add("all" if p >= 0.5 else "hem", None, "all" if p >= 0.5 else "hem", 1.0, p)
+    d = agg.snapshot()["decision"]
+    assert d["all"] and d["score"] == "mean_log_odds" and d["value"] == pytest.approx(
+        (np.log(9) + 2 * np.log(0.45 / 0.55)) / 3, abs=1e-4)
 
 
 def test_an_unreadable_frame_is_skipped_and_named(tmp_path):
@@ -283,3 +301,51 @@ def test_an_unreadable_frame_is_skipped_and_named(tmp_path):
     rep = json.loads((tmp_path / "h.json").read_text())["sessions"][0]
     assert rep["frames"] == 2 and rep["unreadable"] == [str(frames / "broken.jpg")] and rep["written"] >= 2
     assert "1 unreadable frame(s) skipped" in res.stderr and "Traceback" not in res.output
+
+
+def test_mil_loss_pushes_only_an_all_fields_most_blast_like_cell():
+    import torch
+
+    from alnett_edge.train.loop import MILLoss
+
+    # cells 0-2: an ALL field (bag 0); 3-4: a benign field (bag 1); 5: a cell a person labelled all
+    logits = torch.tensor([[0.0, 2.0], [0.0, -1.0], [0.0, -3.0], [0.0, 1.0], [0.0, -2.0], [0.0, 0.5]],
+                          requires_grad=True)
+    target = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [1, -1]])
+    loss = MILLoss(positive=1, weight=None)(logits, target)
+    loss.backward()
+    g = logits.grad[:, 1]
+    assert g[0] < 0 and g[1] == 0 and g[2] == 0  # only the most blast-like cell of the ALL field is pushed
+    assert g[3] > 0 and g[4] > 0 and g[5] < 0  # every benign cell away from blast; a labelled cell as labelled
+    lsm = torch.log_softmax(logits.detach(), 1)
+    expected = -(3 * lsm[0, 1] + lsm[3, 0] + lsm[4, 0] + lsm[5, 1]) / 6  # the bag counted once per cell
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_bag_batches_keep_a_field_together():
+    import torch
+
+    from alnett_edge.train.dataset import BagBatchSampler
+
+    bags = np.array([0, 0, 0, 1, 1, -1, 2, 2, 2, 2, -1, 3])
+    batches = list(BagBatchSampler(bags, 5, torch.Generator().manual_seed(1)))
+    assert sorted(i for b in batches for i in b) == list(range(len(bags)))  # every cell once
+    for b in batches:
+        assert len(b) <= 5
+        for bag in set(bags[b].tolist()) - {-1}:
+            assert set(np.flatnonzero(bags == bag)) <= set(b)  # a field is never split
+
+
+def test_train_with_mil_on_weak_labels(smear_fields, tmp_path):
+    from alnett_edge.model.checkpoint import read_card
+
+    ds = tmp_path / "ds"
+    assert cli("harvest", smear_fields, "--out", ds, "--labels-from-folders", "--um-per-px", SMEAR_UM_PER_PX).exit_code == 0
+    res = cli("train", "--data", ds, "--out", tmp_path / "mil", "-m", "alnett-tiny", "--input-size", 48, "--epochs", 2,
+              "--workers", 0, "--val-fraction", 0.3, "--weak-labels", "mil")
+    assert res.exit_code == 0, res.output
+    card = read_card(tmp_path / "mil" / "best.safetensors")
+    assert card.training["config"]["weak_labels"] == "mil" and card.field_decision["score"] == "mean_log_odds"
+    one_line_error(cli("train", "--data", ds, "--out", tmp_path / "x", "--weak-labels", "guess"), "--weak-labels")
+    one_line_error(cli("train", "--data", ds, "--out", tmp_path / "x", "--weak-labels", "mil", "--balance", "sampler"),
+                   "whole fields")

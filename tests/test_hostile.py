@@ -203,9 +203,10 @@ def test_http_token_is_not_logged_and_any_text_token_is_just_wrong(caplog):
     server.start()
     base = f"http://127.0.0.1:{server.port}"
     try:
-        with caplog.at_level(logging.DEBUG, logger="alnett_edge.daemon.http"):
-            with urllib.request.urlopen(base + "/healthz?token=s3cret", timeout=5) as r:
-                assert r.status == 200
+        with caplog.at_level(logging.DEBUG, logger="alnett_edge.daemon.web"):
+            with pytest.raises(urllib.error.HTTPError) as err:  # a token in a URL is refused (and not logged)
+                urllib.request.urlopen(base + "/healthz?token=s3cret", timeout=5)
+            assert err.value.code == 401
         assert caplog.records and not any("s3cret" in r.getMessage() for r in caplog.records)
         req = urllib.request.Request(base + "/status", headers={"Authorization": "Bearer t\u00f6ken"})
         with pytest.raises(urllib.error.HTTPError) as err:  # latin-1 header, non-ASCII token: 401, no traceback
@@ -548,16 +549,17 @@ def test_archive_members_are_size_capped_and_truncation_is_reported(x86_bundle, 
 # -- 7. HTTP: idle connections time out, connections are bounded, a client that leaves is not a traceback --------
 
 def test_http_is_bounded_and_quiet(capfd, monkeypatch):
-    import alnett_edge.daemon.http as http_mod
+    import alnett_edge.daemon.web as web_mod
+    from alnett_edge.daemon.http import HttpServer
 
-    monkeypatch.setattr(http_mod, "IO_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(http_mod, "MAX_CONNECTIONS", 4)
-    server = http_mod.HttpServer(IdleDaemon(), "127.0.0.1", 0)
+    monkeypatch.setattr(web_mod, "IO_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(web_mod, "MAX_CONNECTIONS", 4)
+    server = HttpServer(IdleDaemon(), "127.0.0.1", 0)
     server.start()
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]  # say nothing
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
-            extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            extra.sendall(b"GET /status HTTP/1.0\r\n\r\n")
             assert extra.recv(100).startswith(b"HTTP/1.0 503")  # the pool is full: refused at once
         time.sleep(1.5)  # the idle ones time out and free their slots
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
@@ -658,3 +660,190 @@ def test_native_decoder_lines_stay_out_of_the_output(x86_bundle, tmp_path):
                                  capture_output=True, text=True, timeout=120)
     assert unreachable.returncode == 2 and unreachable.stderr.strip().startswith("error: cannot open url:"), unreachable.stderr
     assert "\n" not in unreachable.stderr.strip()
+
+
+# -- issue 36: the last probes of the earlier surfaces -------------------------------------------------------
+
+def test_a_config_section_that_is_a_value_is_one_line():
+    from alnett_edge.daemon.config import build_config
+
+    for section in ("source", "quality", "http"):
+        with pytest.raises(ConfigError, match=f"\\[{section}\\] must be a table"):
+            build_config({section: 5}, {"source": {"spec": "synthetic:1"}, "runtime": {"bundle": "b"}})
+
+
+@pytest.mark.parametrize("section,key,value,needle", [
+    ("optics", "um_per_px", 1e-30, "not a microscope's"), ("optics", "um_per_px", 80.0, "not a microscope's"),
+    ("source", "queue", 10**12, "queue must be 1..256")])
+def test_impossible_pixel_sizes_and_queues_are_refused(section, key, value, needle):
+    from alnett_edge.daemon.config import build_config
+
+    over = {"source": {"spec": "synthetic:1"}, "runtime": {"bundle": "b"}}
+    over.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=needle):
+        build_config({}, over).optics.resolve()
+
+
+def test_a_jsonl_copy_on_a_full_disk_is_one_line_and_leaves_no_empty_file(x86_bundle, tmp_path, caplog):
+    import logging
+
+    from alnett_edge.daemon.sinks import JsonlSink
+
+    with pytest.raises(ConfigError, match="No space left on device"):  # /dev/full: every write fails with ENOSPC
+        JsonlSink("/dev/full").open({"started": 0})
+    one_line_error(cli("daemon", "--bundle", x86_bundle["bundle"], "--source", "synthetic:1", "--max-frames", 3,
+                       "--port", 0, "--db", tmp_path / "d.db", "--jsonl", "/dev/full"), "No space left on device")
+    # a JSONL file deleted mid-run is started again, and the warning says the lines before it are gone
+    sink = JsonlSink(tmp_path / "c.jsonl")
+    sink.open({"started": 0})
+    (tmp_path / "c.jsonl").unlink()
+    with caplog.at_level(logging.WARNING, logger="alnett_edge.daemon.sinks"):
+        sink.close({"cells": 0})
+    assert (tmp_path / "c.jsonl").read_text().count("\n") == 1
+    assert any("lines written before are not in the new file" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("line,needle", [("0 nan 0.5 0.1 0.1", "not a finite number"),
+                                         ("0 0.5 inf 0.1 0.1", "not a finite number"),
+                                         ("0 1e308 0.5 0.1 0.1", "not a finite number"),  # x w: inf
+                                         ("0 0.5 0.5 -0.1 0.1", "inverted or empty"),
+                                         ("0 -0.5 0.5 0.2 0.2", "outside"),
+                                         ("0 0.5 0.5 3.0 3.0", "outside")])
+def test_impossible_truth_boxes_are_refused_not_scored(tmp_path, line, needle):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "f.jpg"), np.full((100, 120, 3), 200, np.uint8))
+    (tmp_path / "labels" / "f.txt").write_text(line + "\n")
+    one_line_error(cli("field-eval", "--frames", tmp_path, "--um-per-px", 0.1), needle)
+
+
+def _report_db(tmp_path: Path, summary: str, label: str = "all", rename: str | None = None) -> Path:
+    import sqlite3
+
+    from alnett_edge.daemon.sinks import SCHEMA
+
+    db = tmp_path / "r.db"
+    db.unlink(missing_ok=True)
+    con = sqlite3.connect(db)
+    con.executescript(SCHEMA)
+    con.execute("INSERT INTO sessions (started, source, model_sha256, summary) VALUES (0, 's', 'x', ?)", (summary,))
+    con.execute("INSERT INTO cells (session_id, time, frame_index, label, model_sha256) VALUES (1, 0, 0, ?, 'x')", (label,))
+    if rename:
+        con.execute(f"ALTER TABLE cells RENAME COLUMN {rename} TO {rename}_v2")
+    con.commit()
+    con.close()
+    return db
+
+
+def test_report_refuses_databases_it_cannot_read_truly(tmp_path):
+    good = json.dumps({"session": {"positive_class": "all", "labels": {"hem": 0, "all": 1}}})
+    assert cli("report", _report_db(tmp_path, good), "--out", tmp_path / "ok").exit_code == 0
+    one_line_error(cli("report", _report_db(tmp_path, good, rename="label"), "--out", tmp_path / "a"), "no column label")
+    one_line_error(cli("report", _report_db(tmp_path, "{not json"), "--out", tmp_path / "b"), "summary is not the JSON")
+    one_line_error(cli("report", _report_db(tmp_path, good, label="blast?"), "--out", tmp_path / "c"),
+                   "'blast?'", "does not have")
+
+
+def test_truncated_images_print_only_our_line(x86_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    ok = tmp_path / "ok.bmp"
+    cv2.imwrite(str(ok), np.full((64, 64, 3), 120, np.uint8))
+    data = ok.read_bytes()
+    (tmp_path / "trunc.bmp").write_bytes(data[: len(data) // 3])
+    (tmp_path / "header.bmp").write_bytes(data[:54])
+    for name in ("trunc.bmp", "header.bmp"):
+        proc = subprocess.run([sys.executable, "-m", "alnett_edge", "predict", str(x86_bundle["bundle"]),
+                               str(tmp_path / name)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and proc.stderr.strip().startswith("error: cannot decode"), proc.stderr
+        assert "\n" not in proc.stderr.strip() and "[ERROR" not in proc.stderr, proc.stderr
+
+
+def test_export_checks_its_inputs_before_writing_anything(trained, tmp_path):
+    _, result = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for gate in (empty, tmp_path / "missing"):
+        res = cli("export", result.best, "--target", "x86-cpu", "--precision", "fp32", "--out", tmp_path / "b",
+                  "--gate-images", gate)
+        one_line_error(res)
+        assert not (tmp_path / "b.partial").exists() and not (tmp_path / "b").exists()
+    (tmp_path / "c.tar.gz").mkdir()
+    one_line_error(cli("export", result.best, "--target", "x86-cpu", "--precision", "fp32", "--out", tmp_path / "c",
+                       "--archive"), "c.tar.gz", "folder")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
+
+
+def test_an_archive_member_the_manifest_does_not_list_is_never_extracted(x86_bundle, tmp_path):
+    import io
+    import tarfile
+
+    archive = tmp_path / "x86.tar.gz"
+    with tarfile.open(Path(x86_bundle["bundle"]).with_name("x86.tar.gz")) as src, tarfile.open(archive, "w:gz") as dst:
+        for m in src.getmembers():
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        extra = tarfile.TarInfo("x86/payload.bin")
+        extra.size = 1 << 20
+        dst.addfile(extra, io.BytesIO(b"\0" * extra.size))
+    with pytest.raises(BundleError, match="'payload.bin' is not listed"):
+        extract_archive(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.extracting").exists()
+
+
+def test_a_file_that_opens_but_gives_no_frame_is_one_line(x86_bundle, tmp_path):
+    from alnett_edge.data.synth import write_smear_video
+
+    write_smear_video(tmp_path / "v.avi", 5, seed=1)
+    data = (tmp_path / "v.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:4096])  # the header and no whole frame
+    one_line_error(cli("daemon", "--bundle", x86_bundle["bundle"], "--source", f"video:{tmp_path / 'cut.avi'}",
+                       "--port", 0, "--db", tmp_path / "d.db"), "cut.avi")
+
+
+def test_a_file_waits_for_the_pipeline_a_camera_stand_in_does_not(x86_bundle, tmp_path):
+    from alnett_edge.data.synth import SMEAR_UM_PER_PX, write_smear_video
+
+    write_smear_video(tmp_path / "v.avi", 60, seed=2)
+    out = tmp_path / "s.json"
+    res = cli("daemon", "--bundle", x86_bundle["bundle"], "--source", f"video:{tmp_path / 'v.avi'}", "--no-loop",
+              "--port", 0, "--db", tmp_path / "d.db", "--queue", 2, "--summary-json", out)
+    assert res.exit_code == 0, res.output
+    s = json.loads(out.read_text())
+    assert s["frames_processed"] == 60 and s["frames_dropped"] == 0 and "back-pressure" in s["capture"]["delivery"]
+    q = FrameQueue(2)  # a camera stand-in (no wait): the oldest is dropped and counted
+    for i in range(5):
+        q.put(i)
+    assert q.dropped == 3 and [q.get(0), q.get(0)] == [3, 4]
+    assert SMEAR_UM_PER_PX > 0
+
+
+def test_healthz_is_answered_when_every_connection_is_held(monkeypatch):
+    import alnett_edge.daemon.web as web_mod
+    from alnett_edge.daemon.http import HttpServer
+
+    monkeypatch.setattr(web_mod, "MAX_CONNECTIONS", 4)
+    server = HttpServer(IdleDaemon(), "127.0.0.1", 0)
+    server.start()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]  # half-open: say nothing
+    try:
+        time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
+            body = json.loads(r.read())
+        assert r.status == 200 and body["ok"] and "busy" in body["reason"]
+        with pytest.raises(urllib.error.HTTPError) as err:  # anything else: busy
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/status", timeout=5)
+        assert err.value.code == 503
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
+
+
+def test_a_failing_database_stops_the_daemon_in_bounded_time_too(tmp_path):
+    from alnett_edge.daemon.sinks import Recorder, SqliteSink
+
+    rec = Recorder(SqliteSink(tmp_path / "d.db"), [], max_pending_cells=10_000, max_pending_s=0.2)
+    assert not rec.over_limit
+    rec.failing_since = time.time() - 0.5  # what a failed write sets (see test_disk_full_stops_cleanly...)
+    assert rec.over_limit and rec.pending_cells == 0

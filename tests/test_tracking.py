@@ -104,7 +104,7 @@ def _daemon(bundle, video, tmp_path, name, tracking):
     from alnett_edge.daemon.service import Daemon
 
     cfg = build_config({}, {
-        "source": {"spec": f"video:{video}", "fps": 0.0, "loop": False, "queue": 10_000},
+        "source": {"spec": f"video:{video}", "fps": 0.0, "loop": False},
         "runtime": {"bundle": str(bundle)}, "optics": {"um_per_px": SMEAR_UM_PER_PX}, "tracking": tracking,
         "quality": CLASSIFY_ALL,
         "sinks": {"db": str(tmp_path / f"{name}.db"), "jsonl": str(tmp_path / f"{name}.jsonl")}, "http": {"port": 0}})
@@ -291,7 +291,7 @@ def test_report_of_a_session_with_crops_is_self_contained(x86_bundle, tmp_path):
     video = tmp_path / "still.avi"
     _still_video(video, fields=3, hold=5)
     cfg = build_config({}, {
-        "source": {"spec": f"video:{video}", "fps": 0.0, "queue": 1000}, "runtime": {"bundle": str(x86_bundle["bundle"])},
+        "source": {"spec": f"video:{video}", "fps": 0.0}, "runtime": {"bundle": str(x86_bundle["bundle"])},
         "optics": {"um_per_px": SMEAR_UM_PER_PX}, "quality": CLASSIFY_ALL,
         "sinks": {"db": str(tmp_path / "s.db"), "crops": str(tmp_path / "crops")},
         "http": {"port": 0}})

@@ -193,6 +193,12 @@ def _extract(archive: Path, tar: tarfile.TarFile, dest: Path) -> Path:
     tops = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
     if len(tops) != 1:
         raise BundleError(f"{archive}: expected one top-level bundle folder, found {sorted(tops)}")
+    listed = _listed(archive, tar, members)
+    for m in members:  # the caps hold for every member; only what the manifest lists is extracted at all
+        rel = Path(*Path(m.name).parts[1:]).as_posix()
+        if m.isfile() and rel != MANIFEST and rel not in listed:
+            raise BundleError(f"{archive}: {rel!r} is not listed in the bundle's manifest; refused before extraction "
+                              "(tampered?)")
     if dest.exists():
         if _same_bundle(tar, members, dest):
             return dest  # extracted before: load_bundle verifies every hash again
@@ -222,6 +228,23 @@ def _extract(archive: Path, tar: tarfile.TarFile, dest: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # a half-extracted bundle is never left behind
     return dest
+
+
+def _listed(archive: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo]) -> set[str]:
+    """The files the archive's manifest lists (read from the archive, before anything is extracted)."""
+    entry = next((m for m in members if m.isfile() and Path(m.name).parts[1:] == (MANIFEST,)), None)
+    if entry is None:
+        raise BundleError(f"{archive}: no {MANIFEST} in the bundle folder")
+    if entry.size > 16 << 20:
+        raise BundleError(f"{archive}: its {MANIFEST} is {entry.size >> 20} MiB, not a bundle manifest")
+    src = tar.extractfile(entry)
+    try:
+        files = json.loads(src.read().decode("utf-8")).get("files") if src is not None else None
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        files = None
+    if not isinstance(files, dict):
+        raise BundleError(f"{archive}: its {MANIFEST} is not a bundle manifest (no files listed)")
+    return {str(k) for k in files}
 
 
 def _same_bundle(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path) -> bool:

@@ -117,8 +117,9 @@ class ModelCard:
     #: What the training cells look like (``data/appearance.py``: mean/covariance of their colour and
     #: size, the largest distance allowed); the daemon abstains crops farther away. Empty: no check.
     appearance: dict[str, Any] = field(default_factory=dict)
-    #: How a field or a slide is called from its cells (``metrics.field_rule``: the blast fraction and the
-    #: threshold fitted on training fields); set when the model was trained on fields labelled per field.
+    #: How a field or a slide is called from its cells (``metrics.field_rule``: the score, the mean log-odds
+    #: of blast or the blast fraction, and the threshold fitted on validation fields); set when the model was
+    #: trained on fields labelled per field.
     field_decision: dict[str, Any] = field(default_factory=dict)
     schema: int = CARD_SCHEMA
 

@@ -158,55 +158,78 @@ def patient_metrics(y_true: np.ndarray, prob_all: np.ndarray, patients: list[str
 
 # -- fields: a field (or a slide) decided from its cells ---------------------------------------------------
 
-#: a cell counts as a blast in its field's score when its P(blast) is at least this
+#: a cell counts as a blast in a field's blast fraction when its P(blast) is at least this
 FIELD_CELL_THRESHOLD = 0.5
+#: P(blast) is clipped to [LOG_ODDS_CLIP, 1 - LOG_ODDS_CLIP] before its log-odds are taken (|log-odds| <= 9.2):
+#: one saturated cell must not outvote the rest of its field
+LOG_ODDS_CLIP = 1e-4
+#: how a field is scored from its cells' P(blast): the mean of a per-cell value (:func:`cell_score`).
+#: ``mean_log_odds`` keeps each cell's confidence; ``blast_fraction`` (the share of cells at P >= 0.5,
+#: older cards) throws it away: on the all-fields cross-validation its held-out field AUC was 0.963
+#: against 0.995 for the mean log-odds of the same cells (README, "Your microscope").
+FIELD_SCORES = ("mean_log_odds", "blast_fraction")
+FIELD_SCORE = "mean_log_odds"
 
 
-def field_fractions(y_true: np.ndarray, prob_all: np.ndarray, fields: list[str | None],
-                    cell_threshold: float = FIELD_CELL_THRESHOLD) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def cell_score(prob_all: float | np.ndarray, score: str = FIELD_SCORE) -> float | np.ndarray:
+    """A cell's share of its field's score: its clipped log-odds of blast, or 1/0 (blast call or not)."""
+    p = np.asarray(prob_all, dtype=np.float64)
+    if score == "blast_fraction":
+        out = (p >= FIELD_CELL_THRESHOLD).astype(np.float64)
+    elif score == "mean_log_odds":
+        p = np.clip(p, LOG_ODDS_CLIP, 1 - LOG_ODDS_CLIP)
+        out = np.log(p) - np.log1p(-p)
+    else:
+        raise ValueError(f"unknown field score {score!r} (one of {', '.join(FIELD_SCORES)})")
+    return float(out) if out.ndim == 0 else out
+
+
+def field_scores(y_true: np.ndarray, prob_all: np.ndarray, fields: list[str | None],
+                 score: str = FIELD_SCORE) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Per field (cells grouped by ``fields``): its label (the majority of its cells' labels, which are
-    the field's own where they are weak labels), its blast fraction (the share of its cells at
-    P(blast) >= ``cell_threshold``) and its number of cells."""
+    the field's own where they are weak labels), its score (the mean :func:`cell_score` of its cells)
+    and its number of cells."""
     groups = _grouped(fields)
     keys = sorted(groups)
-    y, p = np.asarray(y_true).astype(int), np.asarray(prob_all, np.float64)
+    y, c = np.asarray(y_true).astype(int), np.asarray(cell_score(np.asarray(prob_all), score))
     labels = np.array([int(round(y[groups[k]].mean() + 1e-9)) for k in keys], int)
-    fractions = np.array([(p[groups[k]] >= cell_threshold).mean() for k in keys])
-    return keys, labels, fractions, np.array([len(groups[k]) for k in keys], int)
+    scores = np.array([c[groups[k]].mean() for k in keys])
+    return keys, labels, scores, np.array([len(groups[k]) for k in keys], int)
 
 
-def fit_field_threshold(labels: np.ndarray, fractions: np.ndarray) -> float:
-    """The blast fraction above which a field is called ALL: the cut with the highest balanced
-    accuracy on these (training) fields, halfway between two observed fractions; the lower of equals."""
-    labels, fractions = np.asarray(labels).astype(int), np.asarray(fractions, np.float64)
-    values = np.unique(fractions)
+def fit_field_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The field score above which a field is called ALL: the cut with the highest balanced accuracy
+    on these (training) fields, halfway between two observed scores; the lower of equals."""
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, np.float64)
+    values = np.unique(scores)
     cuts = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
     best, best_ba = 0.5, -1.0
     for c in cuts:
-        pred = fractions > c
+        pred = scores > c
         sens = pred[labels == 1].mean() if (labels == 1).any() else 0.0
         spec = (~pred[labels == 0]).mean() if (labels == 0).any() else 0.0
         if (sens + spec) / 2 > best_ba + 1e-12:
             best, best_ba = float(c), (sens + spec) / 2
-    return round(min(max(best, 0.0), 1.0), 6)
+    return round(best, 6)
 
 
-def field_rule(labels: np.ndarray, fractions: np.ndarray, fitted_on: str) -> dict[str, object]:
-    """The card's ``field_decision``: the threshold fitted on these fields and how it scored there."""
-    t = fit_field_threshold(labels, fractions)
-    m = binary_metrics(labels, np.asarray(fractions) > t, 0.5)
-    return {"score": "blast_fraction", "cell_threshold": FIELD_CELL_THRESHOLD, "threshold": t, "fitted_on": fitted_on,
-            "fields": int(len(labels)), "accuracy": m["accuracy"], "auc": roc_auc(labels, fractions)}
+def field_rule(labels: np.ndarray, scores: np.ndarray, fitted_on: str, score: str = FIELD_SCORE) -> dict[str, object]:
+    """The card's ``field_decision``: the score, the threshold fitted on these fields and how it scored there."""
+    t = fit_field_threshold(labels, scores)
+    m = binary_metrics(labels, np.asarray(scores) > t, 0.5)
+    return {"score": score, "cell_threshold": FIELD_CELL_THRESHOLD, "threshold": t, "fitted_on": fitted_on,
+            "fields": int(len(labels)), "accuracy": m["accuracy"], "auc": roc_auc(labels, scores)}
 
 
-def decide_field(rule: dict[str, object], blasts: int, cells: int) -> dict[str, object] | None:
-    """A field's or a session's call under the card's rule: ALL when its blast fraction is above the
-    threshold; None without a rule, or with no classified cell (nothing to decide from)."""
+def decide_field(rule: dict[str, object], total: float, cells: int) -> dict[str, object] | None:
+    """A field's or a session's call under the card's rule from the sum of its cells' :func:`cell_score`
+    under the rule's score (for a blast fraction: the number of blast calls): ALL when the mean is above
+    the threshold; None without a rule, or with no classified cell (nothing to decide from)."""
     if not rule or cells <= 0:
         return None
-    fraction = blasts / cells
-    return {"all": bool(fraction > float(rule["threshold"])), "blast_fraction": round(fraction, 4),  # type: ignore[arg-type]
-            "threshold": rule["threshold"], "cells": cells}
+    value = total / cells
+    return {"all": bool(value > float(rule["threshold"])), "score": str(rule.get("score", "blast_fraction")),  # type: ignore[arg-type]
+            "value": round(value, 4), "threshold": rule["threshold"], "cells": cells}
 
 
 # -- calibration: are the probabilities what they claim? ------------------------------------------------

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class FrameQueue:
-    """Bounded FIFO that drops the oldest frame when full; :meth:`close` ends it."""
+    """Bounded FIFO: a camera's frame drops the oldest when it is full (a camera cannot wait); a file's
+    waits for room (``put(frame, wait=stop_event)``: back-pressure, no drop). :meth:`close` ends it."""
 
     def __init__(self, maxsize: int = 8) -> None:
         self.maxsize = max(1, maxsize)
@@ -32,20 +33,28 @@ class FrameQueue:
         self.dropped = 0
         self.closed = False
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: Frame, wait: threading.Event | None = None) -> None:
+        """Queue ``frame``; when full, drop the oldest, or with ``wait`` block until there is room (or the
+        event is set, or the queue is closed: then the frame is dropped and counted)."""
         with self._cond:
+            while wait is not None and len(self._items) >= self.maxsize and not self.closed and not wait.is_set():
+                self._cond.wait(0.1)
             if len(self._items) >= self.maxsize:
                 self._items.popleft()
                 self.dropped += 1
             self._items.append(frame)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> Frame | None:
         """The oldest queued frame; None when closed and empty, or after ``timeout`` seconds."""
         with self._cond:
             if not self._items and not self.closed:
                 self._cond.wait(timeout)
-            return self._items.popleft() if self._items else None
+            if not self._items:
+                return None
+            frame = self._items.popleft()
+            self._cond.notify_all()  # a file waiting for room
+            return frame
 
     def close(self) -> None:
         with self._cond:
@@ -79,6 +88,17 @@ class CaptureThread(threading.Thread):
         self.stats = CaptureStats()
         self.stop_event = threading.Event()
         self._opened = False
+        # a file, a folder or a generator not paced at a camera's fps waits for the pipeline (no drop);
+        # a camera, or a file replayed at --fps as a camera stand-in, drops the oldest frame when behind
+        self.waits = bool(source.paced and not source.settings.fps)
+
+    @property
+    def delivery(self) -> str:
+        if self.waits:
+            return "back-pressure (a file or folder waits for the pipeline: no frame dropped)"
+        if self.source.paced:
+            return f"paced at {self.source.settings.fps:g} fps (a camera stand-in: the oldest frame is dropped when behind)"
+        return "live (a camera cannot wait: the oldest frame is dropped when behind)"
 
     def open_now(self) -> None:
         """Open once, synchronously: an unopenable source at start-up is an error, not a retry loop."""
@@ -150,7 +170,8 @@ class CaptureThread(threading.Thread):
                         self.stop_event.wait(0.005)
                     continue
                 meta = {"objects": list(getattr(self.source, "last_objects", []))} if hasattr(self.source, "last_objects") else {}
-                self.queue.put(Frame(rgb, wall0, stats.frames, self.source.source_id, meta))
+                self.queue.put(Frame(rgb, wall0, stats.frames, self.source.source_id, meta),
+                               self.stop_event if self.waits else None)
                 stats.frames += 1
                 stats.last_frame_time = time.time()
                 if self.on_capture:

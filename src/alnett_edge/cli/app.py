@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
 # OpenCV's own warnings and FFmpeg's decoder/network lines ("[mjpeg @ 0x..] bad vlc", "[tcp @ ..]"):
 # a bad frame or an unreachable camera is reported once, by alnett-edge, in its own words
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # its decode errors too: ours say it in one line
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 # torch's own log handler (onnx exporter registrations, pytree deprecations): errors only.
 os.environ.setdefault("TORCH_LOGS", "-all")
@@ -139,8 +139,8 @@ def _register() -> None:
         load_plugins()
     except AlnettError:
         pass
-    from alnett_edge.cli import (compress, daemon, data, demo, devices, evaluate, export, harvest, model, optics, runtime,
-                                 train)
+    from alnett_edge.cli import (compress, daemon, data, demo, devices, evaluate, export, harvest, label, model, optics,
+                                 runtime, train)
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
@@ -152,6 +152,7 @@ def _register() -> None:
     runtime.register(app)
     daemon.register(app)
     harvest.register(app)
+    label.register(app)
     app.add_typer(optics.app, name="optics")
     demo.register(app)
 

@@ -25,10 +25,11 @@ def stage_table(summary: dict) -> Table:
              f"CI95 {s['blast_ratio_ci95']}, reconnects {summary['capture']['reconnects']}"
              + (f"\nblast ratio estimate {est['value']} CI95 {est['ci95']} (edge- and error-corrected, "
                 f"{est['cells']} cells)" if est else "")
-             + (f"\nslide decision: {'ALL' if dec['all'] else 'benign'} (blast fraction {dec['blast_fraction']} "
+             + (f"\nslide decision: {'ALL' if dec['all'] else 'benign'} ({dec['score'].replace('_', ' ')} {dec['value']} "
                 f"{'>' if dec['all'] else '<='} the card's {dec['threshold']}, {dec['cells']} cells)" if dec else "")
              + (f"\nmodels: {len(summary['models'])} (bundle swapped {len(summary['models']) - 1} times)"
                 if summary.get("models") else "")
+             + (f"\nframes: {summary['capture']['delivery']}" if summary["capture"].get("delivery") else "")
              + (f"\n{summary['machine']}" if summary.get("machine") else ""))
     table = Table(title=title, title_justify="left")
     for c in ("stage", "n", "mean ms", "p50 ms", "p95 ms", "p99 ms", "max ms"):

@@ -59,6 +59,9 @@ def register(app: typer.Typer) -> None:
                                   "measured again on --data."),
         freeze: int = typer.Option(0, "--freeze", help="With --init: keep the stem and the first N clusters' weights "
                                    "(their batch-norm statistics still adapt to the new cells)."),
+        weak_labels: str = typer.Option("naive", "--weak-labels", help="Cells labelled only by their field (a "
+                                        "harvest's weak labels): naive (each takes its field's label) or mil "
+                                        "(multiple-instance: a benign field has no blasts, an ALL field at least one)."),
         ensemble: bool = typer.Option(False, "--ensemble", help="With --folds: also write OUT/ensemble.safetensors, "
                                       "the fold models as one model (K times the compute at run time)."),
     ) -> None:
@@ -78,7 +81,7 @@ def register(app: typer.Typer) -> None:
             balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, stain=stain, canvas_um=canvas_um,
             workers=workers, device=device, seed=seed, resume=resume, stop_after=stop_after,
             select=select, ema_epochs=ema_epochs, label_smoothing=label_smoothing, tta=tta,
-            init=str(init) if init else None, freeze=freeze,
+            init=str(init) if init else None, freeze=freeze, weak_labels=weak_labels,
         )
         if ensemble and not folds:
             raise ConfigError("--ensemble averages cross-validation fold models: give --folds K too")
@@ -101,8 +104,9 @@ def register(app: typer.Typer) -> None:
             if rep.get("fields"):
                 f = rep["fields"]
                 auc = "n/a" if f["auc"] is None else f"{f['auc']:.3f}"
+                score = ", ".join(f.get("score") or ["blast_fraction"])
                 typer.echo(f"held-out fields: {f['fields']}, accuracy {f['accuracy']:.3f}, sensitivity "
-                           f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}, AUC {auc} (blast fraction)")
+                           f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}, AUC {auc} ({score})")
             typer.echo(f"report: {out / 'cv_report.md'} (and cv_report.json, cv_roc.png); {rep['seconds']:.0f} s")
             if ensemble:
                 typer.echo(ensemble_line(rep["ensemble"]))

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from alnett_edge.errors import DEBUG_ENV, AlnettError
 
+# as the CLI: OpenCV's and FFmpeg's own lines off (the daemon reports a bad frame or camera itself)
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 log = logging.getLogger("alnett_edge.daemon")
 
 

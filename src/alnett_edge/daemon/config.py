@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ from alnett_edge.vision.optics import OpticsConfig
 from alnett_edge.vision.tracking import TrackingConfig
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: the most frames the capture queue may hold (memory: a 2592x1944 frame is 15 MB)
+MAX_QUEUE = 256
 
 
 @dataclass
@@ -96,6 +99,7 @@ class SinkConfig:
     snapshot_every: int = 100
     snapshot_min_interval_s: float = 1.0  # at most one blast snapshot per interval
     max_pending_cells: int = 10000  # rows held in memory while the database cannot be written; then stop
+    max_pending_s: float = 300.0  # and at most this long (10,000 cells at 30 fps with 3 cells a frame: ~110 s)
 
 
 @dataclass
@@ -104,6 +108,9 @@ class HttpConfig:
     port: int = 8080  # 0 = no HTTP server
     token: str = ""
     preview: bool = False  # /preview.mjpg of annotated frames
+    read_only: bool = False  # a screen in the corridor: the page and the API answer, nothing can be changed
+    label_dataset: str = ""  # a harvest labelled on the device page (/label), and where "wrong" cells go
+    labeller: str = "device"  # the name the device page's labels are saved under (DATASET/labels/NAME.csv)
 
 
 @dataclass
@@ -113,6 +120,7 @@ class RunConfig:
     target_cells: int = 0  # a differential of N decided cells: say so when reached (log, /status, on_target)
     on_target: str = ""  # a command run once when the target is reached (a beep, an LED); no shell
     stop_at_target: bool = False  # stop the session when the target is reached
+    session_name: str = ""  # the slide's name in the database (the device page starts named sessions too)
 
 
 @dataclass
@@ -146,14 +154,17 @@ class DaemonConfig:
             raise ConfigError("no bundle: pass --bundle or set [runtime] bundle in the config")
         if not self.source.spec:
             raise ConfigError("no source: pass --source or set [source] spec in the config")
-        if self.source.queue < 1 or self.runtime.max_batch < 0:
-            raise ConfigError("[source] queue must be >= 1 and [runtime] max_batch >= 0")
+        if not 1 <= self.source.queue <= MAX_QUEUE or self.runtime.max_batch < 0:
+            raise ConfigError(f"[source] queue must be 1..{MAX_QUEUE} frames (each a whole frame in memory: 0.9 MB at "
+                              f"640x480, 15 MB at 2592x1944) and [runtime] max_batch >= 0")
         if self.source.stall_timeout <= 0 or self.source.backoff_min <= 0 or self.source.backoff_max < self.source.backoff_min:
             raise ConfigError("[source] stall_timeout and backoff_min must be > 0 and backoff_max >= backoff_min")
         if not 0 <= self.http.port <= 65535:
             raise ConfigError(f"[http] port must be 0..65535, got {self.http.port}")
         if self.http.port and self.http.host not in LOCAL_HOSTS and not self.http.token:
             raise ConfigError(f"binding HTTP to {self.http.host} (not localhost) needs a token: --http-token or [http] token")
+        if self.http.label_dataset and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", self.http.labeller):
+            raise ConfigError(f"[http] labeller {self.http.labeller!r}: 1 to 40 letters, digits, '.', '_' or '-'")
         if self.run.on_target and not self.run.target_cells:
             raise ConfigError("[run] on_target needs target_cells (--target-cells N)")
         if self.quality.out_of_distribution not in ("abstain", "record", "off"):
@@ -187,7 +198,10 @@ def build_config(data: dict[str, Any], overrides: dict[str, dict[str, Any]] | No
     unknown = sorted(set(data) - sections)
     if unknown:
         raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; sections: {', '.join(sorted(sections))}")
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for name, values in data.items():  # `source = 5` is a value where a [source] table belongs
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table of settings, got {type(values).__name__} {values!r:.40}")
+    merged = {k: dict(v) for k, v in data.items()}
     for name, values in (overrides or {}).items():
         merged.setdefault(name, {}).update({k: v for k, v in values.items() if v is not None})
     for name, values in merged.items():

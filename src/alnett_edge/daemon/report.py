@@ -95,7 +95,19 @@ def _open(db: Path) -> sqlite3.Connection:
     if not {"sessions", "cells"} <= tables:
         con.close()
         raise DataError(f"{db} is not an alnett-edge daemon database (no sessions/cells tables)")
+    for table, needed in REPORT_COLUMNS.items():  # a database from another (newer) schema: say which column
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        missing = sorted(set(needed) - have)
+        if missing:
+            con.close()
+            raise DataError(f"{db}: table {table} has no column {', '.join(missing)} (a database from another "
+                            "version of alnett-edge?)")
     return con
+
+
+#: the columns the report reads
+REPORT_COLUMNS = {"sessions": ("id", "started", "source", "model_sha256", "summary"), "cells": ("label", "abstain_reason",
+                                                                                               "session_id")}
 
 
 def _read_tile(path: Path) -> np.ndarray | None:
@@ -183,17 +195,29 @@ def build_report(db: str | Path, out: str | Path, session: int | None = None, cr
         cells = con.execute("SELECT label, abstain_reason FROM cells WHERE session_id = ?", (sid,)).fetchall()
     finally:
         con.close()
-    summary = json.loads(summary_json) if summary_json else {}
+    try:
+        summary = json.loads(summary_json) if summary_json else {}
+        if not isinstance(summary, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise DataError(f"{db}: session {sid}'s summary is not the JSON the daemon writes ({exc}); the cells are "
+                        "there, the summary was edited or damaged") from None
     labels = [lab for lab, _ in cells if lab]
+    sess = summary.get("session") if isinstance(summary.get("session"), dict) else {}
     # the card's blast class, as the daemon recorded it (a session before it was recorded: "all")
-    positive = (summary.get("session") or {}).get("positive_class") or "all"
+    positive = sess.get("positive_class") or "all"
+    known = set(sess.get("labels") or {}) | {positive} if sess.get("labels") else {"all", "hem"}
+    unknown = sorted(set(labels) - known)
+    if unknown:  # counting them as "not blast" would print a ratio that means nothing
+        raise DataError(f"{db}: session {sid} has cells labelled {', '.join(map(repr, unknown[:5]))}, which its model "
+                        f"does not have (classes: {', '.join(sorted(known))}); the database was edited or mixed")
     blasts, classified = labels.count(positive), len(labels)
     outcomes: dict[str, int] = {}
     for lab, reason in cells:
         key = (f"blast ({lab})" if lab == positive else lab) if lab else f"abstained: {reason}"
         outcomes[key] = outcomes.get(key, 0) + 1
     ci = wilson_interval(blasts, classified)
-    est = (summary.get("session") or {}).get("blast_ratio_estimate") or {}
+    est = sess.get("blast_ratio_estimate") or {}
     warnings = []
     if not summary:
         warnings.append("The session did not end cleanly (no summary row): counts are what was stored.")

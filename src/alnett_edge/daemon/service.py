@@ -12,19 +12,23 @@ be written is the sink policy of :mod:`alnett_edge.daemon.sinks`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shlex
 import subprocess
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from alnett_edge.capture.base import Frame, SourceSettings, make_source
 from alnett_edge.capture.watchdog import CaptureThread, FrameQueue
 from alnett_edge.daemon.config import DaemonConfig, load_config
+from alnett_edge.daemon.page import LIVE_FPS, WATCH_S, Gallery, GalleryCell
 from alnett_edge.daemon.sinks import CropSink, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.errors import AlnettError, ConfigError, DataError
 from alnett_edge.machine import inference_threads, isa_line
@@ -65,14 +69,7 @@ class Daemon:
         self.times = StageTimes(STAGES)
         self.capture = CaptureThread(self.source, self.queue, s.stall_timeout, s.backoff_min, s.backoff_max,
                                      cfg.run.max_frames or None, on_capture=lambda ms: self.times.add("capture", ms))
-        copies: list[Sink] = []
-        if cfg.sinks.jsonl:
-            copies.append(JsonlSink(cfg.sinks.jsonl))
-        if cfg.sinks.snapshots:
-            copies.append(SnapshotSink(cfg.sinks.snapshots, cfg.sinks.snapshot_every, cfg.sinks.snapshot_min_interval_s))
-        if cfg.sinks.crops:
-            copies.append(CropSink(cfg.sinks.crops))
-        self.recorder = Recorder(SqliteSink(cfg.sinks.db), copies, cfg.sinks.max_pending_cells)
+        self.recorder = self._make_recorder()
         self.frames_processed = 0
         self.frames_uncalibrated = 0  # frames seen while no pixel size could be estimated
         self.cells_processed = 0  # decided (tracks; stored or pending); the session counts stored ones
@@ -85,6 +82,16 @@ class Daemon:
         self.stop_reason = ""
         self.preview_clients = 0
         self.latest_preview: bytes | None = None
+        # the device page (daemon/page.py): the latest decided cells, the annotated frame while a page
+        # watches, a minute of per-frame latency, and sessions started and stopped from the page
+        self.gallery = Gallery()
+        self._watched_until = 0.0
+        self._live_at = 0.0
+        self._latency: deque[tuple[float, dict[str, float]]] = deque(maxlen=8192)
+        self.recording = True
+        self.session_name = cfg.run.session_name
+        self.target_cells = cfg.run.target_cells
+        self._session_request: tuple[str | None, int | None] | None = None
         self._stop = threading.Event()
         self._recent: list[float] = []
         self.http = None
@@ -101,6 +108,17 @@ class Daemon:
         # every model of the session, from the first frame (capture index) it classified
         self.models = [{"model_sha256": self.model_sha256, "bundle": str(bundle), "from_frame": 0, "at": time.time()}]
         self.started = 0.0
+
+    def _make_recorder(self) -> Recorder:
+        cfg = self.cfg
+        copies: list[Sink] = []
+        if cfg.sinks.jsonl:
+            copies.append(JsonlSink(cfg.sinks.jsonl))
+        if cfg.sinks.snapshots:
+            copies.append(SnapshotSink(cfg.sinks.snapshots, cfg.sinks.snapshot_every, cfg.sinks.snapshot_min_interval_s))
+        if cfg.sinks.crops:
+            copies.append(CropSink(cfg.sinks.crops))
+        return Recorder(SqliteSink(cfg.sinks.db), copies, cfg.sinks.max_pending_cells, cfg.sinks.max_pending_s)
 
     def _check_gate_confidence(self) -> None:
         """The gate left out the changes its artifact made on cells both models hold below the
@@ -121,18 +139,22 @@ class Daemon:
         self._stop.set()
         self.capture.stop()
 
+    def _session_row(self) -> dict[str, Any]:
+        return {"started": self.started, "source": self.source.source_id, "bundle": str(self.models[-1]["bundle"]),
+                "model_sha256": self.model_sha256, "backend": self.runtime.backend, "precision": self.runtime.precision,
+                "positive_class": self.card.class_names[self.card.positive_class], "name": self.session_name}
+
     def start(self) -> None:
         self.started = time.time()
-        self.session = {"started": self.started, "source": self.source.source_id, "bundle": str(self.cfg.runtime.bundle),
-                        "model_sha256": self.model_sha256, "backend": self.runtime.backend, "precision": self.runtime.precision,
-                        "positive_class": self.card.class_names[self.card.positive_class]}
+        self.session = self._session_row()
         self.recorder.open(self.session)  # a path that cannot be written fails here, in one line
         try:
             self.capture.open_now()  # so does an unopenable source
             if self.cfg.http.port:
                 from alnett_edge.daemon.http import HttpServer
 
-                self.http = HttpServer(self, self.cfg.http.host, self.cfg.http.port, self.cfg.http.token, self.cfg.http.preview)
+                h = self.cfg.http
+                self.http = HttpServer(self, h.host, h.port, h.token, h.preview, h.read_only, h.label_dataset, h.labeller)
         except BaseException as exc:
             self.recorder.close({"stop_reason": f"failed to start: {exc}"})  # the session row says why it is empty
             self.close()
@@ -155,9 +177,14 @@ class Daemon:
                         break
                     continue
                 self._apply_swap(frame.index)
-                self.process(frame)
+                self._apply_session()
+                if self.recording:
+                    self.process(frame)
+                elif self._watched():  # between slides: the page still shows the camera
+                    self._render_live(frame.rgb, [])
                 if self.recorder.over_limit and not self._stop.is_set():
-                    log.error("the database cannot be written and %d cells are waiting (limit [sinks] max_pending_cells):"
+                    log.error("the database cannot be written and %d cells are waiting (limit [sinks] max_pending_cells"
+                              " / max_pending_s):"
                               " stopping", self.recorder.pending_cells)
                     self.request_stop("database failing")
             self.capture.join(timeout=STOP_GRACE_S)  # a source hung in a read is left behind (a daemon thread)
@@ -170,6 +197,11 @@ class Daemon:
     def finish(self) -> dict[str, Any]:
         self.stopping = True
         self.capture.stop()
+        if not self.recording:  # the last session was stopped from the page and its summary stored then
+            summary = {**self.status(), "stop_reason": self.stop_reason or self.capture.stats.state,
+                       "machine": isa_line(), "store_error": None, "recording": False}
+            self.close()
+            return summary
         if self.detector is None:
             self._calibrate(None)  # a run shorter than the calibration frames: estimate from what came
         if self.tracks is not None:  # tracks in flight are decided from what they have, none is lost
@@ -311,11 +343,12 @@ class Daemon:
                                                      self.cfg.runtime.max_batch, self.model_sha256, self.tracks)
         t3 = time.perf_counter()
         self._count(self.recorder.write(frame.rgb, frame.index, records, view))
+        name = self.session_name or f"session {self.recorder.db.session_id}"
         for r in records:  # the crops sink has written them; a decided track keeps its row, not the pixels
+            self.gallery.add(r, frame.rgb, frame.index, name, detector.um_per_px)
             r.crop = None
-        if self.preview_clients:
-            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(frame.rgb, view, self.agg.positive), cv2.COLOR_RGB2BGR))
-            self.latest_preview = jpg.tobytes() if ok else None
+        if self.preview_clients or self._watched():
+            self._render_live(frame.rgb, view)
         t4 = time.perf_counter()
         self.frames_processed += 1
         self.cells_processed += len(records)
@@ -325,6 +358,8 @@ class Daemon:
             self.times.add(stage, ms)
         self.times.add("sink", (t4 - t3) * 1e3)
         self.times.add("frame_to_decision", (time.time() - frame.timestamp) * 1e3)
+        self._latency.append((time.monotonic(), {**times, "sink": (t4 - t3) * 1e3,
+                                                 "frame_to_decision": (time.time() - frame.timestamp) * 1e3}))
         now = time.monotonic()
         self._recent = [t for t in self._recent if now - t < 5.0] + [now]
         return records
@@ -339,7 +374,7 @@ class Daemon:
             d = r.appearance_distance
             self.unlike_training += d is not None and (d > limit or d < 0)
         self.agg.frames = self.recorder.db.frames
-        target = self.cfg.run.target_cells
+        target = self.target_cells
         if target and self.target_reached_at is None and sum(self.agg.labels.values()) >= target:
             self._target_reached(target)
 
@@ -373,18 +408,124 @@ class Daemon:
             "tracking": self.cfg.tracking.enabled, "observations": self.observations, "inferences": self.inferences,
             "tracks": {"open": len(self.tracks.open), "fields": self.tracks.fields, "flickers": self.tracks.flickers}
             if self.tracks is not None else None,
-            "capture": {"frames": cap.frames, "stalls": cap.stalls, "reconnects": cap.reconnects,
+            "capture": {"delivery": self.capture.delivery, "frames": cap.frames, "stalls": cap.stalls, "reconnects": cap.reconnects,
                         "read_errors": cap.read_errors, "skipped_frames": cap.skipped_frames, "state": cap.state, "last_error": cap.last_error},
             "stages": self.times.summary(), "session": self.agg.snapshot(), "store": self.recorder.status(),
             "optics": dict(self.optics), "frames_uncalibrated": self.frames_uncalibrated,
             "crops": str(Path(self.cfg.sinks.crops).resolve()) if self.cfg.sinks.crops else None,
             "out_of_distribution": {"mode": self.cfg.quality.out_of_distribution, "cells": self.unlike_training,
                                     "max_distance": self.card.appearance.get("max_distance")},
-            "target": {"cells": self.cfg.run.target_cells, "reached_at": self.target_reached_at}
-            if self.cfg.run.target_cells else None,
+            "target": {"cells": self.target_cells, "reached_at": self.target_reached_at}
+            if self.target_cells else None,
+            "session_name": self.session_name, "recording": self.recording,
             "models": [{**m, "session": self.by_model[m["model_sha256"]].snapshot()} for m in self.models]
             if len(self.models) > 1 else None,
         }  # fmt: skip
+
+    # -- the device page ---------------------------------------------------------------------------
+    def page_watched(self) -> None:
+        self._watched_until = time.monotonic() + WATCH_S
+
+    def _watched(self) -> bool:
+        return time.monotonic() < self._watched_until
+
+    def _render_live(self, rgb: Any, view: list[CellRecord]) -> None:
+        """The annotated frame for the page (at most LIVE_FPS a second) and the MJPEG preview (every frame)."""
+        now = time.monotonic()
+        if not self.preview_clients and now - self._live_at < 1.0 / LIVE_FPS:
+            return
+        self._live_at = now
+        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(rgb, view, self.agg.positive), cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, 80])
+        self.latest_preview = jpg.tobytes() if ok else None
+
+    def latency_last_minute(self) -> dict[str, Any]:
+        """Per-stage p50/p99 over the last minute, and frame-to-decision p50/p99 per 5 s (the page's chart)."""
+        now = time.monotonic()
+        recent = [(t, s) for t, s in list(self._latency) if now - t <= 60.0]
+        stages: dict[str, dict[str, float]] = {}
+        for stage in (recent[-1][1] if recent else {}):
+            v = np.array([s[stage] for _, s in recent if stage in s])
+            stages[stage] = {"p50_ms": round(float(np.percentile(v, 50)), 2), "p99_ms": round(float(np.percentile(v, 99)), 2)}
+        series = []
+        for start in range(-60, 0, 5):
+            v = np.array([s["frame_to_decision"] for t, s in recent if start <= t - now < start + 5])
+            series.append({"age": start + 5, "p50": round(float(np.percentile(v, 50)), 2) if len(v) else None,
+                           "p99": round(float(np.percentile(v, 99)), 2) if len(v) else None, "frames": int(len(v))})
+        return {"frames": len(recent), "stages": stages, "series": series}
+
+    def request_session(self, name: str | None, target: int | None) -> None:
+        """Start a new slide (``name``; None: stop the current one) from the next frame: the current
+        session's open tracks are decided and its summary stored first."""
+        if self.stopping:
+            raise ConfigError("the daemon is stopping")
+        with self._swap_lock:
+            self._session_request = (name, target)
+
+    def _apply_session(self) -> None:
+        with self._swap_lock:
+            req, self._session_request = self._session_request, None
+        if req is None:
+            return
+        name, target = req
+        if self.recording:
+            self._end_session("stopped from the page" if name is None else "a new slide was started")
+        if name is None:
+            return
+        self.session_name, self.target_cells = name, int(target or 0)
+        self.frames_processed = self.frames_uncalibrated = self.cells_processed = 0
+        self.observations = self.inferences = self.unlike_training = 0
+        self.target_reached_at, self.tracks = None, None
+        self.times = StageTimes(STAGES)
+        self.agg = Aggregator.for_card(self.card)
+        self.by_model = {self.model_sha256: Aggregator.for_card(self.card)}
+        self.models = [{**self.models[-1], "from_frame": 0, "at": time.time()}]
+        self.started = time.time()
+        self.gallery.clear()
+        self.recorder = self._make_recorder()
+        self.session = self._session_row()
+        try:
+            self.recorder.open(self.session)
+        except AlnettError as exc:  # the database went away: say so and keep watching without recording
+            log.error("the new session could not be opened: %s", exc)
+            return
+        self.recording = True
+        log.warning("session %d (%s) started%s", self.recorder.db.session_id, name or "no name",
+                    f", target {self.target_cells} cells" if self.target_cells else "")
+
+    def _end_session(self, reason: str) -> None:
+        if self.tracks is not None:
+            self._decide_now([t for t in self.tracks.close() if t.decision is None])
+        self._count(self.recorder.flush())
+        summary = {**self.status(), "stop_reason": reason, "machine": isa_line()}
+        problem = self.recorder.close(summary)
+        if problem:
+            log.error("session %d: %s", self.recorder.db.session_id, problem)
+        self.recording = False
+        log.warning("session %d ended (%s): %d cells", self.recorder.db.session_id, reason, summary["session"]["cells"])
+
+    def label_gallery_cell(self, cell: GalleryCell, label: Any) -> str:
+        """A person's label of a cell on the page: the cell, as the model saw it, goes into
+        ``[http] label_dataset`` with that label (a harvest: ``train --data`` and the label view read it)."""
+        from alnett_edge.vision.harvest import add_labelled_cell
+
+        dataset = self.cfg.http.label_dataset
+        if not dataset:
+            raise ConfigError("set [http] label_dataset to keep cells labelled on the page")
+        choices = (*self.card.class_names, "reject")
+        if label not in choices:
+            raise ConfigError(f"label must be one of {', '.join(choices)}")
+        r = cell.record
+        image = cv2.cvtColor(cv2.imdecode(np.frombuffer(cell.crop_png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        row = {"label": label, "labelled_by": self.cfg.http.labeller, "session": cell.session, "patient_id": cell.session,
+               "source": self.source.source_id, "frame": r.frame_index, "x0": r.box[0], "y0": r.box[1], "x1": r.box[2],
+               "y1": r.box[3], "um_per_px": cell.um_per_px or "", "track": r.track_id if r.track_id is not None else "",
+               "model_sha256": r.model_sha256, "prob_hem": r.prob_hem if r.prob_hem is not None else "",
+               "prob_all": r.prob_all if r.prob_all is not None else "",
+               "cell_id": hashlib.sha256(cell.crop_png).hexdigest()[:16]}
+        add_labelled_cell(Path(dataset), float(self.card.input.canvas_um), image, row)
+        cell.labelled = label
+        return str(dataset)
 
     def healthy(self) -> tuple[bool, str]:
         if self.recorder.failing_since is not None:

@@ -84,7 +84,7 @@ class Sink:
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL NOT NULL, ended REAL, source TEXT, bundle TEXT,
-    model_sha256 TEXT, frames INTEGER DEFAULT 0, cells INTEGER DEFAULT 0, summary TEXT);
+    model_sha256 TEXT, frames INTEGER DEFAULT 0, cells INTEGER DEFAULT 0, summary TEXT, name TEXT);
 CREATE TABLE IF NOT EXISTS cells (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session_id INTEGER NOT NULL REFERENCES sessions(id), time REAL NOT NULL,
     frame_index INTEGER NOT NULL, x0 INTEGER, y0 INTEGER, x1 INTEGER, y1 INTEGER, prob_hem REAL, prob_all REAL,
@@ -115,8 +115,11 @@ class SqliteSink(Sink):
             for column in ("track_id", "first_frame", "observations", "classified"):  # a database from before tracking
                 if column not in have:
                     self.db.execute(f"ALTER TABLE cells ADD COLUMN {column} INTEGER")
-            cur = self.db.execute("INSERT INTO sessions (started, source, bundle, model_sha256) VALUES (?, ?, ?, ?)",
-                                  (session["started"], session["source"], session["bundle"], session["model_sha256"]))
+            if "name" not in {row[1] for row in self.db.execute("PRAGMA table_info(sessions)")}:  # before named slides
+                self.db.execute("ALTER TABLE sessions ADD COLUMN name TEXT")
+            cur = self.db.execute("INSERT INTO sessions (started, source, bundle, model_sha256, name) VALUES (?, ?, ?, ?, ?)",
+                                  (session["started"], session["source"], session["bundle"], session["model_sha256"],
+                                   session.get("name", "")))
             self.db.commit()
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot write the database {self.path}: {exc}") from exc
@@ -196,8 +199,18 @@ class JsonlSink(Sink):
         if self.path.is_dir():
             raise ConfigError(f"the JSONL file {self.path} is a folder; give a file path")
         _writable_folder(self.path.parent, "the JSONL file")
+        existed = self.path.exists()
         self._open()
-        self._line({"session": session})
+        try:
+            self._line({"session": session})
+        except SinkFault as exc:  # a full disk at start-up: one line, and no empty file left behind
+            try:
+                self.f.close()
+            except OSError:
+                pass
+            if not existed and self.path.is_file() and self.path.stat().st_size == 0:
+                self.path.unlink()
+            raise ConfigError(str(exc)) from None
 
     def _open(self) -> None:
         try:
@@ -213,6 +226,8 @@ class JsonlSink(Sink):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.f = open(self.path, "a", buffering=1)
                 self.ident = _identity(self.path)
+                log.warning("the JSONL file %s was deleted or moved while running: the lines written before are "
+                            "not in the new file (the database holds every row)", self.path)
             self.f.write(json.dumps(obj) + "\n")
         except OSError as exc:
             raise SinkFault(f"cannot write the JSONL file {self.path}: {exc.strerror or exc}") from exc
@@ -331,8 +346,8 @@ class SinkHealth:
 class Recorder:
     """The sink policy above: the database is the store of record, the other sinks are copies."""
 
-    def __init__(self, db: SqliteSink, copies: list[Sink], max_pending_cells: int) -> None:
-        self.db, self.copies, self.max_pending_cells = db, copies, max_pending_cells
+    def __init__(self, db: SqliteSink, copies: list[Sink], max_pending_cells: int, max_pending_s: float = 300.0) -> None:
+        self.db, self.copies, self.max_pending_cells, self.max_pending_s = db, copies, max_pending_cells, max_pending_s
         self.pending: list[list[CellRecord]] = []
         self.pending_frames = 0  # of the pending batches, the frames (the others: rows a stop decided)
         self.health = {"db": SinkHealth(), **{type(c).__name__: SinkHealth() for c in copies}}
@@ -345,8 +360,11 @@ class Recorder:
 
     @property
     def over_limit(self) -> bool:
-        # frames count too: a full disk during hours of empty fields must not grow memory without end
-        return self.pending_cells > self.max_pending_cells or len(self.pending) > self.max_pending_cells
+        # frames count too: a full disk during hours of empty fields must not grow memory without end; and
+        # time: a slide is not left unrecorded for long however few cells it has
+        failing_for = time.time() - self.failing_since if self.failing_since is not None else 0.0
+        return (self.pending_cells > self.max_pending_cells or len(self.pending) > self.max_pending_cells
+                or (self.max_pending_s > 0 and failing_for > self.max_pending_s))
 
     def open(self, session: dict[str, Any]) -> None:
         for sink in (self.db, *self.copies):  # every path is checked before capture starts

@@ -45,6 +45,7 @@ class Sample:
     label: int  # index into CLASS_NAMES: 0 = hem, 1 = all
     patient_id: str | None = None
     fold: str | None = None
+    weak: bool = False  # the label is its field's (a harvest's weak label), not this cell's own
 
     @property
     def label_name(self) -> str:
@@ -146,7 +147,7 @@ def load_manifest(csv_path: Path) -> list[Sample]:
     """A CSV ``filename,label[,patient_id][,fold]``. A harvest's manifest (``alnett-edge harvest``) also
     has ``weak_label``: a cell a person has not labelled takes its field's class (the naive rule: every
     cell inherits its field's label); a row with neither label is left out, and the count is logged."""
-    samples, unlabelled = [], 0
+    samples, unlabelled, rejected = [], 0, 0
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or ())
@@ -154,9 +155,13 @@ def load_manifest(csv_path: Path) -> list[Sample]:
             raise DataError(f"{csv_path}: a manifest needs the columns filename,label[,patient_id]")
         for row in reader:
             where = f"{csv_path}:{reader.line_num}"
-            label = (row.get("label") or "").strip() or (row.get("weak_label") or "").strip()
+            own = (row.get("label") or "").strip()
+            label = own or (row.get("weak_label") or "").strip()
             if not label and "weak_label" in fields:
                 unlabelled += 1
+                continue
+            if own.lower() == "reject":  # a person judged the crop unusable (alnett-edge label)
+                rejected += 1
                 continue
             path = Path(row["filename"] or "")
             path = path if path.is_absolute() else csv_path.parent / path
@@ -165,9 +170,11 @@ def load_manifest(csv_path: Path) -> list[Sample]:
                 parsed = parse_cnmc_name(path.name)
                 patient = parsed[0] if parsed else None
             fold = (row.get("fold") or "").strip() or None
-            samples.append(Sample(path, parse_label(label, where), patient, fold))
+            samples.append(Sample(path, parse_label(label, where), patient, fold, weak=not own))
     if unlabelled:
         log.warning("%s: %d cells have no label and no weak label; left out", csv_path, unlabelled)
+    if rejected:
+        log.info("%s: %d cells a labeller rejected (not a usable cell); left out", csv_path, rejected)
     return samples
 
 

@@ -10,6 +10,7 @@ passed; otherwise it becomes ``<out>.failed`` (status "failed") and export exits
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
 import time
@@ -143,6 +144,10 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
                               "pass the fp32 checkpoint the QAT run started from")
     out = Path(out) if out else Path("runs") / "export" / profile.name
     guard_output(out, force)  # before any work: an unrelated folder is never replaced
+    tarball = out.with_name(out.name + ".tar.gz")
+    if archive and (tarball.is_dir() or (tarball.exists() and not os.access(tarball, os.W_OK))):
+        raise ConfigError(f"--archive writes {tarball}, which is a folder or not writable; move it or pick another --out")
+    gate = load_gate_set(card, gate_images, layout)  # an empty or missing gate folder fails here, before any file
     staging = out.with_name(out.name + ".partial")
     failed_dir = out.with_name(out.name + ".failed")
     for d in (staging, failed_dir):
@@ -150,7 +155,6 @@ def export_bundle(checkpoint: str | Path, target: str, out: str | Path | None = 
     (staging / "golden").mkdir(parents=True)
 
     prof = profile_model(model, card.input.size)
-    gate = load_gate_set(card, gate_images, layout)
     with open_file(checkpoint, card, "checkpoint") as rt:  # the training framework's fp32 reference backend
         ref = predict_batched(rt.infer, gate.inputs)  # batched: a whole gate set would need GBs of activations
     golden = gate.inputs[:GOLDEN_IMAGES]

@@ -27,7 +27,7 @@ import numpy as np
 from alnett_edge.card import CLASS_NAMES
 from alnett_edge.data.sources import load_samples
 from alnett_edge.errors import ConfigError
-from alnett_edge.metrics import binary_metrics, ece_noise_floor, expected_calibration_error, field_fractions, roc_auc
+from alnett_edge.metrics import binary_metrics, ece_noise_floor, expected_calibration_error, field_scores, roc_auc
 from alnett_edge.model.checkpoint import load_checkpoint, read_card, save_checkpoint
 from alnett_edge.model.ensemble import MEMBERS_KEY, ALNettEnsemble
 from alnett_edge.model.profile import profile_model
@@ -75,7 +75,8 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
                        [p["prob_all"] for p in rep["predictions"]]))
         rule = read_card(result.best).field_decision
         if rule:  # a harvest of fields labelled per field: the held-out fields called by this fold's rule
-            fields.append((rule, *field_fractions(curves[-1][1], curves[-1][2], [p["patient_id"] for p in rep["predictions"]])))
+            fields.append((rule, *field_scores(curves[-1][1], curves[-1][2], [p["patient_id"] for p in rep["predictions"]],
+                                               str(rule.get("score", "blast_fraction")))))
     pooled_y = np.concatenate([np.asarray(c[1], dtype=int) for c in curves])
     pooled_p = np.concatenate([np.asarray(c[2], dtype=np.float64) for c in curves])
     pooled = binary_metrics(pooled_y, pooled_p)
@@ -104,18 +105,20 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
 
 def _field_report(folds: list[tuple[dict[str, Any], list[str], np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """Field-level ALL vs benign on the held-out fields: each fold's fields called by the threshold
-    that fold fitted on its validation fields; the AUC is of the blast fraction, pooled."""
+    that fold fitted on its validation fields; the AUC is of the field score, pooled."""
     labels = np.concatenate([f[2] for f in folds])
-    fractions = np.concatenate([f[3] for f in folds])
+    scores = np.concatenate([f[3] for f in folds])
     called = np.concatenate([f[3] > float(f[0]["threshold"]) for f in folds])
     m = binary_metrics(labels, called.astype(float), 0.5)
     cells = np.concatenate([f[4] for f in folds])
     return {"fields": int(len(labels)), "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
-            "specificity": m["specificity"], "auc": roc_auc(labels, fractions),
+            "specificity": m["specificity"], "auc": roc_auc(labels, scores),
+            "score": sorted({str(f[0].get("score", "blast_fraction")) for f in folds}),
             "thresholds": [f[0]["threshold"] for f in folds], "cells_per_field": {
                 "median": float(np.median(cells)), "min": int(cells.min()), "max": int(cells.max())},
-            "note": "a field's score is the share of its harvested cells at P(blast) >= 0.5; each fold's held-out "
-                    "fields are called with the threshold fitted on that fold's validation fields"}
+            "note": "a field's score is the mean over its harvested cells of the card's cell score (metrics.cell_score: "
+                    "the log-odds of blast, or 1 for a blast call); each fold's held-out fields are called with the "
+                    "threshold fitted on that fold's validation fields"}
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from alnett_edge.card import InputSpec
 from alnett_edge.data.augment import AugmentConfig, augment
@@ -92,6 +92,7 @@ class CellDataset(Dataset):
         self.augment_cfg = augment_cfg
         self.seed = seed
         self.epoch = 0
+        self.bags: np.ndarray | None = None  # with_bags(): each cell's bag, -1 for a cell with its own label
 
     @classmethod
     def from_samples(cls, samples: list[Sample], spec: InputSpec, augment_cfg: AugmentConfig | None = None,
@@ -106,11 +107,64 @@ class CellDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def with_bags(self) -> int:
+        """Multiple-instance learning: cells with weak labels are grouped into bags by their field
+        (``patient_id``, a harvest's split group), and each item's target becomes (label, bag) with bag -1
+        for a cell a person labelled. Returns the number of bags."""
+        keys: dict[tuple[str | None, int], int] = {}
+        bags = np.full(len(self.samples), -1, np.int64)
+        for i, s in enumerate(self.samples):
+            if s.weak:
+                bags[i] = keys.setdefault((s.patient_id or f"#{i}", s.label), len(keys))
+        self.bags = bags
+        return len(keys)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         img = self.images[i]
         if self.augment_cfg is not None:
             img = augment(img, np.random.default_rng([self.seed, self.epoch, i]), self.augment_cfg)
-        return torch.from_numpy(normalize(img, self.spec)), int(self.labels[i])
+        x = torch.from_numpy(normalize(img, self.spec))
+        if self.bags is not None:
+            return x, torch.tensor([int(self.labels[i]), int(self.bags[i])])
+        return x, int(self.labels[i])
+
+
+class BagBatchSampler(Sampler[list[int]]):
+    """Batches of whole bags (every cell of a field together, so a field's cells are pooled in one
+    step), bags and labelled cells in a random order from ``generator``, about ``batch_size`` cells a
+    batch (a bag is never split; one larger than the batch is a batch of its own)."""
+
+    def __init__(self, bags: np.ndarray, batch_size: int, generator: torch.Generator) -> None:
+        self.batch_size, self.generator = batch_size, generator
+        units: dict[int, list[int]] = {}
+        self.units: list[list[int]] = []
+        for i, b in enumerate(bags.tolist()):
+            if b < 0:
+                self.units.append([i])
+            else:
+                units.setdefault(b, []).append(i)
+        self.units += list(units.values())
+
+    def _batches(self) -> list[list[int]]:
+        order = torch.randperm(len(self.units), generator=self.generator).tolist()
+        batches, cur = [], []
+        for u in order:
+            if cur and len(cur) + len(self.units[u]) > self.batch_size:
+                batches.append(cur)
+                cur = []
+            cur = cur + self.units[u]
+        return batches + ([cur] if cur else [])
+
+    def __iter__(self):  # noqa: ANN204 - torch Sampler protocol
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        n, cur = 0, 0
+        for u in sorted(len(x) for x in self.units):  # an estimate for the schedule: packing is order-dependent
+            if cur and cur + u > self.batch_size:
+                n, cur = n + 1, 0
+            cur += u
+        return n + (cur > 0)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from alnett_edge.data.appearance import fit_appearance
 from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.data.preprocess import with_tta
 from alnett_edge.data.scale import measure_canvas_um
-from alnett_edge.train.dataset import CellDataset, load_split_datasets
+from alnett_edge.train.dataset import BagBatchSampler, CellDataset, load_split_datasets
 from alnett_edge.data.sources import class_counts, load_samples
 from alnett_edge.errors import ConfigError, TrainingError
 from alnett_edge.model.alnett import ALNett
@@ -50,12 +50,16 @@ from alnett_edge.model.checkpoint import load_checkpoint, load_training_state, n
 from alnett_edge.model.registry import create_model, get_variant
 from alnett_edge.model.torch_backend import pick_device
 from alnett_edge.vision.harvest import dataset_canvas_um
-from alnett_edge.metrics import (binary_metrics, calibration_summary, field_fractions, field_rule, patient_metrics,
+from alnett_edge.metrics import (binary_metrics, calibration_summary, field_rule, field_scores, patient_metrics,
                                  softmax)
 
 log = logging.getLogger(__name__)
 
 BALANCE_MODES = ("weights", "sampler", "none")
+#: how a cell with only its field's label is trained (``--weak-labels``): ``naive``, the field's label is the
+#: cell's; ``mil``, multiple-instance learning: a benign field has no blasts (each of its cells is benign),
+#: an ALL field has at least one (its most blast-like cell is pushed towards blast, the others are free)
+WEAK_MODES = ("naive", "mil")
 SELECT_MODES = ("loss", "f1", "last")
 #: the validation loss that chooses the epoch is the mean over this many epochs (see the module doc)
 SMOOTH_EPOCHS = 3
@@ -99,6 +103,7 @@ class TrainConfig:
     tta: str = "none"  # test-time augmentation recorded in the card (InputSpec.tta)
     init: str | None = None  # fine-tune from this checkpoint (its preprocessing kept; canvas, appearance re-measured)
     freeze: int = 0  # with init: the stem and this many first clusters keep their weights (BN statistics adapt)
+    weak_labels: str = "naive"  # WEAK_MODES: how cells labelled only by their field are trained
 
     def validate(self) -> None:
         get_variant(self.variant)
@@ -128,6 +133,8 @@ class TrainConfig:
             raise ConfigError("--freeze N (>= 0) freezes the early clusters of the model given with --init")
         if self.init and self.resume:
             raise ConfigError("--init starts a fine-tune; --resume continues one: give one of them")
+        if self.weak_labels not in WEAK_MODES:
+            raise ConfigError(f"--weak-labels must be one of {', '.join(WEAK_MODES)}, got {self.weak_labels!r}")
 
 
 def finetune_config(card: ModelCard, data: str | Path, out: str | Path, epochs: int, lr: float,
@@ -314,9 +321,41 @@ def run_epoch(net: nn.Module, loader: DataLoader, criterion: nn.Module, optimize
     return loss_sum / max(seen, 1), seen, time.perf_counter() - t0
 
 
-def make_criterion(labels: np.ndarray, balance: str, device: torch.device, label_smoothing: float = 0.0) -> nn.Module:
+def make_criterion(labels: np.ndarray, balance: str, device: torch.device, label_smoothing: float = 0.0,
+                   mil_positive: int | None = None) -> nn.Module:
     weight = _class_weights(labels).to(device) if balance == "weights" else None
+    if mil_positive is not None:
+        return MILLoss(mil_positive, weight, label_smoothing)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
+
+class MILLoss(nn.Module):
+    """Multiple-instance loss over targets (label, bag) (:meth:`CellDataset.with_bags`). A cell with its
+    own label (bag -1) and every cell of a negative bag: cross-entropy on its label (a benign field has
+    no blasts). A positive bag (an ALL field): the bag's probability of holding a blast is its most
+    blast-like cell's, -log max_i P_i(blast), counted once per cell of the bag so that the two classes
+    weigh as they would in the naive loss. Class weights as the naive loss; the mean over cells."""
+
+    def __init__(self, positive: int, weight: torch.Tensor | None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.positive = positive
+        self.ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing, reduction="none")
+        self.register_buffer("w", weight if weight is not None else torch.ones(2), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labels, bags = target[:, 0], target[:, 1]
+        pooled = (bags >= 0) & (labels == self.positive)
+        cell = ~pooled
+        total = self.ce(logits[cell], labels[cell]).sum() if cell.any() else logits.sum() * 0
+        weight = self.w[labels[cell]].sum() if cell.any() else logits.new_zeros(())
+        if pooled.any():
+            logp = torch.log_softmax(logits[pooled].float(), dim=1)[:, self.positive]
+            ids, inverse = torch.unique(bags[pooled], return_inverse=True)
+            best = torch.full((len(ids),), -torch.inf, device=logits.device).scatter_reduce(0, inverse, logp, "amax")
+            sizes = torch.bincount(inverse, minlength=len(ids)).to(best.dtype)
+            total = total - (best * sizes).sum() * self.w[self.positive]
+            weight = weight + sizes.sum() * self.w[self.positive]
+        return total / weight.clamp_min(1e-9)
 
 
 def make_ema(model: nn.Module, epochs: float, steps_per_epoch: int) -> AveragedModel | None:
@@ -391,10 +430,10 @@ def _warn_few_patients(ds: Any, class_names: tuple[str, ...]) -> None:
 def _field_decision(val_ds: CellDataset, prob_all: np.ndarray) -> dict[str, Any] | None:
     """The field rule (``metrics.field_rule``) fitted on the validation split's fields (its groups: a
     harvest's fields or sessions), when it holds fields of both classes."""
-    keys, labels, fractions, _ = field_fractions(val_ds.labels, prob_all, [s.patient_id for s in val_ds.samples])
+    keys, labels, scores, _ = field_scores(val_ds.labels, prob_all, [s.patient_id for s in val_ds.samples])
     if len(set(labels.tolist())) < 2:
         return None
-    return field_rule(labels, fractions, f"{len(keys)} validation fields")
+    return field_rule(labels, scores, f"{len(keys)} validation fields")
 
 
 def _fine_tune_start(cfg: TrainConfig) -> tuple[ALNett, ModelCard]:
@@ -478,8 +517,18 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
                                          stain=card.input.stain)
 
     model.to(device)
-    criterion = make_criterion(train_ds.labels, cfg.balance, device, cfg.label_smoothing)
-    if dd.enabled:
+    mil = cfg.weak_labels == "mil" and any(s.weak for s in train_ds.samples)
+    if cfg.weak_labels == "mil" and not mil:
+        log.warning("--weak-labels mil: no cell of the training split has a weak label; trained on its own labels")
+    criterion = make_criterion(train_ds.labels, cfg.balance, device, cfg.label_smoothing,
+                               card.positive_class if mil else None)
+    shuffle_gen = torch.Generator()
+    if mil:
+        if dd.enabled or cfg.balance == "sampler":
+            raise ConfigError("--weak-labels mil batches whole fields: not with torchrun or --balance sampler")
+        log.info("multiple-instance learning: %d fields of weak labels as bags", train_ds.with_bags())
+        sampler = None
+    elif dd.enabled:
         sampler = DistributedSampler(train_ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed)
         if cfg.balance == "sampler":
             raise ConfigError("--balance sampler is not supported with torchrun; use --balance weights")
@@ -488,19 +537,22 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         sampler = WeightedRandomSampler(w, len(w), replacement=True)
     else:
         sampler = None
-    shuffle_gen = torch.Generator()
     if isinstance(sampler, WeightedRandomSampler):
         sampler.generator = shuffle_gen
-    loader = DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        drop_last=len(train_ds) // dd.world > cfg.batch_size,
-        pin_memory=device.type == "cuda",
-        generator=shuffle_gen,
-    )
+    if mil:
+        loader = DataLoader(train_ds, batch_sampler=BagBatchSampler(train_ds.bags, cfg.batch_size, shuffle_gen),
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    else:
+        loader = DataLoader(
+            train_ds,
+            batch_size=cfg.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            drop_last=len(train_ds) // dd.world > cfg.batch_size,
+            pin_memory=device.type == "cuda",
+            generator=shuffle_gen,
+        )
     net: nn.Module = model
     if dd.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ def _voc(xml: Path, images: dict[str, Path]) -> Truth | None:
     if image is None:
         return None
     truth = Truth(image)
+    h, w = _size(image)
     for obj in root.iter("object"):
         if not WBC_NAMES.search(obj.findtext("name") or ""):
             continue
@@ -47,9 +49,10 @@ def _voc(xml: Path, images: dict[str, Path]) -> Truth | None:
         if bb is None:
             continue
         try:
-            truth.boxes.append(tuple(int(float(bb.findtext(k) or "")) for k in ("xmin", "ymin", "xmax", "ymax")))  # type: ignore[arg-type]
+            corners = [float(bb.findtext(k) or "") for k in ("xmin", "ymin", "xmax", "ymax")]
         except ValueError:
             raise DataError(f"{xml}: a box with a non-numeric corner") from None
+        truth.boxes.append(_box(*corners, w, h, f"{xml}: a white-cell box"))
         label = (obj.findtext("label") or "").strip().lower()
         truth.labels.append(label if label in ("all", "hem") else None)
     return truth
@@ -80,10 +83,32 @@ def _yolo(txt: Path, image: Path, cls: int) -> Truth:
             raise DataError(f"{txt}:{n}: not a YOLO line (class cx cy w h)") from None
         if c != cls:
             continue
-        truth.boxes.append((int(round((cx - bw / 2) * w)), int(round((cy - bh / 2) * h)),
-                            int(round((cx + bw / 2) * w)), int(round((cy + bh / 2) * h))))
+        if not all(math.isfinite(v) for v in (cx, cy, bw, bh)):
+            raise DataError(f"{txt}:{n}: a box with a value that is not a finite number")
+        truth.boxes.append(_box((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h, w, h,
+                                f"{txt}:{n}: the box"))
         truth.labels.append(None)
     return truth
+
+
+#: a truth box may reach this far (a share of the frame's side) past the frame's edge before it is refused
+EDGE_SLACK = 0.02
+
+
+def _box(x0: float, y0: float, x1: float, y1: float, w: int, h: int, what: str) -> Box:
+    """One checker for every truth box: finite, not inverted or empty, inside the frame (up to
+    EDGE_SLACK past its edge, clipped); anything else would be scored as a cell that cannot exist."""
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise DataError(f"{what} has a corner that is not a finite number")
+    if x1 <= x0 or y1 <= y0:
+        raise DataError(f"{what} is inverted or empty ({x0:g},{y0:g})-({x1:g},{y1:g})")
+    sx, sy = EDGE_SLACK * w, EDGE_SLACK * h
+    if x0 < -sx or y0 < -sy or x1 > w + sx or y1 > h + sy:
+        raise DataError(f"{what} ({x0:g},{y0:g})-({x1:g},{y1:g}) lies outside the {w}x{h} frame")
+    box = (max(0, round(x0)), max(0, round(y0)), min(w, round(x1)), min(h, round(y1)))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise DataError(f"{what} is empty once inside the {w}x{h} frame")
+    return box
 
 
 def _size(image: Path) -> tuple[int, int]:

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from alnett_edge.metrics import decide_field
+from alnett_edge.metrics import cell_score, decide_field
 
 if TYPE_CHECKING:
     from alnett_edge.card import ModelCard
@@ -77,7 +77,8 @@ class Aggregator:
         self.positive, self.sensitivity, self.specificity = positive, sensitivity, specificity
         self._w = [0.0, 0.0, 0.0, 0]  # Σw over positive calls, Σw, Σw², cells: the ratio estimate
         self.field_rule = dict(field_rule or {})  # the card's field_decision: the session called from its cells
-        self._blast_calls = 0  # of the cells the model classified (_w[3], low-confidence ones too)
+        self._field_sum = 0.0  # Σ metrics.cell_score under the rule's score, over the cells in _w[3]
+        self._field_score = str(self.field_rule.get("score", "blast_fraction"))
         self._lock = threading.Lock()
 
     @classmethod
@@ -96,19 +97,22 @@ class Aggregator:
         if record.prob_all is not None and record.prob_hem is not None:
             called = self.positive if record.prob_all >= record.prob_hem else \
                 next(c for c in self.class_names if c != self.positive)
-        self.add(record.label, record.abstain_reason, called, record.edge_weight)
+        self.add(record.label, record.abstain_reason, called, record.edge_weight, record.prob_all)
 
-    def add(self, label: str | None, reason: str | None, called: str | None = None, weight: float = 1.0) -> None:
+    def add(self, label: str | None, reason: str | None, called: str | None = None, weight: float = 1.0,
+            prob_positive: float | None = None) -> None:
         """One cell: its label (None when abstained, with the reason); ``called`` is the model's top
         class for any cell it classified (also when abstained for low confidence), ``weight`` its edge
-        correction; both feed :func:`ratio_estimate`."""
+        correction; both feed :func:`ratio_estimate`. ``prob_positive`` (else the call, as 1 or 0) feeds
+        the card's field rule."""
         with self._lock:
             if label is not None:
                 self.labels[label] = self.labels.get(label, 0) + 1
             else:
                 self.abstained[reason or "?"] = self.abstained.get(reason or "?", 0) + 1
             if called is not None:
-                self._blast_calls += called == self.positive
+                p = prob_positive if prob_positive is not None else float(called == self.positive)
+                self._field_sum += float(cell_score(p, self._field_score)) if self.field_rule else 0.0
                 w = self._w
                 w[0] += weight if called == self.positive else 0.0
                 w[1] += weight
@@ -129,5 +133,5 @@ class Aggregator:
                 "blast_ratio_ci95": [round(v, 4) for v in ci] if ci else None,
                 "cells_per_minute": round(classified / minutes, 2),
                 "blast_ratio_estimate": ratio_estimate(*self._w, self.sensitivity, self.specificity),
-                "decision": decide_field(self.field_rule, self._blast_calls, self._w[3]),
+                "decision": decide_field(self.field_rule, self._field_sum, self._w[3]),
             }  # fmt: skip

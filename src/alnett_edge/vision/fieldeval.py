@@ -24,7 +24,7 @@ import numpy as np
 from alnett_edge.capture.base import Frame
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.errors import ConfigError, DataError
-from alnett_edge.metrics import FIELD_CELL_THRESHOLD, binary_metrics, decide_field, roc_auc
+from alnett_edge.metrics import binary_metrics, cell_score, decide_field, roc_auc
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.timing import StageTimes
 from alnett_edge.vision.annotations import Truth, inside, match, read_truth
@@ -162,14 +162,15 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
                       threshold: float | None = None) -> dict[str, Any]:
     """Fields labelled per field (class folders, ``classes`` as ``harvest --classes``), decided by the
     field path: per session (folder) the pixel size, then each field's cells detected, gated, cut and
-    classified as the daemon does, its blast fraction (cells at P(blast) >= 0.5 among those the model
-    classified) and the card's ``field_decision`` threshold (or ``threshold``). Scores ALL vs benign:
-    accuracy, sensitivity, specificity and the AUC of the blast fraction; fields with no classified
-    cell are undecided and counted apart."""
+    classified as the daemon does, its score (the card's ``field_decision``: the mean log-odds of blast,
+    or the blast fraction, over the cells the model classified) and the rule's threshold (or
+    ``threshold``, on the card's score, else on the blast fraction). Scores ALL vs benign: accuracy,
+    sensitivity, specificity and the AUC of the field score; fields with no classified cell are
+    undecided and counted apart."""
 
     rule = dict(runtime.card.field_decision)
     if threshold is not None:
-        rule = {**rule, "threshold": float(threshold), "score": "blast_fraction"}
+        rule = {**rule, "threshold": float(threshold), "score": rule.get("score", "blast_fraction")}
     if not rule:
         raise ConfigError(f"{runtime.path.name}'s card has no field decision (train on a harvest of fields labelled "
                           "per field); give --threshold to score the blast fraction at a threshold of your own")
@@ -196,10 +197,10 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
             for stage, ms in stage_ms.items():
                 times.add(stage, ms)
             probs = [r.prob_all for r in records if r.prob_all is not None]
-            blasts = sum(p >= FIELD_CELL_THRESHOLD for p in probs)
-            call = decide_field(rule, blasts, len(probs))
+            call = decide_field(rule, float(np.sum(cell_score(np.array(probs), rule["score"]))), len(probs))
             fields.append({"field": f"{s.name}/{path.name}", "label": label, "cells": len(probs),
-                           "detections": len(records), "blast_fraction": call["blast_fraction"] if call else None,
+                           "detections": len(records), "score": call["value"] if call else None,
+                           "blast_fraction": round(float(np.mean(np.array(probs) >= 0.5)), 4) if probs else None,
                            "all": call["all"] if call else None, "um_per_px": round(um, 5)})
     decided = [f for f in fields if f["all"] is not None]
     if not decided:
@@ -208,8 +209,9 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
     m = binary_metrics(y, np.array([f["all"] for f in decided], float), 0.5)
     cells = np.array([f["cells"] for f in fields])
     return {"folder": str(folder), "fields": len(fields), "decided": len(decided), "undecided": len(fields) - len(decided),
-            "all_fields": int(y.sum()), "benign_fields": int(len(y) - y.sum()), "threshold": rule["threshold"],
+            "all_fields": int(y.sum()), "benign_fields": int(len(y) - y.sum()), "score": rule["score"],
+            "threshold": rule["threshold"],
             "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-            "auc": roc_auc(y, np.array([f["blast_fraction"] for f in decided])),
+            "auc": roc_auc(y, np.array([f["score"] for f in decided])),
             "cells_per_field": {"median": float(np.median(cells)), "min": int(cells.min()), "max": int(cells.max())},
             "skipped_sessions": skipped, "stages": times.summary(), "per_field": fields}

@@ -23,8 +23,10 @@ is given before its card's preprocessing.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -56,7 +58,7 @@ log = logging.getLogger(__name__)
 MANIFEST, META = "manifest.csv", "harvest.json"
 META_VERSION = 1
 #: the manifest's columns, in order; ``prob_<class>`` columns follow when a bundle classified the cells
-COLUMNS = ("filename", "label", "weak_label", "field_class", "patient_id", "cell_id", "session", "source", "frame",
+COLUMNS = ("filename", "label", "labelled_by", "weak_label", "field_class", "patient_id", "cell_id", "session", "source", "frame",
            "x0", "y0", "x1", "y1", "um_per_px", "track", "sharpness", "model_sha256", "appearance_distance")
 #: the canvas is this quantile of the sampled cells' extent (µm), times CANVAS_MARGIN, rounded up to 1 µm (the
 #: top percent is mostly masks that ran into red cells: on all-fields p95 26.7, p98 ~28, p99 31.9 µm)
@@ -130,6 +132,23 @@ def write_manifest(dataset: Path, rows: Sequence[dict[str, Any]], columns: Seque
     os.replace(tmp, dataset / MANIFEST)
 
 
+@contextlib.contextmanager
+def manifest_lock(dataset: Path) -> Iterator[None]:
+    """Held while a manifest is read, changed and written back (a harvest's re-run, a labeller, a second
+    labeller in another process): an exclusive lock on ``DATASET/.manifest.lock``."""
+    dataset.mkdir(parents=True, exist_ok=True)
+    with open(dataset / ".manifest.lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+#: the columns a person's labelling sets (``alnett-edge label``); a harvest re-run never overwrites them
+LABEL_COLUMNS = ("label", "labelled_by")
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
@@ -150,10 +169,52 @@ def open_dataset(dataset: Path) -> dict[str, Any]:
         if not isinstance(canvas, (int, float)) or isinstance(canvas, bool) or not 1 <= canvas <= 500:
             raise DataError(f"{meta_path} has no valid canvas_um (edited by hand?); restore it or start a new dataset")
         return meta
-    if dataset.is_dir() and any(dataset.iterdir()):
+    if dataset.is_dir() and any(not p.name.startswith(".") for p in dataset.iterdir()):  # .manifest.lock
         raise ConfigError(f"--out {dataset} is a folder with other files and no {META}: not a harvest dataset "
                           "(name a new or empty folder, or an earlier harvest to add to)")
     return {}
+
+
+def init_dataset(dataset: Path, canvas_um: float) -> None:
+    """An empty harvest on a ``canvas_um`` canvas where there is none yet (the device page's label
+    dataset before its first cell); an existing one must have that canvas."""
+    with manifest_lock(dataset):
+        meta = open_dataset(dataset)
+        if meta and abs(float(meta["canvas_um"]) - canvas_um) > 1e-6:
+            raise ConfigError(f"{dataset} holds cells cut on a {meta['canvas_um']} µm canvas; this model cuts "
+                              f"{canvas_um} µm: name another label dataset")
+        if not meta:
+            _write_json(dataset / META, {"version": META_VERSION, "canvas_um": canvas_um, "edge_trim_um": EDGE_TRIM_UM,
+                                         "classes": {}, "sessions": {}})
+        if not (dataset / MANIFEST).is_file():
+            write_manifest(dataset, [], COLUMNS)
+
+
+def add_labelled_cell(dataset: Path, canvas_um: float, image_rgb: np.ndarray, row: dict[str, Any]) -> None:
+    """One cell a person labelled elsewhere (the device page's gallery) added to a harvest dataset, made
+    if new: its crop (cut on ``canvas_um``, which must be the dataset's) and its manifest row (``row``:
+    manifest columns, ``cell_id`` and ``session`` among them). A cell already in it gets the new label."""
+    init_dataset(dataset, canvas_um)
+    with manifest_lock(dataset):
+        meta = open_dataset(dataset)
+        rows, columns = read_manifest(dataset)
+        for c in (*COLUMNS, *(k for k in row if k.startswith("prob_"))):
+            if c not in columns:
+                columns.append(c)
+        known = next((r for r in rows if r["cell_id"] == row["cell_id"]), None)
+        if known is not None:
+            known.update({c: str(row.get(c, "")) for c in LABEL_COLUMNS})
+        else:
+            rel = Path("cells") / _slug(str(row["session"])) / f"{row['cell_id']}.png"
+            (dataset / rel).parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(dataset / rel), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
+                raise DataError(f"cannot write {dataset / rel}")
+            rows.append({**{c: "" for c in columns}, **{k: str(v) for k, v in row.items()}, "filename": str(rel)})
+        write_manifest(dataset, rows, columns)
+        meta["sessions"].setdefault(str(row["session"]), {"source": str(row.get("source", "")),
+                                                          "um_per_px": row.get("um_per_px") or None,
+                                                          "optics": "the device page", "updated": time.time()})
+        _write_json(dataset / META, meta)
 
 
 def dataset_canvas_um(data: str | Path) -> float | None:
@@ -484,12 +545,25 @@ class Harvester:
             if detector is not None:
                 new_rows = self._harvest(session, detector, report)
                 self.rows.extend(new_rows)
-                write_manifest(self.dataset, self.rows, self.columns)  # after each session: a stop loses one at most
+                self._save()  # after each session: a stop loses one at most
             meta["sessions"][session.name] = {"source": session.source, "um_per_px": report.um_per_px,
                                               "optics": report.optics, "updated": time.time()}
             _write_json(self.dataset / META, meta)
             self.reports.append(report)
         return self.reports
+
+    def _save(self) -> None:
+        """The manifest written back with the labels set meanwhile (by ``alnett-edge label``) kept."""
+        with manifest_lock(self.dataset):
+            on_disk, columns = read_manifest(self.dataset)
+            for c in columns:
+                if c not in self.columns:
+                    self.columns.append(c)
+            labels = {r["cell_id"]: r for r in on_disk}
+            for row in self.rows:
+                if row["cell_id"] in labels:
+                    row.update({c: labels[row["cell_id"]].get(c, "") for c in LABEL_COLUMNS if c in columns})
+            write_manifest(self.dataset, self.rows, self.columns)
 
     def _sessions(self, source: str | Path) -> list[_Session]:
         path = Path(source)

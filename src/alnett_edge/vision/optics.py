@@ -69,6 +69,10 @@ MIN_CONTRAST = 6.0
 FOV_SIDE = 160
 
 
+#: the pixel sizes (µm) a camera on a microscope gives: about 0.02 (100x oil, a small-pixel sensor) to 5 (4x)
+UM_PER_PX_RANGE = (0.02, 5.0)
+
+
 @dataclass(frozen=True)
 class OpticsConfig:
     """``[optics]``: give ``um_per_px``, or ``camera_pixel_um`` and ``magnification`` (the total
@@ -90,7 +94,12 @@ class OpticsConfig:
         if self.um_per_px and from_optics and abs(self.um_per_px - from_optics) > 0.05 * self.um_per_px:
             raise ConfigError(f"[optics] um_per_px = {self.um_per_px:g} disagrees with camera_pixel_um / magnification"
                               f" = {from_optics:.4g} (more than 5 %); give one of them")
-        return self.um_per_px or from_optics
+        um = self.um_per_px or from_optics
+        if um and not UM_PER_PX_RANGE[0] <= um <= UM_PER_PX_RANGE[1]:
+            raise ConfigError(f"a pixel size of {um:g} µm is not a microscope's (a camera on one sees "
+                              f"{UM_PER_PX_RANGE[0]}-{UM_PER_PX_RANGE[1]} µm per pixel: 100x oil to a 4x objective); "
+                              "check [optics] / --um-per-px")
+        return um
 
 
 def fov_mask(rgb: np.ndarray) -> np.ndarray:
