@@ -847,3 +847,30 @@ def test_a_failing_database_stops_the_daemon_in_bounded_time_too(tmp_path):
     assert not rec.over_limit
     rec.failing_since = time.time() - 0.5  # what a failed write sets (see test_disk_full_stops_cleanly...)
     assert rec.over_limit and rec.pending_cells == 0
+
+
+def test_a_swap_during_a_disk_fault_loses_no_row(x86_bundle, rpi_bundle, tmp_path):
+    """The output folder deleted (database and WAL gone) and a new bundle asked for at once: the database
+    is written again from the open connection, the swap happens, and every processed cell is a row
+    carrying the model that classified it."""
+    import sqlite3
+
+    out = tmp_path / "out"
+    daemon, thread, box = _run_daemon_in_thread(x86_bundle["bundle"], "synthetic:9", {"db": str(out / "cells.db")},
+                                                run={"max_frames": 10_000}, quality={"out_of_distribution": "record"})
+    try:
+        _until(lambda: daemon.frames_processed >= 4)
+        _remove_tree(out)
+        new_sha = daemon.request_swap(rpi_bundle["bundle"])
+        after = daemon.frames_processed
+        _until(lambda: daemon.frames_processed >= after + 4 and daemon.model_sha256 == new_sha)
+    finally:
+        daemon.request_stop("test")
+        thread.join(120)
+    summary = box["summary"]
+    n, _ = _rows(out / "cells.db")
+    assert summary["store"]["restored"] >= 1 and summary["store_error"] is None and n == summary["cells_processed"] > 0
+    con = sqlite3.connect(out / "cells.db")
+    shas = {s for (s,) in con.execute("SELECT DISTINCT model_sha256 FROM cells")}
+    con.close()
+    assert new_sha in shas and shas <= {m["model_sha256"] for m in summary["models"]}

@@ -108,6 +108,27 @@ def test_isa_detection_names_the_int8_kernel():
     assert isa_summary()["cpu"] in line and ("VNNI" in line or "ARM" in line or "int8: other" in line)
 
 
+def test_arm_is_named_by_its_own_features_and_emulation_is_said():
+    """Under qemu-user, /proc/cpuinfo is the x86 host's: the Arm features come from the auxiliary vector
+    (AT_HWCAP / AT_HWCAP2), and the CPU is called emulated (deploy/arm-check prints this line)."""
+    import struct
+
+    from alnett_edge.machine import arm_hwcaps, cpu_model, emulated, simd
+
+    x86_info = "vendor_id : AuthenticAMD\nmodel name : AMD EPYC 9B14\nflags : fpu avx2 avx512f avx512_vnni\n"
+    pi_info = "processor : 0\nFeatures : fp asimd evtstrm crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n"
+    assert emulated(x86_info, "aarch64") and not emulated(x86_info, "x86_64") and not emulated(pi_info, "aarch64")
+    auxv = struct.pack("<QQQQQQ", 16, (1 << 0) | (1 << 1) | (1 << 20), 26, 1 << 13, 0, 0)  # fp asimd asimddp | i8mm
+    assert arm_hwcaps(auxv) == {"fp", "asimd", "asimddp", "i8mm"}
+    assert simd(arm_hwcaps(auxv), "aarch64") == ("NEON+dotprod+i8mm", 16)
+    assert simd({"avx512f", "avx512_vnni"}, "aarch64")[0].startswith("NEON")  # never an x86 name on Arm
+    assert int8_kernel(arm_hwcaps(auxv), "aarch64") == "arm"
+    if emulated():
+        assert cpu_model().startswith("emulated aarch64")
+    else:
+        assert not cpu_model().startswith("emulated")
+
+
 def test_saturating_emulation_is_what_this_cpus_kernels_compute():
     """8-bit weights: the AVX2 emulation saturates (so it differs from exact); ONNX Runtime's real
     kernels here equal the emulation of *this* CPU's arithmetic, picked from the detected ISA."""

@@ -10,9 +10,12 @@ AVX-VNNI, AMX), ARM (dot-product or NEON) or a GPU, all of which accumulate exac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
+import sys
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,41 @@ def _cpuinfo() -> str:
         return ""
 
 
+#: aarch64 feature bits of the ELF auxiliary vector (Linux's asm/hwcap.h): AT_HWCAP, then AT_HWCAP2
+_ARM_HWCAP = {0: "fp", 1: "asimd", 20: "asimddp", 22: "sve"}
+_ARM_HWCAP2 = {1: "sve2", 13: "i8mm", 14: "bf16"}
+
+
+def arm_hwcaps(auxv: bytes | None = None) -> set[str]:
+    """The Arm features the kernel (or qemu-user, under emulation) gives this process, from
+    ``/proc/self/auxv``: /proc/cpuinfo under emulation is the host's, not the emulated CPU's."""
+    if auxv is None:
+        try:
+            auxv = Path("/proc/self/auxv").read_bytes()
+        except OSError:
+            return set()
+    import struct
+
+    caps: set[str] = set()
+    for i in range(0, len(auxv) - 15, 16):
+        key, value = struct.unpack_from("<QQ", auxv, i)
+        table = _ARM_HWCAP if key == 16 else _ARM_HWCAP2 if key == 26 else None
+        if table:
+            caps |= {name for bit, name in table.items() if value >> bit & 1}
+    return caps
+
+
+def emulated(info: str | None = None, machine: str | None = None) -> bool:
+    """An Arm process whose /proc/cpuinfo describes an x86 host: running under qemu-user."""
+    info = _cpuinfo() if info is None else info
+    arm = (machine or platform.machine()).lower() in ("aarch64", "arm64")
+    return arm and bool(re.search(r"^(vendor_id|flags)\s*:", info, re.M))
+
+
 def cpu_flags(info: str | None = None) -> set[str]:
     info = _cpuinfo() if info is None else info
+    if emulated(info):  # the host's x86 flags would be a lie here
+        return arm_hwcaps()
     m = re.search(r"^(flags|Features)\s*:\s*(.*)$", info, re.M)
     return set(m.group(2).split()) if m else set()
 
@@ -41,18 +77,20 @@ def cpu_flags(info: str | None = None) -> set[str]:
 def cpu_model(info: str | None = None) -> str:
     info = _cpuinfo() if info is None else info
     m = re.search(r"^(model name|Model)\s*:\s*(.*)$", info, re.M)
-    return m.group(2).strip() if m else (platform.processor() or platform.machine())
+    model = m.group(2).strip() if m else (platform.processor() or platform.machine())
+    return f"emulated aarch64 (qemu-user on {model})" if emulated(info) else model
 
 
 def simd(flags: set[str], machine: str | None = None) -> tuple[str, int]:
     """(name, fp32 FLOPs per cycle per core)."""
     machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64"):
+        return "NEON" + "".join(f"+{n}" for f, n in (("asimddp", "dotprod"), ("i8mm", "i8mm"), ("sve", "SVE"))
+                                if f in flags), 16
     if "avx512f" in flags:
         return "AVX-512", 64
     if "avx2" in flags and "fma" in flags:
         return "AVX2+FMA", 32
-    if machine in ("aarch64", "arm64"):
-        return "NEON", 16
     if "avx" in flags:
         return "AVX", 16
     return "SSE", 8
@@ -111,3 +149,37 @@ def inference_threads(asked: int) -> int:
         return asked
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
     return max(1, cores - 1)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(enabled: bool | None = None) -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null meanwhile: a native library's own lines at import (ONNX
+    Runtime's "Error in cpuinfo: failed to parse ..." on Arm, where its cpuinfo cannot read the CPU;
+    seen under qemu-user). By default only on Arm; a Python exception still reaches the user."""
+    if enabled is None:
+        enabled = platform.machine().lower() in ("aarch64", "arm64")
+    if not enabled:
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_onnxruntime():  # noqa: ANN201 - the onnxruntime module
+    """``import onnxruntime`` without its native lines on Arm (:func:`quiet_native_stderr`)."""
+    with quiet_native_stderr():
+        import onnxruntime
+
+    return onnxruntime

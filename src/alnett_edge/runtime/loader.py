@@ -18,6 +18,7 @@ from typing import Any
 
 from alnett_edge.card import CARD_KEY, InputSpec, ModelCard
 from alnett_edge.errors import CheckpointError, ConfigError
+from alnett_edge.machine import import_onnxruntime
 from alnett_edge.bundle import Bundle, load_bundle
 from alnett_edge.runtime.base import (BACKENDS, Runtime, RuntimeUnavailable, backend_class, backend_formats, backend_options,
                                       backend_spec, backends_for_format, unavailable_reason)
@@ -60,7 +61,7 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def onnx_card(path: Path) -> ModelCard:
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from alnett_edge.card import ModelCard
+from alnett_edge.machine import import_onnxruntime
 from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,7 @@ PROVIDERS = {
 
 
 def _ort() -> Any:
-    import onnxruntime
-
-    return onnxruntime
+    return import_onnxruntime()
 
 
 def session_options(threads: int = 0, profile_prefix: str | None = None, unfused: bool = False) -> Any:
