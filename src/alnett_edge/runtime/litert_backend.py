@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alnett_edge.card import ModelCard
+from alnett_edge.machine import quiet_native_stderr as machine_quiet
 from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
 
 
@@ -25,24 +25,11 @@ def interpreter_class() -> Any:
     return Interpreter
 
 
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
+def quiet_native_stderr() -> contextlib.AbstractContextManager[None]:
     """Silence file descriptor 2 while native LiteRT / litert-torch code logs through absl or prints
-    "Created TensorFlow Lite XNNPACK delegate", which no Python logging setting reaches. Python
-    exceptions still propagate."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (embedded interpreter)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    "Created TensorFlow Lite XNNPACK delegate", which no Python logging setting reaches (on every
+    machine; :func:`alnett_edge.machine.quiet_native_stderr`)."""
+    return machine_quiet(enabled=True)
 
 
 class LiteRTRuntime(Runtime):
