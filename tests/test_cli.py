@@ -54,6 +54,11 @@ def test_demo_runs_its_stages(tmp_path):
     assert "frame_to_decision" in res.output and (tmp_path / "daemon" / "cells.db").is_file()
     assert "blast_ratio=estimated" in res.output  # predicted vs true blast ratio, printed by the demo
     assert (tmp_path / "eval" / "report.json").is_file()
+    # the slide report of the daemon's run, printed, with its cell gallery filled (the crops are kept)
+    html = tmp_path / "daemon" / "report" / "report.html"
+    assert f"slide report (open it in a browser): {html.resolve()}" in res.output
+    assert html.is_file() and (tmp_path / "daemon" / "report" / "cells.png").is_file()
+    assert any((tmp_path / "daemon" / "crops").glob("*.jpg"))
 
 
 @pytest.mark.parametrize(

@@ -213,10 +213,14 @@ def _daemon(ctx: PipelineContext) -> dict[str, Any]:
         # each frame once (2 s at 30 fps): a replayed frame would count its cells twice (issue 12: tracking)
         "source": {"spec": f"video:{video}", "fps": 30.0, "loop": False}, "runtime": {"bundle": str(bundle)},
         "optics": {"um_per_px": SMEAR_UM_PER_PX},
-        "sinks": {"db": str(db), "snapshots": str(out / "snapshots"), "snapshot_every": 30}, "http": {"port": 0},
+        "sinks": {"db": str(db), "snapshots": str(out / "snapshots"), "snapshot_every": 30,
+                  "crops": str(out / "crops")}, "http": {"port": 0},
         "run": {"duration": ctx.daemon_seconds}})  # fmt: skip
     summary = Daemon(cfg).run()
     ctx.artifacts["daemon_summary"] = summary
+    from alnett_edge.daemon.report import build_report
+
+    report = build_report(db, out / "report", crops=out / "crops")  # the slide report, its cell gallery filled
     f2d = summary["stages"].get("frame_to_decision", {})
     session = summary["session"]
     true_ratio = round(sum(lab == "all" for lab in truth) / len(truth), 4) if truth else None
@@ -227,6 +231,7 @@ def _daemon(ctx: PipelineContext) -> dict[str, Any]:
         f"{'inside' if ci[0] <= true_ratio <= ci[1] else 'OUTSIDE'} the interval")
     return {"fps": summary["mean_fps"], "frames": summary["frames_processed"], "dropped": summary["frames_dropped"],
             "cells": summary["cells_processed"], "p99_frame_to_decision_ms": f2d.get("p99_ms"), "db": str(db),
+            "report": report["files"]["html"],
             "um_per_px": f"{SMEAR_UM_PER_PX:.4f} (the red-cell estimate says {cal.um_per_px:.4f})",
             "blast_ratio": f"estimated {est.get('value')} (95 % CI {ci}), true {true_ratio} over the {len(truth)} "
                            f"white cells of the video{verdict}; blast calls among decided cells {session.get('blast_ratio')}"}

@@ -166,7 +166,7 @@ LOG_ODDS_CLIP = 1e-4
 #: how a field is scored from its cells' P(blast): the mean of a per-cell value (:func:`cell_score`).
 #: ``mean_log_odds`` keeps each cell's confidence; ``blast_fraction`` (the share of cells at P >= 0.5,
 #: older cards) throws it away: on the all-fields cross-validation its held-out field AUC was 0.963
-#: against 0.995 for the mean log-odds of the same cells (README, "Your microscope").
+#: against 0.995 for the mean log-odds of the same cells (docs/microscope.md).
 FIELD_SCORES = ("mean_log_odds", "blast_fraction")
 FIELD_SCORE = "mean_log_odds"
 

@@ -50,4 +50,7 @@ def register(app: typer.Typer) -> None:
             from alnett_edge.cli.daemon import stage_table
 
             console.print(stage_table(ctx.artifacts["daemon_summary"]))
+        report = next((r.info["report"] for r in results if r.name == "daemon" and "report" in r.info), None)
+        if report:
+            typer.echo(f"slide report (open it in a browser): {Path(report).resolve()}")
         console.print(f"files: {out.resolve()}")

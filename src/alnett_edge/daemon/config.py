@@ -67,36 +67,36 @@ MAX_QUEUE = 256
 @dataclass
 class SourceConfig:
     spec: str = ""
-    width: int = 0
-    height: int = 0
-    fps: float = 0.0
-    exposure: float = 0.0
-    loop: bool = False
+    width: int = 0  # camera frame width in pixels (0: the camera's own)
+    height: int = 0  # camera frame height in pixels (0: the camera's own)
+    fps: float = 0.0  # camera frame rate, or the pace files and folders are replayed at (0: a file waits for the pipeline)
+    exposure: float = 0.0  # exposure in microseconds where the camera supports it (0: automatic)
+    loop: bool = False  # files and folders: start again at the end
     stall_timeout: float = 5.0
-    backoff_min: float = 0.5
-    backoff_max: float = 30.0
+    backoff_min: float = 0.5  # seconds before the first reconnection attempt (doubling after each failure)
+    backoff_max: float = 30.0  # seconds between reconnection attempts at most
     queue: int = 8
 
 
 @dataclass
 class RuntimeConfig:
-    bundle: str = ""
+    bundle: str = ""  # the bundle folder or .tar.gz (export's output)
     backend: str = ""
     threads: int = 0  # inference threads; 0: every core but one (capture and detection need one)
     # crops per model call; 0: the runtime's own (a fixed-profile engine's batch), else 1. On 2 AVX2
     # cores alnett-s at batch 3 costs 3x batch 1 (ONNX Runtime, 1 thread: 14.2 against 4.5 ms), and
     # ONNX Runtime's arena keeps its largest batch's blocks (the daemon's RSS: 137 MB at batch 1, 170
     # at up to 8, BCCD held 1 s): batching pays on a GPU, not here
-    max_batch: int = 0
+    max_batch: int = 0  # crops classified in one call at most (0: all of a frame's)
 
 
 @dataclass
 class SinkConfig:
-    db: str = "alnett-edge.db"
-    jsonl: str = ""
-    snapshots: str = ""
+    db: str = "alnett-edge.db"  # SQLite database: the store of record (one row a decided cell, a row a session)
+    jsonl: str = ""  # also append every cell as a JSON line here (a copy)
+    snapshots: str = ""  # annotated frames (JPEG) written here: every snapshot_every frames and on each blast
     crops: str = ""  # a JPEG of each decided cell as the model saw it (alnett-edge report shows them)
-    snapshot_every: int = 100
+    snapshot_every: int = 100  # frames between two snapshots
     snapshot_min_interval_s: float = 1.0  # at most one blast snapshot per interval
     max_pending_cells: int = 10000  # rows held in memory while the database cannot be written; then stop
     max_pending_s: float = 300.0  # and at most this long (10,000 cells at 30 fps with 3 cells a frame: ~110 s)
@@ -106,7 +106,7 @@ class SinkConfig:
 class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8080  # 0 = no HTTP server
-    token: str = ""
+    token: str = ""  # the token another address needs (also ALNETT_EDGE_HTTP_TOKEN); a browser signs in with it once
     preview: bool = False  # /preview.mjpg of annotated frames
     read_only: bool = False  # a screen in the corridor: the page and the API answer, nothing can be changed
     label_dataset: str = ""  # a harvest labelled on the device page (/label), and where "wrong" cells go

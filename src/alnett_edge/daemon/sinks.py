@@ -2,7 +2,7 @@
 per session), JSON lines, and annotated snapshots (every N frames and on each blast). A sink is one class with ``open``, ``write`` and
 ``close``.
 
-The sink policy (:class:`Recorder`; the README's "When the disk fails"):
+The sink policy (:class:`Recorder`; docs/daemon.md, "When the disk fails"):
 
 - The database is the store of record. A cell counts (status, metrics, the session row, the summary)
   only once its frame's rows are committed; a frame is one transaction.

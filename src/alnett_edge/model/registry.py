@@ -49,7 +49,7 @@ register_variant(
         name="alnett-s",
         # sum fusion: the pointwise conv reads C, not 3C, channels and no concat is copied. On 2 AVX2
         # cores (ONNX Runtime, 2 threads) b1 / b8 went from 2.7-3.0 / 22-36 ms to 1.5-1.7 / 10-14 ms,
-        # under MobileNetV3-Small's 2.9-3.4 / 14-19 in the same runs; accuracy: see the README
+        # under MobileNetV3-Small's 2.9-3.4 / 14-19 in the same runs; accuracy: see docs/engineering/architecture.md
         config=ALNettConfig(stem_channels=16, channels=(32, 64, 128, 192, 256), dropout=0.2, fusion="sum"),
         input_size=224,
         description="Raspberry Pi sized ALNett, 224x224, branches summed",

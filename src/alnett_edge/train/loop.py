@@ -405,7 +405,7 @@ def resolve_stain(stain: str, samples: list[Any], class_names: tuple[str, ...]) 
     few patients the model can learn which patient a cell came from (its stain) instead of what the cell
     is. Measured on 300 synthetic cells of 15 patients (10 ALL, 5 normal, each its own stain; 5-fold,
     patient-disjoint, alnett-s): accuracy 0.683 +- 0.062 with "none", 0.917 +- 0.020 with "cell"; on
-    the 70 real C-NMC cells of 42 patients the two are equal within noise (README)."""
+    the 70 real C-NMC cells of 42 patients the two are equal within noise (docs/engineering/data-and-metrics.md)."""
     if stain != "auto":
         return stain
     few = few_patients(samples, class_names)
@@ -423,7 +423,7 @@ def _warn_few_patients(ds: Any, class_names: tuple[str, ...]) -> None:
     few = few_patients(ds.samples, class_names)
     if few:
         log.warning("few patients in the training split (%s): the model can learn each patient's stain instead "
-                    "of the cell; --stain cell normalises each cell's colour (see the README, small datasets)",
+                    "of the cell; --stain cell normalises each cell's colour (docs/engineering/data-and-metrics.md)",
                     _listed(few))
 
 

@@ -17,14 +17,14 @@ class QualityConfig:
     # variance of the Laplacian inside the cell mask (gray); lower = blurred. Calibrated on the BCCD frames
     # (640x480): in-focus cells p1 6.2, the same cells blurred by a sigma-2 Gaussian p95 3.2. Depends on the
     # optics and resolution: set it for your microscope.
-    min_sharpness: float = 4.5
+    min_sharpness: float = 4.5  # the least sharpness (variance of the Laplacian, the work scale) a crop must have to be classified
     allow_border: bool = False  # cells cut by the frame border are abstained
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # top class probability (0.6); lower = abstain
     # a crop farther from the training cells' look than the card allows (card.appearance): "abstain"
     # (not classified: "out of distribution"), "record" (classified; its distance is recorded), "off".
     # "abstain" by default: a model shown a stain or optics it never saw gives confident calls that mean
     # nothing (a C-NMC-trained card puts every BCCD and smartphone crop beyond its limit)
-    out_of_distribution: str = "abstain"
+    out_of_distribution: str = "abstain"  # abstain / record / off: what is done with a cell unlike the training cells (card.appearance)
 
 
 #: the outermost band of a field cell's mask, where the optics blur its edge into the bright plasma

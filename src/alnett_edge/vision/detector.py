@@ -21,7 +21,7 @@ expected nucleus size. Each nucleus gives a cell box (the nucleus box grown by `
 least ``min_cell_um``) and a cell mask (the nucleus plus the stained cytoplasm around it).
 
 Defaults were tuned on BCCD (640x480, C-mount camera) and on the ``train/`` frames of wbc-smartphone
-(416x416, a smartphone on the eyepiece); ``alnett-edge field-eval`` reports both (see the README).
+(416x416, a smartphone on the eyepiece); ``alnett-edge field-eval`` reports both (docs/daemon.md).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ class DetectorConfig:
     close_um: float = 1.5  # closing: joins nucleus lobes
     open_um: float = 0.75  # opening: drops specks
     min_nucleus_um2: float = 30.0  # smaller: platelets, specks, a lone lobe
-    max_nucleus_um2: float = 450.0
+    max_nucleus_um2: float = 450.0  # larger: not one nucleus (a clump, a smudge)
     split_nucleus_um2: float = 150.0  # larger components are touching nuclei: split
     nucleus_radius_um: float = 3.5  # expected radius of one nucleus (seeds of the split)
     min_solidity: float = 0.7  # area / convex hull area; platelet clumps and smudges are lower
-    max_aspect: float = 3.5
+    max_aspect: float = 3.5  # longest side / shortest side of a nucleus at most
     cell_scale: float = 1.3  # cell box side / nucleus box side
     min_cell_um: float = 10.0  # smallest cell box side
     small_nucleus_um2: float = 40.0  # a nucleus this small (a small lymphocyte's) has a thin cytoplasm:

@@ -79,8 +79,8 @@ class OpticsConfig:
     magnification onto the sensor), or nothing (estimated from the first frames)."""
 
     um_per_px: float = 0.0
-    magnification: float = 0.0
-    camera_pixel_um: float = 0.0
+    magnification: float = 0.0  # total magnification onto the sensor (with camera_pixel_um)
+    camera_pixel_um: float = 0.0  # the camera's pixel pitch in µm (with magnification)
     rbc_um: float = RBC_UM  # red-cell diameter used by the estimate
     calibration_frames: int = 8  # frames the daemon estimates from when um_per_px is not given
 

@@ -60,7 +60,7 @@ NEW_FIELD_RESPONSE = 0.3
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    enabled: bool = True
+    enabled: bool = True  # one track per cell, decided once (off: every detection of every frame is a row)
     observations: int = 3  # the sharpest good observations classified and fused into a track's decision
     watch_frames: int = 6  # good observations a track is watched for before its sharpest are classified (at least
     # `observations`): 0.2 s at 30 fps, long enough to pass through a focus sweep's best plane
