@@ -43,7 +43,7 @@ import numpy as np
 from alnett_edge.capture.base import Frame
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.machine import isa_line
-from alnett_edge.metrics import binary_metrics, cell_score, decide_field, roc_auc
+from alnett_edge.metrics import binary_metrics, cell_score, decide_field, roc_auc, rule_score
 from alnett_edge.runtime.loader import open_runtime
 from alnett_edge.runtime.predict import classify_arrays
 from alnett_edge.vision.cells import QualityConfig
@@ -139,7 +139,7 @@ def cell_path(cv: Path, fields: Path, harvest_meta: dict, limit: int | None) -> 
                 for s in SHIFTS:
                     recs, _ = classify_frame(Frame(shift(rgb, s), 0.0, 0, name), det, quality, rt, 32, "")
                     probs = [r.prob_all for r in recs if r.prob_all is not None]
-                    call = decide_field(rule, float(np.sum(cell_score(np.array(probs), rule["score"]))), len(probs))
+                    call = decide_field(rule, float(np.sum(cell_score(np.array(probs), rule_score(rule)))), len(probs))
                     o = out[s]
                     o["y"].append(ALL_CLASSES[session])
                     o["called"].append(None if call is None else call["all"])

@@ -171,6 +171,11 @@ FIELD_SCORES = ("mean_log_odds", "blast_fraction")
 FIELD_SCORE = "mean_log_odds"
 
 
+def rule_score(rule: dict[str, object]) -> str:
+    """The score a card's field rule uses (a rule written before the score was recorded: the blast fraction)."""
+    return str(rule.get("score", "blast_fraction"))
+
+
 def cell_score(prob_all: float | np.ndarray, score: str = FIELD_SCORE) -> float | np.ndarray:
     """A cell's share of its field's score: its clipped log-odds of blast, or 1/0 (blast call or not)."""
     p = np.asarray(prob_all, dtype=np.float64)
@@ -228,7 +233,7 @@ def decide_field(rule: dict[str, object], total: float, cells: int) -> dict[str,
     if not rule or cells <= 0:
         return None
     value = total / cells
-    return {"all": bool(value > float(rule["threshold"])), "score": str(rule.get("score", "blast_fraction")),  # type: ignore[arg-type]
+    return {"all": bool(value > float(rule["threshold"])), "score": rule_score(rule),  # type: ignore[arg-type]
             "value": round(value, 4), "threshold": rule["threshold"], "cells": cells}
 
 

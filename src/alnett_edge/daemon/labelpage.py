@@ -17,13 +17,12 @@ import logging
 import re
 from typing import Any
 
-import cv2
-import numpy as np
 from jinja2 import Environment
 
 from alnett_edge.daemon.web import Reply, Request, check_bind, serve
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.errors import AlnettError
+from alnett_edge.vision.cells import context_jpeg
 from alnett_edge.vision.labels import LabelBook, agreement
 
 log = logging.getLogger(__name__)
@@ -75,17 +74,9 @@ class LabelRoutes:
         if frame is None:
             return Reply.text(404, "no frame context (a video or camera source, or the frame moved)")
         cell = self.book.cells[cell_id].to_dict()
-        x0, y0, x1, y1 = cell["box"]
-        rgb = load_image(frame, what="frame")
-        um = cell["um_per_px"] or 0.5
-        half = int(1.5 * self.book.canvas_um / um)
-        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-        h, w = rgb.shape[:2]
-        a0, b0 = max(0, cx - half), max(0, cy - half)
-        view = np.ascontiguousarray(rgb[b0:min(h, cy + half), a0:min(w, cx + half)])
-        cv2.rectangle(view, (x0 - a0, y0 - b0), (x1 - a0, y1 - b0), (255, 214, 0), max(1, half // 60))
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(view, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
-        return Reply(200, buf.tobytes(), "image/jpeg") if ok else Reply.text(500, "cannot encode")
+        half = 1.5 * self.book.canvas_um / (cell["um_per_px"] or 0.5)  # three canvases wide
+        jpg = context_jpeg(load_image(frame, what="frame"), tuple(cell["box"]), int(half), quality=88)
+        return Reply(200, jpg, "image/jpeg") if jpg else Reply.text(500, "cannot encode")
 
     def post(self, path: str, body: dict[str, Any], request: Request) -> Reply | None:
         try:

@@ -35,6 +35,7 @@ from jinja2 import Environment
 
 from alnett_edge.daemon.web import Reply, Request
 from alnett_edge.errors import AlnettError
+from alnett_edge.vision.cells import context_jpeg
 from alnett_edge.vision.record import CellRecord
 
 if TYPE_CHECKING:  # the service imports this module
@@ -99,16 +100,7 @@ class Gallery:
         context = None
         if frame_rgb is not None and record.frame_index == frame_index:  # decided while in view
             x0, y0, x1, y1 = record.box
-            pad = max(x1 - x0, y1 - y0)
-            h, w = frame_rgb.shape[:2]
-            a, b = max(0, x0 - pad), max(0, y0 - pad)
-            view = np.ascontiguousarray(frame_rgb[b:min(h, y1 + pad), a:min(w, x1 + pad)])
-            cv2.rectangle(view, (x0 - a, y0 - b), (x1 - a - 1, y1 - b - 1), (255, 214, 0), 2)
-            f = min(1.0, 320 / max(view.shape[:2]))
-            if f < 1:
-                view = cv2.resize(view, (round(view.shape[1] * f), round(view.shape[0] * f)), interpolation=cv2.INTER_AREA)
-            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(view, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-            context = jpg.tobytes() if ok else None
+            context = context_jpeg(frame_rgb, record.box, int(1.5 * max(x1 - x0, y1 - y0)), max_side=320)
         with self._lock:
             self._n += 1
             self._cells.append(GalleryCell(self._n, record, png.tobytes(), context, session, um_per_px))

@@ -197,20 +197,13 @@ class Daemon:
     def finish(self) -> dict[str, Any]:
         self.stopping = True
         self.capture.stop()
-        if not self.recording:  # the last session was stopped from the page and its summary stored then
-            summary = {**self.status(), "stop_reason": self.stop_reason or self.capture.stats.state,
-                       "machine": isa_line(), "store_error": None, "recording": False}
-            self.close()
-            return summary
-        if self.detector is None:
-            self._calibrate(None)  # a run shorter than the calibration frames: estimate from what came
-        if self.tracks is not None:  # tracks in flight are decided from what they have, none is lost
-            self._decide_now([t for t in self.tracks.close() if t.decision is None])
-        self._count(self.recorder.flush())
-        summary = self.status()
-        summary["stop_reason"] = self.stop_reason or self.capture.stats.state
-        summary["machine"] = isa_line()  # latency means little without the CPU and ISA it ran on
-        summary["store_error"] = self.recorder.close(summary)
+        reason = self.stop_reason or self.capture.stats.state
+        if self.recording:
+            if self.detector is None:
+                self._calibrate(None)  # a run shorter than the calibration frames: estimate from what came
+            summary = self._end_session(reason)
+        else:  # the last session was stopped from the page and its summary stored then
+            summary = {**self.status(), "stop_reason": reason, "machine": isa_line(), "store_error": None}
         self.close()
         return summary
 
@@ -469,7 +462,11 @@ class Daemon:
             return
         name, target = req
         if self.recording:
-            self._end_session("stopped from the page" if name is None else "a new slide was started")
+            ended = self._end_session("stopped from the page" if name is None else "a new slide was started")
+            if ended["store_error"]:
+                log.error("session %d: %s", self.recorder.db.session_id, ended["store_error"])
+            log.warning("session %d ended (%s): %d cells", self.recorder.db.session_id, ended["stop_reason"],
+                        ended["session"]["cells"])
         if name is None:
             return
         self.session_name, self.target_cells = name, int(target or 0)
@@ -493,16 +490,18 @@ class Daemon:
         log.warning("session %d (%s) started%s", self.recorder.db.session_id, name or "no name",
                     f", target {self.target_cells} cells" if self.target_cells else "")
 
-    def _end_session(self, reason: str) -> None:
+    def _end_session(self, reason: str) -> dict[str, Any]:
+        """End the recording session (a stop, or a slide stopped from the page): the tracks in flight are
+        decided from what they have (none is lost), the pending rows stored and counted, and the summary
+        stored; returns it, with ``store_error`` (what was not stored, or None)."""
         if self.tracks is not None:
             self._decide_now([t for t in self.tracks.close() if t.decision is None])
         self._count(self.recorder.flush())
+        # latency means little without the CPU and ISA it ran on
         summary = {**self.status(), "stop_reason": reason, "machine": isa_line()}
-        problem = self.recorder.close(summary)
-        if problem:
-            log.error("session %d: %s", self.recorder.db.session_id, problem)
+        summary["store_error"] = self.recorder.close(summary)
         self.recording = False
-        log.warning("session %d ended (%s): %d cells", self.recorder.db.session_id, reason, summary["session"]["cells"])
+        return summary
 
     def label_gallery_cell(self, cell: GalleryCell, label: Any) -> str:
         """A person's label of a cell on the page: the cell, as the model saw it, goes into

@@ -27,7 +27,8 @@ import numpy as np
 from alnett_edge.card import CLASS_NAMES
 from alnett_edge.data.sources import load_samples
 from alnett_edge.errors import ConfigError
-from alnett_edge.metrics import binary_metrics, ece_noise_floor, expected_calibration_error, field_scores, roc_auc
+from alnett_edge.metrics import (binary_metrics, ece_noise_floor, expected_calibration_error, field_scores, roc_auc,
+                                 rule_score)
 from alnett_edge.model.checkpoint import load_checkpoint, read_card, save_checkpoint
 from alnett_edge.model.ensemble import MEMBERS_KEY, ALNettEnsemble
 from alnett_edge.model.profile import profile_model
@@ -76,7 +77,7 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
         rule = read_card(result.best).field_decision
         if rule:  # a harvest of fields labelled per field: the held-out fields called by this fold's rule
             fields.append((rule, *field_scores(curves[-1][1], curves[-1][2], [p["patient_id"] for p in rep["predictions"]],
-                                               str(rule.get("score", "blast_fraction")))))
+                                               rule_score(rule))))
     pooled_y = np.concatenate([np.asarray(c[1], dtype=int) for c in curves])
     pooled_p = np.concatenate([np.asarray(c[2], dtype=np.float64) for c in curves])
     pooled = binary_metrics(pooled_y, pooled_p)
@@ -113,7 +114,7 @@ def _field_report(folds: list[tuple[dict[str, Any], list[str], np.ndarray, np.nd
     cells = np.concatenate([f[4] for f in folds])
     return {"fields": int(len(labels)), "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
             "specificity": m["specificity"], "auc": roc_auc(labels, scores),
-            "score": sorted({str(f[0].get("score", "blast_fraction")) for f in folds}),
+            "score": sorted({rule_score(f[0]) for f in folds}),
             "thresholds": [f[0]["threshold"] for f in folds], "cells_per_field": {
                 "median": float(np.median(cells)), "min": int(cells.min()), "max": int(cells.max())},
             "note": "a field's score is the mean over its harvested cells of the card's cell score (metrics.cell_score: "

@@ -96,3 +96,21 @@ def gate(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig, canvas_px: f
 def quality_reason(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig, canvas_px: float = 0.0) -> str | None:
     """Why this cell must not be classified, or None (:func:`gate` without the sharpness)."""
     return gate(frame_rgb, det, cfg, canvas_px)[0]
+
+
+def context_jpeg(rgb: np.ndarray, box: tuple[int, int, int, int], half_side: int, max_side: int = 0,
+                 quality: int = 85) -> bytes | None:
+    """The frame around a cell for a person (the label view, the device page's gallery): a square of
+    ``2 * half_side`` pixels centred on the box, cut at the frame's edges, the box drawn, shrunk to
+    ``max_side`` (0: as it is); JPEG bytes, or None when it cannot be encoded."""
+    x0, y0, x1, y1 = box
+    cx, cy, half = (x0 + x1) // 2, (y0 + y1) // 2, max(1, int(half_side))
+    h, w = rgb.shape[:2]
+    a, b = max(0, cx - half), max(0, cy - half)
+    view = np.ascontiguousarray(rgb[b:min(h, cy + half), a:min(w, cx + half)])
+    cv2.rectangle(view, (x0 - a, y0 - b), (x1 - a - 1, y1 - b - 1), (255, 214, 0), max(1, half // 60))
+    f = min(1.0, max_side / max(view.shape[:2])) if max_side else 1.0
+    if f < 1:
+        view = cv2.resize(view, (round(view.shape[1] * f), round(view.shape[0] * f)), interpolation=cv2.INTER_AREA)
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(view, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return jpg.tobytes() if ok else None

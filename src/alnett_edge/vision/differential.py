@@ -9,7 +9,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from alnett_edge.metrics import cell_score, decide_field
+from alnett_edge.metrics import cell_score, decide_field, rule_score
 
 if TYPE_CHECKING:
     from alnett_edge.card import ModelCard
@@ -78,7 +78,7 @@ class Aggregator:
         self._w = [0.0, 0.0, 0.0, 0]  # Σw over positive calls, Σw, Σw², cells: the ratio estimate
         self.field_rule = dict(field_rule or {})  # the card's field_decision: the session called from its cells
         self._field_sum = 0.0  # Σ metrics.cell_score under the rule's score, over the cells in _w[3]
-        self._field_score = str(self.field_rule.get("score", "blast_fraction"))
+        self._field_score = rule_score(self.field_rule)
         self._lock = threading.Lock()
 
     @classmethod

@@ -24,7 +24,7 @@ import numpy as np
 from alnett_edge.capture.base import Frame
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.errors import ConfigError, DataError
-from alnett_edge.metrics import binary_metrics, cell_score, decide_field, roc_auc
+from alnett_edge.metrics import binary_metrics, cell_score, decide_field, roc_auc, rule_score
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.timing import StageTimes
 from alnett_edge.vision.annotations import Truth, inside, match, read_truth
@@ -170,7 +170,7 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
 
     rule = dict(runtime.card.field_decision)
     if threshold is not None:
-        rule = {**rule, "threshold": float(threshold), "score": rule.get("score", "blast_fraction")}
+        rule = {**rule, "threshold": float(threshold), "score": rule_score(rule)}
     if not rule:
         raise ConfigError(f"{runtime.path.name}'s card has no field decision (train on a harvest of fields labelled "
                           "per field); give --threshold to score the blast fraction at a threshold of your own")
@@ -197,7 +197,7 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
             for stage, ms in stage_ms.items():
                 times.add(stage, ms)
             probs = [r.prob_all for r in records if r.prob_all is not None]
-            call = decide_field(rule, float(np.sum(cell_score(np.array(probs), rule["score"]))), len(probs))
+            call = decide_field(rule, float(np.sum(cell_score(np.array(probs), rule_score(rule)))), len(probs))
             fields.append({"field": f"{s.name}/{path.name}", "label": label, "cells": len(probs),
                            "detections": len(records), "score": call["value"] if call else None,
                            "blast_fraction": round(float(np.mean(np.array(probs) >= 0.5)), 4) if probs else None,
@@ -209,7 +209,7 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
     m = binary_metrics(y, np.array([f["all"] for f in decided], float), 0.5)
     cells = np.array([f["cells"] for f in fields])
     return {"folder": str(folder), "fields": len(fields), "decided": len(decided), "undecided": len(fields) - len(decided),
-            "all_fields": int(y.sum()), "benign_fields": int(len(y) - y.sum()), "score": rule["score"],
+            "all_fields": int(y.sum()), "benign_fields": int(len(y) - y.sum()), "score": rule_score(rule),
             "threshold": rule["threshold"],
             "accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
             "auc": roc_auc(y, np.array([f["score"] for f in decided])),

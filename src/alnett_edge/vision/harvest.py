@@ -30,7 +30,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections import Counter
@@ -46,6 +45,7 @@ from alnett_edge.capture.base import FrameSkipped, SourceSettings, make_source, 
 from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image
 from alnett_edge.data.sources import parse_label
 from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.files import atomic_text
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.vision.cells import EDGE_TRIM_UM, QualityConfig, cell_image, crop_scale, gate
 from alnett_edge.vision.detector import CellDetector, Detection, DetectorConfig
@@ -122,14 +122,10 @@ def read_manifest(dataset: Path) -> tuple[list[dict[str, str]], list[str]]:
 
 def write_manifest(dataset: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """The whole manifest, written to a temporary file and renamed over the old one (atomic)."""
-    tmp = dataset / f".{MANIFEST}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_text(dataset / MANIFEST) as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dataset / MANIFEST)
 
 
 @contextlib.contextmanager
@@ -150,9 +146,8 @@ LABEL_COLUMNS = ("label", "labelled_by")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_text(path) as f:
+        f.write(json.dumps(data, indent=2))
 
 
 def open_dataset(dataset: Path) -> dict[str, Any]:

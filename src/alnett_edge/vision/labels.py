@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 from alnett_edge.data.sources import parse_label
 from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.files import atomic_text
 from alnett_edge.vision.harvest import META, manifest_lock, open_dataset, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,10 @@ def read_labels(path: Path) -> dict[str, tuple[str, float]]:
 
 def _write_labels(path: Path, labels: dict[str, tuple[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_text(path) as f:
         w = csv.writer(f)
         w.writerow(["cell_id", "label", "time"])
         w.writerows([cid, lab, f"{t:.3f}"] for cid, (lab, t) in labels.items())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def all_labels(dataset: Path) -> dict[str, dict[str, tuple[str, float]]]:
