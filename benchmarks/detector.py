@@ -2,7 +2,7 @@
 detection recall / precision at IoU 0.5 (the matching of ``field-eval``), the pixel size estimated from
 each set's red cells (40 evenly spaced frames), and detect p50 per frame, with the machine's CPU and ISA.
 
-Usage: .venv/bin/python benchmarks/detector.py [--json OUT]
+Usage: .venv/bin/python benchmarks/detector.py [--stain-ref R] [--json OUT]
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -17,7 +18,7 @@ import numpy as np
 
 from alnett_edge.machine import isa_line
 from alnett_edge.vision.annotations import match, read_truth
-from alnett_edge.vision.detector import CellDetector
+from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.optics import estimate_um_per_px
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -26,7 +27,7 @@ SETS = [("bccd", DATA / "bccd", 1.0), ("bccd x0.5", DATA / "bccd", 0.5), ("bccd 
         ("wbc-smartphone valid", DATA / "wbc-smartphone" / "valid", 1.0)]
 
 
-def run(folder: Path, zoom: float) -> dict:
+def run(folder: Path, zoom: float, config: DetectorConfig) -> dict:
     _, truths = read_truth(folder)
     images = []
     for t in truths:
@@ -35,7 +36,7 @@ def run(folder: Path, zoom: float) -> dict:
             rgb = cv2.resize(rgb, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR)
         images.append(rgb)
     cal = estimate_um_per_px(images[:: max(1, len(images) // 40)])
-    det = CellDetector(um_per_px=cal.um_per_px)
+    det = CellDetector(config, um_per_px=cal.um_per_px)
     n_true = n_det = hit = 0
     ms = []
     for t, rgb in zip(truths, images):
@@ -52,14 +53,17 @@ def run(folder: Path, zoom: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stain-ref", type=float, default=DetectorConfig().stain_ref,
+                    help="the second look at a faint field (0: off, the detector before it)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    config = replace(DetectorConfig(), stain_ref=args.stain_ref)
     print(isa_line())
     print(f"{'set':24s} {'frame':>9s} {'true':>5s} {'det':>5s} {'recall':>6s} {'prec':>6s} {'um/px (95% CI)':>24s} "
           f"{'spread':>6s} {'p50 ms':>6s}")
     out = {"machine": isa_line()}
     for name, folder, zoom in SETS:
-        r = out[name] = run(folder, zoom)
+        r = out[name] = run(folder, zoom, config)
         ci = "{:.4f}-{:.4f}".format(*r["um_per_px_ci95"])
         print(f"{name:24s} {r['frame']:>9s} {r['true']:5d} {r['detections']:5d} {r['recall']:6.3f} {r['precision']:6.3f} "
               f"{r['um_per_px']:.4f} ({ci}) {r['calibration_spread']:6.3f} {r['detect_p50_ms']:6.1f}")

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -105,9 +106,12 @@ def whole_manifest(fields: Path, dest: Path) -> Path:
     return dest
 
 
-def _held_out(cv: Path, k: int) -> list[str]:
+def _held_out(cv: Path, k: int, limit: int | None = None) -> list[str]:
+    """Fold ``k``'s held-out fields; with ``limit``, at most that many spread evenly over them (the
+    names sort by class, so the first N would be one or two classes)."""
     report = json.loads((cv / f"fold_{k}" / "test" / "report.json").read_text())
-    return sorted({p["patient_id"] for p in report["predictions"]})
+    held = sorted({p["patient_id"] for p in report["predictions"]})
+    return held[:: -(-len(held) // limit)] if limit else held
 
 
 def _score(y: list[int], called: list[bool | None], score: list[float]) -> dict:
@@ -121,7 +125,8 @@ def _score(y: list[int], called: list[bool | None], score: list[float]) -> dict:
             "auc": roc_auc(yy, np.array(score, np.float64))}
 
 
-def cell_path(cv: Path, fields: Path, harvest_meta: dict, limit: int | None) -> dict[str, dict]:
+def cell_path(cv: Path, fields: Path, harvest_meta: dict, limit: int | None,
+              detector: DetectorConfig) -> dict[str, dict]:
     folds = sorted(int(p.name.split("_")[1]) for p in cv.glob("fold_*") if p.is_dir())
     out: dict[str, dict] = {s: {"y": [], "called": [], "score": []} for s in SHIFTS}
     quality = QualityConfig()
@@ -130,11 +135,11 @@ def cell_path(cv: Path, fields: Path, harvest_meta: dict, limit: int | None) -> 
             rule = rt.card.field_decision
             if not rule:
                 raise SystemExit(f"fold {k}'s card has no field_decision (train on a harvest of fields)")
-            held = _held_out(cv, k)[:limit]
+            held = _held_out(cv, k, limit)
             for name in held:
                 session, frame_name = name.split("/", 1)
                 um = float(harvest_meta["sessions"][session]["um_per_px"])
-                det = CellDetector(DetectorConfig(), um)
+                det = CellDetector(detector, um)
                 rgb = load_image(fields / session / frame_name, what="field")
                 for s in SHIFTS:
                     recs, _ = classify_frame(Frame(shift(rgb, s), 0.0, 0, name), det, quality, rt, 32, "")
@@ -153,7 +158,7 @@ def whole_field(cv: Path, fields: Path, limit: int | None) -> dict[str, dict]:
     out: dict[str, dict] = {s: {"y": [], "called": [], "score": []} for s in SHIFTS}
     for k in folds:
         with open_runtime(cv / f"fold_{k}" / "best.safetensors", threads=THREADS) as rt:
-            held = _held_out(cv, k)[:limit]
+            held = _held_out(cv, k, limit)
             images = [load_image(fields / n, what="field") for n in held]
             for s in SHIFTS:
                 probs = np.concatenate([classify_arrays(rt, [shift(im, s) for im in images[i : i + 32]])[0]
@@ -173,7 +178,10 @@ def main() -> None:
     ap.add_argument("--harvest", type=Path, help="the harvest the cells CV trained on (its harvest.json: the optics)")
     ap.add_argument("--whole-cv", type=Path)
     ap.add_argument("--write-whole-manifest", type=Path, help="write the whole-field manifest here and stop")
-    ap.add_argument("--limit", type=int, help="at most N held-out fields per fold")
+    ap.add_argument("--limit", type=int, help="at most N held-out fields per fold, spread evenly over them")
+    ap.add_argument("--stain-ref", type=float, default=DetectorConfig().stain_ref,
+                    help="the detector's second look at a faint field (0: off, the detector before it)")
+    ap.add_argument("--max-gain", type=float, default=DetectorConfig().max_gain, help="the second look's largest gain")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.write_whole_manifest:
@@ -183,7 +191,9 @@ def main() -> None:
     result: dict = {"machine": isa_line(), "shifts": SHIFTS}
     if a.cells_cv:
         meta = json.loads((a.harvest / "harvest.json").read_text())
-        result["field_path"] = cell_path(a.cells_cv, a.fields, meta, a.limit)
+        result["field_path"] = cell_path(a.cells_cv, a.fields, meta, a.limit,
+                                         replace(DetectorConfig(), stain_ref=a.stain_ref,
+                                                 max_gain=a.max_gain))
     if a.whole_cv:
         result["whole_field"] = whole_field(a.whole_cv, a.fields, a.limit)
     print(result["machine"])

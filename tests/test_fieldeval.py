@@ -82,3 +82,28 @@ def test_field_eval_without_a_bundle_scores_the_detector_alone(tmp_path):
     r, out = _report([phone, "--limit", "5"], tmp_path)  # `field-eval FRAMES`: no model needed
     assert (r["true_cells"], r["detections"], r["matched"], r["classified"]) == (12, 13, 12, 0)
     assert r["model"].startswith("none") and set(r["stages"]) == {"detect"}
+
+
+def test_detector_takes_a_second_look_at_a_faintly_stained_field():
+    """Issue 32's colour shift at the detector: real all-fields fields with their saturation cut to 0.7
+    (a paler stain) lost every whole cell to the absolute B-G thresholds; a field in which no cell is found
+    and whose brightest violet is faint is looked at again with the thresholds lowered (at most 1.6x)."""
+    from dataclasses import replace
+
+    import cv2
+
+    from alnett_edge.data.preprocess import load_image
+    from alnett_edge.vision.detector import CellDetector, DetectorConfig
+
+    root = require_shared(BCCD.parent / "all-fields")
+    for name, um in (("Pre/WBC-Malignant-Pre-124.jpg", 0.444), ("Pro/WBC-Malignant-Pro-052.jpg", 0.588)):
+        rgb = load_image(root / name, what="field")
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 1] *= 0.7
+        pale = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+        absolute = CellDetector(replace(DetectorConfig(), stain_ref=0), um)
+        second = CellDetector(DetectorConfig(), um)
+        assert not [c for c in absolute.detect(pale) if not c.touches_border], name
+        assert [c for c in second.detect(pale) if not c.touches_border], name
+        # as shot, the first look finds cells: the second never runs and the cells are the same
+        assert [c.box for c in second.detect(rgb)] == [c.box for c in absolute.detect(rgb)] != []

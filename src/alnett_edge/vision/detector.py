@@ -10,8 +10,12 @@ Steps, on the frame resampled to ``work_um_per_px`` (detection costs the same fo
 2592x1944 camera of the same field): field-of-view mask (an eyepiece camera's black vignette is not
 specimen) -> score -> threshold relative to the field (``min_contrast`` above its median, floored at
 ``min_score``) -> closing (joins the lobes of a neutrophil nucleus) -> hole filling -> opening ->
-connected components. A component is a nucleus when it is large enough (``min_nucleus_um2``), stands
-out of the field (its score is ``contrast_ratio`` times the field's own spread above the median:
+connected components. A pale stain (a weaker Giemsa, a camera's lower saturation) lowers every B-G
+value, so a field in which no cell is found and whose brightest violet (the score's 99.5th percentile)
+is below ``stain_ref`` is looked at once more with both thresholds divided by ``stain_ref`` / that
+percentile, at most ``max_gain``; the tests that follow are relative to the field and need no change.
+Only empty fields get the second look, so a field whose cells are found is untouched.
+A component is a nucleus when it is large enough (``min_nucleus_um2``), stands out of the field (its score is ``contrast_ratio`` times the field's own spread above the median:
 heavily stained red cells of one slide do not), is solid (platelet clumps are not) and not elongated.
 A small nucleus (a small lymphocyte's, below ``small_nucleus_um2``) has a thin rim of cytoplasm: when
 its cell mask is more than ``max_cell_to_nucleus`` times its area, the violet speck is a platelet clump
@@ -21,7 +25,9 @@ expected nucleus size. Each nucleus gives a cell box (the nucleus box grown by `
 least ``min_cell_um``) and a cell mask (the nucleus plus the stained cytoplasm around it).
 
 Defaults were tuned on BCCD (640x480, C-mount camera) and on the ``train/`` frames of wbc-smartphone
-(416x416, a smartphone on the eyepiece); ``alnett-edge field-eval`` reports both (docs/daemon.md).
+(416x416, a smartphone on the eyepiece); ``alnett-edge field-eval`` reports both (docs/daemon.md). The
+second look (``stain_ref``, ``max_gain``) was tuned on those and on recoloured all-fields fields
+(docs/engineering: the detector under colour shifts).
 """
 
 from __future__ import annotations
@@ -56,12 +62,16 @@ class DetectorConfig:
     small_nucleus_um2: float = 40.0  # a nucleus this small (a small lymphocyte's) has a thin cytoplasm:
     max_cell_to_nucleus: float = 2.4  # a "cell" more than this many times its area is a platelet clump on red cells
     work_um_per_px: float = 0.5  # detection resolution; a coarser camera is used as it is
+    stain_ref: float = 160.0  # a field with no cell whose p99.5 of B-G is below this: a second look (0: never)
+    max_gain: float = 1.6  # the second look's thresholds are divided by stain_ref / p99.5, at most this
 
     def validate(self) -> None:
         if self.cell_scale <= 0 or self.work_um_per_px <= 0 or self.min_nucleus_um2 <= 0:
             raise ConfigError("[detector] cell_scale, work_um_per_px and min_nucleus_um2 must be > 0")
         if self.max_nucleus_um2 <= self.min_nucleus_um2:
             raise ConfigError("[detector] max_nucleus_um2 must be larger than min_nucleus_um2")
+        if not self.stain_ref >= 0 or not self.max_gain >= 1:
+            raise ConfigError("[detector] stain_ref must be >= 0 (0: no second look) and max_gain >= 1")
         if self.max_cell_to_nucleus <= 1 or self.small_nucleus_um2 < 0:
             raise ConfigError("[detector] max_cell_to_nucleus must be > 1 (a cell holds its nucleus) and "
                               "small_nucleus_um2 >= 0 (0: no platelet-clump check)")
@@ -163,8 +173,19 @@ class CellDetector:
         score = cv2.GaussianBlur(nucleus_score(small), (0, 0), max(0.5, 0.6 / um))
         if not cv2.countNonZero(fov):
             return []
-        (median,) = histogram_percentiles(score, fov, (50,))
-        _, mask = cv2.threshold(score, max(cfg.min_score, median + cfg.min_contrast), 255, cv2.THRESH_BINARY)
+        median, top = histogram_percentiles(score, fov, (50, 99.5))
+        found = self._detect(rgb, s, um, fov, score, median, 1.0)
+        gain = min(cfg.max_gain, cfg.stain_ref / max(top, 1.0)) if cfg.stain_ref > 0 else 1.0
+        if found or gain <= 1.0:
+            return found
+        return self._detect(rgb, s, um, fov, score, median, gain)  # a faint stain: a second, lower look
+
+    def _detect(self, rgb: np.ndarray, s: float, um: float, fov: np.ndarray, score: np.ndarray, median: float,
+                gain: float) -> list[Detection]:
+        """The cells of one frame at one threshold (the absolute ones divided by ``gain``)."""
+        cfg = self.config
+        _, mask = cv2.threshold(score, max(cfg.min_score / gain, median + cfg.min_contrast / gain), 255,
+                                cv2.THRESH_BINARY)
         mask[fov == 0] = 0
         if FOV_MARGIN_UM > 0 and (fov == 0).any():  # the rim of an eyepiece's field: colour fringes, not nuclei
             k = disk(2 * FOV_MARGIN_UM / um)
