@@ -73,6 +73,60 @@ def test_the_getting_started_daemon_runs(x86_bundle, tmp_path):
     assert s["frames_processed"] > 0 and s["cells_processed"] > 0
 
 
+def _run_page(page: Path, subs: dict[str, str], extra: dict[str, list], skip: tuple[str, ...] = ()) -> list[str]:
+    """Run every `alnett-edge` command of a journey page in order, on small data: each placeholder token
+    (``FIELDS/``, ``/path/to/...``) replaced by ``subs``, ``extra`` options appended per command (fewer
+    epochs, fewer timed runs: the command shown is still the one run). Returns the commands run."""
+    ran = []
+    for args in _commands(page):
+        if args[0] in skip:
+            continue
+        key = " ".join(args[:2]) if " ".join(args[:2]) in extra else args[0]
+        run = [subs.get(a, a) for a in args] + [str(x) for x in extra.get(key, [])]
+        res = cli(*run)
+        assert res.exit_code == 0, f"{page.name}: alnett-edge {' '.join(args)}\n{res.output}"
+        ran.append(" ".join(args))
+    return ran
+
+
+def test_the_researcher_and_device_journeys_run_on_the_real_sample(cnmc_sample, tmp_path):
+    """docs/journeys/researcher.md then device.md, command by command, on the 70 real C-NMC-sample
+    cells (one epoch; the device page's sudo/systemd lines are for the device and not run here)."""
+    runs = tmp_path / "runs"
+    subs = {"/path/to/C-NMC_training_data": str(cnmc_sample), "...": str(cnmc_sample),
+            "/path/to/heldout": str(cnmc_sample), "runs/s": str(runs / "s"), "runs/cv": str(runs / "cv"),
+            "runs/eval": str(runs / "eval"), "runs/s/best.safetensors": str(runs / "s" / "best.safetensors"),
+            "cells/": str(cnmc_sample), "rpi5-bundle": str(tmp_path / "rpi5-bundle")}
+    fast = ["--epochs", 1, "--workers", 0, "--input-size", 64]
+    ran = _run_page(ROOT / "docs" / "journeys" / "researcher.md", subs, {"train": fast})
+    assert [c.split()[0] for c in ran] == ["data", "model", "train", "train", "evaluate"]
+    assert (runs / "cv" / "cv_report.json").is_file() and (runs / "eval" / "report.json").is_file()
+    ran = _run_page(ROOT / "docs" / "journeys" / "device.md", subs, {"bench": ["--runs", 5, "--warmup", 1]})
+    assert [c.split()[0] for c in ran] == ["devices", "export", "verify", "bench"]
+
+
+def test_the_microscope_journey_runs_on_real_fields(trained, tmp_path):
+    """docs/journeys/microscope.md, command by command, on 6 real all-fields fields per class folder:
+    calibrate, harvest, fine-tune from a checkpoint, decide the fields, export for the Pi, and the
+    four-class harvest. The label view serves until stopped (tests/test_labels.py drives it in a
+    browser) and the swap is a curl to a running daemon (tests/test_swap.py)."""
+    from test_harvest import _fields
+
+    fields = _fields(tmp_path, {"Benign": 6, "Early": 6, "Pre": 6, "Pro": 6})
+    _, result = trained
+    mine = tmp_path / "mine"
+    subs = {"FIELDS/": str(fields), "images:frames/": f"images:{fields / 'Pre'}", "daemon.toml": str(tmp_path / "d.toml"),
+            "cells/": str(tmp_path / "cells"), "cells4/": str(tmp_path / "cells4"), "cnmc.safetensors": str(result.best),
+            "runs/mine": str(mine), "runs/mine/best.safetensors": str(mine / "best.safetensors"),
+            "mine-rpi5": str(tmp_path / "mine-rpi5")}
+    ran = _run_page(ROOT / "docs" / "journeys" / "microscope.md", subs,
+                    {"train": ["--epochs", 1, "--workers", 0, "--val-fraction", 0.3]}, skip=("label",))
+    assert [c.split()[0] for c in ran] == ["optics", "harvest", "train", "field-eval", "export", "harvest"]
+    assert "um_per_px" in (tmp_path / "d.toml").read_text()
+    assert json.loads((tmp_path / "cells4" / "harvest.json").read_text())["blast_classes"] == ["early", "pre", "pro"]
+    assert (tmp_path / "mine-rpi5" / "manifest.json").is_file()
+
+
 def test_the_site_builds_strictly_and_its_references_are_whole(tmp_path):
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
     if mkdocs is None:

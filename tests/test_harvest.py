@@ -105,8 +105,15 @@ def test_class_folders_that_match_no_class_are_named(tmp_path):
     one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders"), "Pre", "Weird", "--classes")
     one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders", "--classes", "all"),
                    "CLASS=FOLDER")
+    # a class that is not all/hem: a model of other classes, which needs its blast classes named
     one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders", "--classes", "blue=Pre"),
-                   "unknown label 'blue'")
+                   "blue", "--blast")
+    one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders", "--classes", "blue=Pre",
+                       "--classes", "red=Benign", "--blast", "green"), "--blast green", "blue, red")
+    one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders", "--classes", "blue=Pre",
+                       "--classes", "red=Benign", "--blast", "blue,red"), "not all")
+    one_line_error(cli("harvest", src, "--out", tmp_path / "ds", "--labels-from-folders", "--classes", "Blue Cells=Pre"),
+                   "class name")
     assert not (tmp_path / "ds").exists()  # nothing written before the sources are understood
 
 
@@ -223,25 +230,39 @@ def smear_fields(tmp_path_factory):
     return root
 
 
+def fine_tune(trained, dataset: Path, out: Path, epochs: int):
+    """``train --init`` the shared trained checkpoint on ``dataset`` (first cluster frozen): the models and
+    cards before and after."""
+    from alnett_edge.model.checkpoint import load_checkpoint
+
+    _, result = trained
+    before_model, before = load_checkpoint(result.best)
+    res = cli("train", "--init", result.best, "--data", dataset, "--out", out, "--epochs", epochs, "--freeze", 1,
+              "--workers", 0, "--val-fraction", 0.3)
+    assert res.exit_code == 0, res.output
+    return (before_model, before, *load_checkpoint(out / "best.safetensors"))
+
+
+def assert_stem_kept(before, after) -> None:
+    """The frozen stem's convolution weights are the checkpoint's, bit for bit."""
+    for name, p in before.stem.state_dict().items():
+        if name.endswith("weight") and p.dim() > 1:
+            assert np.array_equal(p.numpy(), after.stem.state_dict()[name].numpy()), name
+
+
 def test_fine_tune_from_a_checkpoint_keeps_its_preprocessing(trained, smear_fields, tmp_path):
-    from alnett_edge.model.checkpoint import load_checkpoint, read_card
+    from alnett_edge.model.checkpoint import read_card
 
     ds = tmp_path / "ds"
     assert cli("harvest", smear_fields, "--out", ds, "--labels-from-folders", "--um-per-px", SMEAR_UM_PER_PX).exit_code == 0
+    before_model, before, after_model, after = fine_tune(trained, ds, tmp_path / "ft", epochs=2)
     _, result = trained
-    before_model, before = load_checkpoint(result.best)
-    res = cli("train", "--init", result.best, "--data", ds, "--out", tmp_path / "ft", "--epochs", 2, "--freeze", 1,
-              "--workers", 0, "--val-fraction", 0.3)
-    assert res.exit_code == 0, res.output
-    after_model, after = load_checkpoint(tmp_path / "ft" / "best.safetensors")
     canvas = json.loads((ds / "harvest.json").read_text())["canvas_um"]
     assert after.input.size == before.input.size and after.input.mean == before.input.mean  # preprocessing kept
     assert after.input.canvas_um == canvas != before.input.canvas_um  # the harvest's canvas
     assert after.appearance and after.appearance != before.appearance  # the new cells' look
     assert after.training["finetune"]["scale"]["method"].startswith("the harvest's canvas")
-    for name, p in before_model.stem.state_dict().items():  # frozen weights unchanged; later ones moved
-        if name.endswith("weight") and p.dim() > 1:
-            assert np.array_equal(p.numpy(), after_model.stem.state_dict()[name].numpy()), name
+    assert_stem_kept(before_model, after_model)  # frozen weights unchanged; later ones moved
     head = before_model.head.weight.detach().numpy()
     assert not np.allclose(head, after_model.head.weight.detach().numpy())
     rule = after.field_decision  # fitted on the validation fields (grouped by field: auto)
@@ -312,7 +333,7 @@ def test_mil_loss_pushes_only_an_all_fields_most_blast_like_cell():
     logits = torch.tensor([[0.0, 2.0], [0.0, -1.0], [0.0, -3.0], [0.0, 1.0], [0.0, -2.0], [0.0, 0.5]],
                           requires_grad=True)
     target = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [1, -1]])
-    loss = MILLoss(positive=1, weight=None)(logits, target)
+    loss = MILLoss(blast=[1], weight=None)(logits, target)
     loss.backward()
     g = logits.grad[:, 1]
     assert g[0] < 0 and g[1] == 0 and g[2] == 0  # only the most blast-like cell of the ALL field is pushed

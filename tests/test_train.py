@@ -150,7 +150,7 @@ def test_ema_weights_are_validated_and_kept_and_tta_is_recorded(easy_cells, tmp_
     card = read_card(r.best)
     val = load_split_datasets(easy_cells, card.input, seed=0).val
     with open_runtime(r.best) as rt:
-        prob = rt.infer(np.stack([val[i][0].numpy() for i in range(len(val))]))[:, card.positive_class]
+        prob = card.blast_probability(rt.infer(np.stack([val[i][0].numpy() for i in range(len(val))])))
     m = binary_metrics(val.labels, prob)
     assert m["roc_auc"] == pytest.approx(r.history[-1]["roc_auc"], abs=1e-6)
     assert m["accuracy"] == pytest.approx(r.history[-1]["accuracy"])

@@ -25,6 +25,28 @@ CARD_KEY = "alnett_edge.card"
 #: C-NMC labels cells 0 = hem (normal), 1 = all (blast); index i of the model output is CLASS_NAMES[i].
 CLASS_NAMES: tuple[str, ...] = ("hem", "all")
 
+
+@dataclass(frozen=True)
+class ClassSet:
+    """A dataset's classes, in the order of the model's outputs, and those that are blasts (their share is
+    the blast ratio). C-NMC's: hem and all. A harvest may have any (``harvest --classes --blast``)."""
+
+    names: tuple[str, ...] = CLASS_NAMES
+    blast: tuple[str, ...] = ("all",)
+
+    def __post_init__(self) -> None:
+        names, blast = self.names, self.blast
+        if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise CheckpointError(f"classes must be two or more distinct names, got {list(names)!r}")
+        if not blast or not set(blast) <= set(names) or len(set(blast)) != len(blast) or len(blast) == len(names):
+            raise CheckpointError(f"the blast classes {list(blast)!r} must be some, not all, of the classes {list(names)!r}")
+
+    @property
+    def binary(self) -> bool:
+        """C-NMC's two classes (labels by alias: all/blast/malignant, hem/normal/benign)."""
+        return self.names == CLASS_NAMES and self.blast == ("all",)
+
+
 #: Mean/std of the stained foreground of the real C-NMC sample (RGB, [0, 1] scale), measured over the
 #: 70 cells of ../shared/data/cnmc-sample (pixels whose brightest channel is > 10/255). With background
 #: masking the black background becomes exactly 0 after normalisation and the cell is ~N(0, 1).
@@ -121,12 +143,20 @@ class ModelCard:
     #: of blast or the blast fraction, and the threshold fitted on validation fields); set when the model was
     #: trained on fields labelled per field.
     field_decision: dict[str, Any] = field(default_factory=dict)
+    #: The classes whose share is the blast ratio (a model of Benign / Early / Pre / Pro cells: the three
+    #: B-ALL subtypes). Empty: ``all`` when the card has it, else the last class (cards before there could
+    #: be more than two classes). A cell's P(blast) is the sum of these classes' probabilities.
+    blast_classes: tuple[str, ...] = ()
     schema: int = CARD_SCHEMA
 
     def __post_init__(self) -> None:
         names = self.class_names
         if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise CheckpointError(f"model card class_names must be two or more distinct names, got {list(names)!r}")
+        blast = self.blast_classes
+        if blast and (not set(blast) <= set(names) or len(set(blast)) != len(blast) or len(blast) == len(names)):
+            raise CheckpointError(f"model card blast_classes {list(blast)!r} must be some, not all, of its classes "
+                                  f"{list(names)!r}")
         t = self.calibration.get("temperature", 1.0) if isinstance(self.calibration, dict) else None
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.01 <= float(t) <= 100:
             raise CheckpointError(f"model card calibration.temperature must be a number in [0.01, 100], got {t!r}")
@@ -137,8 +167,28 @@ class ModelCard:
         return float(self.calibration.get("temperature", 1.0))
 
     @property
-    def positive_class(self) -> int:
-        return self.class_names.index("all") if "all" in self.class_names else len(self.class_names) - 1
+    def blast_names(self) -> tuple[str, ...]:
+        """The classes that are blasts (see ``blast_classes``), in the card's class order."""
+        if self.blast_classes:
+            return tuple(n for n in self.class_names if n in self.blast_classes)
+        return ("all",) if "all" in self.class_names else self.class_names[-1:]
+
+    @property
+    def blast_columns(self) -> list[int]:
+        """The model outputs' columns of the blast classes."""
+        return [self.class_names.index(n) for n in self.blast_names]
+
+    def blast_probability(self, probs: Any) -> Any:
+        """P(blast) of a numpy array of class probabilities (last axis the classes): the blast classes' sum."""
+        return probs[..., self.blast_columns].sum(axis=-1)
+
+    @property
+    def class_set(self) -> ClassSet:
+        return ClassSet(self.class_names, self.blast_names)
+
+    def blast_label(self, label: str | None) -> bool:
+        """Whether a cell called ``label`` is a blast."""
+        return label is not None and label in self.blast_names
 
     def copy(self) -> "ModelCard":
         """A deep, independent copy (cards hold nested dicts)."""
@@ -172,6 +222,7 @@ class ModelCard:
                 calibration=dict(d.get("calibration", {})),
                 appearance=dict(d.get("appearance", {})),
                 field_decision=dict(d.get("field_decision", {})),
+                blast_classes=tuple(d.get("blast_classes", ())),
                 schema=schema,
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -99,14 +99,18 @@ def images_of(root: str | Path, layout: str = "auto", what: str = "images") -> l
 @dataclass
 class LabelledInputs:
     inputs: np.ndarray  # N x C x H x W, the card's preprocessing
-    labels: np.ndarray
+    labels: np.ndarray  # 1: a blast (by the cells' own dataset's classes), 0: not
     source: str
-    positive: int = 1  # the output column of the positive class (the card's positive_class)
+    blast: tuple[int, ...] = (1,)  # the model outputs' blast columns (the card's blast_columns)
+
+    def prob(self, probs: np.ndarray) -> np.ndarray:
+        """P(blast) of class probabilities (N x classes): the blast columns summed."""
+        return probs[:, list(self.blast)].sum(axis=1)
 
 
 def labelled_inputs(samples: Sequence[Sample], card: ModelCard, source: str) -> LabelledInputs:
     inputs = np.stack([preprocess(load_image(s.path), card.input) for s in samples])
-    return LabelledInputs(inputs, np.array([s.label for s in samples]), source, card.positive_class)
+    return LabelledInputs(inputs, np.array([int(s.is_blast) for s in samples]), source, tuple(card.blast_columns))
 
 
 def predict_batched(predict: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch: int = 16) -> np.ndarray:

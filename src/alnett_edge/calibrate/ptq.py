@@ -110,7 +110,7 @@ def evaluate_onnx(path: str | Path, card: ModelCard, inputs: np.ndarray, labels:
     from alnett_edge.runtime.loader import open_file
 
     with open_file(path, card, "onnx", precision) as rt:
-        prob_all = predict_batched(rt.infer, inputs)[:, card.positive_class]
+        prob_all = card.blast_probability(predict_batched(rt.infer, inputs))
     return summary(binary_metrics(labels, prob_all)), prob_all
 
 
@@ -142,18 +142,18 @@ def calibrate(model: str | Path, images: str | Path, out: str | Path | None = No
         int8, p8 = evaluate_onnx(out, card, x, y, "int8")
         rows = {"fp32 (ORT)": fp32, f"PTQ int8 {method} (ORT)": {**int8, "agreement": device_agreement(p32, p8)}}
         if qat_checkpoint is not None:
-            rows["QAT int8 (torch)"] = _qat_row(qat_checkpoint, x, y, p32, card.positive_class)
+            rows["QAT int8 (torch)"] = _qat_row(qat_checkpoint, x, y, p32, card.blast_columns)
         report["eval"] = {"data": str(eval_data), "n": len(y), "rows": rows}
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _qat_row(qat_checkpoint: str | Path, x: np.ndarray, y: np.ndarray, p32: np.ndarray, positive: int) -> dict[str, Any]:
+def _qat_row(qat_checkpoint: str | Path, x: np.ndarray, y: np.ndarray, p32: np.ndarray, blast: list[int]) -> dict[str, Any]:
     import torch
 
     from alnett_edge.compress.qat import load_qat_checkpoint
 
     model, _ = load_qat_checkpoint(qat_checkpoint)
     with torch.inference_mode():
-        prob = torch.softmax(model(torch.from_numpy(x)), dim=1)[:, positive].numpy()
+        prob = torch.softmax(model(torch.from_numpy(x)), dim=1)[:, blast].sum(dim=1).numpy()
     return {**summary(binary_metrics(y, prob)), "agreement": device_agreement(p32, prob)}

@@ -23,7 +23,11 @@ def register(app: typer.Typer) -> None:
                                                  "inherits its field's class as a weak label."),
         classes: list[str] = typer.Option(None, "--classes", help="CLASS=FOLDER[,FOLDER...], once per class, e.g. "
                                           "--classes hem=Benign --classes all=Early,Pre,Pro (default: folders named "
-                                          "all / hem or an alias). A folder that matches no class is an error."),
+                                          "all / hem or an alias). A folder that matches no class is an error. "
+                                          "Other class names (--classes benign=Benign --classes pre=Pre ...) train a "
+                                          "model of those classes; then --blast names the blast ones."),
+        blast: list[str] = typer.Option(None, "--blast", help="The classes whose share is the blast ratio, when "
+                                        "--classes names others than all / hem, e.g. --blast early,pre,pro."),
         bundle: Path = typer.Option(None, "--bundle", help="Record this bundle's probabilities for each cell (at its "
                                     "own scale), for labelling the least certain first."),
         config: Path = typer.Option(None, "--config", "-c", help="Daemon TOML: its \\[optics], \\[detector], "
@@ -52,8 +56,8 @@ def register(app: typer.Typer) -> None:
         overrides = {"source": {"spec": "harvest"}, "runtime": {"bundle": str(bundle or "none")},
                      "optics": {"um_per_px": um_per_px}}
         cfg = load_config(config, overrides) if config else build_config({}, overrides)
-        options = HarvestOptions(labels_from_folders, classes or (), canvas_um, group_by, track, max_frames, duration,
-                                 cfg.optics, cfg.detector, cfg.quality, cfg.tracking)
+        options = HarvestOptions(labels_from_folders, classes or (), blast or (), canvas_um, group_by, track, max_frames,
+                                 duration, cfg.optics, cfg.detector, cfg.quality, cfg.tracking)
         if bundle is None:
             harvester = Harvester(out, options)
             reports = harvester.run(source)

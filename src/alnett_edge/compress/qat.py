@@ -127,7 +127,7 @@ def qat_finetune(prepared: torch.fx.GraphModule, train_ds: CellDataset, epochs: 
     loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=gen,
                         drop_last=len(train_ds) > batch_size)
     device = torch.device("cpu")
-    criterion = make_criterion(train_ds.labels, balance, device)
+    criterion = make_criterion(train_ds.labels, balance, device, classes=int(train_ds.labels.max(initial=1)) + 1)
     optimizer = torch.optim.AdamW(prepared.parameters(), lr=lr, weight_decay=0.0)
     scheduler = cosine_schedule(optimizer, epochs * max(1, len(loader)), 0)
     losses = []

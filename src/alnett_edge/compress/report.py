@@ -19,14 +19,14 @@ from alnett_edge.metrics import summary
 
 
 def metrics_row(model: nn.Module, ds: CellDataset, card: ModelCard) -> tuple[dict[str, Any], Any]:
-    metrics, prob_all = evaluate_dataset(model, ds, torch.device("cpu"), card.positive_class)
+    metrics, prob_all = evaluate_dataset(model, ds, torch.device("cpu"), card.blast_columns)
     return summary(metrics), prob_all
 
 
 def calibrated_row(model: nn.Module, ds: CellDataset, card: ModelCard) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """:func:`metrics_row` plus temperature scaling refitted on these (validation) cells for a compressed
     model (pruning and QAT change its logits): what its card records."""
-    metrics, prob_all = evaluate_dataset(model, ds, torch.device("cpu"), card.positive_class, calibrate=True)
+    metrics, prob_all = evaluate_dataset(model, ds, torch.device("cpu"), card.blast_columns, calibrate=True)
     return summary(metrics), prob_all, metrics["calibration"]
 
 

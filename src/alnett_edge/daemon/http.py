@@ -128,7 +128,7 @@ class HttpServer:
             from alnett_edge.vision.harvest import init_dataset
             from alnett_edge.vision.labels import LabelBook
 
-            init_dataset(Path(label_dataset), float(daemon.card.input.canvas_um))
+            init_dataset(Path(label_dataset), float(daemon.card.input.canvas_um), daemon.card.class_set)
             routes.append(LabelRoutes(LabelBook(label_dataset, labeller, "uncertain"), home="/"))
         self.server = bind_server(host, port, make_web_handler(routes, host, token, read_only), health=getattr(daemon, "healthy", None))
         self.port = self.server.server_address[1]

@@ -73,13 +73,13 @@ class GalleryCell:
     um_per_px: float | None
     labelled: str = ""  # what a person said of it on the page
 
-    def to_dict(self, positive: str) -> dict[str, Any]:
+    def to_dict(self, blast: tuple[str, ...]) -> dict[str, Any]:
         r = self.record
         conf = max(r.prob_all or 0.0, r.prob_hem or 0.0) if r.prob_all is not None else None
         return {"n": self.n, "time": r.time, "track": r.track_id, "label": r.label, "reason": r.abstain_reason,
                 "prob_all": r.prob_all, "confidence": None if conf is None else round(conf, 3),
                 "observations": r.observations, "classified": r.classified, "frame": r.frame_index,
-                "blast": r.label == positive, "context": self.context_jpg is not None, "labelled": self.labelled}
+                "blast": r.label in blast, "context": self.context_jpg is not None, "labelled": self.labelled}
 
 
 class Gallery:
@@ -167,7 +167,8 @@ class PageRoutes:
         lat = self._lat[1]
         return {"status": st, "latency": lat, "recording": d.recording, "session_name": d.session_name,
                 "session_id": d.recorder.db.session_id if d.recording else None, "read_only": d.cfg.http.read_only,
-                "viewers": len(self._viewers), "positive": d.agg.positive, "classes": list(d.card.class_names),
+                "viewers": len(self._viewers), "positive": d.agg.positive, "blast": list(d.agg.blast),
+                "classes": list(d.card.class_names),
                 "target": d.target_cells}
 
     def get(self, path: str, request: Request) -> Reply | None:
@@ -187,7 +188,7 @@ class PageRoutes:
             return Reply(200, jpg, "image/jpeg") if jpg else Reply.text(404, "no frame yet")
         if path == "/api/gallery":
             show = request.arg("show", "all")[:80]
-            return Reply.json(200, {"cells": [c.to_dict(d.agg.positive) for c in d.gallery.latest(show)]})
+            return Reply.json(200, {"cells": [c.to_dict(d.agg.blast) for c in d.gallery.latest(show)]})
         m = _GALLERY_URL.match(path)
         if m:
             cell = d.gallery.get(int(m.group(1)))
@@ -215,9 +216,10 @@ class PageRoutes:
             try:
                 rows = con.execute("SELECT id, name, started, ended, frames, cells FROM sessions ORDER BY id DESC "
                                    "LIMIT 50").fetchall()
+                blast = self.daemon.agg.blast
                 counts = {r[0]: (r[1], r[2]) for r in con.execute(
-                    "SELECT session_id, SUM(label = ?), SUM(label IS NOT NULL) FROM cells WHERE session_id IN "
-                    "(SELECT id FROM sessions ORDER BY id DESC LIMIT 50) GROUP BY session_id", (self.daemon.agg.positive,))}
+                    f"SELECT session_id, SUM(label IN ({','.join('?' * len(blast))})), SUM(label IS NOT NULL) FROM cells "
+                    "WHERE session_id IN (SELECT id FROM sessions ORDER BY id DESC LIMIT 50) GROUP BY session_id", blast)}
             finally:
                 con.close()
         except sqlite3.Error as exc:
@@ -403,7 +405,7 @@ function show(d) {
   $("progress").style.width = target ? Math.min(100, 100 * sess.classified / target) + "%" : "0";
   $("progresstext").textContent = !target ? "no target set" : sess.classified >= target ?
     "target of " + target + " cells reached (" + sess.classified + ")" : sess.classified + " of " + target + " cells toward the target";
-  const rows = Object.entries(sess.labels).map(([k, v]) => "<tr><td>" + esc(k) + (k === d.positive ? " (blast)" : "") +
+  const rows = Object.entries(sess.labels).map(([k, v]) => "<tr><td>" + esc(k) + (d.blast.includes(k) ? " (blast)" : "") +
       "</td><td class=n>" + v + "</td></tr>")
     .concat(Object.entries(sess.abstained).map(([k, v]) => "<tr><td class=dim>abstained: " + esc(k) +
       "</td><td class=n>" + v + "</td></tr>"));

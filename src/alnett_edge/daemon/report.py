@@ -23,7 +23,7 @@ import numpy as np
 
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.errors import DataError
-from alnett_edge.vision.differential import wilson_interval
+from alnett_edge.vision.differential import session_blast, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,13 @@ def _tiles(paths: list[Path], label: str, colour: tuple[int, int, int], per_row:
     return np.vstack([bar, *rows])
 
 
-def _montage(crops: Path | None, session_prefix: str, positive: str, seed: int = 0) -> np.ndarray | None:
-    """Every blast crop (``positive``: the card's blast class) and a sample of the other classes'."""
+def _montage(crops: Path | None, session_prefix: str, blast: tuple[str, ...], seed: int = 0) -> np.ndarray | None:
+    """Every blast crop (``blast``: the card's blast classes) and a sample of the other classes'."""
     if crops is None or not crops.is_dir():
         return None
     files = sorted(crops.glob(f"{session_prefix}-t*.jpg"))
-    blasts = [p for p in files if p.stem.endswith(f"-{positive}")]
-    normal = [p for p in files if not p.stem.endswith((f"-{positive}", "-abstain"))]
+    blasts = [p for p in files if p.stem.endswith(tuple(f"-{b}" for b in blast))]
+    normal = [p for p in files if not p.stem.endswith((*(f"-{b}" for b in blast), "-abstain"))]
     if len(normal) > NORMAL_SAMPLE:
         normal = [normal[i] for i in sorted(np.random.default_rng(seed).choice(len(normal), NORMAL_SAMPLE, replace=False))]
     parts = [t for t in (_tiles(blasts, f"every blast ({len(blasts)})", (192, 38, 45)),
@@ -205,16 +205,16 @@ def build_report(db: str | Path, out: str | Path, session: int | None = None, cr
     labels = [lab for lab, _ in cells if lab]
     sess = summary.get("session") if isinstance(summary.get("session"), dict) else {}
     # the card's blast class, as the daemon recorded it (a session before it was recorded: "all")
-    positive = sess.get("positive_class") or "all"
-    known = set(sess.get("labels") or {}) | {positive} if sess.get("labels") else {"all", "hem"}
+    blast = session_blast(sess)
+    known = set(sess.get("labels") or {}) | set(blast) if sess.get("labels") else {"all", "hem"}
     unknown = sorted(set(labels) - known)
     if unknown:  # counting them as "not blast" would print a ratio that means nothing
         raise DataError(f"{db}: session {sid} has cells labelled {', '.join(map(repr, unknown[:5]))}, which its model "
                         f"does not have (classes: {', '.join(sorted(known))}); the database was edited or mixed")
-    blasts, classified = labels.count(positive), len(labels)
+    blasts, classified = sum(lab in blast for lab in labels), len(labels)
     outcomes: dict[str, int] = {}
     for lab, reason in cells:
-        key = (f"blast ({lab})" if lab == positive else lab) if lab else f"abstained: {reason}"
+        key = (f"blast ({lab})" if lab in blast else lab) if lab else f"abstained: {reason}"
         outcomes[key] = outcomes.get(key, 0) + 1
     ci = wilson_interval(blasts, classified)
     est = sess.get("blast_ratio_estimate") or {}
@@ -236,7 +236,7 @@ def build_report(db: str | Path, out: str | Path, session: int | None = None, cr
     out.mkdir(parents=True, exist_ok=True)
     crops_dir = Path(crops) if crops else (Path(summary["crops"]) if summary.get("crops") else None)
     files = {}
-    montage = _montage(crops_dir, f"s{int(started)}", positive)
+    montage = _montage(crops_dir, f"s{int(started)}", blast)
     if montage is not None:
         data = _png(montage)
         (out / "cells.png").write_bytes(data)

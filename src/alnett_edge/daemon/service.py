@@ -142,7 +142,8 @@ class Daemon:
     def _session_row(self) -> dict[str, Any]:
         return {"started": self.started, "source": self.source.source_id, "bundle": str(self.models[-1]["bundle"]),
                 "model_sha256": self.model_sha256, "backend": self.runtime.backend, "precision": self.runtime.precision,
-                "positive_class": self.card.class_names[self.card.positive_class], "name": self.session_name}
+                "positive_class": "+".join(self.card.blast_names), "blast_classes": list(self.card.blast_names),
+                "name": self.session_name}
 
     def start(self) -> None:
         self.started = time.time()
@@ -428,7 +429,7 @@ class Daemon:
         if not self.preview_clients and now - self._live_at < 1.0 / LIVE_FPS:
             return
         self._live_at = now
-        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(rgb, view, self.agg.positive), cv2.COLOR_RGB2BGR),
+        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(rgb, view, self.agg.blast), cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, 80])
         self.latest_preview = jpg.tobytes() if ok else None
 
@@ -522,7 +523,7 @@ class Daemon:
                "model_sha256": r.model_sha256, "prob_hem": r.prob_hem if r.prob_hem is not None else "",
                "prob_all": r.prob_all if r.prob_all is not None else "",
                "cell_id": hashlib.sha256(cell.crop_png).hexdigest()[:16]}
-        add_labelled_cell(Path(dataset), float(self.card.input.canvas_um), image, row)
+        add_labelled_cell(Path(dataset), float(self.card.input.canvas_um), image, row, self.card.class_set)
         cell.labelled = label
         return str(dataset)
 

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from alnett_edge.errors import AlnettError, ConfigError
+from alnett_edge.vision.differential import session_blast
 from alnett_edge.vision.record import CellRecord
 
 log = logging.getLogger(__name__)
@@ -253,12 +254,12 @@ class JsonlSink(Sink):
 BLAST_COLOUR, OTHER_COLOUR, ABSTAIN_COLOUR = (220, 30, 30), (30, 160, 60), (150, 150, 150)
 
 
-def annotate(frame_rgb: np.ndarray, cells: list[CellRecord], positive: str) -> np.ndarray:
-    """The frame with each cell's box, coloured by its verdict (``positive``: the card's blast class)."""
+def annotate(frame_rgb: np.ndarray, cells: list[CellRecord], blast: tuple[str, ...]) -> np.ndarray:
+    """The frame with each cell's box, coloured by its verdict (``blast``: the card's blast classes)."""
     img = frame_rgb.copy()
     for c in cells:
         x0, y0, x1, y1 = c.box
-        colour = ABSTAIN_COLOUR if c.label is None else BLAST_COLOUR if c.label == positive else OTHER_COLOUR
+        colour = ABSTAIN_COLOUR if c.label is None else BLAST_COLOUR if c.label in blast else OTHER_COLOUR
         cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, 2)
         text = f"{c.label} {max(c.prob_all or 0, c.prob_hem or 0):.2f}" if c.label else f"abstain: {c.abstain_reason}"
         cv2.putText(img, text, (x0 + 3, max(12, y0 + 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
@@ -272,11 +273,11 @@ class SnapshotSink(Sink):
         self.folder, self.every, self.min_interval_s = Path(folder), max(1, every), min_interval_s
         self.written = 0
         self._last_blast = 0.0
-        self.positive = ""  # the card's blast class, from the session (open)
+        self.blast: tuple[str, ...] = ()  # the card's blast classes, from the session (open)
 
     def open(self, session: dict[str, Any]) -> None:
         _writable_folder(self.folder, "snapshots")
-        self.positive = session["positive_class"]
+        self.blast = session_blast(session)
 
     def write(self, frame_rgb: np.ndarray | None, frame_index: int, cells: list[CellRecord],
               view: list[CellRecord] | None = None) -> None:
@@ -284,7 +285,7 @@ class SnapshotSink(Sink):
             return
         shown = cells if view is None else view
         now = time.monotonic()
-        blast = any(c.label == self.positive for c in cells) and now - self._last_blast >= self.min_interval_s
+        blast = any(c.label in self.blast for c in cells) and now - self._last_blast >= self.min_interval_s
         if frame_index % self.every and not blast:
             return
         if blast:
@@ -292,7 +293,7 @@ class SnapshotSink(Sink):
         name = f"frame{frame_index:07d}{'-blast' if blast else ''}.jpg"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)  # made again if it was deleted
-            ok = cv2.imwrite(str(self.folder / name), cv2.cvtColor(annotate(frame_rgb, shown, self.positive), cv2.COLOR_RGB2BGR))
+            ok = cv2.imwrite(str(self.folder / name), cv2.cvtColor(annotate(frame_rgb, shown, self.blast), cv2.COLOR_RGB2BGR))
         except (OSError, cv2.error) as exc:
             raise SinkFault(f"cannot write snapshot {self.folder / name}: {exc}") from exc
         if not ok:  # OpenCV says nothing more than False

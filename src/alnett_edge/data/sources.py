@@ -14,15 +14,16 @@ Torch-free: the device runtime and calibration can use these loaders too.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from alnett_edge.card import CLASS_NAMES
+from alnett_edge.card import CLASS_NAMES, ClassSet
 from alnett_edge.data.preprocess import IMAGE_SUFFIXES
-from alnett_edge.errors import DataError
+from alnett_edge.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +39,61 @@ _LABEL_ALIASES = {
 
 _PRELIM_CSV_NAMES = ("C-NMC_test_prelim_phase_data_labels.csv",)
 
+#: a harvest's own file beside its manifest (``alnett-edge harvest``): the canvas, the classes, the optics
+HARVEST_META = "harvest.json"
+BINARY = ClassSet()
+
 
 @dataclass(frozen=True)
 class Sample:
     path: Path
-    label: int  # index into CLASS_NAMES: 0 = hem, 1 = all
+    label: int  # index into classes.names (C-NMC's: 0 = hem, 1 = all)
     patient_id: str | None = None
     fold: str | None = None
     weak: bool = False  # the label is its field's (a harvest's weak label), not this cell's own
+    classes: ClassSet = BINARY  # its dataset's classes
 
     @property
     def label_name(self) -> str:
-        return CLASS_NAMES[self.label]
+        return self.classes.names[self.label]
+
+    @property
+    def is_blast(self) -> bool:
+        return self.label_name in self.classes.blast
 
 
-def parse_label(value: str, source: str) -> int:
+def parse_label(value: str, source: str, classes: ClassSet = BINARY) -> int:
+    """A label's index in ``classes``: C-NMC's two by any alias (all/blast/1, hem/normal/0), a harvest's
+    own classes by name (case does not matter)."""
     key = str(value).strip().lower()
+    if not classes.binary:
+        if key not in classes.names:
+            raise DataError(f"{source}: unknown label {value!r} (this dataset's classes: {', '.join(classes.names)})")
+        return classes.names.index(key)
     if key not in _LABEL_ALIASES:
         raise DataError(f"{source}: unknown label {value!r} (use all/hem or 1/0)")
     return _LABEL_ALIASES[key]
+
+
+def dataset_classes(csv_path: Path) -> ClassSet:
+    """The classes of a manifest: a harvest's own (``class_names`` and ``blast_classes`` in its
+    ``harvest.json``, when it was harvested with more than all/hem), else C-NMC's two."""
+    meta_path = csv_path.parent / HARVEST_META
+    if not meta_path.is_file():
+        return BINARY
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{meta_path} cannot be read as JSON ({exc}); it is the harvest's own file") from None
+    names, blast = meta.get("class_names") if isinstance(meta, dict) else None, meta.get("blast_classes")
+    if not names:
+        return BINARY
+    try:
+        if not isinstance(names, list) or not isinstance(blast, list):
+            raise CheckpointError("class_names and blast_classes must be lists of names")
+        return ClassSet(tuple(str(n) for n in names), tuple(str(n) for n in blast))
+    except CheckpointError as exc:
+        raise DataError(f"{meta_path}: {exc} (the harvest's own file was edited)") from None
 
 
 def parse_cnmc_name(name: str) -> tuple[str, int] | None:
@@ -148,6 +185,7 @@ def load_manifest(csv_path: Path) -> list[Sample]:
     has ``weak_label``: a cell a person has not labelled takes its field's class (the naive rule: every
     cell inherits its field's label); a row with neither label is left out, and the count is logged."""
     samples, unlabelled, rejected = [], 0, 0
+    classes = dataset_classes(csv_path)
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or ())
@@ -170,7 +208,7 @@ def load_manifest(csv_path: Path) -> list[Sample]:
                 parsed = parse_cnmc_name(path.name)
                 patient = parsed[0] if parsed else None
             fold = (row.get("fold") or "").strip() or None
-            samples.append(Sample(path, parse_label(label, where), patient, fold, weak=not own))
+            samples.append(Sample(path, parse_label(label, where, classes), patient, fold, weak=not own, classes=classes))
     if unlabelled:
         log.warning("%s: %d cells have no label and no weak label; left out", csv_path, unlabelled)
     if rejected:
@@ -233,15 +271,25 @@ def load_samples(root: str | Path, layout: str = "auto", labels_csv: str | Path 
     return samples
 
 
+def classes_of(samples: list[Sample]) -> ClassSet:
+    """The one class set of ``samples`` (C-NMC's when there are none)."""
+    sets = {s.classes for s in samples}
+    if len(sets) > 1:
+        raise DataError("these cells come from datasets with different classes: "
+                        + "; ".join(", ".join(c.names) for c in sets))
+    return sets.pop() if sets else BINARY
+
+
 def check_classes(samples: list[Sample], source: str) -> None:
     if not samples:
         raise DataError(f"{source}: the dataset is empty")
+    names = classes_of(samples).names
     counts = Counter(s.label for s in samples)
-    empty = [CLASS_NAMES[i] for i in range(len(CLASS_NAMES)) if counts.get(i, 0) == 0]
+    empty = [names[i] for i in range(len(names)) if counts.get(i, 0) == 0]
     if empty:
         raise DataError(f"{source}: class {', '.join(empty)} has no images")
 
 
 def class_counts(samples: list[Sample]) -> dict[str, int]:
     counts = Counter(s.label for s in samples)
-    return {name: counts.get(i, 0) for i, name in enumerate(CLASS_NAMES)}
+    return {name: counts.get(i, 0) for i, name in enumerate(classes_of(samples).names)}

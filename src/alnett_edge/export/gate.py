@@ -52,8 +52,8 @@ def gate_artifact(runners: dict[str, Predictor], ref: np.ndarray, gate: GateSet,
     The headline metrics are this machine's kernels' (else the only arithmetic run); ``arithmetic``
     holds every run; ``measured_on`` the CPU and ISA; ``proxy`` why the host only approximates the device.
     """
-    col = gate.positive
-    results = {name: gate_result(ref[:, col], predict_batched(p, gate.inputs)[:, col], gate.labels, allow_drop, min_agreement)
+    results = {name: gate_result(gate.prob(ref), gate.prob(predict_batched(p, gate.inputs)), gate.labels, allow_drop,
+                                 min_agreement)
                for name, p in runners.items()}
     head = results.get(KERNELS) or next(iter(results.values()))
     failing: dict[str, list[str]] = {}  # one line per failure, naming every arithmetic it failed under

@@ -12,8 +12,11 @@ the reference implementation of alnett-edge. Architecture, for an input of 3 x H
                   pointwise Conv1x1(-> C_i, no bias) -> BatchNorm -> ReLU -> MaxPool 2x2       /2
     head        global average pooling -> Dropout(p) -> Linear(C_last -> num_classes)
 
-The output is logits over ``ModelCard.class_names`` (hem = 0, all = 1). The head averages with
-``mean(dim=(2, 3))`` rather than a flatten/view, which keeps the graph free of reshapes for export.
+The output is logits over ``ModelCard.class_names`` (hem = 0, all = 1, or a harvest's own classes). The
+head averages with ``mean(dim=(2, 3))`` rather than a flatten/view, which keeps the graph free of
+reshapes for export. Where the last map is 1x1 (``alnett-s`` at 64 px), LiteRT's converter turns that
+mean into a RESHAPE with the sample's batch written in it, which no other batch can run (XNNPACK:
+"failed to reshape"); the map is then averaged beside a copy of itself (the same mean, a 1x2 reduce).
 
 A model is fully described by :class:`ALNettConfig` (plain ints, stored in the model card), so a
 pruned model with other channel counts is rebuilt from card + weights, never from pickled modules.
@@ -140,8 +143,10 @@ class ALNett(nn.Module):
         return self.clusters(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x).mean(dim=(2, 3))
-        return self.head(self.dropout(x))
+        x = self.forward_features(x)
+        if x.shape[-2:] == (1, 1):  # the map beside itself: the same mean, never a 1x1 reduce (see pool_1x1)
+            x = torch.cat([x, x], dim=3)
+        return self.head(self.dropout(x.mean(dim=(2, 3))))
 
     def min_input_size(self) -> int:
         """Smallest square input whose last cluster layer still has a 1x1 map."""

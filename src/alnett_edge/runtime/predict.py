@@ -60,7 +60,6 @@ def classify_arrays(rt: Runtime, images: list[np.ndarray]) -> tuple[np.ndarray, 
 
 def predict_files(rt: Runtime, files: list[Path], batch: int = 1, any_size: bool = False) -> list[Prediction]:
     names = rt.card.class_names
-    blast = rt.card.positive_class
     expected = training_sides(rt.card.training)
     out: list[Prediction] = []
     for i in range(0, len(files), max(batch, 1)):
@@ -69,7 +68,7 @@ def predict_files(rt: Runtime, files: list[Path], batch: int = 1, any_size: bool
         probs, ms = classify_arrays(rt, images)
         for f, p in zip(chunk, probs):
             k = int(np.argmax(p))
-            out.append(Prediction(str(f), names[k], round(float(p[k]), 6), round(float(p[blast]), 6), round(ms / len(chunk), 4)))
+            out.append(Prediction(str(f), names[k], round(float(p[k]), 6), round(float(rt.card.blast_probability(p)), 6), round(ms / len(chunk), 4)))
     return out
 
 

@@ -135,7 +135,7 @@ def regate_bundle(path: str | Path, gate_images: str | Path, backend: str | None
             continue
         with open_target(target, usable[0], threads) as rt:
             probs = predict_batched(rt.infer, gate.inputs)
-        g = gate_result(ref_probs[:, gate.positive], probs[:, gate.positive], gate.labels, allow_drop, min_agreement)
+        g = gate_result(gate.prob(ref_probs), gate.prob(probs), gate.labels, allow_drop, min_agreement)
         rows.append(GateRow(target.path.name, precision, usable[0], g["n"], g["metrics"]["accuracy"],
                             g["reference_metrics"]["accuracy"], g["drop_points"], g["agreement"], g["passed"],
                             g["failures"], _saturation_note(target.artifact)))

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from alnett_edge.card import CLASS_NAMES
-from alnett_edge.data.sources import load_samples
+from alnett_edge.data.sources import classes_of, load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.metrics import (binary_metrics, ece_noise_floor, expected_calibration_error, field_scores, roc_auc,
                                  rule_score)
@@ -58,7 +57,8 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
     out = Path(cfg.out)
     t0 = time.perf_counter()
     # --stain auto is decided once, on the whole dataset: every fold (and an ensemble of them) shares a card
-    cfg = replace(cfg, stain=resolve_stain(cfg.stain, load_samples(cfg.data, cfg.layout, cfg.labels_csv), CLASS_NAMES))
+    samples = load_samples(cfg.data, cfg.layout, cfg.labels_csv)
+    cfg = replace(cfg, stain=resolve_stain(cfg.stain, samples, classes_of(samples).names))
     rows, curves, fields = [], [], []
     for k in range(folds):
         fold_dir = out / f"fold_{k}"
@@ -72,7 +72,7 @@ def cross_validate(cfg: TrainConfig, folds: int, progress: bool = True, ensemble
                      "ece_floor": m["calibration"]["ece_floor"],
                      "checkpoint": str(result.best)})
         auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
-        curves.append((f"fold {k}: AUC {auc}", [p["label"] == "all" for p in rep["predictions"]],
+        curves.append((f"fold {k}: AUC {auc}", [p["blast"] for p in rep["predictions"]],
                        [p["prob_all"] for p in rep["predictions"]]))
         rule = read_card(result.best).field_decision
         if rule:  # a harvest of fields labelled per field: the held-out fields called by this fold's rule

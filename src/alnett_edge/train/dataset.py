@@ -87,7 +87,8 @@ class CellDataset(Dataset):
             raise DataError("images and samples differ in length")
         self.images = images
         self.samples = samples
-        self.labels = np.array([s.label for s in samples], dtype=np.int64)
+        self.labels = np.array([s.label for s in samples], dtype=np.int64)  # the class (the loss's target)
+        self.blast = np.array([s.is_blast for s in samples], dtype=np.int64)  # 1: a blast class (the metrics' truth)
         self.spec = spec
         self.augment_cfg = augment_cfg
         self.seed = seed

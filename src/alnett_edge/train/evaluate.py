@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from alnett_edge.data.preprocess import normalize
-from alnett_edge.data.sources import class_counts, load_samples
+from alnett_edge.data.sources import class_counts, classes_of, load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.evaluation import held_out_like_training, split_like_training
 from alnett_edge.files import sha256_file
@@ -48,12 +48,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
         for i in range(0, len(ds.images), batch_size):
             probs.append(rt.infer(np.stack([normalize(img, card.input) for img in ds.images[i : i + batch_size]])))
     prob = np.concatenate(probs)
-    prob_all = prob[:, card.positive_class]
-    metrics = binary_metrics(ds.labels, prob_all)
-    rows = reliability(prob, ds.labels)
-    metrics["calibration"] = {"ece": round(ece_of(rows), 4), "ece_floor": round(ece_noise_floor(prob), 4),
+    prob_all = card.blast_probability(prob)
+    metrics = binary_metrics(ds.blast, prob_all)
+    if len(card.class_names) > 2 and classes_of(ds.samples) == card.class_set and len(ds.labels):
+        metrics["class_accuracy"] = round(float((prob.argmax(axis=1) == ds.labels).mean()), 4)
+    blast_or_not = np.stack([1.0 - prob_all, prob_all], axis=1)  # the calibration of P(blast), what a ratio uses
+    rows = reliability(blast_or_not, ds.blast)
+    metrics["calibration"] = {"ece": round(ece_of(rows), 4), "ece_floor": round(ece_noise_floor(blast_or_not), 4),
                               "bins": ECE_BINS, "temperature": card.temperature, "reliability": rows}
-    per_patient = patient_metrics(ds.labels, prob_all, [smp.patient_id for smp in ds.samples])
+    per_patient = patient_metrics(ds.blast, prob_all, [smp.patient_id for smp in ds.samples])
     if per_patient is not None:
         metrics["per_patient"] = per_patient
     out = Path(out)
@@ -68,14 +71,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
         "images": load_report.to_dict(),
         "metrics": metrics,
         "predictions": [
-            {"file": str(smp.path), "label": smp.label_name, "prob_all": round(float(p), 6), "patient_id": smp.patient_id}
+            {"file": str(smp.path), "label": smp.label_name, "blast": smp.is_blast, "prob_all": round(float(p), 6),
+             "patient_id": smp.patient_id}
             for smp, p in zip(ds.samples, prob_all)
         ],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    plot_confusion(metrics["confusion"], card.class_names, out / "confusion.png",
+    plot_confusion(metrics["confusion"], card.class_names if len(card.class_names) == 2 else ("not blast", "blast"),
+                   out / "confusion.png",
                    f"{card.variant}: acc {metrics['accuracy']:.3f}, F1 {metrics['f1']:.3f}")
-    plot_roc(ds.labels, prob_all, metrics["roc_auc"], out / "roc.png")
+    plot_roc(ds.blast, prob_all, metrics["roc_auc"], out / "roc.png")
     plot_reliability(rows, out / "reliability.png",
                      f"ECE {metrics['calibration']['ece']:.3f} (T = {card.temperature:g}, {len(ds.labels)} cells; "
                      f"{metrics['calibration']['ece_floor']:.3f} if calibrated)")

@@ -28,6 +28,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,13 +38,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from alnett_edge.card import CLASS_NAMES, STAIN_MODES, TTA_MODES, InputSpec, ModelCard
+from alnett_edge.card import STAIN_MODES, TTA_MODES, ClassSet, InputSpec, ModelCard
 from alnett_edge.data.appearance import fit_appearance
 from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.data.preprocess import with_tta
 from alnett_edge.data.scale import measure_canvas_um
 from alnett_edge.train.dataset import BagBatchSampler, CellDataset, load_split_datasets
-from alnett_edge.data.sources import class_counts, load_samples
+from alnett_edge.data.sources import class_counts, classes_of, load_samples
 from alnett_edge.errors import ConfigError, TrainingError
 from alnett_edge.model.alnett import ALNett
 from alnett_edge.model.checkpoint import load_checkpoint, load_training_state, new_card, save_checkpoint
@@ -216,17 +217,21 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, s
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
-def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, positive: int, batch_size: int = 64,
+def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, blast: Sequence[int], batch_size: int = 64,
                      workers: int = 0, calibrate: bool = False) -> tuple[dict[str, Any], np.ndarray]:
-    """Image- and patient-level metrics of ``model`` on ``ds``; also returns P(positive class) per image
-    (``positive``: the card's ``positive_class``, the output column of ``all``). With ``calibrate``,
+    """Image- and patient-level metrics of ``model`` on ``ds`` (blast or not); also returns P(blast) per
+    image (``blast``: the card's ``blast_columns``, whose probabilities are summed); with more than two
+    classes, ``class_accuracy`` too (the top class against the label). With ``calibrate``,
     ``metrics["calibration"]`` is the temperature fitted on these cells
     (:func:`alnett_edge.metrics.calibration_summary`): on a validation split, what the card records."""
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     logits = predict_logits(model, loader, device, ds.spec)
-    prob_all = softmax(logits)[:, positive]
-    metrics = binary_metrics(ds.labels, prob_all)
-    per_patient = patient_metrics(ds.labels, prob_all, [s.patient_id for s in ds.samples])
+    prob = softmax(logits)
+    prob_all = prob[:, list(blast)].sum(axis=1)
+    metrics = binary_metrics(ds.blast, prob_all)
+    if prob.shape[1] > 2 and len(ds.labels):
+        metrics["class_accuracy"] = round(float((prob.argmax(axis=1) == ds.labels).mean()), 4)
+    per_patient = patient_metrics(ds.blast, prob_all, [s.patient_id for s in ds.samples])
     if per_patient is not None:
         metrics["per_patient"] = per_patient
     if calibrate:  # the labels are the output columns (the loss is trained on them)
@@ -267,8 +272,8 @@ def recalibrate_bn(model: nn.Module, ds: CellDataset, device: torch.device, batc
     model.train(was_training)
 
 
-def _class_weights(labels: np.ndarray) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=2).astype(np.float64)
+def _class_weights(labels: np.ndarray, classes: int = 2) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
     return torch.tensor(weights, dtype=torch.float32)
 
@@ -322,39 +327,42 @@ def run_epoch(net: nn.Module, loader: DataLoader, criterion: nn.Module, optimize
 
 
 def make_criterion(labels: np.ndarray, balance: str, device: torch.device, label_smoothing: float = 0.0,
-                   mil_positive: int | None = None) -> nn.Module:
-    weight = _class_weights(labels).to(device) if balance == "weights" else None
-    if mil_positive is not None:
-        return MILLoss(mil_positive, weight, label_smoothing)
+                   mil_blast: Sequence[int] | None = None, classes: int = 2) -> nn.Module:
+    weight = _class_weights(labels, classes).to(device) if balance == "weights" else None
+    if mil_blast is not None:
+        return MILLoss(mil_blast, weight, label_smoothing)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
 
 class MILLoss(nn.Module):
     """Multiple-instance loss over targets (label, bag) (:meth:`CellDataset.with_bags`). A cell with its
     own label (bag -1) and every cell of a negative bag: cross-entropy on its label (a benign field has
-    no blasts). A positive bag (an ALL field): the bag's probability of holding a blast is its most
-    blast-like cell's, -log max_i P_i(blast), counted once per cell of the bag so that the two classes
-    weigh as they would in the naive loss. Class weights as the naive loss; the mean over cells."""
+    no blasts). A positive bag (an ALL field): the bag's probability of holding a blast (P(blast): the sum
+    over the blast classes ``blast``) is its most blast-like cell's, -log max_i P_i(blast), counted once per
+    cell of the bag (with that cell's class weight) so that the classes weigh as they would in the naive
+    loss. Class weights as the naive loss; the mean over cells."""
 
-    def __init__(self, positive: int, weight: torch.Tensor | None, label_smoothing: float = 0.0) -> None:
+    def __init__(self, blast: Sequence[int], weight: torch.Tensor | None, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.positive = positive
+        self.blast = list(blast)
         self.ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing, reduction="none")
-        self.register_buffer("w", weight if weight is not None else torch.ones(2), persistent=False)
+        self.weight = weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels, bags = target[:, 0], target[:, 1]
-        pooled = (bags >= 0) & (labels == self.positive)
+        w = self.weight if self.weight is not None else logits.new_ones(logits.shape[1])
+        blast = torch.tensor(self.blast, device=labels.device)
+        pooled = (bags >= 0) & torch.isin(labels, blast)
         cell = ~pooled
         total = self.ce(logits[cell], labels[cell]).sum() if cell.any() else logits.sum() * 0
-        weight = self.w[labels[cell]].sum() if cell.any() else logits.new_zeros(())
+        weight = w[labels[cell]].sum() if cell.any() else logits.new_zeros(())
         if pooled.any():
-            logp = torch.log_softmax(logits[pooled].float(), dim=1)[:, self.positive]
+            logp = torch.logsumexp(torch.log_softmax(logits[pooled].float(), dim=1)[:, blast], dim=1)
             ids, inverse = torch.unique(bags[pooled], return_inverse=True)
             best = torch.full((len(ids),), -torch.inf, device=logits.device).scatter_reduce(0, inverse, logp, "amax")
-            sizes = torch.bincount(inverse, minlength=len(ids)).to(best.dtype)
-            total = total - (best * sizes).sum() * self.w[self.positive]
-            weight = weight + sizes.sum() * self.w[self.positive]
+            bag_weight = torch.zeros(len(ids), device=logits.device).index_add(0, inverse, w[labels[pooled]].float())
+            total = total - (best * bag_weight).sum()
+            weight = weight + bag_weight.sum()
         return total / weight.clamp_min(1e-9)
 
 
@@ -430,20 +438,30 @@ def _warn_few_patients(ds: Any, class_names: tuple[str, ...]) -> None:
 def _field_decision(val_ds: CellDataset, prob_all: np.ndarray) -> dict[str, Any] | None:
     """The field rule (``metrics.field_rule``) fitted on the validation split's fields (its groups: a
     harvest's fields or sessions), when it holds fields of both classes."""
-    keys, labels, scores, _ = field_scores(val_ds.labels, prob_all, [s.patient_id for s in val_ds.samples])
+    keys, labels, scores, _ = field_scores(val_ds.blast, prob_all, [s.patient_id for s in val_ds.samples])
     if len(set(labels.tolist())) < 2:
         return None
     return field_rule(labels, scores, f"{len(keys)} validation fields")
 
 
-def _fine_tune_start(cfg: TrainConfig) -> tuple[ALNett, ModelCard]:
+def _fine_tune_start(cfg: TrainConfig, classes: ClassSet) -> tuple[ALNett, ModelCard]:
     """The model and card of ``--init``, for new cells: the card's preprocessing (input size, mean/std,
     stain mode, masking) is kept; its canvas and the look of its training cells are measured again on
-    the new data; the stem and the first ``--freeze`` clusters keep their weights."""
+    the new data; the stem and the first ``--freeze`` clusters keep their weights. New data of other
+    classes (a two-class card fine-tuned on Benign / Early / Pre / Pro cells) gets a new head."""
     model, card = load_checkpoint(cfg.init)
     card = card.copy()
     card.input = replace(card.input, canvas_um=0.0)
     card.appearance, card.field_decision = {}, {}
+    if card.class_set != classes:
+        if not isinstance(model, ALNett):
+            raise ConfigError(f"--init {cfg.init}: an ensemble cannot take new classes; fine-tune one member")
+        log.info("fine-tuning from %s onto the classes %s: a new head (was %s)", cfg.init, ", ".join(classes.names),
+                 ", ".join(card.class_names))
+        model.head = nn.Linear(model.head.in_features, len(classes.names))
+        model.config = replace(model.config, num_classes=len(classes.names))
+        card.class_names, card.blast_classes = classes.names, () if classes.binary else classes.blast
+        card.calibration, card.metrics = {}, {}
     if cfg.freeze:
         clusters = list(model.clusters)
         if cfg.freeze > len(clusters):
@@ -471,6 +489,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
 
     asked_stain = cfg.stain
     samples = load_samples(cfg.data, cfg.layout, cfg.labels_csv)  # listed once: --stain auto and the split
+    classes = classes_of(samples)
     # Model and card: the last checkpoint when resuming, a given model to fine-tune, or a fresh variant.
     state = None
     if cfg.resume:
@@ -479,7 +498,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
     elif init is not None:
         model, card = init[0], init[1].copy()
     elif cfg.init:
-        model, card = _fine_tune_start(cfg)
+        model, card = _fine_tune_start(cfg, classes)
         init = (model, card)
     else:
         overrides: dict[str, Any] = {}
@@ -487,9 +506,14 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
             overrides["dilations"] = tuple(cfg.dilations)
         if cfg.fusion:
             overrides["fusion"] = cfg.fusion
-        model = create_model(cfg.variant, **overrides)
-        cfg = replace(cfg, stain=resolve_stain(cfg.stain, samples, CLASS_NAMES))
+        model = create_model(cfg.variant, num_classes=len(classes.names), **overrides)
+        cfg = replace(cfg, stain=resolve_stain(cfg.stain, samples, classes.names))
         card = new_card(model, cfg.variant, cfg.input_size, stain=cfg.stain, tta=cfg.tta)
+        if not classes.binary:
+            card.class_names, card.blast_classes = classes.names, classes.blast
+    if card.class_set != classes:
+        raise ConfigError(f"{cfg.data} holds the classes {', '.join(classes.names)} (blast: {', '.join(classes.blast)}); "
+                          f"the model's are {', '.join(card.class_names)} (blast: {', '.join(card.blast_names)})")
 
     # Data: patient-disjoint split, decoded once.
     sd = load_split_datasets(cfg.data, card.input, cfg.layout, cfg.labels_csv, cfg.val_fraction, cfg.seed,
@@ -508,7 +532,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         scale_info = {"canvas_um": harvest_canvas, "method": "the harvest's canvas (harvest.json)"}
         log.info("input canvas %.1f µm (%s)", harvest_canvas, scale_info["method"])
     elif not card.input.canvas_um:  # the physical scale of the training cells, for scale-true field crops
-        negative = next(i for i in range(len(card.class_names)) if i != card.positive_class)
+        negative = next(i for i in range(len(card.class_names)) if i not in card.blast_columns)
         scale_info = measure_canvas_um(train_ds.images, train_ds.labels, negative, card.input.mask_threshold)
         card.input = replace(card.input, canvas_um=scale_info["canvas_um"])
         log.info("input canvas %.1f µm (%s)", scale_info["canvas_um"], scale_info["method"])
@@ -521,7 +545,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
     if cfg.weak_labels == "mil" and not mil:
         log.warning("--weak-labels mil: no cell of the training split has a weak label; trained on its own labels")
     criterion = make_criterion(train_ds.labels, cfg.balance, device, cfg.label_smoothing,
-                               card.positive_class if mil else None)
+                               card.blast_columns if mil else None, len(card.class_names))
     shuffle_gen = torch.Generator()
     if mil:
         if dd.enabled or cfg.balance == "sampler":
@@ -533,7 +557,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         if cfg.balance == "sampler":
             raise ConfigError("--balance sampler is not supported with torchrun; use --balance weights")
     elif cfg.balance == "sampler":
-        w = _class_weights(train_ds.labels).numpy()[train_ds.labels]
+        w = _class_weights(train_ds.labels, len(card.class_names)).numpy()[train_ds.labels]
         sampler = WeightedRandomSampler(w, len(w), replacement=True)
     else:
         sampler = None
@@ -628,7 +652,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
             decision = torch.zeros(1)
             if dd.main:
                 recalibrate_bn(kept, train_ds, device, cfg.batch_size, seed=cfg.seed + epoch)
-                metrics, val_prob = evaluate_dataset(kept, val_ds, device, card.positive_class,
+                metrics, val_prob = evaluate_dataset(kept, val_ds, device, card.blast_columns,
                                                      batch_size=max(64, cfg.batch_size), calibrate=True)
                 calibration = metrics.pop("calibration")
                 row = {

@@ -66,15 +66,26 @@ def ratio_estimate(positive_w: float, total_w: float, total_w2: float, cells: in
             "method": ", ".join(method)}
 
 
+def session_blast(session: dict[str, Any]) -> tuple[str, ...]:
+    """The blast classes a session's row names (a row from before a card could have several: its
+    ``positive_class``, else ``all``)."""
+    names = session.get("blast_classes")
+    if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+        return tuple(names)
+    return (str(session.get("positive_class") or "all"),)
+
+
 class Aggregator:
-    def __init__(self, class_names: tuple[str, ...], positive: str = "all", sensitivity: float | None = None,
+    def __init__(self, class_names: tuple[str, ...], blast: str | tuple[str, ...] = "all", sensitivity: float | None = None,
                  specificity: float | None = None, field_rule: dict[str, Any] | None = None) -> None:
         self.class_names = class_names
         self.labels = dict.fromkeys(class_names, 0)
         self.abstained: dict[str, int] = {}
         self.frames = 0
         self.started = time.time()
-        self.positive, self.sensitivity, self.specificity = positive, sensitivity, specificity
+        self.blast = (blast,) if isinstance(blast, str) else tuple(blast)  # the classes that are blasts
+        self.positive = "+".join(self.blast)  # their name in a session's summary and on the page
+        self.sensitivity, self.specificity = sensitivity, specificity
         self._w = [0.0, 0.0, 0.0, 0]  # Σw over positive calls, Σw, Σw², cells: the ratio estimate
         self.field_rule = dict(field_rule or {})  # the card's field_decision: the session called from its cells
         self._field_sum = 0.0  # Σ metrics.cell_score under the rule's score, over the cells in _w[3]
@@ -83,11 +94,11 @@ class Aggregator:
 
     @classmethod
     def for_card(cls, card: ModelCard) -> Aggregator:
-        """Counts for this model card: its positive class, and its validation sensitivity and
+        """Counts for this model card: its blast classes, and its validation sensitivity and
         specificity (``metrics.val``, when recorded) for the ratio estimate's error correction."""
         val = card.metrics.get("val", {}) if isinstance(card.metrics, dict) else {}
         sens, spec = val.get("sensitivity"), val.get("specificity")
-        return cls(card.class_names, card.class_names[card.positive_class],
+        return cls(card.class_names, card.blast_names,
                    float(sens) if isinstance(sens, (int, float)) else None,
                    float(spec) if isinstance(spec, (int, float)) else None, card.field_decision)
 
@@ -95,8 +106,8 @@ class Aggregator:
         """One cell's row (a track's decision, or a detection of one frame)."""
         called = None
         if record.prob_all is not None and record.prob_hem is not None:
-            called = self.positive if record.prob_all >= record.prob_hem else \
-                next(c for c in self.class_names if c != self.positive)
+            called = self.blast[0] if record.prob_all >= record.prob_hem else \
+                next(c for c in self.class_names if c not in self.blast)
         self.add(record.label, record.abstain_reason, called, record.edge_weight, record.prob_all)
 
     def add(self, label: str | None, reason: str | None, called: str | None = None, weight: float = 1.0,
@@ -111,10 +122,10 @@ class Aggregator:
             else:
                 self.abstained[reason or "?"] = self.abstained.get(reason or "?", 0) + 1
             if called is not None:
-                p = prob_positive if prob_positive is not None else float(called == self.positive)
+                p = prob_positive if prob_positive is not None else float(called in self.blast)
                 self._field_sum += float(cell_score(p, self._field_score)) if self.field_rule else 0.0
                 w = self._w
-                w[0] += weight if called == self.positive else 0.0
+                w[0] += weight if called in self.blast else 0.0
                 w[1] += weight
                 w[2] += weight * weight
                 w[3] += 1
@@ -122,11 +133,11 @@ class Aggregator:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             classified = sum(self.labels.values())
-            blasts = self.labels.get(self.positive, 0)
+            blasts = sum(self.labels.get(b, 0) for b in self.blast)
             minutes = max(1e-9, (time.time() - self.started) / 60)
             ci = wilson_interval(blasts, classified)
             return {
-                "frames": self.frames, "positive_class": self.positive,
+                "frames": self.frames, "positive_class": self.positive, "blast_classes": list(self.blast),
                 "cells": classified + sum(self.abstained.values()), "classified": classified,
                 "labels": dict(self.labels), "abstained": dict(self.abstained),
                 "blast_ratio": round(blasts / classified, 4) if classified else None,

@@ -31,7 +31,7 @@ from alnett_edge.vision.annotations import Truth, inside, match, read_truth
 from alnett_edge.vision.cells import QualityConfig
 from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.differential import Aggregator, wilson_interval
-from alnett_edge.vision.harvest import class_mapping, find_sessions, weak_label
+from alnett_edge.vision.harvest import class_mapping, find_sessions, is_binary_class, weak_label
 from alnett_edge.vision.optics import OpticsConfig, calibration_sample, estimate_um_per_px
 from alnett_edge.vision.path import STAGES, classify_frame, detect_only
 from alnett_edge.vision.record import CellRecord
@@ -74,8 +74,8 @@ def field_eval(runtime: Runtime | None, folder: str | Path, detector: DetectorCo
         for rec in records if agg is not None else ():
             agg.add_record(rec)
         results.append(FrameResult(truth, records, match([r.box for r in records], truth.boxes, iou)))
-    positive = runtime.card.class_names[runtime.card.positive_class] if runtime is not None else ""
-    report = _report(results, layout, str(folder), iou, times, positive)
+    blast = runtime.card.blast_names if runtime is not None else ()
+    report = _report(results, layout, str(folder), iou, times, blast)
     report["optics"] = optics_report
     if agg is not None:  # the daemon's session estimate over these frames (edge- and error-corrected)
         report["blast_ratio_estimate"] = agg.snapshot()["blast_ratio_estimate"]
@@ -83,8 +83,8 @@ def field_eval(runtime: Runtime | None, folder: str | Path, detector: DetectorCo
 
 
 def _report(results: list[FrameResult], layout: str, folder: str, iou: float, times: StageTimes,
-            positive: str) -> dict[str, Any]:
-    """The scores; ``positive``: the card's blast class (the truth's blast label is "all", see
+            blast: tuple[str, ...]) -> dict[str, Any]:
+    """The scores; ``blast``: the card's blast classes (the truth's blast label is "all", see
     :mod:`alnett_edge.vision.annotations`)."""
     n_true = sum(len(r.truth.boxes) for r in results)
     n_det = sum(len(r.records) for r in results)
@@ -103,7 +103,7 @@ def _report(results: list[FrameResult], layout: str, folder: str, iou: float, ti
     judged = [(p, t) for p, t in labelled if p is not None]
     true_labels = [lab for r in results for lab in r.truth.labels if lab]
     pred_labels = [rec.label for r in results for rec in r.records if rec.label]
-    blasts_pred = sum(lab == positive for lab in pred_labels)
+    blasts_pred = sum(lab in blast for lab in pred_labels)
     report: dict[str, Any] = {
         "frames": len(results), "layout": layout, "folder": folder, "iou": iou,
         "true_cells": n_true, "detections": n_det, "matched": tp,
@@ -111,7 +111,7 @@ def _report(results: list[FrameResult], layout: str, folder: str, iou: float, ti
         "precision": round(tp / n_det, 4) if n_det else None,
         "centroid_recall": round(centroid_hits / n_true, 4) if n_true else None,
         "classified": len(pred_labels), "abstained": dict(sorted(abstained.items())),
-        "cell_accuracy": round(sum(p == t for p, t in judged) / len(judged), 4) if judged else None,
+        "cell_accuracy": round(sum((p in blast) == (t == "all") for p, t in judged) / len(judged), 4) if judged else None,
         "cells_with_truth_label": len(labelled),
         "blast_ratio_predicted": round(blasts_pred / len(pred_labels), 4) if pred_labels else None,
         "blast_ratio_predicted_ci95": [round(v, 4) for v in wilson_interval(blasts_pred, len(pred_labels))]
@@ -174,7 +174,10 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
     if not rule:
         raise ConfigError(f"{runtime.path.name}'s card has no field decision (train on a harvest of fields labelled "
                           "per field); give --threshold to score the blast fraction at a threshold of your own")
-    mapping = class_mapping(classes)
+    if not all(is_binary_class(spec.partition("=")[0].strip()) for spec in classes):  # a field is ALL or benign
+        raise ConfigError("field-eval --fields scores ALL against benign fields: map the folders onto all and hem "
+                          "(--classes hem=Benign --classes all=Early,Pre,Pro), whatever classes the model has")
+    mapping, _ = class_mapping(classes)
     sessions = find_sessions(Path(folder), True, mapping)
     optics = optics or OpticsConfig()
     quality, times = quality or QualityConfig(), StageTimes(STAGES)

@@ -43,8 +43,9 @@ import numpy as np
 
 from alnett_edge.capture.base import FrameSkipped, SourceSettings, make_source, parse_spec
 from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image
-from alnett_edge.data.sources import parse_label
-from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.card import ClassSet
+from alnett_edge.data.sources import BINARY, HARVEST_META, parse_label
+from alnett_edge.errors import CheckpointError, ConfigError, DataError
 from alnett_edge.files import atomic_text
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.vision.cells import EDGE_TRIM_UM, QualityConfig, cell_image, crop_scale, gate
@@ -55,7 +56,7 @@ from alnett_edge.vision.tracking import Track, TrackBook, TrackingConfig
 
 log = logging.getLogger(__name__)
 
-MANIFEST, META = "manifest.csv", "harvest.json"
+MANIFEST, META = "manifest.csv", HARVEST_META
 META_VERSION = 1
 #: the manifest's columns, in order; ``prob_<class>`` columns follow when a bundle classified the cells
 COLUMNS = ("filename", "label", "labelled_by", "weak_label", "field_class", "patient_id", "cell_id", "session", "source", "frame",
@@ -170,26 +171,32 @@ def open_dataset(dataset: Path) -> dict[str, Any]:
     return {}
 
 
-def init_dataset(dataset: Path, canvas_um: float) -> None:
-    """An empty harvest on a ``canvas_um`` canvas where there is none yet (the device page's label
-    dataset before its first cell); an existing one must have that canvas."""
+def init_dataset(dataset: Path, canvas_um: float, classes: ClassSet = BINARY) -> None:
+    """An empty harvest of ``classes`` on a ``canvas_um`` canvas where there is none yet (the device page's
+    label dataset before its first cell); an existing one must have that canvas and those classes."""
     with manifest_lock(dataset):
         meta = open_dataset(dataset)
         if meta and abs(float(meta["canvas_um"]) - canvas_um) > 1e-6:
             raise ConfigError(f"{dataset} holds cells cut on a {meta['canvas_um']} µm canvas; this model cuts "
                               f"{canvas_um} µm: name another label dataset")
+        held = tuple(meta.get("class_names") or BINARY.names) if meta else classes.names
+        if held != classes.names:
+            raise ConfigError(f"{dataset} holds cells of the classes {', '.join(held)}; this model's are "
+                              f"{', '.join(classes.names)}: name another label dataset")
         if not meta:
             _write_json(dataset / META, {"version": META_VERSION, "canvas_um": canvas_um, "edge_trim_um": EDGE_TRIM_UM,
-                                         "classes": {}, "sessions": {}})
+                                         "classes": {}, "class_names": list(classes.names),
+                                         "blast_classes": list(classes.blast), "sessions": {}})
         if not (dataset / MANIFEST).is_file():
             write_manifest(dataset, [], COLUMNS)
 
 
-def add_labelled_cell(dataset: Path, canvas_um: float, image_rgb: np.ndarray, row: dict[str, Any]) -> None:
+def add_labelled_cell(dataset: Path, canvas_um: float, image_rgb: np.ndarray, row: dict[str, Any],
+                      classes: ClassSet = BINARY) -> None:
     """One cell a person labelled elsewhere (the device page's gallery) added to a harvest dataset, made
     if new: its crop (cut on ``canvas_um``, which must be the dataset's) and its manifest row (``row``:
     manifest columns, ``cell_id`` and ``session`` among them). A cell already in it gets the new label."""
-    init_dataset(dataset, canvas_um)
+    init_dataset(dataset, canvas_um, classes)
     with manifest_lock(dataset):
         meta = open_dataset(dataset)
         rows, columns = read_manifest(dataset)
@@ -227,21 +234,45 @@ def _frames_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def class_mapping(specs: Sequence[str]) -> dict[str, str]:
-    """``["hem=Benign", "all=Early,Pre,Pro"]`` -> folder name (lower case) -> class."""
+_CLASS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+def class_mapping(specs: Sequence[str], blast: Sequence[str] = ()) -> tuple[dict[str, str], ClassSet]:
+    """``["hem=Benign", "all=Early,Pre,Pro"]`` -> (folder name (lower case) -> class, the classes). Classes
+    that are all/hem (or their aliases: benign, malignant, ...) need no ``blast``: C-NMC's two. Any other
+    names (``benign=Benign early=Early pre=Pre pro=Pro``) are the model's classes, in the order given, and
+    ``blast`` names those whose share is the blast ratio."""
     out: dict[str, str] = {}
+    order: list[str] = []
     for spec in specs:
         cls, sep, folders = spec.partition("=")
-        cls = cls.strip()
+        cls = cls.strip().lower()
         names = [f.strip() for f in folders.split(",") if f.strip()]
         if not sep or not cls or not names:
             raise ConfigError(f"--classes {spec!r}: write CLASS=FOLDER[,FOLDER...], e.g. all=Early,Pre,Pro")
-        parse_label(cls, "--classes")  # the classes a model trains on: all / hem (or an alias)
+        if not _CLASS_NAME.match(cls):
+            raise ConfigError(f"--classes {spec!r}: a class name is 1 to 40 lower-case letters, digits, '_' or '-', "
+                              "starting with a letter")
+        order += [cls] if cls not in order else []
         for name in names:
             if name.lower() in out:
                 raise ConfigError(f"--classes: folder {name!r} is given twice")
-            out[name.lower()] = cls.lower()
-    return out
+            out[name.lower()] = cls
+    blast = [b.strip().lower() for item in blast for b in item.split(",") if b.strip()]
+    if not blast and all(is_binary_class(c) for c in order):  # all/hem by any alias: C-NMC's two classes
+        return {f: ("hem", "all")[parse_label(c, "--classes")] for f, c in out.items()}, BINARY
+    if not blast:
+        raise ConfigError(f"--classes {', '.join(order)}: name the classes whose share is the blast ratio with "
+                          "--blast (e.g. --blast early,pre,pro)")
+    if not order:
+        raise ConfigError("--blast names blast classes of --classes CLASS=FOLDER,...; give the classes too")
+    unknown = [b for b in blast if b not in order]
+    if unknown:
+        raise ConfigError(f"--blast {', '.join(unknown)}: not among the classes {', '.join(order)}")
+    try:
+        return out, ClassSet(tuple(order), tuple(c for c in order if c in blast))
+    except CheckpointError as exc:
+        raise ConfigError(f"--classes/--blast: {exc}") from None
 
 
 def find_sessions(root: Path, labels_from_folders: bool, mapping: dict[str, str]) -> list[_Session]:
@@ -260,7 +291,7 @@ def find_sessions(root: Path, labels_from_folders: bool, mapping: dict[str, str]
             if not rel.parts:
                 raise DataError(f"{root} holds frames directly; with --labels-from-folders each class is a folder "
                                 "(ROOT/CLASS/*.jpg)")
-            known = cls_folder.lower() in mapping if mapping else _is_class(cls_folder)
+            known = cls_folder.lower() in mapping if mapping else is_binary_class(cls_folder)
             if not known:
                 unknown.add(cls_folder)
                 continue
@@ -272,7 +303,8 @@ def find_sessions(root: Path, labels_from_folders: bool, mapping: dict[str, str]
     return sessions
 
 
-def _is_class(name: str) -> bool:
+def is_binary_class(name: str) -> bool:
+    """Whether ``name`` is one of C-NMC's two classes by any alias (all, blast, malignant; hem, normal, benign)."""
     try:
         parse_label(name, "")
     except DataError:
@@ -281,10 +313,11 @@ def _is_class(name: str) -> bool:
 
 
 def weak_label(field_class: str, mapping: dict[str, str]) -> str:
+    """The class a field's folder gives its cells (the mapping's, else the folder's name as all/hem)."""
     if not field_class:
         return ""
-    cls = mapping.get(field_class.lower(), field_class)
-    return ("hem", "all")[parse_label(cls, field_class)]
+    cls = mapping.get(field_class.lower())
+    return cls if cls is not None else ("hem", "all")[parse_label(field_class, field_class)]
 
 
 # -- the harvest ---------------------------------------------------------------------------------------
@@ -293,6 +326,7 @@ def weak_label(field_class: str, mapping: dict[str, str]) -> str:
 class HarvestOptions:
     labels_from_folders: bool = False
     classes: Sequence[str] = ()
+    blast: Sequence[str] = ()  # the blast classes among ``classes`` (needed when they are not all/hem)
     canvas_um: float | None = None
     group_by: str = "auto"
     track: bool = False  # a folder's frames are consecutive frames of one field (tracked), not fields
@@ -341,7 +375,12 @@ class Harvester:
         options.validate()
         self.dataset, self.opt, self.runtime, self.model_sha256 = Path(dataset), options, runtime, model_sha256
         self.meta = open_dataset(self.dataset)
-        self.mapping = class_mapping(options.classes)
+        self.mapping, self.class_set = class_mapping(options.classes, options.blast)
+        known = (tuple(self.meta.get("class_names") or BINARY.names), tuple(self.meta.get("blast_classes") or BINARY.blast))
+        if self.meta and options.labels_from_folders and known != (self.class_set.names, self.class_set.blast):
+            raise ConfigError(f"{self.dataset} holds the classes {', '.join(known[0])} (blast: {', '.join(known[1])}); "
+                              f"this run gives {', '.join(self.class_set.names)} (blast: "
+                              f"{', '.join(self.class_set.blast)}): harvest into a new folder")
         if self.meta and options.canvas_um and abs(options.canvas_um - self.meta["canvas_um"]) > 1e-6:
             raise ConfigError(f"{self.dataset} was harvested on a {self.meta['canvas_um']} µm canvas; a re-run keeps "
                               f"it (drop --canvas-um, or harvest into a new folder)")
@@ -535,7 +574,8 @@ class Harvester:
         self._choose_canvas(extents)
         self.dataset.mkdir(parents=True, exist_ok=True)
         meta = {"version": META_VERSION, "canvas_um": self.canvas_um, "edge_trim_um": EDGE_TRIM_UM,
-                "classes": dict(self.mapping), "sessions": dict(self.meta.get("sessions") or {})}
+                "classes": dict(self.mapping), "class_names": list(self.class_set.names),
+                "blast_classes": list(self.class_set.blast), "sessions": dict(self.meta.get("sessions") or {})}
         for session, report, detector in samples:
             if detector is not None:
                 new_rows = self._harvest(session, detector, report)

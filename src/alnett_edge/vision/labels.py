@@ -27,7 +27,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from alnett_edge.data.sources import parse_label
+from alnett_edge.card import ClassSet
+from alnett_edge.data.sources import dataset_classes
 from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.files import atomic_text
 from alnett_edge.vision.harvest import META, manifest_lock, open_dataset, read_manifest, write_manifest
@@ -48,13 +49,10 @@ def check_name(name: str) -> str:
     return name
 
 
-def classes_of(meta: dict[str, Any]) -> tuple[str, ...]:
-    """The classes a cell of this harvest can be labelled with: those its class mapping maps folders
-    onto (``harvest --classes``), else hem and all; each must be a class training knows."""
-    names = sorted(set((meta.get("classes") or {}).values())) or ["hem", "all"]
-    for n in names:
-        parse_label(n, f"{META} classes")
-    return tuple(sorted(names, key=lambda n: parse_label(n, META)))
+def classes_of(dataset: Path) -> ClassSet:
+    """The classes a cell of this harvest can be labelled with: the harvest's own (``harvest --classes``
+    with other names than all/hem, ``--blast``), else hem and all."""
+    return dataset_classes(dataset / "manifest.csv")
 
 
 def read_labels(path: Path) -> dict[str, tuple[str, float]]:
@@ -171,7 +169,8 @@ class LabelBook:
             raise ConfigError(f"{self.dataset} is not a harvest (no {META} and manifest.csv; make one with "
                               "alnett-edge harvest)")
         self.order = order
-        self.classes = classes_of(self.meta)
+        self.class_set = classes_of(self.dataset)
+        self.classes = self.class_set.names
         self.choices = (*self.classes, REJECT)
         self.canvas_um = float(self.meta["canvas_um"])
         self._lock = threading.Lock()
@@ -198,10 +197,11 @@ class LabelBook:
         self.queue = self._ordered([c for c in self.cells.values() if c.cell_id not in self.mine])
 
     def _ordered(self, cells: list[Cell]) -> list[Cell]:
-        positive = "all" if "all" in self.classes else self.classes[-1]
+        blast = self.class_set.blast
 
-        def p(c: Cell) -> float | None:
-            return c.prob.get(positive)
+        def p(c: Cell) -> float | None:  # P(blast): the bundle's blast classes (a two-class bundle's "all")
+            named = [c.prob[b] for b in blast if b in c.prob]
+            return sum(named) if named else c.prob.get("all")
 
         if self.order == "uncertain":
             key = lambda c: (p(c) is None, abs((p(c) or 0.0) - 0.5))  # noqa: E731
@@ -210,7 +210,7 @@ class LabelBook:
                 if p(c) is None or not c.weak_label:
                     return (2, 0.0)
                 confidence = abs(p(c) - 0.5)  # type: ignore[operator]
-                contradicts = (p(c) >= 0.5) != (c.weak_label == positive)  # type: ignore[operator]
+                contradicts = (p(c) >= 0.5) != (c.weak_label in blast)  # type: ignore[operator]
                 return (0, -confidence) if contradicts else (1, confidence)
         elif self.order == "labellers":
             def key(c: Cell) -> tuple:

@@ -56,14 +56,16 @@ def rounded_distance(d: float | None) -> float | None:
 
 
 def verdict(p: np.ndarray | None, card: ModelCard, min_confidence: float) -> tuple[str | None, str | None, list[float | None]]:
-    """(label, abstain reason, [prob_hem, prob_all]) of probabilities ``p`` (None: not classified)."""
+    """(label, abstain reason, [P(not blast), P(blast)]) of probabilities ``p`` (None: not classified).
+    The call is blast or not (``card.blast_columns`` summed), abstained when less sure than ``min_confidence``;
+    the label is the likeliest class on the side called (a card of two classes: that class)."""
     if p is None:
         return None, None, [None, None]
-    names, pos = card.class_names, card.positive_class  # prob_all; prob_hem is the other class of a binary card
-    neg = next(i for i in range(len(names)) if i != pos)
-    k = int(np.argmax(p))
-    label, reason = (None, "low confidence") if p[k] < min_confidence else (names[k], None)
-    return label, reason, [round(float(p[neg]), 6), round(float(p[pos]), 6)]
+    blast = float(card.blast_probability(p))
+    cols = card.blast_columns if blast >= 0.5 else [i for i in range(len(p)) if i not in card.blast_columns]
+    k = max(cols, key=lambda i: p[i])
+    label, reason = (None, "low confidence") if max(blast, 1.0 - blast) < min_confidence else (card.class_names[k], None)
+    return label, reason, [round(1.0 - blast, 6), round(blast, 6)]
 
 
 def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig, runtime: Runtime, max_batch: int,
@@ -98,14 +100,13 @@ def classify_frame(frame: Frame, detector: CellDetector, quality: QualityConfig,
 def decide_track(track: Track, card: ModelCard, min_confidence: float, model_sha256: str) -> CellRecord:
     """A track's one row: the mean of its classified observations' probabilities and the verdict on it,
     or, with none classified, an abstain for its most frequent quality reason."""
-    pos = card.positive_class
     label, reason, (p_hem, p_all) = verdict(track.fused, card, min_confidence)
     if not track.probs:
         reason = track.reasons.most_common(1)[0][0] if track.reasons else "not classified"
     track.decision = CellRecord(
         time.time(), track.last_frame, track.box, p_hem, p_all, label, reason, model_sha256, round(track.edge_weight, 4),
         track_id=track.id, first_frame=track.first_frame, observations=track.seen, classified=len(track.probs),
-        observed_prob_all=[round(float(q[pos]), 6) for q in track.probs], observed_frames=list(track.frames),
+        observed_prob_all=[round(float(card.blast_probability(q)), 6) for q in track.probs], observed_frames=list(track.frames),
         appearance_distance=track.distance, crop=track.crop)
     track.crop = None  # the row carries it to the crops sink, which drops it (see Daemon._process)
     return track.decision
