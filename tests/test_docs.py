@@ -127,7 +127,29 @@ def test_the_microscope_journey_runs_on_real_fields(trained, tmp_path):
     assert (tmp_path / "mine-rpi5" / "manifest.json").is_file()
 
 
+#: the pages whose every `alnett-edge` command a test above runs (the getting-started daemon; the journeys)
+RUN_PAGES = {"getting-started.md", "researcher.md", "device.md", "microscope.md"}
+NOT_RUN = "<!-- not run by the tests: "
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.name in RUN_PAGES], ids=lambda p: p.name)
+def test_every_shell_block_is_run_or_says_why_not(page):
+    """Issue 37: every shell block of the getting-started and journey pages is run by a test on small data
+    (its lines are `alnett-edge` commands, which the tests above run) or says, just above it, why not."""
+    text = page.read_text()
+    for m in re.finditer(r"```bash\n(.*?)```", text, re.S):
+        lines = [ln.split("#", 1)[0].strip() for ln in m.group(1).replace("\\\n", " ").splitlines()]
+        lines = [re.sub(r"^(\S*/)?\.?venv/bin/", "", ln) for ln in lines if ln]
+        before = text[: m.start()].rstrip().splitlines()[-1] if text[: m.start()].strip() else ""
+        if before.startswith(NOT_RUN):
+            assert len(before) > len(NOT_RUN) + 20 and before.endswith("-->"), f"{page.name}: give the reason: {before}"
+            continue
+        others = [ln for ln in lines if not ln.startswith("alnett-edge ")]
+        assert not others, f"{page.name}: a block that is not run and does not say why: {others}"
+
+
 def test_the_site_builds_strictly_and_its_references_are_whole(tmp_path):
+
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
     if mkdocs is None:
         if os.environ.get("CI"):
