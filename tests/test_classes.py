@@ -145,3 +145,17 @@ def test_a_four_class_harvest_edited_into_nonsense_is_one_line(four_class_harves
     (bad / "manifest.csv").write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
     one_line_error(cli("train", "--data", bad, "--out", tmp_path / "x", "--epochs", 1), "unknown label 'blue'",
                    "benign, early, pre, pro")
+
+
+def test_class_folders_map_onto_two_classes_by_alias_or_onto_named_classes():
+    from alnett_edge.errors import ConfigError
+    from alnett_edge.vision.harvest import class_mapping
+
+    assert class_mapping(["1=Pre,Pro", "0=Benign"]) == ({"pre": "all", "pro": "all", "benign": "hem"}, ClassSet())
+    assert class_mapping(["Malignant=Pre", "normal=Benign"])[1].binary  # aliases, any case
+    mapping, classes = class_mapping(["benign=Benign", "pre=Pre", "pro=Pro"], ["pre,pro"])
+    assert classes == ClassSet(("benign", "pre", "pro"), ("pre", "pro")) and mapping["pro"] == "pro"
+    for specs, blast, needle in ((["9x=Pre", "b=Benign"], ["9x"], "class name"), (["b=Benign"], ["b"], "two or more"), (["a=Pre", "b=Benign"], ["a,b"], "not all"),
+                                 (["a=Pre", "b=Benign", "c=Pro,Pre"], ["a"], "given twice")):
+        with pytest.raises(ConfigError, match=needle):
+            class_mapping(specs, blast)

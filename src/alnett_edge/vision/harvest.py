@@ -250,7 +250,7 @@ def class_mapping(specs: Sequence[str], blast: Sequence[str] = ()) -> tuple[dict
         names = [f.strip() for f in folders.split(",") if f.strip()]
         if not sep or not cls or not names:
             raise ConfigError(f"--classes {spec!r}: write CLASS=FOLDER[,FOLDER...], e.g. all=Early,Pre,Pro")
-        if not _CLASS_NAME.match(cls):
+        if not _CLASS_NAME.match(cls) and not is_binary_class(cls):  # names, or C-NMC's 1 / 0
             raise ConfigError(f"--classes {spec!r}: a class name is 1 to 40 lower-case letters, digits, '_' or '-', "
                               "starting with a letter")
         order += [cls] if cls not in order else []
