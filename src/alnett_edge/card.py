@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from alnett_edge.errors import CheckpointError
@@ -39,12 +40,18 @@ class ClassSet:
         if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise CheckpointError(f"classes must be two or more distinct names, got {list(names)!r}")
         if not blast or not set(blast) <= set(names) or len(set(blast)) != len(blast) or len(blast) == len(names):
-            raise CheckpointError(f"the blast classes {list(blast)!r} must be some, not all, of the classes {list(names)!r}")
+            raise CheckpointError(f"the blast classes {list(blast)!r} must be some, not all, of the classes "
+                                  f"{list(names)!r}")
 
     @property
     def binary(self) -> bool:
         """C-NMC's two classes (labels by alias: all/blast/malignant, hem/normal/benign)."""
         return self.names == CLASS_NAMES and self.blast == ("all",)
+
+
+def blast_sum(probs: Any, columns: Sequence[int]) -> Any:
+    """P(blast) of class probabilities (an array, the classes on the last axis): the ``columns`` summed."""
+    return probs[..., list(columns)].sum(axis=-1)
 
 
 #: Mean/std of the stained foreground of the real C-NMC sample (RGB, [0, 1] scale), measured over the
@@ -180,15 +187,11 @@ class ModelCard:
 
     def blast_probability(self, probs: Any) -> Any:
         """P(blast) of a numpy array of class probabilities (last axis the classes): the blast classes' sum."""
-        return probs[..., self.blast_columns].sum(axis=-1)
+        return blast_sum(probs, self.blast_columns)
 
     @property
     def class_set(self) -> ClassSet:
         return ClassSet(self.class_names, self.blast_names)
-
-    def blast_label(self, label: str | None) -> bool:
-        """Whether a cell called ``label`` is a blast."""
-        return label is not None and label in self.blast_names
 
     def copy(self) -> "ModelCard":
         """A deep, independent copy (cards hold nested dicts)."""

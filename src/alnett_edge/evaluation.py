@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from alnett_edge.card import ModelCard
+from alnett_edge.card import ModelCard, blast_sum
 from alnett_edge.data.preprocess import load_image, preprocess
 from alnett_edge.data.sources import Sample, detect_layout, load_samples, parse_cnmc_name
 from alnett_edge.data.splits import Split, cv_test_fold, make_split
@@ -105,7 +105,7 @@ class LabelledInputs:
 
     def prob(self, probs: np.ndarray) -> np.ndarray:
         """P(blast) of class probabilities (N x classes): the blast columns summed."""
-        return probs[:, list(self.blast)].sum(axis=1)
+        return blast_sum(probs, self.blast)
 
 
 def labelled_inputs(samples: Sequence[Sample], card: ModelCard, source: str) -> LabelledInputs:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from alnett_edge.bench.system import machine_info
-from alnett_edge.card import InputSpec
+from alnett_edge.card import InputSpec, blast_sum
 from alnett_edge.data.preprocess import training_sides
 from alnett_edge.errors import ConfigError
 from alnett_edge.files import load_plain_npy
@@ -325,12 +325,12 @@ def _accuracy_and_agreement(rows: list[dict[str, Any]]) -> None:
     for r in ran:
         probs, labels = r["_probs"], r["_labels"]
         if labels is not None:
-            m = binary_metrics(labels, probs[:, r["_blast"]].sum(axis=1))
+            m = binary_metrics(labels, blast_sum(probs, r["_blast"]))
             r.update(accuracy=m["accuracy"], sensitivity=m["sensitivity"], specificity=m["specificity"])
         ref = None if r.get("anchor") else _reference_for(r, [x for x in ran if not x.get("anchor")])
         if ref is not None:
             r["reference"] = f"{ref['artifact']} on {ref['backend']}"
-            a, b = ref["_probs"][:, r["_blast"]].sum(axis=1), probs[:, r["_blast"]].sum(axis=1)
+            a, b = blast_sum(ref["_probs"], r["_blast"]), blast_sum(probs, r["_blast"])
             r["agreement"], r["top1_agreement"] = device_agreement(a, b), top1_agreement(a, b)
     for r in ran:
         del r["_probs"], r["_labels"], r["_blast"]

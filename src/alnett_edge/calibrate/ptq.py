@@ -30,7 +30,7 @@ from alnett_edge.calibrate.reader import (
     load_calibration_set,
 )
 from alnett_edge.calibrate.int8_safety import check_saturation, fit_weights_to_int16_pairs, saturation_summary
-from alnett_edge.card import ModelCard
+from alnett_edge.card import ModelCard, blast_sum
 from alnett_edge.data.sources import load_samples
 from alnett_edge.errors import ConfigError
 from alnett_edge.onnx_io import card_from_onnx, load_onnx, set_card
@@ -155,5 +155,5 @@ def _qat_row(qat_checkpoint: str | Path, x: np.ndarray, y: np.ndarray, p32: np.n
 
     model, _ = load_qat_checkpoint(qat_checkpoint)
     with torch.inference_mode():
-        prob = torch.softmax(model(torch.from_numpy(x)), dim=1)[:, blast].sum(dim=1).numpy()
+        prob = blast_sum(torch.softmax(model(torch.from_numpy(x)), dim=1).numpy(), blast)
     return {**summary(binary_metrics(y, prob)), "agreement": device_agreement(p32, prob)}

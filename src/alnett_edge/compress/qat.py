@@ -36,6 +36,7 @@ from torch.export import Dim
 from torch.utils.data import DataLoader
 
 from alnett_edge.card import CARD_KEY, ModelCard
+from alnett_edge.data.sources import classes_of
 from alnett_edge.compress.report import calibrated_row, metrics_row
 from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.train.dataset import CellDataset, load_split_datasets
@@ -127,7 +128,7 @@ def qat_finetune(prepared: torch.fx.GraphModule, train_ds: CellDataset, epochs: 
     loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=gen,
                         drop_last=len(train_ds) > batch_size)
     device = torch.device("cpu")
-    criterion = make_criterion(train_ds.labels, balance, device, classes=int(train_ds.labels.max(initial=1)) + 1)
+    criterion = make_criterion(train_ds.labels, balance, device, classes=len(classes_of(train_ds.samples).names))
     optimizer = torch.optim.AdamW(prepared.parameters(), lr=lr, weight_decay=0.0)
     scheduler = cosine_schedule(optimizer, epochs * max(1, len(loader)), 0)
     losses = []

@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alnett_edge.card import CLASS_NAMES, ClassSet
 from alnett_edge.data.preprocess import IMAGE_SUFFIXES
@@ -85,15 +86,22 @@ def dataset_classes(csv_path: Path) -> ClassSet:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{meta_path} cannot be read as JSON ({exc}); it is the harvest's own file") from None
-    names, blast = meta.get("class_names") if isinstance(meta, dict) else None, meta.get("blast_classes")
+    return meta_classes(meta, meta_path)
+
+
+def meta_classes(meta: Any, where: Path) -> ClassSet:
+    """The classes a harvest's metadata (``harvest.json`` read as JSON) records; C-NMC's two when it
+    records none (a harvest of all/hem, or one from before there could be others)."""
+    names = meta.get("class_names") if isinstance(meta, dict) else None
     if not names:
         return BINARY
+    blast = meta.get("blast_classes")
     try:
         if not isinstance(names, list) or not isinstance(blast, list):
             raise CheckpointError("class_names and blast_classes must be lists of names")
         return ClassSet(tuple(str(n) for n in names), tuple(str(n) for n in blast))
     except CheckpointError as exc:
-        raise DataError(f"{meta_path}: {exc} (the harvest's own file was edited)") from None
+        raise DataError(f"{where}: {exc} (the harvest's own file was edited)") from None
 
 
 def parse_cnmc_name(name: str) -> tuple[str, int] | None:

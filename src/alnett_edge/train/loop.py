@@ -38,7 +38,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from alnett_edge.card import STAIN_MODES, TTA_MODES, ClassSet, InputSpec, ModelCard
+from alnett_edge.card import STAIN_MODES, TTA_MODES, ClassSet, InputSpec, ModelCard, blast_sum
 from alnett_edge.data.appearance import fit_appearance
 from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.data.preprocess import with_tta
@@ -227,7 +227,7 @@ def evaluate_dataset(model: nn.Module, ds: CellDataset, device: torch.device, bl
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     logits = predict_logits(model, loader, device, ds.spec)
     prob = softmax(logits)
-    prob_all = prob[:, list(blast)].sum(axis=1)
+    prob_all = blast_sum(prob, blast)
     metrics = binary_metrics(ds.blast, prob_all)
     if prob.shape[1] > 2 and len(ds.labels):
         metrics["class_accuracy"] = round(float((prob.argmax(axis=1) == ds.labels).mean()), 4)

@@ -31,7 +31,7 @@ from alnett_edge.vision.annotations import Truth, inside, match, read_truth
 from alnett_edge.vision.cells import QualityConfig
 from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.differential import Aggregator, wilson_interval
-from alnett_edge.vision.harvest import class_mapping, find_sessions, is_binary_class, weak_label
+from alnett_edge.vision.harvest import class_mapping, find_sessions, weak_label
 from alnett_edge.vision.optics import OpticsConfig, calibration_sample, estimate_um_per_px
 from alnett_edge.vision.path import STAGES, classify_frame, detect_only
 from alnett_edge.vision.record import CellRecord
@@ -111,7 +111,8 @@ def _report(results: list[FrameResult], layout: str, folder: str, iou: float, ti
         "precision": round(tp / n_det, 4) if n_det else None,
         "centroid_recall": round(centroid_hits / n_true, 4) if n_true else None,
         "classified": len(pred_labels), "abstained": dict(sorted(abstained.items())),
-        "cell_accuracy": round(sum((p in blast) == (t == "all") for p, t in judged) / len(judged), 4) if judged else None,
+        "cell_accuracy": round(sum((p in blast) == (t == "all") for p, t in judged) / len(judged), 4)
+        if judged else None,
         "cells_with_truth_label": len(labelled),
         "blast_ratio_predicted": round(blasts_pred / len(pred_labels), 4) if pred_labels else None,
         "blast_ratio_predicted_ci95": [round(v, 4) for v in wilson_interval(blasts_pred, len(pred_labels))]
@@ -174,10 +175,8 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
     if not rule:
         raise ConfigError(f"{runtime.path.name}'s card has no field decision (train on a harvest of fields labelled "
                           "per field); give --threshold to score the blast fraction at a threshold of your own")
-    if not all(is_binary_class(spec.partition("=")[0].strip()) for spec in classes):  # a field is ALL or benign
-        raise ConfigError("field-eval --fields scores ALL against benign fields: map the folders onto all and hem "
-                          "(--classes hem=Benign --classes all=Early,Pre,Pro), whatever classes the model has")
-    mapping, _ = class_mapping(classes)
+    mapping, _ = class_mapping(classes, two_classes="field-eval --fields scores ALL against benign fields, whatever "
+                                                    "classes the model has")
     sessions = find_sessions(Path(folder), True, mapping)
     optics = optics or OpticsConfig()
     quality, times = quality or QualityConfig(), StageTimes(STAGES)

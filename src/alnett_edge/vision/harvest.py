@@ -44,7 +44,7 @@ import numpy as np
 from alnett_edge.capture.base import FrameSkipped, SourceSettings, make_source, parse_spec
 from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image
 from alnett_edge.card import ClassSet
-from alnett_edge.data.sources import BINARY, HARVEST_META, parse_label
+from alnett_edge.data.sources import BINARY, HARVEST_META, meta_classes, parse_label
 from alnett_edge.errors import CheckpointError, ConfigError, DataError
 from alnett_edge.files import atomic_text
 from alnett_edge.runtime.base import Runtime
@@ -179,7 +179,7 @@ def init_dataset(dataset: Path, canvas_um: float, classes: ClassSet = BINARY) ->
         if meta and abs(float(meta["canvas_um"]) - canvas_um) > 1e-6:
             raise ConfigError(f"{dataset} holds cells cut on a {meta['canvas_um']} µm canvas; this model cuts "
                               f"{canvas_um} µm: name another label dataset")
-        held = tuple(meta.get("class_names") or BINARY.names) if meta else classes.names
+        held = meta_classes(meta, dataset / META).names if meta else classes.names
         if held != classes.names:
             raise ConfigError(f"{dataset} holds cells of the classes {', '.join(held)}; this model's are "
                               f"{', '.join(classes.names)}: name another label dataset")
@@ -237,11 +237,13 @@ def _frames_in(folder: Path) -> list[Path]:
 _CLASS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
 
-def class_mapping(specs: Sequence[str], blast: Sequence[str] = ()) -> tuple[dict[str, str], ClassSet]:
+def class_mapping(specs: Sequence[str], blast: Sequence[str] = (),
+                  two_classes: str = "") -> tuple[dict[str, str], ClassSet]:
     """``["hem=Benign", "all=Early,Pre,Pro"]`` -> (folder name (lower case) -> class, the classes). Classes
     that are all/hem (or their aliases: benign, malignant, ...) need no ``blast``: C-NMC's two. Any other
     names (``benign=Benign early=Early pre=Pre pro=Pro``) are the model's classes, in the order given, and
-    ``blast`` names those whose share is the blast ratio."""
+    ``blast`` names those whose share is the blast ratio. ``two_classes``: only all/hem are taken, and
+    this says why (a field is ALL or benign)."""
     out: dict[str, str] = {}
     order: list[str] = []
     for spec in specs:
@@ -259,6 +261,9 @@ def class_mapping(specs: Sequence[str], blast: Sequence[str] = ()) -> tuple[dict
                 raise ConfigError(f"--classes: folder {name!r} is given twice")
             out[name.lower()] = cls
     blast = [b.strip().lower() for item in blast for b in item.split(",") if b.strip()]
+    if two_classes and not all(is_binary_class(c) for c in order):
+        raise ConfigError(f"{two_classes}: map the folders onto all and hem (--classes hem=Benign --classes "
+                          "all=Early,Pre,Pro)")
     if not blast and all(is_binary_class(c) for c in order):  # all/hem by any alias: C-NMC's two classes
         return {f: ("hem", "all")[parse_label(c, "--classes")] for f, c in out.items()}, BINARY
     if not blast:
@@ -376,9 +381,10 @@ class Harvester:
         self.dataset, self.opt, self.runtime, self.model_sha256 = Path(dataset), options, runtime, model_sha256
         self.meta = open_dataset(self.dataset)
         self.mapping, self.class_set = class_mapping(options.classes, options.blast)
-        known = (tuple(self.meta.get("class_names") or BINARY.names), tuple(self.meta.get("blast_classes") or BINARY.blast))
-        if self.meta and options.labels_from_folders and known != (self.class_set.names, self.class_set.blast):
-            raise ConfigError(f"{self.dataset} holds the classes {', '.join(known[0])} (blast: {', '.join(known[1])}); "
+        known = meta_classes(self.meta, self.dataset / META)
+        if self.meta and options.labels_from_folders and known != self.class_set:
+            raise ConfigError(f"{self.dataset} holds the classes {', '.join(known.names)} (blast: "
+                              f"{', '.join(known.blast)}); "
                               f"this run gives {', '.join(self.class_set.names)} (blast: "
                               f"{', '.join(self.class_set.blast)}): harvest into a new folder")
         if self.meta and options.canvas_um and abs(options.canvas_um - self.meta["canvas_um"]) > 1e-6:
