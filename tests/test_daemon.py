@@ -90,8 +90,8 @@ def test_detector_settings_that_cannot_hold_are_refused():
         CellDetector(DetectorConfig(max_cell_to_nucleus=0.8), um_per_px=0.1)
     with pytest.raises(ConfigError, match="larger than min_nucleus_um2"):
         CellDetector(DetectorConfig(min_nucleus_um2=50, max_nucleus_um2=40), um_per_px=0.1)
-    for bad in ({"max_gain": 0.5}, {"stain_ref": -1.0}, {"stain_ref": float("nan")}):
-        with pytest.raises(ConfigError, match="stain_ref must be >= 0"):
+    for bad in ({"max_gain": 0.5}, {"stain_ref": -1.0}, {"stain_ref": float("nan")}, {"contrast_ref": -5.0}):
+        with pytest.raises(ConfigError, match="stain_ref and contrast_ref must be >= 0"):
             CellDetector(DetectorConfig(**bad), um_per_px=0.1)
     frame = synth_smear(np.random.default_rng(4))  # 0 turns the platelet-clump check off: never fewer cells
     off = CellDetector(DetectorConfig(small_nucleus_um2=0), um_per_px=SMEAR_UM_PER_PX).detect(frame.image)

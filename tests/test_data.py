@@ -8,7 +8,7 @@ import pytest
 from alnett_edge.card import InputSpec
 from alnett_edge.data.augment import AugmentConfig, augment
 from alnett_edge.train.dataset import CellDataset, prepare_samples
-from alnett_edge.data.preprocess import load_image, prepare, preprocess
+from alnett_edge.data.preprocess import load_image, normalize, prepare, preprocess
 from alnett_edge.data.sources import (
     Sample,
     class_counts,
@@ -244,7 +244,8 @@ def test_stain_jitter_moves_cell_colours_as_much_as_real_cells_differ(cnmc_sampl
     fg = img.max(2) > 0
     px = img[fg].astype(np.float32)
     assert np.allclose(_hed_jitter(px, np.random.default_rng(0), 0.0), px, atol=1e-3)
-    cfg = AugmentConfig(flips=False, rotate=False, scale=0.0, brightness=0.0, blur_p=0.0, noise=0.0)
+    cfg = AugmentConfig(flips=False, rotate=False, scale=0.0, brightness=0.0, blur_p=0.0, noise=0.0, hue=0.0,
+                        saturation=0.0)
     shifts = []
     for seed in range(60):
         out = augment(img, np.random.default_rng(seed), cfg)
@@ -253,6 +254,74 @@ def test_stain_jitter_moves_cell_colours_as_much_as_real_cells_differ(cnmc_sampl
         shifts.append(out[~bg].mean(0) - px.mean(0))
     spread = np.std(shifts, axis=0)
     assert (spread > 1.5).all() and (spread < 12).all(), spread
+
+
+def test_hue_and_saturation_jitter_turn_the_cell_as_configured(cnmc_sample):
+    """Another camera's colour on a real C-NMC cell: zero jitter changes nothing; otherwise the cell's
+    median hue turns by at most ``hue`` degrees and its median saturation scales within
+    [1 - saturation, 1 + saturation], both spread over the range (not stuck at one end), the background
+    stays black."""
+    import cv2
+
+    from alnett_edge.data.augment import _hsv_jitter
+
+    img = prepare(load_image(next((cnmc_sample / "all").glob("*.bmp"))), InputSpec())
+    fg = img.max(2) > 0
+    px = img[fg].astype(np.float32)
+    assert np.allclose(_hsv_jitter(px, np.random.default_rng(0), 0.0, 0.0), px, atol=1e-3)
+
+    def hue_sat(rgb: np.ndarray) -> tuple[float, float]:
+        hsv = cv2.cvtColor(rgb[None].astype(np.float32) / 255, cv2.COLOR_RGB2HSV)[0]
+        return float(np.median(hsv[:, 0])), float(np.median(hsv[:, 1]))
+
+    h0, s0 = hue_sat(px)
+    cfg = AugmentConfig(flips=False, scale=0.0, hed=0.0, brightness=0.0, hue=12.0, saturation=0.35)
+    turns, gains = [], []
+    for seed in range(60):
+        out = augment(img, np.random.default_rng(seed), cfg)
+        out_fg = out.max(2) > 0  # turned by a right angle: the same cell pixels, elsewhere
+        assert out_fg.sum() == fg.sum() and (out[~out_fg] == 0).all()
+        h, sat = hue_sat(out[out_fg].astype(np.float32))
+        turns.append((h - h0 + 180) % 360 - 180)
+        gains.append(sat / s0)
+    turns, gains = np.array(turns), np.array(gains)
+    assert np.abs(turns).max() <= 12.5 and turns.min() < -6 and turns.max() > 6, turns
+    assert gains.min() >= 0.63 and gains.max() <= 1.37 and gains.min() < 0.8 and gains.max() > 1.2, gains
+
+
+def test_opponent_stain_does_not_see_a_saturation_gain(cnmc_sample):
+    """``stain = "opponent"`` (issue 32's colour shortcut): a real C-NMC cell with its saturation cut to
+    0.7 or raised to 1.3 reaches the model nearly unchanged (its R - G and R + G - 2B planes scale alike
+    and the brightest channel stays), where per-channel ``stain = "cell"`` moves it more than twice as far;
+    a brightness gain cancels in both; the background stays 0 and the appearance features (skewness of
+    the planes) hardly move either."""
+    import cv2
+
+    from alnett_edge.data.appearance import OPPONENT_FEATURES, crop_features
+
+    def sat(rgb: np.ndarray, k: float) -> np.ndarray:
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 1] = np.clip(hsv[..., 1] * k, 0, 255)
+        return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+    moved = {}
+    for stain in ("cell", "opponent"):
+        spec = InputSpec(size=(96, 96), stain=stain)
+        diffs = []
+        for path in sorted((cnmc_sample / "all").glob("*.bmp"))[:6]:
+            rgb = load_image(path)
+            a = normalize(prepare(rgb, spec), spec)
+            fg = np.abs(a).sum(0) > 0
+            assert (a[:, ~fg] == 0).all() and fg.mean() > 0.1
+            for k in (0.7, 1.3):
+                diffs.append(float(np.abs(a - normalize(prepare(sat(rgb, k), spec), spec))[:, fg].mean()))
+            bright = normalize(prepare(np.clip(rgb.astype(np.float32) * 1.2, 0, 255).astype(np.uint8), spec), spec)
+            assert float(np.abs(a - bright)[:, fg].mean()) < 0.1, stain
+        moved[stain] = float(np.mean(diffs))
+    assert moved["opponent"] < 0.05 and moved["cell"] > 2 * moved["opponent"], moved
+    cell = prepare(load_image(next((cnmc_sample / "all").glob("*.bmp"))), InputSpec(size=(96, 96)))
+    f0, f1 = crop_features(cell, 0.0, stain="opponent"), crop_features(sat(cell, 0.7), 0.0, stain="opponent")
+    assert len(f0) == len(OPPONENT_FEATURES) - 1 and np.abs(f0 - f1).max() < 0.3, (f0, f1)
 
 
 def test_corrupt_image_skipped_and_counted(tmp_path, caplog):

@@ -86,8 +86,9 @@ def test_field_eval_without_a_bundle_scores_the_detector_alone(tmp_path):
 
 def test_detector_takes_a_second_look_at_a_faintly_stained_field():
     """Issue 32's colour shift at the detector: real all-fields fields with their saturation cut to 0.7
-    (a paler stain) lost every whole cell to the absolute B-G thresholds; a field in which no cell is found
-    and whose brightest violet is faint is looked at again with the thresholds lowered (at most 1.6x)."""
+    (a paler stain) or their hue turned lost every whole cell to the absolute B-G thresholds; a field in
+    which no whole cell is found and whose brightest violet is faint, or stands little above the
+    field's median, is looked at again with the thresholds lowered (at most 1.6x)."""
     from dataclasses import replace
 
     import cv2
@@ -107,3 +108,19 @@ def test_detector_takes_a_second_look_at_a_faintly_stained_field():
         assert [c for c in second.detect(pale) if not c.touches_border], name
         # as shot, the first look finds cells: the second never runs and the cells are the same
         assert [c.box for c in second.detect(rgb)] == [c.box for c in absolute.detect(rgb)] != []
+    # a first look that finds only cells cut by the field's edge is no better than none: the second runs
+    rgb = load_image(root / "Pro/WBC-Malignant-Pro-132.jpg", what="field")
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 1] *= 0.7
+    pale = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    first = CellDetector(replace(DetectorConfig(), stain_ref=0), 0.588).detect(pale)
+    assert first and all(c.touches_border for c in first)
+    assert [c for c in CellDetector(DetectorConfig(), 0.588).detect(pale) if not c.touches_border]
+    # a bluish field (its hue turned 10 degrees: lilac red cells raise the median under the nuclei) is
+    # bright enough for stain_ref but stands too little above its median: contrast_ref gives it the second look
+    for name in ("Pre/WBC-Malignant-Pre-071.jpg", "Pre/WBC-Malignant-Pre-791.jpg"):
+        hsv = cv2.cvtColor(load_image(root / name, what="field"), cv2.COLOR_RGB2HSV).astype(np.int16)
+        hsv[..., 0] = (hsv[..., 0] + 5) % 180
+        turned = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+        assert not CellDetector(replace(DetectorConfig(), contrast_ref=0), 0.444).detect(turned), name
+        assert len([c for c in CellDetector(DetectorConfig(), 0.444).detect(turned) if not c.touches_border]) >= 4, name

@@ -154,3 +154,23 @@ def test_ema_weights_are_validated_and_kept_and_tta_is_recorded(easy_cells, tmp_
     m = binary_metrics(val.labels, prob)
     assert m["roc_auc"] == pytest.approx(r.history[-1]["roc_auc"], abs=1e-6)
     assert m["accuracy"] == pytest.approx(r.history[-1]["accuracy"])
+
+
+def test_colour_jitter_is_recorded_and_reaches_the_augmentation(trained, tmp_path):
+    """``train --colour-jitter HUE,SAT`` (issue 32): off by default (the card records 0, 0), and a card
+    that records it gives QAT's fine-tune the same augmentation (JSON lists back to a tuple)."""
+    import dataclasses
+
+    from alnett_edge.train.loop import TrainConfig, augment_config, finetune_config
+
+    cfg, result = trained
+    card = read_card(result.best)
+    assert tuple(card.training["config"]["colour_jitter"]) == (0.0, 0.0)
+    assert augment_config(cfg).hue == 0.0 and augment_config(dataclasses.replace(cfg, augment=False)) is None
+    card.training = {**card.training, "config": {**card.training["config"], "colour_jitter": [12.0, 0.35]}}
+    tuned = finetune_config(card, cfg.data, tmp_path, 1, 1e-3)
+    assert tuned.colour_jitter == (12.0, 0.35)
+    aug = augment_config(tuned)
+    assert (aug.hue, aug.saturation) == (12.0, 0.35)
+    with pytest.raises(Exception, match="colour-jitter"):
+        TrainConfig(data=cfg.data, colour_jitter=(120.0, 0.2)).validate()

@@ -61,7 +61,7 @@ CNMC_MEAN: tuple[float, float, float] = (0.275, 0.119, 0.315)
 CNMC_STD: tuple[float, float, float] = (0.054, 0.040, 0.047)
 
 #: InputSpec.stain values (see there)
-STAIN_MODES: tuple[str, ...] = ("none", "cell")
+STAIN_MODES: tuple[str, ...] = ("none", "cell", "opponent")
 #: InputSpec.tta values: how many views of each cell the model sees (see there)
 TTA_MODES: tuple[str, ...] = ("none", "flips", "d4")
 
@@ -87,7 +87,9 @@ class InputSpec:
     #: cells. 0 = unknown (cards from before it was measured): field crops are zoomed to fit.
     canvas_um: float = 0.0
     #: Colour normalisation: "none" = (x - mean) / std with the card's dataset mean/std; "cell" = each
-    #: cell's own foreground mean/std per channel (a lamp, exposure or stain-strength gain cancels out).
+    #: cell's own foreground mean/std per channel (a lamp, exposure or stain-strength gain cancels out);
+    #: "opponent" = the cell's opponent planes (R - G, R + G - 2B, max(R, G, B)) each standardised by its own
+    #: foreground mean/std (a saturation gain cancels too: ``data.preprocess._opponent``).
     stain: str = "none"
     #: Test-time augmentation: "none"; "flips" = the cell as given, mirrored left-right, top-bottom and
     #: both (4 views); "d4" = those and their transposes (all 8 symmetries of a square). Every backend

@@ -162,13 +162,17 @@ def register(app: typer.Typer) -> None:
         bundle: Path = typer.Argument(None, help="Bundle to run (folder or .tar.gz); without one, the detector "
                                       "and quality gate alone are scored."),
         frames_arg: Path = typer.Argument(None, metavar="FRAMES", help="Annotated frames: Pascal VOC (BCCD) or YOLO "
-                                          "(images/ + labels/)."),
+                                          "(images/ + labels/), or a points CSV (image,x,y: cells counted by hand)."),
         frames_opt: Path = typer.Option(None, "--frames", help="The same folder, as an option."),
         config: Path = typer.Option(None, "--config", "-c", help="Daemon TOML: its \\[optics], \\[detector], \\[quality] "
                                     "and \\[runtime] backend / threads / max_batch are used."),
         um_per_px: float = typer.Option(None, "--um-per-px", min=0.0, help="Pixel size in µm (default: \\[optics], "
                                         "else estimated from the frames' red cells)."),
         iou: float = typer.Option(0.5, help="IoU for a detection to count as a true cell."),
+        match_um: float = typer.Option(4.0, "--match-um", min=0.1, help="A cell is found once when one detection, and "
+                                       "only one, is centred within this many µm of its centre."),
+        images: Path = typer.Option(None, "--images", help="With a points CSV: the folder its image names are in "
+                                    "(default: the CSV's folder)."),
         limit: int = typer.Option(None, min=1, help="Only the first N frames."),
         json_out: Path = typer.Option(None, "--json", help="Write the report as JSON.", callback=output_file),
         sheet: Path = typer.Option(None, help="Write a contact sheet PNG (found green, false red, missed blue).",
@@ -181,9 +185,9 @@ def register(app: typer.Typer) -> None:
                                         "fraction above which a field is ALL (default: the card's)."),
     ) -> None:
         """Score the daemon's per-frame path (detect, gate, crop, classify) on annotated field frames."""
-        if frames_arg is None and frames_opt is None and bundle is not None and bundle.is_dir() \
-                and not (bundle / "manifest.json").is_file():
-            bundle, frames_arg = None, bundle  # `field-eval FRAMES`: a folder of frames, not a bundle
+        if frames_arg is None and frames_opt is None and bundle is not None and (
+                (bundle.is_dir() and not (bundle / "manifest.json").is_file()) or bundle.suffix.lower() == ".csv"):
+            bundle, frames_arg = None, bundle  # `field-eval FRAMES`: frames (or a points file), not a bundle
         if (frames_arg is None) == (frames_opt is None):
             raise ConfigError("give the annotated frames folder once: field-eval [BUNDLE] FRAMES or --frames FRAMES")
         frames = frames_arg or frames_opt
@@ -200,12 +204,13 @@ def register(app: typer.Typer) -> None:
             _field_decisions(bundle, frames, cfg, classes or (), limit, threshold, json_out)
             return
         if bundle is None:
-            report, results = run(None, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch, cfg.optics)
+            report, results = run(None, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch, cfg.optics,
+                                  match_um, images)
             report["model"] = "none (detector and quality gate only)"
         else:
             with open_runtime(bundle, cfg.runtime.backend or None, threads=inference_threads(cfg.runtime.threads)) as rt:
                 report, results = run(rt, frames, cfg.detector, cfg.quality, iou, limit, cfg.runtime.max_batch,
-                                      cfg.optics)
+                                      cfg.optics, match_um, images)
             report["model"] = rt.describe()
         table = Table(title=f"field-eval: {report['frames']} frames ({report['layout']}) of {frames}", title_justify="left")
         for col in ("true cells", "detections", "matched", "recall", "precision", "centroid recall", "classified"):
@@ -216,6 +221,15 @@ def register(app: typer.Typer) -> None:
         console().print(table)
         typer.echo(f"IoU >= {iou}; pixel size {report['optics']['um_per_px']:.4f} µm ({report['optics']['source']}); "
                    f"model: {report['model']}")
+        if report["found_once"] is not None:
+            typer.echo(f"found once (a detection centred within {match_um:g} µm, one to one): {report['found_once']:.3f} "
+                       f"of the cells; extra detections {report['extra'] if report['extra'] is not None else 0:.3f}")
+        if report["by_cluster"]:
+            typer.echo("by cluster size (cells: found once / precision): " + ", ".join(
+                f"{k}: {v['cells']} {v['found_once']:.2f}/{(v['precision'] or 0):.2f}" for k, v in report["by_cluster"].items()))
+        if report.get("smudges"):
+            sm = report["smudges"]
+            typer.echo(f"smudge cells: {sm['boxed_as_white_cells']} of {sm['true']} boxed as white cells")
         if report["abstained"]:
             typer.echo("abstained: " + ", ".join(f"{k} {v}" for k, v in report["abstained"].items()))
         if report["cell_accuracy"] is not None:

@@ -22,9 +22,12 @@ def synth(
     fmt: str = typer.Option("bmp", "--format", help="bmp (as C-NMC) or png."),
     cells_per_patient: int = typer.Option(20, help="Cells per synthetic patient."),
     smears: int = typer.Option(0, help="Also write this many 640x480 smear frames with VOC boxes to OUT/smears."),
+    crowded: int = typer.Option(0, min=0, help="Also write this many crowded fields (clusters of 2-8 touching white "
+                                "cells, smudge cells; boxes, centres, cluster sizes and masks) to OUT/crowded."),
+    crowded_um: float = typer.Option(0.25, "--crowded-um", min=0.01, help="The crowded fields' pixel size in µm."),
 ) -> None:
     """Generate seeded C-NMC-like cells (fold_k/{all,hem}) and optional BCCD-like smear frames."""
-    from alnett_edge.data.synth import SynthSpec, generate_cnmc_dataset, generate_smears
+    from alnett_edge.data.synth import CrowdSpec, SynthSpec, generate_cnmc_dataset, generate_crowded, generate_smears
 
     info = generate_cnmc_dataset(out, SynthSpec(n_cells=n, size=size, difficulty=difficulty, seed=seed, fmt=fmt,
                                                 cells_per_patient=cells_per_patient))
@@ -32,6 +35,10 @@ def synth(
     if smears:
         s = generate_smears(out / "smears", smears, seed=seed)
         typer.echo(f"wrote {s['frames']} smear frames ({s['wbc']} white cells) to {out / 'smears'}")
+    if crowded:
+        c = generate_crowded(out / "crowded", crowded, CrowdSpec(um_per_px=crowded_um), seed=seed)
+        typer.echo(f"wrote {c['frames']} crowded fields ({c['wbc']} white cells, {c['smudges']} smudge cells, "
+                   f"{crowded_um:g} µm/px) to {out / 'crowded'}")
 
 
 @app.command("inspect")

@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
         dilations: str = typer.Option(None, help="Comma-separated dilation rates, e.g. 1,2,3."),
         fusion: str = typer.Option(None, help="Branch fusion: concat or sum."),
         stain: str = typer.Option("auto", help="Colour normalisation in the card: none (the card's mean/std), "
-                                  "cell (each cell's own mean/std: robust to lamp and stain strength) or auto "
+                                  "cell (each cell's own mean/std: robust to lamp and stain strength), opponent "
+                                  "(each cell's own opponent colour planes: robust to saturation too) or auto "
                                   "(cell when a class comes from fewer than 8 patients, else none)."),
         canvas_um: float = typer.Option(0.0, "--canvas-um", min=0.0, help="Side of the input canvas in µm "
                                         "(default: measured, the median normal cell taken as 9 µm)."),
@@ -62,6 +63,9 @@ def register(app: typer.Typer) -> None:
         weak_labels: str = typer.Option("naive", "--weak-labels", help="Cells labelled only by their field (a "
                                         "harvest's weak labels): naive (each takes its field's label) or mil "
                                         "(multiple-instance: a benign field has no blasts, an ALL field at least one)."),
+        colour_jitter: str = typer.Option("0,0", "--colour-jitter", help="Colour augmentation HUE,SAT: each training "
+                                          "cell's hue turned by up to HUE degrees and its saturation scaled by up to "
+                                          "1 +- SAT (all-fields recipe: 12,0.35); 0,0 is off."),
         ensemble: bool = typer.Option(False, "--ensemble", help="With --folds: also write OUT/ensemble.safetensors, "
                                       "the fold models as one model (K times the compute at run time)."),
     ) -> None:
@@ -74,6 +78,11 @@ def register(app: typer.Typer) -> None:
             dil = tuple(int(d) for d in dilations.split(",")) if dilations else None
         except ValueError:
             raise ConfigError(f"--dilations must be comma-separated integers, got {dilations!r}") from None
+        try:
+            hue, sat = (float(v) for v in colour_jitter.split(","))
+        except ValueError:
+            raise ConfigError(f"--colour-jitter must be HUE,SAT (two numbers, e.g. 12,0.35), got {colour_jitter!r}") \
+                from None
         cfg = TrainConfig(
             data=str(data), out=str(out), variant=variant, input_size=input_size, layout=layout,
             labels_csv=str(labels_csv) if labels_csv else None, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -81,7 +90,7 @@ def register(app: typer.Typer) -> None:
             balance=balance, augment=not no_augment, dilations=dil, fusion=fusion, stain=stain, canvas_um=canvas_um,
             workers=workers, device=device, seed=seed, resume=resume, stop_after=stop_after,
             select=select, ema_epochs=ema_epochs, label_smoothing=label_smoothing, tta=tta,
-            init=str(init) if init else None, freeze=freeze, weak_labels=weak_labels,
+            init=str(init) if init else None, freeze=freeze, weak_labels=weak_labels, colour_jitter=(hue, sat),
         )
         if ensemble and not folds:
             raise ConfigError("--ensemble averages cross-validation fold models: give --folds K too")

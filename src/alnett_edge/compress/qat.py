@@ -38,12 +38,11 @@ from torch.utils.data import DataLoader
 from alnett_edge.card import CARD_KEY, ModelCard
 from alnett_edge.data.sources import classes_of
 from alnett_edge.compress.report import calibrated_row, metrics_row
-from alnett_edge.data.augment import AugmentConfig
 from alnett_edge.train.dataset import CellDataset, load_split_datasets
 from alnett_edge.errors import CheckpointError, CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett, fold_batchnorm
 from alnett_edge.model.checkpoint import load_checkpoint, model_from_card, read_card
-from alnett_edge.train.loop import cosine_schedule, finetune_config, make_criterion, run_epoch
+from alnett_edge.train.loop import augment_config, cosine_schedule, finetune_config, make_criterion, run_epoch
 from alnett_edge.evaluation import gate_result
 from alnett_edge.metrics import device_agreement, top1_agreement
 
@@ -241,7 +240,7 @@ def qat_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, sc
         raise ConfigError(f"{checkpoint} is already quantized")
     tcfg = finetune_config(card, data, out, epochs, lr)
     sd = load_split_datasets(data, card.input, tcfg.layout, tcfg.labels_csv, tcfg.val_fraction, tcfg.seed,
-                             tcfg.val_fold, AugmentConfig() if tcfg.augment else None)
+                             tcfg.val_fold, augment_config(tcfg))
     fp32_metrics, fp32_prob = metrics_row(model, sd.val, card)
     prepared = prepare_qat(model, card.input.size, scheme)
     losses = qat_finetune(prepared, sd.train, epochs, lr, batch_size, tcfg.balance, tcfg.seed)

@@ -16,6 +16,10 @@ in µm² (its share of the canvas times ``canvas_um``²; left out when the card 
   every one with its channels permuted, the red cell of the tests, and 78 % of the cells drawn at a
   third of their size.
 
+- a card with ``stain = "opponent"``: the skewness of each opponent plane (R - G, R + G - 2B,
+  max(R, G, B)): blind to a saturation gain as its model is (a chromaticity is not), while a red cell
+  still stands out by its skewness.
+
 Training records their mean and covariance in the card (``card.appearance``, with its ``stain``) and
 the largest Mahalanobis distance it allows: 1.5 x the 99.5th percentile of the training cells' own
 distances. The daemon measures each crop the same way, on the same prepared image, before the model
@@ -29,14 +33,26 @@ from typing import Any
 import cv2
 import numpy as np
 
-from alnett_edge.data.preprocess import foreground
+from alnett_edge.data.preprocess import foreground, opponent_planes
 
 FEATURES = ("L*", "a*", "b*", "log10 area µm²")
 #: a ``stain = "cell"`` card's features: blind to a brightness gain, as its model is
 GAIN_FREE_FEATURES = ("skew R", "skew G", "skew B", "r chromaticity", "g chromaticity", "log10 area µm²")
+#: a ``stain = "opponent"`` card's features: blind to a saturation gain too, as its model is
+OPPONENT_FEATURES = ("skew R-G", "skew R+G-2B", "skew max(R,G,B)", "log10 area µm²")
 QUANTILE = 99.5
 MARGIN = 1.5
 MIN_PIXELS = 20
+
+
+def _skewness(planes: list[np.ndarray], mask: np.ndarray) -> list[float]:
+    """The skewness of each float plane over the cell pixels."""
+    out = []
+    for x in planes:
+        m, sd = cv2.meanStdDev(x, mask=mask)
+        z = (x - np.float32(m[0, 0])) * np.float32(1.0 / max(float(sd[0, 0]), 1e-6))
+        out.append(float(cv2.mean(cv2.multiply(cv2.multiply(z, z), z), mask=mask)[0]))
+    return out
 
 
 def _gain_free(img: np.ndarray, mask: np.ndarray) -> list[float]:
@@ -61,6 +77,8 @@ def crop_features(prepared: np.ndarray, canvas_um: float, threshold: int = 10,
         return None
     if stain == "cell":
         feats = _gain_free(img, mask)
+    elif stain == "opponent":
+        feats = _skewness(opponent_planes(img), mask)
     else:
         lab = cv2.mean(cv2.cvtColor(img, cv2.COLOR_RGB2LAB), mask=mask)
         feats = [lab[0] * 100.0 / 255.0, lab[1] - 128.0, lab[2] - 128.0]  # OpenCV's 8-bit Lab -> CIE units
@@ -83,7 +101,7 @@ def fit_appearance(prepared: np.ndarray, canvas_um: float, threshold: int = 10, 
     x = np.stack(feats)
     mean = x.mean(axis=0)
     cov = np.cov(x, rowvar=False) + np.eye(d) * 1e-3 * max(1e-9, float(np.trace(np.cov(x, rowvar=False))) / d)
-    names = GAIN_FREE_FEATURES if stain == "cell" else FEATURES
+    names = {"cell": GAIN_FREE_FEATURES, "opponent": OPPONENT_FEATURES}.get(stain, FEATURES)
     app = {"features": list(names[:d]), "mean": mean.round(5).tolist(), "cov": cov.round(6).tolist(),
            "n": int(len(x)), "canvas_um": float(canvas_um), "stain": stain}
     dist = np.array([mahalanobis(app, f) for f in x])

@@ -87,6 +87,7 @@ class TrainConfig:
     workers: int = 2
     balance: str = "weights"
     augment: bool = True
+    colour_jitter: tuple[float, float] = (0.0, 0.0)  # augmentation: hue turned up to [0] degrees, saturation x 1 +- [1]
     amp: bool = True
     device: str = "auto"
     resume: bool = False
@@ -122,6 +123,9 @@ class TrainConfig:
             raise ConfigError(f"--stain must be auto or one of {', '.join(STAIN_MODES)}, got {self.stain!r}")
         if not self.canvas_um >= 0:
             raise ConfigError(f"--canvas-um must be >= 0, got {self.canvas_um}")
+        hue, sat = self.colour_jitter
+        if not (0 <= hue <= 90 and 0 <= sat < 1):
+            raise ConfigError(f"--colour-jitter HUE,SAT needs 0 <= HUE <= 90 degrees and 0 <= SAT < 1, got {hue:g},{sat:g}")
         if not self.ema_epochs >= 0:
             raise ConfigError(f"--ema-epochs must be >= 0, got {self.ema_epochs}")
         if self.select not in SELECT_MODES:
@@ -146,10 +150,17 @@ def finetune_config(card: ModelCard, data: str | Path, out: str | Path, epochs: 
     base = {k: v for k, v in recorded.items() if k in known}
     if base.get("dilations") is not None:
         base["dilations"] = tuple(base["dilations"])
+    if base.get("colour_jitter") is not None:
+        base["colour_jitter"] = tuple(base["colour_jitter"])
     base.update(data=str(data), out=str(out), epochs=epochs, lr=lr, warmup_epochs=0.0, patience=max(epochs, 1),
                 resume=False, stop_after=None, variant=card.variant)
     base.update(overrides)
     return TrainConfig(**base)
+
+
+def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
+    """The training augmentation a config asks for (None: ``--no-augment``)."""
+    return AugmentConfig(hue=cfg.colour_jitter[0], saturation=cfg.colour_jitter[1]) if cfg.augment else None
 
 
 @dataclass
@@ -517,7 +528,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
 
     # Data: patient-disjoint split, decoded once.
     sd = load_split_datasets(cfg.data, card.input, cfg.layout, cfg.labels_csv, cfg.val_fraction, cfg.seed,
-                             cfg.val_fold, AugmentConfig() if cfg.augment else None,
+                             cfg.val_fold, augment_config(cfg),
                              (cfg.cv_fold, cfg.cv_folds) if cfg.cv_folds else None, samples=samples)
     train_ds, val_ds, report = sd.train, sd.val, sd.report
     if cfg.stain == "none" and asked_stain == "none":

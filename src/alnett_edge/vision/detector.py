@@ -11,10 +11,13 @@ Steps, on the frame resampled to ``work_um_per_px`` (detection costs the same fo
 specimen) -> score -> threshold relative to the field (``min_contrast`` above its median, floored at
 ``min_score``) -> closing (joins the lobes of a neutrophil nucleus) -> hole filling -> opening ->
 connected components. A pale stain (a weaker Giemsa, a camera's lower saturation) lowers every B-G
-value, so a field in which no cell is found and whose brightest violet (the score's 99.5th percentile)
-is below ``stain_ref`` is looked at once more with both thresholds divided by ``stain_ref`` / that
-percentile, at most ``max_gain``; the tests that follow are relative to the field and need no change.
-Only empty fields get the second look, so a field whose cells are found is untouched.
+value, and a bluish field (lilac red cells, a camera's hue) raises the median under the nuclei, so a
+field in which no whole cell is found (none, or only cells cut by its edge), and whose brightest violet
+(the score's 99.5th percentile) is below ``stain_ref`` or stands less than ``contrast_ref`` above the
+field's median, is looked at once more with both thresholds divided by the larger of ``stain_ref`` /
+that percentile and ``contrast_ref`` / its height above the median, at most ``max_gain``; the tests
+that follow are relative to the field and need no change. Only fields without a whole cell get the
+second look, so a field whose cells are found is untouched.
 A component is a nucleus when it is large enough (``min_nucleus_um2``), stands out of the field (its score is ``contrast_ratio`` times the field's own spread above the median:
 heavily stained red cells of one slide do not), is solid (platelet clumps are not) and not elongated.
 A small nucleus (a small lymphocyte's, below ``small_nucleus_um2``) has a thin rim of cytoplasm: when
@@ -63,6 +66,7 @@ class DetectorConfig:
     max_cell_to_nucleus: float = 2.4  # a "cell" more than this many times its area is a platelet clump on red cells
     work_um_per_px: float = 0.5  # detection resolution; a coarser camera is used as it is
     stain_ref: float = 160.0  # a field with no cell whose p99.5 of B-G is below this: a second look (0: never)
+    contrast_ref: float = 145.0  # ... or whose p99.5 stands less than this above its median (a bluish field)
     max_gain: float = 1.6  # the second look's thresholds are divided by stain_ref / p99.5, at most this
 
     def validate(self) -> None:
@@ -70,8 +74,9 @@ class DetectorConfig:
             raise ConfigError("[detector] cell_scale, work_um_per_px and min_nucleus_um2 must be > 0")
         if self.max_nucleus_um2 <= self.min_nucleus_um2:
             raise ConfigError("[detector] max_nucleus_um2 must be larger than min_nucleus_um2")
-        if not self.stain_ref >= 0 or not self.max_gain >= 1:
-            raise ConfigError("[detector] stain_ref must be >= 0 (0: no second look) and max_gain >= 1")
+        if not self.stain_ref >= 0 or not self.contrast_ref >= 0 or not self.max_gain >= 1:
+            raise ConfigError("[detector] stain_ref and contrast_ref must be >= 0 (stain_ref 0: no second look) "
+                              "and max_gain >= 1")
         if self.max_cell_to_nucleus <= 1 or self.small_nucleus_um2 < 0:
             raise ConfigError("[detector] max_cell_to_nucleus must be > 1 (a cell holds its nucleus) and "
                               "small_nucleus_um2 >= 0 (0: no platelet-clump check)")
@@ -175,8 +180,9 @@ class CellDetector:
             return []
         median, top = histogram_percentiles(score, fov, (50, 99.5))
         found = self._detect(rgb, s, um, fov, score, median, 1.0)
-        gain = min(cfg.max_gain, cfg.stain_ref / max(top, 1.0)) if cfg.stain_ref > 0 else 1.0
-        if found or gain <= 1.0:
+        gain = min(cfg.max_gain, max(cfg.stain_ref / max(top, 1.0), cfg.contrast_ref / max(top - median, 1.0))) \
+            if cfg.stain_ref > 0 else 1.0
+        if gain <= 1.0 or any(not d.touches_border for d in found):
             return found
         return self._detect(rgb, s, um, fov, score, median, gain)  # a faint stain: a second, lower look
 

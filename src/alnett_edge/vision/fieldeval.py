@@ -6,15 +6,18 @@ from the frames' red cells (:mod:`alnett_edge.vision.optics`), as the daemon doe
 frame goes through :func:`alnett_edge.vision.path.classify_frame` — the detector, quality
 gate, crop, the card's preprocessing and the runtime, exactly as the daemon runs them. Scores:
 detection recall / precision at an IoU threshold (one-to-one matching, best IoU first), centroid
-recall (a true cell's centre inside exactly one detection), abstentions by reason, per-cell accuracy
-and predicted vs true blast ratio where the truth has labels, and per-stage latency.
+recall (a true cell's centre inside exactly one detection), cells found once (one detection, and only
+one, centred within ``match_um`` of the cell's centre: the measure for touching cells, whose boxes
+overlap, and for cells counted by hand as points) and extra detections, both per cluster size where
+the truth gives it, smudge cells boxed as white cells, abstentions by reason, per-cell
+accuracy and predicted vs true blast ratio where the truth has labels, and per-stage latency.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.metrics import binary_metrics, cell_score, decide_field, roc_auc, rule_score
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.timing import StageTimes
-from alnett_edge.vision.annotations import Truth, inside, match, read_truth
+from alnett_edge.vision.annotations import Truth, inside, match, match_points, read_truth
 from alnett_edge.vision.cells import QualityConfig
 from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.differential import Aggregator, wilson_interval
@@ -37,35 +40,62 @@ from alnett_edge.vision.path import STAGES, classify_frame, detect_only
 from alnett_edge.vision.record import CellRecord
 
 
+#: a detection finds a true cell when its centre lies this close to the cell's centre (µm): within a
+#: nucleus, and closer than two touching cells' centres ever are
+MATCH_UM = 4.0
+
+
 @dataclass
 class FrameResult:
     truth: Truth
     records: list[CellRecord]
-    pairs: list[tuple[int, int]]
+    pairs: list[tuple[int, int]]  # (record, true box) at the IoU threshold
+    centre_pairs: list[tuple[int, int]] = field(default_factory=list)  # (record, true cell) by centre
+    match_px: float = 0.0  # the centres' largest distance for a match, in this frame's pixels
+
+
+def _centre(box: tuple[int, int, int, int]) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
 def field_eval(runtime: Runtime | None, folder: str | Path, detector: DetectorConfig | None = None,
                quality: QualityConfig | None = None, iou: float = 0.5, limit: int | None = None,
-               max_batch: int = 0, optics: OpticsConfig | None = None) -> tuple[dict[str, Any], list[FrameResult]]:
+               max_batch: int = 0, optics: OpticsConfig | None = None, match_um: float = MATCH_UM,
+               images: str | Path | None = None) -> tuple[dict[str, Any], list[FrameResult]]:
     """Score the daemon's per-frame path on annotated frames (see the module doc); ``runtime=None``
     scores the detector and quality gate alone. The pixel size is the optics config's, or estimated from
-    the frames' red cells as the daemon would."""
+    the frames' red cells as the daemon would. ``folder`` may be a points file (its images in ``images``)."""
     if not 0 < iou <= 1:
         raise ConfigError(f"--iou must be in (0, 1], got {iou}")
-    layout, truths = read_truth(folder)
+    if not match_um > 0:
+        raise ConfigError(f"--match-um must be > 0, got {match_um}")
+    layout, truths = read_truth(folder, images)
     truths = truths[:limit] if limit else truths
     optics = optics or OpticsConfig()
-    um_per_px = optics.resolve()
-    optics_report: dict[str, Any] = {"um_per_px": um_per_px, "source": "config"}
-    if not um_per_px:
-        cal = estimate_um_per_px((load_image(t.image, what="frame") for t in calibration_sample(truths)), optics.rbc_um)
-        um_per_px = cal.um_per_px
-        optics_report = {**cal.to_dict(), "source": f"estimated from {cal.frames} of the frames"}
-    det, quality = CellDetector(detector or DetectorConfig(), um_per_px), quality or QualityConfig()
+    groups: dict[Path, list[Truth]] = {}  # a folder of frames is a slide or session: its own pixel size
+    for t in truths:
+        groups.setdefault(t.image.parent, []).append(t)
+    scale: dict[Path, float] = {}
+    optics_report: dict[str, Any] = {"um_per_px": optics.resolve(), "source": "config"}
+    for where, group in groups.items():
+        scale[where] = optics.resolve()
+        if not scale[where]:
+            cal = estimate_um_per_px((load_image(t.image, what="frame") for t in calibration_sample(group)), optics.rbc_um)
+            scale[where] = cal.um_per_px
+            if len(groups) == 1:
+                optics_report = {**cal.to_dict(), "source": f"estimated from {cal.frames} of the frames"}
+            else:
+                optics_report.setdefault("folders", {})[where.name] = round(cal.um_per_px, 5)
+    if not optics_report["um_per_px"]:  # several folders: each its own estimate (the first one shown)
+        optics_report.update(um_per_px=next(iter(scale.values())),
+                             source=f"estimated per folder of frames ({len(groups)} folders)")
+    detectors = {where: CellDetector(detector or DetectorConfig(), um) for where, um in scale.items()}
+    quality = quality or QualityConfig()
     times = StageTimes(STAGES)
     agg = Aggregator.for_card(runtime.card) if runtime is not None else None
     results = []
     for k, truth in enumerate(truths):
+        det = detectors[truth.image.parent]
         frame = Frame(load_image(truth.image, what="frame"), time.time(), k, f"field-eval:{truth.image.name}")
         records, stage_ms = classify_frame(frame, det, quality, runtime, max_batch, "") if runtime is not None \
             else detect_only(frame, det, quality)
@@ -73,9 +103,13 @@ def field_eval(runtime: Runtime | None, folder: str | Path, detector: DetectorCo
             times.add(stage, ms)
         for rec in records if agg is not None else ():
             agg.add_record(rec)
-        results.append(FrameResult(truth, records, match([r.box for r in records], truth.boxes, iou)))
+        max_px = match_um / det.um_per_px
+        results.append(FrameResult(truth, records, match([r.box for r in records], truth.boxes, iou),
+                                   match_points([_centre(r.box) for r in records], truth.centres, max_px), max_px))
     blast = runtime.card.blast_names if runtime is not None else ()
     report = _report(results, layout, str(folder), iou, times, blast)
+    report.update(found_once_report(results))
+    report["match_um"] = match_um
     report["optics"] = optics_report
     if agg is not None:  # the daemon's session estimate over these frames (edge- and error-corrected)
         report["blast_ratio_estimate"] = agg.snapshot()["blast_ratio_estimate"]
@@ -108,7 +142,7 @@ def _report(results: list[FrameResult], layout: str, folder: str, iou: float, ti
         "frames": len(results), "layout": layout, "folder": folder, "iou": iou,
         "true_cells": n_true, "detections": n_det, "matched": tp,
         "recall": round(tp / n_true, 4) if n_true else None,
-        "precision": round(tp / n_det, 4) if n_det else None,
+        "precision": round(tp / n_det, 4) if n_det and n_true else None,  # points: no boxes to match
         "centroid_recall": round(centroid_hits / n_true, 4) if n_true else None,
         "classified": len(pred_labels), "abstained": dict(sorted(abstained.items())),
         "cell_accuracy": round(sum((p in blast) == (t == "all") for p, t in judged) / len(judged), 4)
@@ -121,6 +155,43 @@ def _report(results: list[FrameResult], layout: str, folder: str, iou: float, ti
         "stages": times.summary(),
     }
     return report
+
+
+def found_once_report(results: list[FrameResult]) -> dict[str, Any]:
+    """Cells found once and extra detections, overall and per cluster size (a detection that found no
+    cell is put to the cluster of the nearest true cell within twice the match distance, unless it lies
+    on a smudge cell); smudge cells boxed as white cells (the detector has no smudge kind yet)."""
+    by: dict[int, list[int]] = {}  # cluster size -> [cells, found, detections]
+    n_true = n_det = found = sm_true = sm_boxed = 0
+    for r in results:
+        t = r.truth
+        n_true, n_det, found = n_true + len(t.centres), n_det + len(r.records), found + len(r.centre_pairs)
+        matched = dict(r.centre_pairs)
+        for size in t.clusters:
+            by.setdefault(size, [0, 0, 0])[0] += 1
+        for i, rec in enumerate(r.records):
+            j = matched.get(i)
+            if j is None and t.centres and not any(inside(rec.box, *s) for s in t.smudges):
+                c = _centre(rec.box)
+                near = min(range(len(t.centres)), key=lambda k: np.hypot(c[0] - t.centres[k][0], c[1] - t.centres[k][1]))
+                if np.hypot(c[0] - t.centres[near][0], c[1] - t.centres[near][1]) <= 2 * r.match_px:
+                    j = near
+            if j is not None:
+                row = by.setdefault(t.clusters[j], [0, 0, 0])
+                row[2] += 1
+                row[1] += i in matched
+        sm_true += len(t.smudges)
+        sm_boxed += sum(any(inside(rec.box, *s) for rec in r.records) for s in t.smudges)
+    out: dict[str, Any] = {
+        "found_once": round(found / n_true, 4) if n_true else None,
+        "extra": round((n_det - found) / n_det, 4) if n_det and n_true else None,
+        "by_cluster": {str(k): {"cells": v[0], "found_once": round(v[1] / v[0], 4) if v[0] else None,
+                                "detections": v[2], "precision": round(v[1] / v[2], 4) if v[2] else None}
+                       for k, v in sorted(by.items())} if any(k > 1 for k in by) else {},
+    }
+    if sm_true:
+        out["smudges"] = {"true": sm_true, "boxed_as_white_cells": sm_boxed}
+    return out
 
 
 def contact_sheet(results: list[FrameResult], dest: str | Path, columns: int = 3, tiles: int = 12,

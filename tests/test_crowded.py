@@ -1,0 +1,167 @@
+"""Issue 34's yardsticks: crowded synthetic fields (clusters of touching white cells, smudge cells) with
+exact annotations, cells counted by hand on real dense all-fields fields, and ``field-eval``'s
+found-once scoring of both. The detector that splits clusters is not built yet; these tests hold the
+measuring tools to account, and the hand-counted score to its present floor."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import BCCD, cli, one_line_error, require_shared
+
+COUNTS = Path(__file__).parent / "data" / "all-fields-dense-counts.csv"
+
+
+@pytest.mark.parametrize("um", [0.12, 0.25, 0.45])
+def test_crowded_fields_have_exact_clusters_masks_and_centres(um):
+    from alnett_edge.data.synth import CELL_UM_PER_PX, REF_SIZE, CrowdSpec, synth_crowded
+
+    spec = CrowdSpec(um_per_px=um, width=640, height=480, clusters=1, cluster_size=(5, 5), singles=1, smudges=1)
+    for seed in range(3):
+        frame = synth_crowded(np.random.default_rng(seed), spec)
+        wbc = [o for o in frame.objects if o.name == "WBC"]
+        smudges = [o for o in frame.objects if o.name == "Smudge"]
+        clustered = [o for o in wbc if o.cluster == 5]
+        # the cluster is placed whole or not at all, and the single cell is alone
+        assert len(clustered) in (0, 5) and len({o.group for o in clustered}) <= 1
+        assert [o.cluster for o in wbc if o.cluster != 5] in ([1], [])
+        assert all(o.label in ("all", "hem") for o in wbc) and len(smudges) <= 1
+        owner = np.zeros(frame.image.shape[:2], np.int32)
+        for k, o in enumerate(wbc + smudges, 1):
+            x0, y0, x1, y1 = o.box
+            assert o.mask is not None and o.mask.shape == (y1 - y0, x1 - x0)
+            assert cv2.boundingRect(o.mask) == (0, 0, x1 - x0, y1 - y0)  # the box is the visible mask's
+            cx, cy = o.centre
+            assert o.mask[int(cy) - y0, int(cx) - x0]  # the centre is on the cell's visible part
+            view = owner[y0:y1, x0:x1]
+            assert not view[o.mask > 0].any()  # no pixel belongs to two cells (the upper one hides the lower)
+            view[o.mask > 0] = k
+        # touching: each clustered cell's visible part borders another clustered cell's
+        if clustered:
+            ids = {id(o): k for k, o in enumerate(wbc + smudges, 1)}
+            for o in clustered:
+                grown = cv2.dilate((owner == ids[id(o)]).astype(np.uint8), np.ones((5, 5), np.uint8))
+                assert any((owner[grown > 0] == ids[id(p)]).any() for p in clustered if p is not o)
+        # scale-true at every pixel size: a single cell is a synthetic C-NMC cell of its physical size
+        single = [o for o in wbc if o.cluster == 1]
+        if single:
+            x0, y0, x1, y1 = single[0].box
+            side_um = max(x1 - x0, y1 - y0) * um
+            assert 0.3 * REF_SIZE * CELL_UM_PER_PX < side_um < REF_SIZE * CELL_UM_PER_PX
+
+
+def test_crowded_fields_round_trip_through_field_eval(tmp_path):
+    """The generator's VOC (cluster sizes, centres, smudge cells) and masks read back exactly, and
+    field-eval scores found-once per cluster size against them."""
+    from alnett_edge.data.synth import CrowdSpec, generate_crowded
+    from alnett_edge.vision.annotations import read_truth
+    from alnett_edge.vision.fieldeval import field_eval
+    from alnett_edge.vision.optics import OpticsConfig
+
+    info = generate_crowded(tmp_path, 3, CrowdSpec(um_per_px=0.25, clusters=1, cluster_size=(3, 3), singles=2), seed=4)
+    layout, truths = read_truth(tmp_path)
+    assert layout == "voc" and len(truths) == 3
+    assert sum(len(t.centres) for t in truths) == info["wbc"] and sum(len(t.smudges) for t in truths) == info["smudges"]
+    assert {c for t in truths for c in t.clusters} <= {1, 3} and sum(c == 3 for t in truths for c in t.clusters) % 3 == 0
+    for t in truths:
+        masks = cv2.imread(str(tmp_path / "Masks" / t.image.name), cv2.IMREAD_UNCHANGED)
+        assert masks.dtype == np.uint16 and masks.max() == len(t.centres) + len(t.smudges)
+        for k, (cx, cy) in enumerate(t.centres, 1):  # white cells first, in the XML's order
+            assert masks[int(cy), int(cx)] == k
+    report, results = field_eval(None, tmp_path, optics=OpticsConfig(um_per_px=0.25))
+    assert report["optics"]["um_per_px"] == 0.25 and set(report["by_cluster"]) == {"1", "3"}
+    rows = report["by_cluster"]
+    assert rows["1"]["cells"] + rows["3"]["cells"] == info["wbc"]
+    found = sum(len(r.centre_pairs) for r in results)
+    assert report["found_once"] == round(found / info["wbc"], 4)
+    assert report["smudges"]["true"] == info["smudges"]
+
+
+def test_crowded_fields_from_the_command_line(tmp_path):
+    res = cli("data", "synth", "--out", tmp_path / "syn", "--n", "20", "--crowded", "2", "--crowded-um", "0.3")
+    assert res.exit_code == 0 and "crowded fields" in res.output, res.output
+    res = cli("field-eval", tmp_path / "syn" / "crowded", "--um-per-px", "0.3")
+    assert res.exit_code == 0 and "found once" in res.output and "by cluster size" in res.output, res.output
+    one_line_error(cli("field-eval", tmp_path / "syn" / "crowded", "--match-um", "0"), "--match-um")
+
+
+def test_found_once_is_one_to_one_by_centre(tmp_path):
+    """Two touching cells in one detection box: the box is centred on neither, so both are missed and
+    the box is extra; a box on each cell finds each once; a second box on one cell is extra."""
+    from alnett_edge.vision.annotations import Truth, match_points
+    from alnett_edge.vision.fieldeval import FrameResult, found_once_report
+    from alnett_edge.vision.record import CellRecord
+
+    truth = Truth(Path("f.png"))
+    truth.add((50.0, 50.0), cluster=2)
+    truth.add((80.0, 50.0), cluster=2)
+
+    def result(boxes):
+        records = [CellRecord(0.0, 0, b, None, None, None, None, "") for b in boxes]
+        centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
+        return FrameResult(truth, records, [], match_points(centres, truth.centres, 8.0), 8.0)
+
+    merged = found_once_report([result([(35, 35, 95, 65)])])
+    assert merged["found_once"] == 0.0 and merged["extra"] == 1.0
+    split = found_once_report([result([(38, 38, 62, 62), (68, 38, 92, 62)])])
+    assert split["found_once"] == 1.0 and split["extra"] == 0.0 and split["by_cluster"]["2"]["precision"] == 1.0
+    twice = found_once_report([result([(38, 38, 62, 62), (40, 40, 64, 64), (68, 38, 92, 62)])])
+    assert twice["found_once"] == 1.0 and twice["extra"] == round(1 / 3, 4)
+
+
+def test_points_files_are_checked(tmp_path):
+    from alnett_edge.vision.annotations import read_truth
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 60, 3), np.uint8))
+    good = tmp_path / "p.csv"
+    good.write_text("image,x,y,kind\na.png,10,20,\na.png,30,5,smudge\n")
+    layout, truths = read_truth(good)
+    assert layout == "points" and truths[0].centres == [(10.0, 20.0)] and truths[0].smudges == [(30.0, 5.0)]
+    empty = tmp_path / "e.csv"
+    empty.write_text("image,x,y\na.png,,\n")  # an image with no cell is scored too
+    assert read_truth(empty)[1][0].centres == []
+    for text, needle in (("name,x,y\na.png,1,2\n", "needs the columns image, x, y"),
+                         ("image,x,y\n../a.png,1,2\n", "is not a file inside"),
+                         ("image,x,y\nb.png,1,2\n", "is not in"),
+                         ("image,x,y\na.png,one,2\n", "must be numbers"),
+                         ("image,x,y\na.png,70,2\n", "lies outside the 60x40 image"),
+                         ("image,x,y\na.png,nan,2\n", "lies outside"),
+                         ("image,x,y\n", "no rows")):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        one_line_error(cli("field-eval", bad), needle)
+
+
+def test_the_hand_counted_all_fields_fields(tmp_path):
+    """20 dense fields of ../shared/data/all-fields (10 Pre, 10 Pro), every white cell marked at the
+    middle of its visible part (docs/engineering/crowded.md says how). Each point lies on a violet
+    object, not on the pale plasma; field-eval scores the detector on them with each class folder's own
+    pixel size. The detector finds far fewer than the issue's 0.90 (clusters are not split yet); the
+    floor here stops it from getting worse unnoticed."""
+    fields = require_shared(BCCD.parent / "all-fields")
+    rows = list(csv.DictReader(open(COUNTS)))
+    images = sorted({r["image"] for r in rows})
+    assert len(images) == 20 and {i.split("/")[0] for i in images} == {"Pre", "Pro"}
+    cells = [r for r in rows if r["kind"] == "cell"]
+    assert len(cells) == 347 and sum(r["kind"] == "smudge" for r in rows) == 28
+    for name in images:
+        bgr = cv2.imread(str(fields / name))
+        violet = cv2.GaussianBlur(np.clip(bgr[..., 0].astype(np.int16) - bgr[..., 1], 0, 255).astype(np.uint8), (0, 0), 2)
+        plasma = float(np.percentile(violet, 20))
+        for r in (r for r in cells if r["image"] == name):
+            x, y = int(float(r["x"])), int(float(r["y"]))
+            assert violet[y, x] > plasma + 10, (name, x, y, int(violet[y, x]), plasma)
+    out = tmp_path / "hand.json"
+    res = cli("field-eval", COUNTS, "--images", fields, "--json", out)
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["layout"] == "points" and r["frames"] == 20 and r["recall"] is None
+    assert set(r["optics"]["folders"]) == {"Pre", "Pro"} and r["optics"]["folders"]["Pro"] > r["optics"]["folders"]["Pre"]
+    assert r["found_once"] >= 0.40 and r["extra"] <= 0.20, (r["found_once"], r["extra"])
+    assert r["smudges"]["true"] == 28 and "found once" in res.output
