@@ -132,9 +132,10 @@ def test_points_files_are_checked(tmp_path):
                          ("image,x,y\na.png,one,2\n", "must be numbers"),
                          ("image,x,y\na.png,70,2\n", "lies outside the 60x40 image"),
                          ("image,x,y\na.png,nan,2\n", "lies outside"),
-                         ("image,x,y\n", "no rows")):
+                         ("image,x,y\n", "no rows"),
+                         (b"\x00\xff\xfe binary", "needs the columns image, x, y")):
         bad = tmp_path / "bad.csv"
-        bad.write_text(text)
+        bad.write_bytes(text) if isinstance(text, bytes) else bad.write_text(text)
         one_line_error(cli("field-eval", bad), needle)
 
 

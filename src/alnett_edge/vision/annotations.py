@@ -140,7 +140,7 @@ def _points(csv_path: Path, images: Path) -> list[Truth]:
     import csv
 
     frames: dict[str, Truth] = {}
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:  # a binary file: its columns are wrong
         rows = csv.DictReader(f)
         if not {"image", "x", "y"} <= set(rows.fieldnames or ()):
             raise DataError(f"{csv_path}: a points file needs the columns image, x, y (has {rows.fieldnames})")

@@ -65,9 +65,9 @@ class DetectorConfig:
     small_nucleus_um2: float = 40.0  # a nucleus this small (a small lymphocyte's) has a thin cytoplasm:
     max_cell_to_nucleus: float = 2.4  # a "cell" more than this many times its area is a platelet clump on red cells
     work_um_per_px: float = 0.5  # detection resolution; a coarser camera is used as it is
-    stain_ref: float = 160.0  # a field with no cell whose p99.5 of B-G is below this: a second look (0: never)
+    stain_ref: float = 160.0  # a field with no whole cell whose p99.5 of B-G is below this: a second look (0: never)
     contrast_ref: float = 145.0  # ... or whose p99.5 stands less than this above its median (a bluish field)
-    max_gain: float = 1.6  # the second look's thresholds are divided by stain_ref / p99.5, at most this
+    max_gain: float = 1.6  # the second look's thresholds are divided by those ratios (the larger), at most this
 
     def validate(self) -> None:
         if self.cell_scale <= 0 or self.work_um_per_px <= 0 or self.min_nucleus_um2 <= 0:
