@@ -89,7 +89,7 @@ class InputSpec:
     #: Colour normalisation: "none" = (x - mean) / std with the card's dataset mean/std; "cell" = each
     #: cell's own foreground mean/std per channel (a lamp, exposure or stain-strength gain cancels out);
     #: "opponent" = the cell's opponent planes (R - G, R + G - 2B, max(R, G, B)) each standardised by its own
-    #: foreground mean/std (a saturation gain cancels too: ``data.preprocess._opponent``).
+    #: foreground mean/std (a saturation gain cancels too: ``data.preprocess.opponent_planes``).
     stain: str = "none"
     #: Test-time augmentation: "none"; "flips" = the cell as given, mirrored left-right, top-bottom and
     #: both (4 views); "d4" = those and their transposes (all 8 symmetries of a square). Every backend

@@ -176,16 +176,21 @@ def foreground(image: np.ndarray, threshold: int) -> tuple[list[np.ndarray], np.
 def normalize(prepared: np.ndarray, spec: InputSpec) -> np.ndarray:
     """uint8 RGB HxWx3 -> float32 tensor in the card's colour order and layout (CHW or HWC). With
     ``spec.stain == "cell"`` each channel is standardised by the cell's own foreground mean and std
-    (population std, OpenCV's ``meanStdDev`` under the foreground mask).
+    (population std, OpenCV's ``meanStdDev`` under the foreground mask); with "opponent" each of the
+    cell's :func:`opponent_planes` is.
 
     Per channel plane with OpenCV (split, a mask from the brightest channel, one pass of statistics):
     0.6-0.7 ms for a 224 px cell on 2 AVX2 cores, against 5-6 ms for the same arithmetic on the
     interleaved array in numpy (the daemon's crop stage and training's data loader both run it)."""
     img = np.ascontiguousarray(prepared if spec.color_order == "RGB" else prepared[..., ::-1])
     planes, fg = foreground(img, spec.mask_threshold)
-    if spec.stain == "opponent":
-        return _opponent(prepared, fg, spec)
-    if spec.stain == "cell" and cv2.countNonZero(fg) >= 16:
+    own = spec.stain in ("cell", "opponent") and cv2.countNonZero(fg) >= 16  # the cell's own statistics
+    if spec.stain == "opponent":  # see opponent_planes; planes in this order whatever color_order
+        planes = opponent_planes(prepared)
+        stats = [cv2.meanStdDev(x, mask=fg) for x in planes] if own else []
+        mean = np.array([m[0, 0] for m, _ in stats] or [0.0] * 3, np.float32)
+        std = np.maximum(np.array([sd[0, 0] for _, sd in stats] or [1.0] * 3, np.float32), np.float32(CELL_STD_FLOOR))
+    elif own:
         m, s = cv2.meanStdDev(img, mask=fg)
         mean = (m.ravel() / 255.0).astype(np.float32)
         std = np.maximum((s.ravel() / 255.0).astype(np.float32), np.float32(CELL_STD_FLOOR))
@@ -197,7 +202,7 @@ def normalize(prepared: np.ndarray, spec: InputSpec) -> np.ndarray:
     background = fg == 0 if spec.mask_background else None
     out = []
     for c, plane in enumerate(planes):
-        x = plane.astype(np.float32) * np.float32(1.0 / 255.0)
+        x = plane.astype(np.float32) * np.float32(1.0 / 255.0) if plane.dtype == np.uint8 else plane
         x -= mean[c]
         x /= std[c]
         if background is not None:
@@ -208,33 +213,15 @@ def normalize(prepared: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def opponent_planes(rgb: np.ndarray) -> list[np.ndarray]:
     """A uint8 RGB image's opponent planes (float32, 0..1 scale): (R - G) / sqrt 2, (R + G - 2B) / sqrt 6
-    and the value max(R, G, B)."""
+    and the value max(R, G, B). ``stain = "opponent"`` standardises each by the cell's own foreground
+    mean and std: a saturation gain (a camera's setting, a paler stain batch) moves every channel towards
+    the pixel's brightest by the same share, so it scales the first two alike and leaves the third, and
+    the model never sees how saturated a cell is, only its colour pattern; a brightness gain cancels as
+    with "cell"."""
     r, g, b = (p.astype(np.float32) * np.float32(1.0 / 255.0) for p in cv2.split(np.ascontiguousarray(rgb)))
     return [cv2.addWeighted(r, 1 / np.sqrt(2), g, -1 / np.sqrt(2), 0.0),
             cv2.addWeighted(cv2.addWeighted(r, 1 / np.sqrt(6), g, 1 / np.sqrt(6), 0.0), 1.0, b, -2 / np.sqrt(6), 0.0),
             cv2.max(cv2.max(r, g), b)]
-
-
-def _opponent(prepared: np.ndarray, fg: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """``stain = "opponent"``: the cell's opponent planes (:func:`opponent_planes`), each standardised by
-    the cell's own foreground mean and std. A saturation gain (a camera's setting, a paler stain batch)
-    moves every channel towards the pixel's brightest by the same share: it scales R - G and R + G - 2B
-    alike and leaves the brightest channel as it is, so after the standardisation the model never sees
-    how saturated a cell is, only its colour pattern; a brightness gain cancels as with "cell". Planes
-    in this order whatever ``color_order``."""
-    planes = opponent_planes(prepared)
-    enough = cv2.countNonZero(fg) >= 16
-    background = fg == 0 if spec.mask_background else None
-    out = []
-    for x in planes:
-        if enough:
-            m, sd = cv2.meanStdDev(x, mask=fg)
-            x -= np.float32(m[0, 0])
-            x /= np.float32(max(float(sd[0, 0]), CELL_STD_FLOOR))
-        if background is not None:
-            x[background] = 0.0
-        out.append(x)
-    return np.stack(out) if spec.layout == "NCHW" else np.ascontiguousarray(cv2.merge(out))
 
 
 def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:

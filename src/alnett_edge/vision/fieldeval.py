@@ -54,6 +54,16 @@ class FrameResult:
     match_px: float = 0.0  # the centres' largest distance for a match, in this frame's pixels
 
 
+def folder_scale(frames: Sequence[Path], optics: OpticsConfig) -> tuple[float, Any]:
+    """One folder of frames (a slide or session): the optics config's pixel size, or the estimate from
+    its frames' red cells (then returned too); DataError when it cannot be estimated."""
+    um = optics.resolve()
+    if um:
+        return um, None
+    cal = estimate_um_per_px((load_image(p, what="frame") for p in calibration_sample(list(frames))), optics.rbc_um)
+    return cal.um_per_px, cal
+
+
 def _centre(box: tuple[int, int, int, int]) -> tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
@@ -78,10 +88,8 @@ def field_eval(runtime: Runtime | None, folder: str | Path, detector: DetectorCo
     scale: dict[Path, float] = {}
     optics_report: dict[str, Any] = {"um_per_px": optics.resolve(), "source": "config"}
     for where, group in groups.items():
-        scale[where] = optics.resolve()
-        if not scale[where]:
-            cal = estimate_um_per_px((load_image(t.image, what="frame") for t in calibration_sample(group)), optics.rbc_um)
-            scale[where] = cal.um_per_px
+        scale[where], cal = folder_scale([t.image for t in group], optics)
+        if cal is not None:
             if len(groups) == 1:
                 optics_report = {**cal.to_dict(), "source": f"estimated from {cal.frames} of the frames"}
             else:
@@ -254,14 +262,11 @@ def field_eval_fields(runtime: Runtime, folder: str | Path, classes: Sequence[st
     fields, skipped = [], []
     for s in sessions:
         files = s.frames[:limit] if limit else s.frames
-        um = optics.resolve()
-        if not um:
-            try:
-                um = estimate_um_per_px((load_image(p, what="frame") for p in calibration_sample(files)),
-                                        optics.rbc_um).um_per_px
-            except DataError as exc:
-                skipped.append(f"{s.name}: {exc}")
-                continue
+        try:
+            um, _ = folder_scale(files, optics)
+        except DataError as exc:
+            skipped.append(f"{s.name}: {exc}")
+            continue
         det = CellDetector(detector or DetectorConfig(), um)
         label = int(weak_label(s.field_class, mapping) == "all")
         for k, path in enumerate(files):
