@@ -95,8 +95,13 @@ def test_error_exit_and_debug_traceback_in_a_real_process(tmp_path):
 
 def test_compression_commands(trained, tmp_path):
     cfg, result = trained
+    res = run("prune", result.best, "--data", cfg.data, "--out", tmp_path / "p0", "--ratio", 0.9,
+              "--finetune-epochs", 0, "--round-to", 1, "--budget", 0)
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "no pruned checkpoint: stage 1 (" in res.output and "more than the 0-point budget" in res.output
+    assert not (tmp_path / "p0" / "pruned.safetensors").exists()
     res = run("prune", result.best, "--data", cfg.data, "--out", tmp_path / "p", "--ratio", 0.4,
-              "--finetune-epochs", 0, "--importance", "l2", "--round-to", 1)
+              "--finetune-epochs", 0, "--importance", "l2", "--round-to", 1, "--budget", 100)
     assert res.exit_code == 0, res.output
     assert "pruning: MACs x0.6" in res.output and (tmp_path / "p" / "pruned.safetensors").is_file()
     from alnett_edge.model.to_onnx import export_onnx

@@ -81,7 +81,8 @@ def test_unreachable_target_is_an_error():
 
 def test_prune_job_shrinks_exported_files_and_records_the_card(trained, tmp_path):
     cfg, result = trained
-    rep = prune_checkpoint(result.best, cfg.data, tmp_path, PruneConfig(ratio=0.5, round_to=None), finetune_epochs=1)
+    rep = prune_checkpoint(result.best, cfg.data, tmp_path, PruneConfig(ratio=0.5, round_to=None, budget=None),
+                           finetune_epochs=1)
     b, a = rep["before"], rep["after"]
     assert 0.45 <= rep["mac_ratio"] <= 0.55
     assert a["onnx_bytes"] < 0.75 * b["onnx_bytes"] and a["checkpoint_bytes"] < 0.75 * b["checkpoint_bytes"]
@@ -92,6 +93,38 @@ def test_prune_job_shrinks_exported_files_and_records_the_card(trained, tmp_path
     assert abs(a["accuracy"] - b["accuracy"]) < 0.2  # fine-tuned, not destroyed
     saved = json.loads((tmp_path / "prune_report.json").read_text())
     assert saved["after"]["macs"] == a["macs"]
+
+
+def test_prune_budget_undoes_the_stage_that_breaks_it(trained, tmp_path):
+    """Half the MACs in two stages without fine-tuning: with no budget both stages stand; a budget between
+    the two stages' losses keeps stage 1 and undoes stage 2; a zero budget leaves no pruned model."""
+    from alnett_edge.compress.report import metrics_row
+    from alnett_edge.train.dataset import load_split_datasets
+
+    cfg, result = trained
+    model, card = load_checkpoint(result.best)
+    sd = load_split_datasets(cfg.data, card.input, cfg.layout, cfg.labels_csv, cfg.val_fraction, cfg.seed, cfg.val_fold)
+    score = lambda m: metrics_row(m, sd.val, card)[0]["accuracy"]  # noqa: E731
+    base = score(model)
+    free = prune(model, 64, PruneConfig(ratio=0.5, steps=2, round_to=None, budget=None), score=score)
+    assert free.pruned and free.stopped is None and [s["stage"] for s in free.stages] == [1, 2]
+    drop1, drop2 = (100 * (base - s["accuracy"]) for s in free.stages)
+    assert drop2 > drop1  # the second stage costs more: a budget between the two keeps stage 1 only
+    kept = prune(model, 64, PruneConfig(ratio=0.5, steps=2, round_to=None, budget=(drop1 + drop2) / 2),
+                 score=score)
+    assert kept.pruned and [s["stage"] for s in kept.stages] == [1]
+    assert kept.macs_after == free.stages[0]["macs"] and kept.stopped["stage"] == 2
+    assert kept.stopped["drop_points"] == pytest.approx(drop2, abs=0.01) and kept.stopped["baseline_accuracy"] == base
+    assert score(kept.model) == free.stages[0]["accuracy"]  # the stage-1 model itself, not stage 2's
+    # without a score there is nothing to keep a budget against
+    assert prune(model, 64, PruneConfig(ratio=0.5, steps=2, round_to=None, budget=0.0)).stopped is None
+    rep = prune_checkpoint(result.best, cfg.data, tmp_path, PruneConfig(ratio=0.5, round_to=None, budget=0.0),
+                           finetune_epochs=0)
+    assert rep["pruned"] is None and rep["after"] is None and rep["stopped"]["stage"] == 1
+    assert not (tmp_path / "pruned.safetensors").exists()
+    assert json.loads((tmp_path / "prune_report.json").read_text())["stopped"]["drop_points"] > 0
+    with pytest.raises(ConfigError, match="--budget is in accuracy points"):
+        prune(model, 64, PruneConfig(budget=-1.0))
 
 
 @pytest.fixture(scope="module")

@@ -150,8 +150,12 @@ def _prune(ctx: PipelineContext) -> dict[str, Any]:
                            # alnett-tiny's 8-channel stem cannot keep multiples of 16
                            PruneConfig(ratio=ctx.prune_ratio, round_to=None if ctx.variant == "alnett-tiny" else 16),
                            finetune_epochs=ctx.finetune_epochs, lr=2e-3)
+    b, a, stop = rep["before"], rep["after"], rep["stopped"]
+    if rep["pruned"] is None:  # the accuracy budget undid the first stage: the unpruned model goes on
+        return {"kept": "unpruned (pruning broke the accuracy budget)",
+                "accuracy": f"{b['accuracy']:.4f} -> {stop['accuracy']:.4f} at {stop['macs'] / 1e6:.2f}M MACs, "
+                            f"{stop['drop_points']:.1f} points > {stop['budget_points']:g}"}
     ctx.artifacts["pruned"] = Path(rep["pruned"])
-    b, a = rep["before"], rep["after"]
     return {"macs": f"{b['macs'] / 1e6:.2f}M -> {a['macs'] / 1e6:.2f}M", "params": f"{b['params']} -> {a['params']}",
             "accuracy": f"{b['accuracy']:.4f} -> {a['accuracy']:.4f}", "checkpoint": rep["pruned"]}
 

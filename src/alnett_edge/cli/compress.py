@@ -42,18 +42,32 @@ def register(app: typer.Typer) -> None:
         round_to: int = typer.Option(16, help="Keep channel counts multiples of this (1: any; 16 is fastest in ORT here)."),
         finetune_epochs: int = typer.Option(2, help="Fine-tuning epochs after each stage (0: BN recalibration only)."),
         lr: float = typer.Option(1e-3, help="Fine-tuning learning rate."),
+        budget: float = typer.Option(1.0, help="Most validation accuracy, in points, pruning may cost; a stage "
+                                               "that costs more is undone and pruning stops (100: no limit)."),
     ) -> None:
-        """Structured channel pruning (DepGraph) with iterative fine-tuning; prints before -> after."""
+        """Structured channel pruning (DepGraph) with iterative fine-tuning, within an accuracy budget;
+        prints before -> after."""
         from alnett_edge.compress.prune import PruneConfig, prune_checkpoint
+        from alnett_edge.errors import CompressionError
 
         rep = prune_checkpoint(checkpoint, data, out,
                                PruneConfig(ratio=ratio, target_macs=target_macs, importance=importance,
                                            global_pruning=global_pruning, steps=steps,
-                                           round_to=round_to if round_to > 1 else None),
+                                           round_to=round_to if round_to > 1 else None, budget=budget),
                                finetune_epochs=finetune_epochs, lr=lr)
+        stop = rep["stopped"]
+        why = (f"stage {stop['stage']} ({stop['macs'] / 1e6:.2f} M MACs) cost {stop['drop_points']:.1f} points of "
+               f"validation accuracy ({stop['baseline_accuracy']:.4f} -> {stop['accuracy']:.4f}), more than the "
+               f"{budget:g}-point budget") if stop else ""
+        if rep["pruned"] is None:
+            raise CompressionError(f"no pruned checkpoint: {why}; export the unpruned model, or prune less (--ratio), "
+                                   f"in more --steps, or allow more (--budget); report: {Path(out) / 'prune_report.json'}")
         cols = ["params", "macs", "checkpoint_bytes", "onnx_bytes", "ort_b1_p50_ms", "accuracy", "sensitivity",
                 "specificity", "f1"]
         console().print(_table(f"pruning: MACs x{rep['mac_ratio']:.3f}", {"before": rep["before"], "after": rep["after"]}, cols))
+        if stop:
+            echo_wrapped(f"pruning stopped early: {why}; that stage was undone and the model of stage "
+                         f"{stop['stage'] - 1} kept.")
         typer.echo(f"pruned checkpoint: {rep['pruned']} (report: {Path(out) / 'prune_report.json'})")
 
     @app.command("qat")

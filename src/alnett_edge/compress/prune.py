@@ -16,6 +16,13 @@ count is closest to the target (channel counts rounded to multiples of ``round_t
 > 1 the MAC target is reached in that many stages (geometric), calling ``finetune`` after each stage
 (prune, fine-tune, repeat).
 The result's architecture is plain channel counts, written to the model card.
+
+A budget (``budget``: accuracy points, default 1) keeps pruning honest: after each stage (and its
+fine-tuning) the model is scored on the validation split, and a stage that leaves it more than the
+budget below the unpruned model is undone and pruning stops there, saying so. When even the first
+stage breaks the budget there is no pruned model: :func:`prune_checkpoint` writes no checkpoint and its
+report says why (the demo then exports the unpruned model). In more ``steps`` the stages are smaller,
+so more of the pruning can stay within the budget.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from alnett_edge.compress.report import calibrated_row, fp32_row
+from alnett_edge.compress.report import calibrated_row, fp32_row, metrics_row
 from alnett_edge.train.dataset import load_split_datasets
 from alnett_edge.errors import CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett, config_of
@@ -88,6 +95,8 @@ class PruneConfig:
     #: counts (21, 43, 87, 131, 175) 1.74 / 11.2 ms, i.e. *slower*; multiples of 8 1.09 / 8.0 ms;
     #: multiples of 16 (45 % MACs) 0.63 / 4.6 ms. Multiples of 16 also suit TensorRT's int8 kernels.
     round_to: int | None = 16
+    #: The most validation accuracy (in points) pruning may cost against the unpruned model; None: no limit.
+    budget: float | None = 1.0
 
     def validate(self) -> None:
         if self.target_macs is None:
@@ -101,6 +110,8 @@ class PruneConfig:
             raise ConfigError("--steps must be >= 1")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError("--round-to must be >= 1")
+        if self.budget is not None and not 0.0 <= self.budget <= 100.0:
+            raise ConfigError(f"--budget is in accuracy points, 0 to 100, got {self.budget:g}")
 
 
 @dataclass
@@ -113,6 +124,13 @@ class PruneResult:
     channels_before: dict[str, Any]
     channels_after: dict[str, Any]
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: The stage that broke the budget and was undone (None: every stage kept).
+    stopped: dict[str, Any] | None = None
+
+    @property
+    def pruned(self) -> bool:
+        """Whether any stage was kept (False: the budget undid the first one; ``model`` is unpruned)."""
+        return self.macs_after < self.macs_before
 
     @property
     def mac_ratio(self) -> float:
@@ -123,6 +141,7 @@ class PruneResult:
             "macs_before": self.macs_before, "macs_after": self.macs_after, "mac_ratio": round(self.mac_ratio, 4),
             "params_before": self.params_before, "params_after": self.params_after,
             "channels_before": self.channels_before, "channels_after": self.channels_after, "stages": self.stages,
+            "stopped": self.stopped,
         }  # fmt: skip
 
 
@@ -167,10 +186,13 @@ def _prune_to(model: ALNett, input_size: int, target: float, cfg: PruneConfig,
 
 def prune(model: ALNett, input_size: int, cfg: PruneConfig,
           batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None,
-          finetune: Callable[[ALNett, int], None] | None = None) -> PruneResult:
+          finetune: Callable[[ALNett, int], None] | None = None,
+          score: Callable[[ALNett], float] | None = None) -> PruneResult:
     """Prune to the MAC target; ``result.model`` is the pruned model (``model`` is left as it was).
 
     ``batches`` yields (x, y) for Taylor importance; ``finetune(model, stage)`` runs after each stage.
+    ``score(model)`` is validation accuracy (0..1): with it, ``cfg.budget`` is kept (see the module doc);
+    without it there is nothing to keep a budget against and every stage stands.
     """
     cfg.validate()
     if cfg.importance == "taylor" and batches is None:
@@ -181,8 +203,11 @@ def prune(model: ALNett, input_size: int, cfg: PruneConfig,
         raise ConfigError(f"target {target / 1e6:.1f} M MACs is not below the model's {before.macs / 1e6:.1f} M")
     channels_before = _channels(model)
     stage_targets = [before.macs * (target / before.macs) ** ((i + 1) / cfg.steps) for i in range(cfg.steps)]
-    stages = []
+    stages: list[dict[str, Any]] = []
+    stopped = None
+    baseline = score(model) if score is not None else None
     for i, stage_target in enumerate(stage_targets):
+        kept = model
         model, macs = _prune_to(model, input_size, stage_target, cfg, batches)
         if macs > stage_target * (1 + TOLERANCE):
             raise CompressionError(
@@ -191,13 +216,25 @@ def prune(model: ALNett, input_size: int, cfg: PruneConfig,
                 f"{1 - MAX_LAYER_RATIO:.0%} of its channels; ask for a smaller ratio, a smaller --round-to "
                 f"or another importance than '{cfg.importance}'"
             )
-        stages.append({"stage": i + 1, "macs": macs, "channels": _channels(model)})
         log.info("pruning stage %d/%d: %.1f M MACs (target %.1f M)", i + 1, cfg.steps, macs / 1e6, stage_target / 1e6)
         if finetune is not None:
             finetune(model, i)
+        row: dict[str, Any] = {"stage": i + 1, "macs": macs, "channels": _channels(model)}
+        if baseline is not None:
+            row["accuracy"] = acc = score(model)  # type: ignore[misc]
+            drop = 100.0 * (baseline - acc)
+            if cfg.budget is not None and drop > cfg.budget + 1e-9:
+                stopped = {**row, "baseline_accuracy": baseline, "drop_points": round(drop, 2),
+                           "budget_points": cfg.budget}
+                log.info("pruning stage %d to %.1f M MACs costs %.1f points of validation accuracy (%.4f -> %.4f), "
+                            "more than the %g-point budget: stage undone, pruning stopped", i + 1, macs / 1e6, drop,
+                            baseline, acc, cfg.budget)
+                model = kept
+                break
+        stages.append(row)
     after = profile_model(model, input_size)
     return PruneResult(model, before.macs, after.macs, before.params, after.params, channels_before,
-                       _channels(model), stages)
+                       _channels(model), stages, stopped)
 
 
 def _accumulate_gradients(model: nn.Module, batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]) -> None:
@@ -215,7 +252,8 @@ def prune_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
                      finetune_epochs: int = 2, lr: float = 1e-3, progress: bool = False) -> dict[str, Any]:
     """Prune a checkpoint, fine-tune after each stage on its own training split, report before -> after.
 
-    Writes ``out/pruned.safetensors`` (channel counts in its card) and ``out/prune_report.json``.
+    Writes ``out/pruned.safetensors`` (channel counts in its card) and ``out/prune_report.json``; when
+    the budget undoes the first stage, only the report (``pruned`` None, ``stopped`` saying why).
     """
     cfg.validate()
     out = Path(out)
@@ -248,18 +286,24 @@ def prune_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path, 
             recalibrate_bn(m, sd.train, torch.device("cpu"), 32)
         m.cpu().eval()
 
-    result = prune(model, size, cfg, batches=batches, finetune=finetune)
+    result = prune(model, size, cfg, batches=batches, finetune=finetune,
+                   score=lambda m: metrics_row(m, sd.val, card)[0]["accuracy"])
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "config": cfg.__dict__, "before": before,
+                              "stopped": result.stopped, "stages": result.stages}
+    if not result.pruned:  # the budget undid the first stage: no pruned model to write
+        report.update(pruned=None, after=None, mac_ratio=1.0)
+        (out / "prune_report.json").write_text(json.dumps(report, indent=2))
+        return report
     model = result.model
     pruned_card = card.copy()
     pruned_card.compression = {"pruning": {**result.to_dict(), "importance": cfg.importance,
                                            "global": cfg.global_pruning, "round_to": cfg.round_to,
-                                           "finetune_epochs": finetune_epochs}}
+                                           "finetune_epochs": finetune_epochs, "budget_points": cfg.budget}}
     path = save_checkpoint(out / "pruned.safetensors", model, pruned_card)
     after = fp32_row("after", model, pruned_card, sd.val, out, path)
     pruned_card.metrics = {"val": {k: after[k] for k in ("accuracy", "sensitivity", "specificity", "f1")}}
     pruned_card.calibration = calibrated_row(model, sd.val, pruned_card)[2]  # the pruned model's own temperature
     save_checkpoint(path, model, pruned_card)
-    report = {"checkpoint": str(checkpoint), "pruned": str(path), "config": cfg.__dict__, "before": before,
-              "after": after, "mac_ratio": round(result.mac_ratio, 4), "stages": result.stages}
+    report.update(pruned=str(path), after=after, mac_ratio=round(result.mac_ratio, 4))
     (out / "prune_report.json").write_text(json.dumps(report, indent=2))
     return report
