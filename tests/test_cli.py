@@ -64,7 +64,7 @@ def test_demo_runs_its_stages(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["model", "info", "vgg16"], "unknown model variant 'vgg16'"),
+        (["model", "info", "vgg19"], "unknown model 'vgg19'"),
         (["train", "--data", "{tmp}/missing"], "dataset not found"),
         (["train", "--data", "{tmp}", "--model", "alnett-tiny"], "no known dataset layout"),
         (["train", "--data", "{tmp}", "--balance", "magic"], "balance must be one of"),

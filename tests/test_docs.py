@@ -96,11 +96,16 @@ def test_the_researcher_and_device_journeys_run_on_the_real_sample(cnmc_sample, 
     subs = {"/path/to/C-NMC_training_data": str(cnmc_sample), "...": str(cnmc_sample),
             "/path/to/heldout": str(cnmc_sample), "runs/s": str(runs / "s"), "runs/cv": str(runs / "cv"),
             "runs/eval": str(runs / "eval"), "runs/s/best.safetensors": str(runs / "s" / "best.safetensors"),
-            "cells/": str(cnmc_sample), "rpi5-bundle": str(tmp_path / "rpi5-bundle")}
+            "cells/": str(cnmc_sample), "rpi5-bundle": str(tmp_path / "rpi5-bundle"), "runs/mnv3": str(runs / "mnv3"),
+            "runs/compare": str(runs / "compare")}
     fast = ["--epochs", 1, "--workers", 0, "--input-size", 64]
-    ran = _run_page(ROOT / "docs" / "journeys" / "researcher.md", subs, {"train": fast})
-    assert [c.split()[0] for c in ran] == ["data", "model", "train", "train", "evaluate"]
+    small = ["--models", "alnett-tiny,mobilenet_v3_small", "--folds", 2, *fast, "--runs", 5, "--rounds", 1, "--batch", 1]
+    ran = _run_page(ROOT / "docs" / "journeys" / "researcher.md", subs, {"train": fast, "compare": small})
+    assert [c.split()[0] for c in ran] == ["data", "model", "train", "train", "evaluate", "train", "compare", "compare"]
     assert (runs / "cv" / "cv_report.json").is_file() and (runs / "eval" / "report.json").is_file()
+    assert (runs / "mnv3" / "best.safetensors").is_file() and (runs / "compare" / "compare.png").is_file()
+    assert {p.name for p in (runs / "compare" / "bundles").iterdir()} == {
+        f"{m}-{t}" for m in ("alnett-tiny", "mobilenet_v3_small") for t in ("x86-cpu", "rpi5")}
     ran = _run_page(ROOT / "docs" / "journeys" / "device.md", subs, {"bench": ["--runs", 5, "--warmup", 1]})
     assert [c.split()[0] for c in ran] == ["devices", "export", "verify", "bench"]
 

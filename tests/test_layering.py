@@ -62,11 +62,11 @@ LAYERS = [("errors", "card", "files", "machine", "timing", "metrics", "plugins")
           ("runtime", "capture", "tensorrt"),
           ("vision",),
           ("daemon", "bench"),
-          ("model",), ("train",), ("compress",), ("calibrate",), ("export",),
+          ("model",), ("train",), ("compress",), ("calibrate",), ("export",), ("compare",),
           ("demo",), ("cli", "__main__")]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 DEVICE = {"runtime", "capture", "tensorrt", "vision", "daemon", "bench"}
-WORKSTATION = {"model", "train", "compress", "calibrate", "export"}
+WORKSTATION = {"model", "train", "compress", "calibrate", "export", "compare"}
 
 
 def test_imports_run_one_way_at_module_and_function_level():
@@ -82,8 +82,8 @@ def test_imports_run_one_way_at_module_and_function_level():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             for name in names:
-                if name.split(".")[0] == "torch" and (me in DEVICE or RANK[me] <= RANK["onnx_io"]):
-                    wrong.append(f"{rel}:{node.lineno} imports torch")
+                if name.split(".")[0] in ("torch", "torchvision") and (me in DEVICE or RANK[me] <= RANK["onnx_io"]):
+                    wrong.append(f"{rel}:{node.lineno} imports {name.split('.')[0]}")
                 if not name.startswith("alnett_edge.") or name.split(".")[1] == me:
                     continue
                 other = name.split(".")[1]

@@ -68,8 +68,8 @@ def test_profile_counts_by_hand():
 
 
 def test_unknown_variant_and_bad_config():
-    with pytest.raises(ConfigError, match="unknown model variant"):
-        create_model("resnet50")
+    with pytest.raises(ConfigError, match="unknown model 'resnet18'; known: alnett, .*resnet50"):
+        create_model("resnet18")
     with pytest.raises(ConfigError, match="fusion"):
         create_model("alnett-tiny", fusion="max")
     with pytest.raises(ConfigError, match="dilations"):

@@ -139,8 +139,8 @@ def _register() -> None:
         load_plugins()
     except AlnettError:
         pass
-    from alnett_edge.cli import (compress, daemon, data, demo, devices, evaluate, export, harvest, label, model, optics,
-                                 runtime, train)
+    from alnett_edge.cli import (compare, compress, daemon, data, demo, devices, evaluate, export, harvest, label, model,
+                                 optics, runtime, train)
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
@@ -149,6 +149,7 @@ def _register() -> None:
     compress.register(app)
     devices.register(app)
     export.register(app)
+    compare.register(app)
     runtime.register(app)
     daemon.register(app)
     harvest.register(app)

@@ -16,22 +16,26 @@ app = typer.Typer(no_args_is_help=True, help="Model variants.")
 
 @app.command("list")
 def list_() -> None:
-    """List registered ALNett variants."""
+    """List the ALNett variants and the torchvision baselines (``train --model NAME``)."""
     from alnett_edge.model import get_variant, list_variants
+    from alnett_edge.model.baselines import BASELINES, DEFAULT_INPUT
 
     for name in list_variants():
         v = get_variant(name)
-        typer.echo(f"{name:12s} {v.input_size}x{v.input_size}  {v.description}")
+        typer.echo(f"{name:18s} {v.input_size}x{v.input_size}  {v.description}")
+    for name, spec in BASELINES.items():
+        typer.echo(f"{name:18s} {DEFAULT_INPUT}x{DEFAULT_INPUT}  {spec.description}")
+    typer.echo("(the baselines are torchvision's architectures, trained from scratch unless train --weights FILE)")
 
 
 @app.command("info")
 def info(
-    name: str = typer.Argument(..., help="Variant name, or a .safetensors checkpoint."),
+    name: str = typer.Argument(..., help="Variant or baseline name, or a .safetensors checkpoint."),
     input_size: int = typer.Option(None, help="Input side (default: the variant's)."),
 ) -> None:
     """Parameters, MACs and per-layer output shapes of a variant or checkpoint."""
-    from alnett_edge.model import get_variant, load_checkpoint, profile_model
-    from alnett_edge.model.registry import create_model
+    from alnett_edge.model import load_checkpoint, profile_model
+    from alnett_edge.model.registry import create_model, default_input_size
 
     if name.endswith(".safetensors"):
         model, card = load_checkpoint(name)
@@ -39,7 +43,7 @@ def info(
         title = f"{name} ({card.variant})"
     else:
         model = create_model(name)
-        size = input_size or get_variant(name).input_size
+        size = input_size or default_input_size(name)
         title = name
     if size < model.min_input_size():
         raise ConfigError(f"--input-size {size} is below the {model.min_input_size()} this model needs")

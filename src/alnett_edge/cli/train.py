@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
     def train(
         data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or manifest CSV."),
         out: Path = typer.Option(Path("runs/train"), "--out", "-o", callback=output_dir),
-        variant: str = typer.Option("alnett-s", "--model", "-m", help="Model variant (see `model list`)."),
+        variant: str = typer.Option("alnett-s", "--model", "-m", help="An ALNett variant or a torchvision "
+                                    "baseline (vgg16, resnet50, googlenet, alexnet, mobilenet_v2, mobilenet_v3_small, "
+                                    "efficientnet_b0, shufflenet_v2; see `model list`)."),
         input_size: int = typer.Option(None, help="Input side in pixels (default: the variant's)."),
         layout: str = typer.Option("auto", help="auto, cnmc, cnmc-prelim, manifest or folders."),
         labels_csv: Path = typer.Option(None, help="Label CSV for the cnmc-prelim layout."),
@@ -66,10 +68,13 @@ def register(app: typer.Typer) -> None:
         colour_jitter: str = typer.Option("0,0", "--colour-jitter", help="Colour augmentation HUE,SAT: each training "
                                           "cell's hue turned by up to HUE degrees and its saturation scaled by up to "
                                           "1 +- SAT (all-fields recipe: 12,0.35); 0,0 is off."),
+        weights: Path = typer.Option(None, "--weights", help="A baseline's starting weights: a torchvision state "
+                                     "dict you have (its head is replaced when the classes differ); default: from "
+                                     "scratch."),
         ensemble: bool = typer.Option(False, "--ensemble", help="With --folds: also write OUT/ensemble.safetensors, "
                                       "the fold models as one model (K times the compute at run time)."),
     ) -> None:
-        """Train ALNett; writes best/last checkpoints (with their model card) to OUT."""
+        """Train ALNett (or a baseline); writes best/last checkpoints (with their model card) to OUT."""
         from alnett_edge.errors import ConfigError
         from alnett_edge.train.loop import TrainConfig
         from alnett_edge.train.loop import train as run
@@ -91,6 +96,7 @@ def register(app: typer.Typer) -> None:
             workers=workers, device=device, seed=seed, resume=resume, stop_after=stop_after,
             select=select, ema_epochs=ema_epochs, label_smoothing=label_smoothing, tta=tta,
             init=str(init) if init else None, freeze=freeze, weak_labels=weak_labels, colour_jitter=(hue, sat),
+            weights=str(weights) if weights else None,
         )
         if ensemble and not folds:
             raise ConfigError("--ensemble averages cross-validation fold models: give --folds K too")

@@ -43,6 +43,7 @@ from alnett_edge.compress.report import calibrated_row, fp32_row, metrics_row
 from alnett_edge.train.dataset import load_split_datasets
 from alnett_edge.errors import CompressionError, ConfigError
 from alnett_edge.model.alnett import ALNett, config_of
+from alnett_edge.model.baselines import Baseline
 from alnett_edge.model.checkpoint import load_checkpoint, save_checkpoint
 from alnett_edge.model.ensemble import MEMBERS_KEY
 from alnett_edge.model.profile import profile_model
@@ -145,7 +146,9 @@ class PruneResult:
         }  # fmt: skip
 
 
-def _channels(model: ALNett) -> dict[str, Any]:
+def _channels(model: nn.Module) -> dict[str, Any]:
+    if isinstance(model, Baseline):  # a torchvision model: every convolution's output channels, in order
+        return {"convs": [m.out_channels for m in model.net.modules() if isinstance(m, nn.Conv2d)]}
     cfg = config_of(model)
     return {"stem": cfg.stem_channels, "clusters": list(cfg.channels)}
 
@@ -155,11 +158,18 @@ def _prune_once(model: ALNett, input_size: int, ratio: float, cfg: PruneConfig,
     model.eval()
     if cfg.importance == "taylor":
         _accumulate_gradients(model, batches)
-    pruner = tp.pruner.MetaPruner(
-        model, torch.randn(1, 3, input_size, input_size), importance=make_importance(cfg.importance),
-        global_pruning=cfg.global_pruning, pruning_ratio=ratio, max_pruning_ratio=MAX_LAYER_RATIO,
-        iterative_steps=1, ignored_layers=[model.head], round_to=cfg.round_to,
-    )
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model, torch.randn(1, 3, input_size, input_size), importance=make_importance(cfg.importance),
+            global_pruning=cfg.global_pruning, pruning_ratio=ratio, max_pruning_ratio=MAX_LAYER_RATIO,
+            iterative_steps=1, ignored_layers=[model.head], round_to=cfg.round_to,
+        )
+    except (ArithmeticError, IndexError, KeyError, RuntimeError, ValueError) as exc:
+        # ShuffleNetV2: its channel shuffle reshapes the channel axis, which DepGraph cannot follow
+        # (ZeroDivisionError in torch-pruning 1.6.1; Torch-Pruning issue 14, open since 2020)
+        name = getattr(model, "name", type(model).__name__)
+        raise CompressionError(f"torch-pruning cannot build {name}'s dependency graph ({type(exc).__name__}: "
+                               f"{exc}); use it unpruned") from exc
     pruner.step()
     model.zero_grad(set_to_none=True)
 

@@ -160,6 +160,8 @@ def fold_batchnorm(model: ALNett) -> ALNett:
     (see ``compress.qat``)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+    if hasattr(model, "fold_batchnorm"):  # a torchvision baseline (model/baselines.py) folds its own
+        return model.fold_batchnorm()
     folded = copy.deepcopy(model).eval()
     if hasattr(folded, "members"):  # an ensemble (model/ensemble.py): fold each member
         folded.members = nn.ModuleList(fold_batchnorm(m) for m in folded.members)

@@ -17,7 +17,7 @@ from alnett_edge.card import CARD_KEY, InputSpec, ModelCard
 from alnett_edge.errors import CheckpointError, ConfigError
 from alnett_edge.model.alnett import ALNett
 from alnett_edge.model.ensemble import arch_of, model_from_arch
-from alnett_edge.model.registry import get_variant
+from alnett_edge.model.registry import default_input_size
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def new_card(model: ALNett, variant: str, input_size: int | None = None, **input_overrides: object) -> ModelCard:
     """A card for ``model`` with the variant's default input size unless one is given."""
-    size = input_size or get_variant(variant).input_size
+    size = input_size or default_input_size(variant)
     if size < model.min_input_size():
         raise ConfigError(f"input size {size} is below the {model.min_input_size()} this model needs")
     spec = InputSpec(size=(size, size), **input_overrides)  # type: ignore[arg-type]

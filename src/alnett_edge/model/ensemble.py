@@ -20,6 +20,7 @@ from torch import nn
 
 from alnett_edge.errors import ConfigError
 from alnett_edge.model.alnett import ALNett, ALNettConfig, config_of
+from alnett_edge.model.baselines import BASELINE_KEY, Baseline, baseline_from_arch
 
 #: the card's ``arch`` key that marks an ensemble
 MEMBERS_KEY = "members"
@@ -48,10 +49,16 @@ class ALNettEnsemble(nn.Module):
 
 
 def arch_of(model: nn.Module) -> dict[str, Any]:
-    """The card's ``arch`` for an ALNett or an ensemble of them, as the module is now."""
+    """The card's ``arch`` for an ALNett, a baseline or an ensemble of them, as the module is now."""
     if isinstance(model, ALNettEnsemble):
-        return {MEMBERS_KEY: [config_of(m).to_dict() for m in model.members]}
+        return {MEMBERS_KEY: [arch_of(m) for m in model.members]}
+    if isinstance(model, Baseline):
+        return model.arch()
     return config_of(model).to_dict()
+
+
+def _one(arch: dict[str, Any]) -> nn.Module:
+    return baseline_from_arch(arch) if BASELINE_KEY in arch else ALNett(ALNettConfig.from_dict(arch))
 
 
 def model_from_arch(arch: dict[str, Any]) -> nn.Module:
@@ -60,8 +67,8 @@ def model_from_arch(arch: dict[str, Any]) -> nn.Module:
         members = arch[MEMBERS_KEY]
         if not isinstance(members, list):
             raise ConfigError(f"arch.{MEMBERS_KEY} must be a list of member architectures")
-        return ALNettEnsemble([ALNett(ALNettConfig.from_dict(d)) for d in members], [1.0] * len(members))
-    return ALNett(ALNettConfig.from_dict(arch))
+        return ALNettEnsemble([_one(d) for d in members], [1.0] * len(members))
+    return _one(arch)
 
 
 def members_of(model: nn.Module) -> list[ALNett]:

@@ -1,10 +1,13 @@
-"""Registered ALNett variants (timm style): a name -> default config, input size and budget."""
+"""Registered ALNett variants (timm style): a name -> default config, input size and budget; and the
+torchvision baselines (model/baselines.py) under their own names."""
 
 from __future__ import annotations
 
+from torch import nn
 
 from alnett_edge.errors import ConfigError
 from alnett_edge.model.alnett import ALNett, ALNettConfig, Variant
+from alnett_edge.model.baselines import BASELINES, DEFAULT_INPUT, create_baseline, is_baseline
 
 _VARIANTS: dict[str, Variant] = {}
 
@@ -21,15 +24,33 @@ def list_variants() -> list[str]:
     return sorted(_VARIANTS)
 
 
+def list_models() -> list[str]:
+    """Every name ``--model`` takes: the ALNett variants, then the baselines."""
+    return [*list_variants(), *BASELINES]
+
+
 def get_variant(name: str) -> Variant:
     try:
         return _VARIANTS[name]
     except KeyError:
-        raise ConfigError(f"unknown model variant {name!r}; known: {', '.join(list_variants())}") from None
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, **overrides: object) -> ALNett:
-    """Build a registered variant; keyword overrides replace fields of its default config."""
+def check_model(name: str) -> None:
+    """Raise ConfigError unless ``name`` is an ALNett variant or a baseline."""
+    if not is_baseline(name):
+        get_variant(name)
+
+
+def default_input_size(name: str) -> int:
+    return DEFAULT_INPUT if is_baseline(name) else get_variant(name).input_size
+
+
+def create_model(name: str, **overrides: object) -> nn.Module:
+    """Build a registered variant (keyword overrides replace fields of its default config) or a baseline
+    (``num_classes`` only)."""
+    if is_baseline(name):
+        return create_baseline(name, **overrides)  # type: ignore[arg-type]
     base = get_variant(name).config.to_dict()
     base.update(overrides)
     return ALNett(ALNettConfig.from_dict(base))

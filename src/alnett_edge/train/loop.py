@@ -47,8 +47,9 @@ from alnett_edge.train.dataset import BagBatchSampler, CellDataset, load_split_d
 from alnett_edge.data.sources import class_counts, classes_of, load_samples
 from alnett_edge.errors import ConfigError, TrainingError
 from alnett_edge.model.alnett import ALNett
+from alnett_edge.model.baselines import Baseline, load_torchvision_weights
 from alnett_edge.model.checkpoint import load_checkpoint, load_training_state, new_card, save_checkpoint
-from alnett_edge.model.registry import create_model, get_variant
+from alnett_edge.model.registry import check_model, create_model
 from alnett_edge.model.torch_backend import pick_device
 from alnett_edge.vision.harvest import dataset_canvas_um
 from alnett_edge.metrics import (binary_metrics, calibration_summary, field_rule, field_scores, patient_metrics,
@@ -106,9 +107,10 @@ class TrainConfig:
     init: str | None = None  # fine-tune from this checkpoint (its preprocessing kept; canvas, appearance re-measured)
     freeze: int = 0  # with init: the stem and this many first clusters keep their weights (BN statistics adapt)
     weak_labels: str = "naive"  # WEAK_MODES: how cells labelled only by their field are trained
+    weights: str | None = None  # a baseline's starting weights: a torchvision state dict (model/baselines.py)
 
     def validate(self) -> None:
-        get_variant(self.variant)
+        check_model(self.variant)
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0:
@@ -465,15 +467,18 @@ def _fine_tune_start(cfg: TrainConfig, classes: ClassSet) -> tuple[ALNett, Model
     card.input = replace(card.input, canvas_um=0.0)
     card.appearance, card.field_decision = {}, {}
     if card.class_set != classes:
-        if not isinstance(model, ALNett):
+        if not isinstance(model, (ALNett, Baseline)):
             raise ConfigError(f"--init {cfg.init}: an ensemble cannot take new classes; fine-tune one member")
         log.info("fine-tuning from %s onto the classes %s: a new head (was %s)", cfg.init, ", ".join(classes.names),
                  ", ".join(card.class_names))
         model.head = nn.Linear(model.head.in_features, len(classes.names))
-        model.config = replace(model.config, num_classes=len(classes.names))
+        if isinstance(model, ALNett):
+            model.config = replace(model.config, num_classes=len(classes.names))
         card.class_names, card.blast_classes = classes.names, () if classes.binary else classes.blast
         card.calibration, card.metrics = {}, {}
     if cfg.freeze:
+        if not isinstance(model, ALNett):
+            raise ConfigError(f"--freeze counts ALNett's clusters; {card.variant} has none (fine-tune it whole)")
         clusters = list(model.clusters)
         if cfg.freeze > len(clusters):
             raise ConfigError(f"--freeze {cfg.freeze}: {card.variant} has {len(clusters)} clusters")
@@ -518,6 +523,11 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         if cfg.fusion:
             overrides["fusion"] = cfg.fusion
         model = create_model(cfg.variant, num_classes=len(classes.names), **overrides)
+        if cfg.weights:
+            if not isinstance(model, Baseline):
+                raise ConfigError(f"--weights loads a torchvision state dict into a baseline; {cfg.variant} "
+                                  "starts from a checkpoint with --init")
+            load_torchvision_weights(model, cfg.weights)
         cfg = replace(cfg, stain=resolve_stain(cfg.stain, samples, classes.names))
         card = new_card(model, cfg.variant, cfg.input_size, stain=cfg.stain, tta=cfg.tta)
         if not classes.binary:
