@@ -37,6 +37,8 @@ def test_compare_two_tiny_runs_and_resume(tiny_cells, tmp_path, caplog):
         lat = e["latency"]["onnxruntime"]
         assert lat["p50_ms"]["1"] > 0 and lat["p50_ms"]["2"] > 0 and lat["vs_eager"]["1"] > 0
     assert ref["latency"]["onnxruntime"]["vs_ref"]["1"] == 1.0
+    assert (tmp_path / "alnett-tiny" / "fold_1" / "best.safetensors").is_file()
+    assert not list(tmp_path.glob("*/fold_*/last.*"))  # resume state of finished runs removed
     md = (tmp_path / "compare.md").read_text()
     assert "| `mobilenet_v3_small` |" in md and "| `alnett-tiny` |" in md and rep["machine"]["isa"] in md
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,7 +4,8 @@ For each model (an ALNett variant or a torchvision baseline, model/baselines.py)
 
 1. cross-validation with the same recipe for every model (``train --folds K``), in ``OUT/<model>/``;
    a model whose run is there with the same settings is not run again (a run with other settings is
-   refused: compare into another folder);
+   refused: compare into another folder). Each fold keeps its ``best.safetensors`` and report; its
+   resume state (``last.*``) is removed once the run is done (VGG16's is 1.6 GB a fold);
 2. its fold-0 model exported for the chosen device profile with ``--precision auto`` (every precision
    the profile builds, gated; what fails the gate is left out, as a user's export would), in
    ``OUT/bundles/<model>-<target>/``, reused while the checkpoint is the same;
@@ -99,6 +100,9 @@ def _cv(cfg: CompareConfig, model: str, progress: bool) -> dict[str, Any]:
                        seed=cfg.seed, stain=cfg.stain, colour_jitter=cfg.colour_jitter, workers=cfg.workers)
     tcfg = replace(tcfg, **cfg.extra)
     report = cross_validate(tcfg, cfg.folds, progress=progress)
+    for fold in run.glob("fold_*"):  # resume state of finished folds: VGG16's is 1.6 GB a fold
+        for name in ("last.safetensors", "last.state.pt"):
+            (fold / name).unlink(missing_ok=True)
     (run / RUN_FILE).write_text(json.dumps(settings, indent=2))
     return report
 
