@@ -268,14 +268,17 @@ def plot(report: dict[str, Any], dest: Path) -> Path:
 
     b1 = str(report["settings"]["batches"][0])
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = []
     for e in report["models"]:
         lats = [lat["p50_ms"][b1] for lat in e["latency"].values() if b1 in lat["p50_ms"]]
+        if lats and e["cv"]["accuracy"]["mean"] is not None:
+            points.append((min(lats), e))
+    for i, (lat, e) in enumerate(sorted(points, key=lambda p: p[0])):  # neighbours' labels at 3 heights
         acc = e["cv"]["accuracy"]
-        if not lats or acc["mean"] is None:
-            continue
         colour = "tab:red" if e["model"].startswith("alnett") else "tab:blue"
-        ax.errorbar(min(lats), acc["mean"], yerr=acc["std"], fmt="o", color=colour, capsize=3)
-        ax.annotate(e["model"], (min(lats), acc["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.errorbar(lat, acc["mean"], yerr=acc["std"], fmt="o", color=colour, capsize=3)
+        dx, dy, ha = ((5, 4, "left"), (-5, -12, "right"), (5, 16, "left"))[i % 3]
+        ax.annotate(e["model"], (lat, acc["mean"]), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel(f"batch-{b1} latency, fastest deployed artifact (p50 ms, log)")
     ax.set_ylabel("held-out accuracy (mean ± std over folds)")
