@@ -180,7 +180,8 @@ def test_device_installs_leave_torch_out():
     device = [r for r in reqs if 'extra == "rpi"' in r or 'extra == "jetson"' in r]
     heavy = ("torch", "onnx>", "onnxscript", "onnxslim", "litert-torch", "torchao", "safetensors")
     assert core and not [r for r in core + device if r.startswith(heavy)], core + device
-    assert any(r.startswith("torch==2.13.0") and 'extra == "train"' in r for r in reqs)
+    for pin in ("torch==2.14.1", "torchvision==0.29.1"):  # the pair that loads together (the baselines)
+        assert any(r.startswith(pin) and 'extra == "train"' in r for r in reqs), pin
 
 
 def test_percentiles_on_a_known_sample():
