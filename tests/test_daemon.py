@@ -93,6 +93,9 @@ def test_detector_settings_that_cannot_hold_are_refused():
     for bad in ({"max_gain": 0.5}, {"stain_ref": -1.0}, {"stain_ref": float("nan")}, {"contrast_ref": -5.0}):
         with pytest.raises(ConfigError, match="stain_ref and contrast_ref must be >= 0"):
             CellDetector(DetectorConfig(**bad), um_per_px=0.1)
+    for bad in ({"split_min_depth": 0.0}, {"nucleus_radius_um": -3.5}, {"split_min_depth": float("nan")}):
+        with pytest.raises(ConfigError, match="nucleus_radius_um and split_min_depth must be > 0"):
+            CellDetector(DetectorConfig(**bad), um_per_px=0.1)
     frame = synth_smear(np.random.default_rng(4))  # 0 turns the platelet-clump check off: never fewer cells
     off = CellDetector(DetectorConfig(small_nucleus_um2=0), um_per_px=SMEAR_UM_PER_PX).detect(frame.image)
     assert len(off) >= len(CellDetector(um_per_px=SMEAR_UM_PER_PX).detect(frame.image)) >= 1

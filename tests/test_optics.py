@@ -93,6 +93,37 @@ def test_touching_nuclei_are_split_one_detection_each():
     assert len(split_touching(single, radius_px=30)) == 1  # one big nucleus stays one
 
 
+def _disc_cluster(n: int, r: float, rng: np.random.Generator, gap: float = 1.75) -> np.ndarray:
+    """n discs of radius r, each centred ``gap`` radii from one placed before it and no nearer any
+    other: overlapping by up to an eighth of their diameter, as the crowded-field generator draws them."""
+    pts = [(0.0, 0.0)]
+    while len(pts) < n:
+        a, b = rng.uniform(0, 2 * np.pi), pts[rng.integers(len(pts))]
+        c = (b[0] + gap * r * np.cos(a), b[1] + gap * r * np.sin(a))
+        if all(np.hypot(c[0] - p[0], c[1] - p[1]) >= gap * r - 1e-6 for p in pts):
+            pts.append(c)
+    xy = np.array(pts) - np.array(pts).min(0) + 2 * r
+    img = np.zeros((int(xy[:, 1].max() + 2 * r), int(xy[:, 0].max() + 2 * r)), np.uint8)
+    for x, y in xy:
+        cv2.circle(img, (int(round(x)), int(round(y))), int(r), 255, -1)
+    return img
+
+
+def test_clusters_of_two_to_eight_nuclei_split_into_one_part_each():
+    rng = np.random.default_rng(0)
+    for n in range(1, 9):
+        counts = [len(split_touching(_disc_cluster(n, 10 * rng.uniform(0.9, 1.3), rng), radius_px=7))
+                  for _ in range(10)]
+        assert sum(c == n for c in counts) >= 9, (n, counts)  # exact, but for a rare extra part
+        assert all(n <= c <= n + 1 for c in counts), (n, counts)  # a cluster is never merged
+    # a lobed nucleus (three lobes of half the expected radius, joined) stays one: lobes are too shallow
+    lobed = np.zeros((60, 90), np.uint8)
+    for x in (25, 40, 55):
+        cv2.circle(lobed, (x, 30), 4, 255, -1)
+    cv2.line(lobed, (25, 30), (55, 30), 255, 3)
+    assert len(split_touching(lobed, radius_px=7)) == 1
+
+
 def test_detector_does_not_depend_on_the_frame_size_on_real_bccd():
     root = require_shared(BCCD)
     _, truths = read_truth(root)

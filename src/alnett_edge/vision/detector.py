@@ -23,8 +23,9 @@ heavily stained red cells of one slide do not), is solid (platelet clumps are no
 A small nucleus (a small lymphocyte's, below ``small_nucleus_um2``) has a thin rim of cytoplasm: when
 its cell mask is more than ``max_cell_to_nucleus`` times its area, the violet speck is a platelet clump
 lying on red cells (the mask spreads into them), not a white cell.
-A component larger than ``split_nucleus_um2`` (touching cells) is split by a watershed seeded at the
-expected nucleus size. Each nucleus gives a cell box (the nucleus box grown by ``cell_scale``, at
+A component larger than ``split_nucleus_um2`` (touching or overlapping cells) is split where its
+distance map falls apart into cores lying at least ``split_min_depth`` expected nucleus radii inside
+it (see :func:`split_touching`). Each nucleus gives a cell box (the nucleus box grown by ``cell_scale``, at
 least ``min_cell_um``) and a cell mask (the nucleus plus the stained cytoplasm around it).
 
 Defaults were tuned on BCCD (640x480, C-mount camera) and on the ``train/`` frames of wbc-smartphone
@@ -58,6 +59,7 @@ class DetectorConfig:
     max_nucleus_um2: float = 450.0  # larger: not one nucleus (a clump, a smudge)
     split_nucleus_um2: float = 150.0  # larger components are touching nuclei: split
     nucleus_radius_um: float = 3.5  # expected radius of one nucleus (seeds of the split)
+    split_min_depth: float = 0.7  # a seed of the split lies this many nucleus radii inside the blob (lobes do not)
     min_solidity: float = 0.7  # area / convex hull area; platelet clumps and smudges are lower
     max_aspect: float = 3.5  # longest side / shortest side of a nucleus at most
     cell_scale: float = 1.3  # cell box side / nucleus box side
@@ -72,6 +74,8 @@ class DetectorConfig:
     def validate(self) -> None:
         if self.cell_scale <= 0 or self.work_um_per_px <= 0 or self.min_nucleus_um2 <= 0:
             raise ConfigError("[detector] cell_scale, work_um_per_px and min_nucleus_um2 must be > 0")
+        if not self.nucleus_radius_um > 0 or not self.split_min_depth > 0:
+            raise ConfigError("[detector] nucleus_radius_um and split_min_depth must be > 0")
         if self.max_nucleus_um2 <= self.min_nucleus_um2:
             raise ConfigError("[detector] max_nucleus_um2 must be larger than min_nucleus_um2")
         if not self.stain_ref >= 0 or not self.contrast_ref >= 0 or not self.max_gain >= 1:
@@ -141,21 +145,47 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def split_touching(component: np.ndarray, radius_px: float) -> list[np.ndarray]:
-    """Split a blob of touching nuclei: a watershed on the distance transform, seeded at its maxima
-    at least one expected nucleus radius apart and at least half a radius deep. One mask per nucleus."""
+#: depths (multiples of the expected nucleus radius) at which a blob's distance map is cut into cores
+SPLIT_LEVELS = tuple(round(0.4 + 0.1 * k, 1) for k in range(22))  # 0.4 .. 2.5
+
+
+def split_touching(component: np.ndarray, radius_px: float, min_depth: float = 0.7) -> list[np.ndarray]:
+    """Split a blob of touching or overlapping nuclei into one mask per nucleus. The blob's distance map
+    (each pixel's distance to the blob's edge) is cut at increasing depths: a core that falls apart at a
+    deeper cut into parts whose deepest points each lie at least ``min_depth`` expected radii from the
+    edge is replaced by them (a neutrophil's lobe or a notch's corner is shallower, so the lobes of one
+    nucleus never count as two; a small cell's core stays once deeper cuts have left it). Every pixel
+    of the blob then goes to its nearest core."""
     dist = cv2.distanceTransform(component, cv2.DIST_L2, 5)
-    peak = (dist >= cv2.dilate(dist, disk(2 * radius_px * 0.8))) & (dist >= 0.5 * radius_px)
-    n, markers = cv2.connectedComponents(peak.astype(np.uint8))
-    if n <= 2:
+    floor = min_depth * radius_px
+    cores: list[np.ndarray] = []
+    for level in SPLIT_LEVELS:
+        if level * radius_px >= dist.max():
+            break
+        n, labels = cv2.connectedComponents((dist >= level * radius_px).astype(np.uint8))
+        depth = np.zeros(n)
+        np.maximum.at(depth, labels.ravel(), dist.ravel())
+        deep = [k for k in range(1, n) if depth[k] >= floor]
+        if not cores:
+            cores = [labels == k for k in deep]
+            continue
+        nxt = []
+        for core in cores:
+            inside = np.intersect1d(np.unique(labels[core]), deep)
+            nxt.extend([labels == k for k in inside] if len(inside) > 1 else [core])
+        cores = nxt
+    if len(cores) < 2:
         return [component]
-    markers = markers + 1
-    markers[component == 0] = 0
-    markers[(component > 0) & ~peak] = 0
-    markers[component == 0] = 1  # the outside is one more basin
-    cv2.watershed(cv2.cvtColor(255 - cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8),
-                               cv2.COLOR_GRAY2BGR), markers)
-    parts = [((markers == k) & (component > 0)).astype(np.uint8) * 255 for k in range(2, n + 1)]
+    seeds = np.zeros(component.shape, np.int32)
+    for k, core in enumerate(cores, 1):
+        seeds[core] = k
+    # every pixel's nearest seed pixel (DIST_LABEL_PIXEL numbers the seed pixels), then that pixel's core
+    _, nearest = cv2.distanceTransformWithLabels(np.where(seeds > 0, 0, 255).astype(np.uint8), cv2.DIST_L2, 5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    lut = np.zeros(int(nearest.max()) + 1, np.int32)
+    lut[nearest[seeds > 0]] = seeds[seeds > 0]
+    owner = lut[nearest]
+    parts = [((owner == k) & (component > 0)).astype(np.uint8) * 255 for k in range(1, len(cores) + 1)]
     return [p for p in parts if p.any()] or [component]
 
 
@@ -216,7 +246,8 @@ class CellDetector:
                 continue  # a speck, or no more violet than the field's own stained red cells
             x, y, bw, bh = (int(v) for v in stats[k, :4])
             roi = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8) * 255
-            parts = split_touching(roi, cfg.nucleus_radius_um / um) if area > cfg.split_nucleus_um2 else [roi]
+            parts = split_touching(roi, cfg.nucleus_radius_um / um, cfg.split_min_depth) \
+                if area > cfg.split_nucleus_um2 else [roi]
             nuclei.extend((p, x, y) for p in parts)
         out: list[Detection] = []
         if not nuclei:
