@@ -56,6 +56,37 @@ def test_crowded_fields_have_exact_clusters_masks_and_centres(um):
             assert 0.3 * REF_SIZE * CELL_UM_PER_PX < side_um < REF_SIZE * CELL_UM_PER_PX
 
 
+def test_a_clustered_cells_mask_stays_out_of_its_neighbours():
+    """Each pixel goes to its nearest detected nucleus, so a cell's mask (what the classifier sees
+    of it) does not run into the cell it touches. Scored on generated clusters of 2, 4 and 6 against the
+    generator's exact masks (51 cells): measured 0.055 of a mask's pixels in other cells (0.189 before
+    the partition), IoU with its own cell 0.858 (0.784)."""
+    from alnett_edge.data.synth import CrowdSpec, synth_crowded
+    from alnett_edge.vision.detector import CellDetector
+
+    ious, spills = [], []
+    for size in (2, 4, 6):
+        spec = CrowdSpec(um_per_px=0.25, clusters=1, cluster_size=(size, size), singles=1, smudges=0)
+        for seed in range(4):
+            frame = synth_crowded(np.random.default_rng(seed), spec)
+            owner = np.zeros(frame.image.shape[:2], np.int32)
+            for k, o in enumerate((o for o in frame.objects if o.name == "WBC"), 1):
+                x0, y0, x1, y1 = o.box
+                owner[y0:y1, x0:x1][o.mask > 0] = k
+            for det in CellDetector(um_per_px=0.25).detect(frame.image):
+                x0, y0, x1, y1 = det.box
+                mine = det.mask > 0
+                ids, counts = np.unique(owner[y0:y1, x0:x1][mine], return_counts=True)
+                if not (ids > 0).any():
+                    continue
+                best = ids[ids > 0][counts[ids > 0].argmax()]
+                inter = int((owner[y0:y1, x0:x1][mine] == best).sum())
+                ious.append(inter / (mine.sum() + (owner == best).sum() - inter))
+                spills.append(((owner[y0:y1, x0:x1][mine] > 0) & (owner[y0:y1, x0:x1][mine] != best)).mean())
+    assert len(ious) >= 30
+    assert np.mean(spills) < 0.12 and np.mean(ious) > 0.82, (np.mean(spills), np.mean(ious))
+
+
 def test_crowded_fields_round_trip_through_field_eval(tmp_path):
     """The generator's VOC (cluster sizes, centres, smudge cells) and masks read back exactly, and
     field-eval scores found-once per cluster size against them."""
@@ -143,8 +174,9 @@ def test_the_hand_counted_all_fields_fields(tmp_path):
     """20 dense fields of ../shared/data/all-fields (10 Pre, 10 Pro), every white cell marked at the
     middle of its visible part (docs/engineering/crowded.md says how). Each point lies on a violet
     object, not on the pale plasma; field-eval scores the detector on them with each class folder's own
-    pixel size. The detector finds far fewer than the issue's 0.90 (clusters are not split yet); the
-    floor here stops it from getting worse unnoticed."""
+    pixel size. The detector finds far fewer than the issue's 0.90 (a crowded field raises its own
+    threshold); the floor here (0.513 / 0.119 measured with the split, 0.418 / 0.152 before it) stops it
+    from getting worse unnoticed."""
     fields = require_shared(BCCD.parent / "all-fields")
     rows = list(csv.DictReader(open(COUNTS)))
     images = sorted({r["image"] for r in rows})
@@ -164,5 +196,5 @@ def test_the_hand_counted_all_fields_fields(tmp_path):
     r = json.loads(out.read_text())
     assert r["layout"] == "points" and r["frames"] == 20 and r["recall"] is None
     assert set(r["optics"]["folders"]) == {"Pre", "Pro"} and r["optics"]["folders"]["Pro"] > r["optics"]["folders"]["Pre"]
-    assert r["found_once"] >= 0.40 and r["extra"] <= 0.20, (r["found_once"], r["extra"])
+    assert r["found_once"] >= 0.50 and r["extra"] <= 0.13, (r["found_once"], r["extra"])
     assert r["smudges"]["true"] == 28 and "found once" in res.output

@@ -26,7 +26,8 @@ lying on red cells (the mask spreads into them), not a white cell.
 A component larger than ``split_nucleus_um2`` (touching or overlapping cells) is split where its
 distance map falls apart into cores lying at least ``split_min_depth`` expected nucleus radii inside
 it (see :func:`split_touching`). Each nucleus gives a cell box (the nucleus box grown by ``cell_scale``, at
-least ``min_cell_um``) and a cell mask (the nucleus plus the stained cytoplasm around it).
+least ``min_cell_um``) and a cell mask (the nucleus plus the stained cytoplasm around it, kept to the
+pixels nearer its nucleus than any other found in the frame, so it stops where a touching cell begins).
 
 Defaults were tuned on BCCD (640x480, C-mount camera) and on the ``train/`` frames of wbc-smartphone
 (416x416, a smartphone on the eyepiece); ``alnett-edge field-eval`` reports both (docs/daemon.md). The
@@ -145,6 +146,17 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def nearest_seed(seeds: np.ndarray) -> np.ndarray:
+    """Each pixel's nearest seed: ``seeds`` numbers seed pixels 1, 2, ... (0 elsewhere); returns that
+    numbering spread over the whole image (a Voronoi partition by the seeds' nearest pixels)."""
+    # DIST_LABEL_PIXEL numbers every seed pixel on its own; a lookup turns those numbers into the seeds'
+    _, nearest = cv2.distanceTransformWithLabels(np.where(seeds > 0, 0, 255).astype(np.uint8), cv2.DIST_L2, 5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    lut = np.zeros(int(nearest.max()) + 1, np.int32)
+    lut[nearest[seeds > 0]] = seeds[seeds > 0]
+    return lut[nearest]
+
+
 #: depths (multiples of the expected nucleus radius) at which a blob's distance map is cut into cores
 SPLIT_LEVELS = tuple(round(0.4 + 0.1 * k, 1) for k in range(22))  # 0.4 .. 2.5
 
@@ -179,12 +191,7 @@ def split_touching(component: np.ndarray, radius_px: float, min_depth: float = 0
     seeds = np.zeros(component.shape, np.int32)
     for k, core in enumerate(cores, 1):
         seeds[core] = k
-    # every pixel's nearest seed pixel (DIST_LABEL_PIXEL numbers the seed pixels), then that pixel's core
-    _, nearest = cv2.distanceTransformWithLabels(np.where(seeds > 0, 0, 255).astype(np.uint8), cv2.DIST_L2, 5,
-                                                 labelType=cv2.DIST_LABEL_PIXEL)
-    lut = np.zeros(int(nearest.max()) + 1, np.int32)
-    lut[nearest[seeds > 0]] = seeds[seeds > 0]
-    owner = lut[nearest]
+    owner = nearest_seed(seeds)
     parts = [((owner == k) & (component > 0)).astype(np.uint8) * 255 for k in range(1, len(cores) + 1)]
     return [p for p in parts if p.any()] or [component]
 
@@ -254,7 +261,11 @@ class CellDetector:
             return out
         fov_edge = cv2.erode(fov, disk(3)) if (fov == 0).any() else None
         weights = field_weights(fov)
-        for roi, x, y in nuclei:
+        # the nuclei numbered: a cell's mask keeps to the pixels nearer its nucleus than any other (_cell)
+        seeds = np.zeros(score.shape, np.int32)
+        for i, (roi, x, y) in enumerate(nuclei, 1):
+            seeds[y : y + roi.shape[0], x : x + roi.shape[1]][roi > 0] = i
+        for i, (roi, x, y) in enumerate(nuclei, 1):
             area = int(cv2.countNonZero(roi))
             if not cfg.min_nucleus_um2 <= area * px_um2 <= cfg.max_nucleus_um2:
                 continue
@@ -267,7 +278,8 @@ class CellDetector:
                 continue
             nuc_small = np.zeros(score.shape, np.uint8)
             nuc_small[y : y + roi.shape[0], x : x + roi.shape[1]] = roi
-            cell = self._cell(rgb, nuc_small, (x + rx, y + ry, bw, bh), s, um, score, fov_edge, area * px_um2)
+            cell = self._cell(rgb, nuc_small, (x + rx, y + ry, bw, bh), s, um, score, fov_edge, area * px_um2,
+                              (seeds, i))
             if cell.nucleus_um2 < cfg.small_nucleus_um2 and \
                     cv2.countNonZero(cell.mask) * self.um_per_px ** 2 > cfg.max_cell_to_nucleus * cell.nucleus_um2:
                 continue
@@ -278,7 +290,11 @@ class CellDetector:
         return out
 
     def _cell(self, rgb: np.ndarray, nuc_small: np.ndarray, rect: tuple[int, int, int, int], s: float, um: float,
-              score: np.ndarray, fov_edge: np.ndarray | None, nucleus_um2: float) -> Detection:
+              score: np.ndarray, fov_edge: np.ndarray | None, nucleus_um2: float,
+              region: tuple[np.ndarray, int] | None = None) -> Detection:
+        """One cell from its nucleus (``nuc_small``, work scale); ``region`` = (seeds, k): the frame's
+        nuclei numbered at work scale and this one's number; its mask keeps to the pixels of its box
+        nearer its nucleus than any other there. None: anywhere."""
         cfg = self.config
         h, w = rgb.shape[:2]
         x, y, bw, bh = (v / s for v in rect)
@@ -287,26 +303,42 @@ class CellDetector:
         x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
         x1, y1 = int(round(cx + side / 2)), int(round(cy + side / 2))
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-        if s < 1:
+
+        def to_frame(small: np.ndarray, as_mask=lambda a: a) -> np.ndarray:
+            """The box's part of a work-scale image (made a 0/255 mask by ``as_mask``), in frame pixels."""
+            if s >= 1:
+                return as_mask(small[y0:y1, x0:x1])
             sx0, sy0 = int(x0 * s), int(y0 * s)
-            sx1, sy1 = min(nuc_small.shape[1], int(np.ceil(x1 * s)) + 1), min(nuc_small.shape[0], int(np.ceil(y1 * s)) + 1)
-            part = cv2.resize(nuc_small[sy0:sy1, sx0:sx1], (max(1, round((sx1 - sx0) / s)), max(1, round((sy1 - sy0) / s))),
+            sx1, sy1 = min(small.shape[1], int(np.ceil(x1 * s)) + 1), min(small.shape[0], int(np.ceil(y1 * s)) + 1)
+            part = cv2.resize(as_mask(small[sy0:sy1, sx0:sx1]), (max(1, round((sx1 - sx0) / s)), max(1, round((sy1 - sy0) / s))),
                               interpolation=cv2.INTER_NEAREST)
             ox, oy = x0 - round(sx0 / s), y0 - round(sy0 / s)
-            nuc = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            out = np.zeros((y1 - y0, x1 - x0), np.uint8)
             src = part[oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
-            nuc[: src.shape[0], : src.shape[1]] = src
-        else:
-            nuc = nuc_small[y0:y1, x0:x1]
+            out[: src.shape[0], : src.shape[1]] = src
+            return out
+
+        nuc = to_frame(nuc_small)
+        allowed = None
+        if region is not None:
+            seeds, k = region
+
+            def own_part(window: np.ndarray) -> np.ndarray:
+                if not ((window > 0) & (window != k)).any():  # no other nucleus in the box
+                    return np.full(window.shape, 255, np.uint8)
+                return np.where(nearest_seed(window) == k, 255, 0).astype(np.uint8)
+
+            allowed = to_frame(seeds, own_part) | nuc
         crop = rgb[y0:y1, x0:x1]
         f = min(1.0, MASK_SIDE / max(crop.shape[:2]))  # the cell mask needs no more than MASK_SIDE pixels
         if f < 1:
             small_size = (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f)))
             mask = cell_mask(cv2.resize(crop, small_size, interpolation=cv2.INTER_AREA),
-                             cv2.resize(nuc, small_size, interpolation=cv2.INTER_NEAREST), f / self.um_per_px)
+                             cv2.resize(nuc, small_size, interpolation=cv2.INTER_NEAREST), f / self.um_per_px,
+                             None if allowed is None else cv2.resize(allowed, small_size, interpolation=cv2.INTER_NEAREST))
             mask = cv2.resize(mask, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_NEAREST) | nuc
         else:
-            mask = cell_mask(crop, nuc, 1.0 / self.um_per_px)
+            mask = cell_mask(crop, nuc, 1.0 / self.um_per_px, allowed)
         # cut off: the cell itself (not its box) reaches the edge of the frame or of the field of view
         touches = bool((x0 == 0 and mask[:, 0].any()) or (y0 == 0 and mask[0].any()) or
                        (x1 == w and mask[:, -1].any()) or (y1 == h and mask[-1].any()))
@@ -322,10 +354,11 @@ class CellDetector:
                          centre=(cx, cy))
 
 
-def cell_mask(crop: np.ndarray, nucleus: np.ndarray, px_per_um: float = 14.0) -> np.ndarray:
+def cell_mask(crop: np.ndarray, nucleus: np.ndarray, px_per_um: float = 14.0,
+              allowed: np.ndarray | None = None) -> np.ndarray:
     """The nucleus plus the cytoplasm around it: pixels bluer than the background plasma, or darker
     without being pink (a touching red cell is darker too), connected to the nucleus, within a disk
-    around it; cleaned at ~0.5 µm (``px_per_um``)."""
+    around it and inside ``allowed`` (0/255, None: anywhere); cleaned at ~0.5 µm (``px_per_um``)."""
     gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     bg = float(np.percentile(gray, 90))
     bluish = nucleus_score(crop) > 12
@@ -335,6 +368,8 @@ def cell_mask(crop: np.ndarray, nucleus: np.ndarray, px_per_um: float = 14.0) ->
     mask = (((bluish | darker) & (near > 0)) | (nucleus > 0)).astype(np.uint8) * 255
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(min(7, 2 * round(0.5 * px_per_um) + 1)))
     mask = _fill_holes(cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(min(3, round(0.25 * px_per_um)))))
+    if allowed is not None:
+        mask &= allowed
     n, labels = cv2.connectedComponents(mask)
     if n > 2:  # keep the component holding the nucleus
         keep = np.bincount(labels[nucleus > 0].ravel(), minlength=n)
