@@ -18,7 +18,8 @@ field's median, is looked at once more with both thresholds divided by the large
 that percentile and ``contrast_ref`` / its height above the median, at most ``max_gain``; the tests
 that follow are relative to the field and need no change. Only fields without a whole cell get the
 second look, so a field whose cells are found is untouched.
-A component is a nucleus when it is large enough (``min_nucleus_um2``), stands out of the field (its score is ``contrast_ratio`` times the field's own spread above the median:
+A component is a nucleus when it is large enough (``min_nucleus_um2``), stands out of the field (its
+score is ``contrast_ratio`` times the field's own spread above the median:
 heavily stained red cells of one slide do not), is solid (platelet clumps are not) and not elongated.
 A small nucleus (a small lymphocyte's, below ``small_nucleus_um2``) has a thin rim of cytoplasm: when
 its cell mask is more than ``max_cell_to_nucleus`` times its area, the violet speck is a platelet clump
@@ -238,7 +239,8 @@ class CellDetector:
         # cytoplasm around them), so a field crowded with white cells does not raise the bar
         big = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(2 * np.sqrt(cfg.min_nucleus_um2 / np.pi) / um))
         away = cv2.bitwise_and(fov, cv2.bitwise_not(cv2.dilate(big, disk(2 * cfg.nucleus_radius_um / um))))
-        (p90,) = histogram_percentiles(score, away if cv2.countNonZero(away) > 0.2 * cv2.countNonZero(fov) else fov, (90,))
+        stain_area = away if cv2.countNonZero(away) > 0.2 * cv2.countNonZero(fov) else fov
+        (p90,) = histogram_percentiles(score, stain_area, (90,))
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(cfg.close_um / um))
         mask = _fill_holes(mask)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(cfg.open_um / um))
@@ -310,8 +312,8 @@ class CellDetector:
                 return as_mask(small[y0:y1, x0:x1])
             sx0, sy0 = int(x0 * s), int(y0 * s)
             sx1, sy1 = min(small.shape[1], int(np.ceil(x1 * s)) + 1), min(small.shape[0], int(np.ceil(y1 * s)) + 1)
-            part = cv2.resize(as_mask(small[sy0:sy1, sx0:sx1]), (max(1, round((sx1 - sx0) / s)), max(1, round((sy1 - sy0) / s))),
-                              interpolation=cv2.INTER_NEAREST)
+            size = (max(1, round((sx1 - sx0) / s)), max(1, round((sy1 - sy0) / s)))
+            part = cv2.resize(as_mask(small[sy0:sy1, sx0:sx1]), size, interpolation=cv2.INTER_NEAREST)
             ox, oy = x0 - round(sx0 / s), y0 - round(sy0 / s)
             out = np.zeros((y1 - y0, x1 - x0), np.uint8)
             src = part[oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
@@ -333,9 +335,9 @@ class CellDetector:
         f = min(1.0, MASK_SIDE / max(crop.shape[:2]))  # the cell mask needs no more than MASK_SIDE pixels
         if f < 1:
             small_size = (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f)))
-            mask = cell_mask(cv2.resize(crop, small_size, interpolation=cv2.INTER_AREA),
-                             cv2.resize(nuc, small_size, interpolation=cv2.INTER_NEAREST), f / self.um_per_px,
-                             None if allowed is None else cv2.resize(allowed, small_size, interpolation=cv2.INTER_NEAREST))
+            shrink = (lambda m: None if m is None else cv2.resize(m, small_size, interpolation=cv2.INTER_NEAREST))
+            mask = cell_mask(cv2.resize(crop, small_size, interpolation=cv2.INTER_AREA), shrink(nuc),
+                             f / self.um_per_px, shrink(allowed))
             mask = cv2.resize(mask, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_NEAREST) | nuc
         else:
             mask = cell_mask(crop, nuc, 1.0 / self.um_per_px, allowed)
