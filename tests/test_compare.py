@@ -59,3 +59,12 @@ def test_compare_two_tiny_runs_and_resume(tiny_cells, tmp_path, caplog):
                                              ("alnett-tiny,alnett-tiny", "names a model twice")])
 def test_compare_bad_models_are_one_line(tmp_path, models, message):
     one_line_error(cli("compare", "--data", tmp_path, "--models", models, "--out", tmp_path / "c"), message)
+
+
+@pytest.mark.parametrize("args, message", [(["--colour-jitter", "12"], "--colour-jitter must be HUE,SAT"),
+                                           (["--colour-jitter", "12,1.5"], "needs 0 <= HUE <= 90 degrees"),
+                                           (["--stain", "lab"], "--stain must be auto or one of")])
+def test_compare_bad_recipe_is_one_line_before_training(tmp_path, args, message):
+    one_line_error(cli("compare", "--data", tmp_path, "--models", "alnett-tiny,mobilenet_v3_small", *args,
+                       "--out", tmp_path / "c"), message)
+    assert not (tmp_path / "c" / "alnett-tiny").exists()  # refused before the first model's run

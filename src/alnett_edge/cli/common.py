@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from alnett_edge.errors import ConfigError
 from alnett_edge.files import check_output_dir, check_output_file
 
 
@@ -26,6 +27,19 @@ def console(wide: bool = False) -> Console:
         return Console(width=WIDE)
     tty = sys.stdout.isatty()
     return Console(width=min(NARROW, shutil.get_terminal_size((NARROW, 24)).columns) if tty else NARROW)
+
+
+COLOUR_JITTER_HELP = ("Colour augmentation HUE,SAT: each training cell's hue turned by up to HUE degrees and its "
+                      "saturation scaled by up to 1 +- SAT (all-fields recipe: 12,0.35); 0,0 is off.")
+
+
+def colour_jitter_pair(value: str) -> tuple[float, float]:
+    """``--colour-jitter HUE,SAT`` as two numbers (ConfigError otherwise)."""
+    try:
+        hue, sat = (float(v) for v in value.split(","))
+    except ValueError:
+        raise ConfigError(f"--colour-jitter must be HUE,SAT (two numbers, e.g. 12,0.35), got {value!r}") from None
+    return hue, sat
 
 
 def output_file(value: Path | None) -> Path | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import WIDE_HELP, console, output_dir
+from alnett_edge.cli.common import COLOUR_JITTER_HELP, WIDE_HELP, colour_jitter_pair, console, output_dir
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(30, help="Training epochs (the same recipe for every model)."),
         seed: int = typer.Option(0),
         stain: str = typer.Option("auto", help="Colour normalisation for every model (see train --stain)."),
+        colour_jitter: str = typer.Option("0,0", "--colour-jitter", help=COLOUR_JITTER_HELP),
         target: str = typer.Option("x86-cpu", help="Device profile the models are exported for and timed on."),
         batch: str = typer.Option("1,8", help="Batch sizes timed, comma-separated."),
         runs: int = typer.Option(100, help="Timed calls per batch size and round."),
@@ -43,7 +44,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--batch must be comma-separated integers, got {batch!r}") from None
         cfg = CompareConfig(data=str(data), models=tuple(m.strip() for m in models.split(",") if m.strip()),
                             out=str(out), folds=folds, input_size=input_size, epochs=epochs, seed=seed, stain=stain,
-                            target=target, batches=batches, runs=runs, rounds=rounds, threads=threads, workers=workers)
+                            colour_jitter=colour_jitter_pair(colour_jitter), target=target, batches=batches,
+                            runs=runs, rounds=rounds, threads=threads, workers=workers)
         rep = run(cfg)
         b1 = str(batches[0])
         table = Table(title=f"compare on {data} ({folds} folds; ratios to {rep['reference']})", title_justify="left")

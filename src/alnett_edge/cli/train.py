@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from alnett_edge.cli.common import console, output_dir
+from alnett_edge.cli.common import COLOUR_JITTER_HELP, colour_jitter_pair, console, output_dir
 
 
 def ensemble_line(info: dict) -> str:
@@ -65,9 +65,7 @@ def register(app: typer.Typer) -> None:
         weak_labels: str = typer.Option("naive", "--weak-labels", help="Cells labelled only by their field (a "
                                         "harvest's weak labels): naive (each takes its field's label) or mil "
                                         "(multiple-instance: a benign field has no blasts, an ALL field at least one)."),
-        colour_jitter: str = typer.Option("0,0", "--colour-jitter", help="Colour augmentation HUE,SAT: each training "
-                                          "cell's hue turned by up to HUE degrees and its saturation scaled by up to "
-                                          "1 +- SAT (all-fields recipe: 12,0.35); 0,0 is off."),
+        colour_jitter: str = typer.Option("0,0", "--colour-jitter", help=COLOUR_JITTER_HELP),
         weights: Path = typer.Option(None, "--weights", help="A baseline's starting weights: a torchvision state "
                                      "dict you have (its head is replaced when the classes differ); default: from "
                                      "scratch."),
@@ -83,11 +81,7 @@ def register(app: typer.Typer) -> None:
             dil = tuple(int(d) for d in dilations.split(",")) if dilations else None
         except ValueError:
             raise ConfigError(f"--dilations must be comma-separated integers, got {dilations!r}") from None
-        try:
-            hue, sat = (float(v) for v in colour_jitter.split(","))
-        except ValueError:
-            raise ConfigError(f"--colour-jitter must be HUE,SAT (two numbers, e.g. 12,0.35), got {colour_jitter!r}") \
-                from None
+        hue, sat = colour_jitter_pair(colour_jitter)
         cfg = TrainConfig(
             data=str(data), out=str(out), variant=variant, input_size=input_size, layout=layout,
             labels_csv=str(labels_csv) if labels_csv else None, epochs=epochs, batch_size=batch_size, lr=lr,

@@ -36,7 +36,7 @@ from alnett_edge.model.checkpoint import load_checkpoint
 from alnett_edge.model.profile import profile_model
 from alnett_edge.model.registry import check_model
 from alnett_edge.train.cv import cross_validate
-from alnett_edge.train.loop import TrainConfig
+from alnett_edge.train.loop import RESUME_FILES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,13 @@ class CompareConfig:
             check_model(m)
         if self.folds < 2:
             raise ConfigError(f"--folds must be >= 2, got {self.folds}")
+        self.train_config(self.models[0], Path(self.out)).validate()  # the shared recipe, before any training
+
+    def train_config(self, model: str, run: Path) -> TrainConfig:
+        """The recipe every model is trained with (``run``: that model's folder)."""
+        tcfg = TrainConfig(data=self.data, out=str(run), variant=model, input_size=self.input_size, epochs=self.epochs,
+                           seed=self.seed, stain=self.stain, colour_jitter=self.colour_jitter, workers=self.workers)
+        return replace(tcfg, **self.extra)
 
     def train_settings(self) -> dict[str, Any]:
         """What a model's run depends on: a run made with other settings is not this comparison's."""
@@ -96,12 +103,9 @@ def _cv(cfg: CompareConfig, model: str, progress: bool) -> dict[str, Any]:
             raise ConfigError(f"{run} was run with other settings ({diff}); compare into another --out")
         log.info("%s: already run (%s), not run again", model, done)
         return json.loads(done.read_text())
-    tcfg = TrainConfig(data=cfg.data, out=str(run), variant=model, input_size=cfg.input_size, epochs=cfg.epochs,
-                       seed=cfg.seed, stain=cfg.stain, colour_jitter=cfg.colour_jitter, workers=cfg.workers)
-    tcfg = replace(tcfg, **cfg.extra)
-    report = cross_validate(tcfg, cfg.folds, progress=progress)
+    report = cross_validate(cfg.train_config(model, run), cfg.folds, progress=progress)
     for fold in run.glob("fold_*"):  # resume state of finished folds: VGG16's is 1.6 GB a fold
-        for name in ("last.safetensors", "last.state.pt"):
+        for name in RESUME_FILES:
             (fold / name).unlink(missing_ok=True)
     (run / RUN_FILE).write_text(json.dumps(settings, indent=2))
     return report

@@ -57,6 +57,10 @@ from alnett_edge.metrics import (binary_metrics, calibration_summary, field_rule
 
 log = logging.getLogger(__name__)
 
+# The resume pair a run keeps beside best.safetensors (deleted by `compare` once a fold is done).
+LAST_WEIGHTS, LAST_STATE = "last.safetensors", "last.state.pt"
+RESUME_FILES = (LAST_WEIGHTS, LAST_STATE)
+
 BALANCE_MODES = ("weights", "sampler", "none")
 #: how a cell with only its field's label is trained (``--weak-labels``): ``naive``, the field's label is the
 #: cell's; ``mil``, multiple-instance learning: a benign field has no blasts (each of its cells is benign),
@@ -501,7 +505,7 @@ def train(cfg: TrainConfig, progress: bool = True, init: tuple[ALNett, ModelCard
         torch.cuda.set_device(device)
     seed_everything(cfg.seed + dd.rank)
     out = Path(cfg.out)
-    last_path, state_path, best_path = out / "last.safetensors", out / "last.state.pt", out / "best.safetensors"
+    last_path, state_path, best_path = out / LAST_WEIGHTS, out / LAST_STATE, out / "best.safetensors"
 
     asked_stain = cfg.stain
     samples = load_samples(cfg.data, cfg.layout, cfg.labels_csv)  # listed once: --stain auto and the split
