@@ -1,7 +1,7 @@
 """Issue 34's yardsticks: crowded synthetic fields (clusters of touching white cells, smudge cells) with
 exact annotations, cells counted by hand on real dense all-fields fields, and ``field-eval``'s
-found-once scoring of both. The detector that splits clusters is not built yet; these tests hold the
-measuring tools to account, and the hand-counted score to its present floor."""
+found-once scoring of both; the detector's split of touching cells and its smudge-cell kind, each held
+to its present floor on the real fields."""
 
 from __future__ import annotations
 
@@ -198,3 +198,77 @@ def test_the_hand_counted_all_fields_fields(tmp_path):
     assert set(r["optics"]["folders"]) == {"Pre", "Pro"} and r["optics"]["folders"]["Pro"] > r["optics"]["folders"]["Pre"]
     assert r["found_once"] >= 0.50 and r["extra"] <= 0.13, (r["found_once"], r["extra"])
     assert r["smudges"]["true"] == 28 and "found once" in res.output
+
+
+def test_smudge_cells_are_counted_apart_on_the_hand_counted_fields(tmp_path):
+    """Issue 34 item 2 on the 28 smudge cells marked by hand: the detector (settings chosen on half of
+    the 20 fields) finds 11 as smudge cells and 11 of its 13 smudge detections lie on one; the white
+    cells' scores are those of the detector with the smudge look off, to the digit (a smudge never
+    takes a cell). It looks in the 19 fields where a whole cell was found (a pale nucleus and a smudge
+    cannot be told apart without one), and where the red cells are pink (BCCD) it does not look."""
+    fields = require_shared(BCCD.parent / "all-fields")
+    off_toml = tmp_path / "off.toml"
+    off_toml.write_text("[detector]\nsmudge_contrast = 0\n")
+    out = {}
+    for name, extra in (("on", ()), ("off", ("-c", off_toml))):
+        res = cli("field-eval", COUNTS, "--images", fields, "--json", tmp_path / f"{name}.json", *extra)
+        assert res.exit_code == 0, res.output
+        out[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    on, off = out["on"], out["off"]
+    assert off["smudges"]["detections"] == 0 and off["smudge_frames"] == 0 and on["smudge_frames"] == 19
+    assert on["smudges"]["true"] == 28 and on["smudges"]["found"] >= 10, on["smudges"]
+    assert on["smudges"]["on_no_smudge"] <= 3 and on["smudges"]["detections"] <= 17, on["smudges"]
+    for key in ("found_once", "extra", "detections", "abstained"):
+        assert on[key] == off[key], key  # smudges are counted apart: not detections, not abstentions
+    res = cli("field-eval", BCCD, "--limit", 40, "--json", tmp_path / "bccd.json")
+    assert res.exit_code == 0, res.output
+    bccd = json.loads((tmp_path / "bccd.json").read_text())
+    assert bccd["recall"] >= 0.9 and bccd["smudge_frames"] == 0 and "smudges" not in bccd
+    assert "looked for in 0 of 40 frames" in res.output
+
+
+def test_a_smudge_cell_is_never_classified_and_counts_apart():
+    """The gate gives a smudge cell's detection its own reason, and the differential counts such a row
+    apart: not a cell, not an abstention, not in the blast ratio."""
+    from alnett_edge.vision.cells import QualityConfig, gate
+    from alnett_edge.vision.detector import SMUDGE, Detection
+    from alnett_edge.vision.differential import Aggregator
+    from alnett_edge.vision.record import SMUDGE_REASON, CellRecord
+
+    frame = np.full((64, 64, 3), 200, np.uint8)
+    mask = np.full((20, 20), 255, np.uint8)
+    assert gate(frame, Detection((10, 10, 30, 30), mask, kind=SMUDGE), QualityConfig())[0] == SMUDGE_REASON
+    assert gate(frame, Detection((10, 10, 30, 30), mask), QualityConfig())[0] != SMUDGE_REASON
+    agg = Aggregator(("all", "hem"))
+    row = dict(time=0.0, frame_index=0, box=(0, 0, 9, 9), model_sha256="")
+    agg.add_record(CellRecord(**row, prob_hem=0.1, prob_all=0.9, label="all", abstain_reason=None))
+    agg.add_record(CellRecord(**row, prob_hem=0.8, prob_all=0.2, label="hem", abstain_reason=None))
+    for _ in range(3):
+        agg.add_record(CellRecord(**row, prob_hem=None, prob_all=None, label=None, abstain_reason=SMUDGE_REASON))
+    s = agg.snapshot()
+    assert s["smudges"] == 3 and s["cells"] == 2 and s["abstained"] == {} and s["blast_ratio"] == 0.5
+    assert s["blast_ratio_estimate"]["cells"] == 2
+
+
+def test_the_slide_report_counts_smudge_cells_apart(tmp_path):
+    """A session's rows with the smudge reason are listed apart in the slide report, outside its cells."""
+    import sqlite3
+
+    from alnett_edge.daemon.report import build_report
+    from alnett_edge.daemon.sinks import SCHEMA
+    from alnett_edge.vision.record import SMUDGE_REASON
+
+    db = tmp_path / "s.db"
+    con = sqlite3.connect(db)
+    con.executescript(SCHEMA)
+    con.execute("INSERT INTO sessions (started, source, model_sha256, summary) VALUES (0, 's', 'x', ?)",
+                (json.dumps({"session": {"positive_class": "all", "labels": {"hem": 1, "all": 1}}}),))
+    rows = [("all", None), ("hem", None), (None, "blurred"), (None, SMUDGE_REASON), (None, SMUDGE_REASON)]
+    con.executemany("INSERT INTO cells (session_id, time, frame_index, label, abstain_reason, model_sha256) "
+                    "VALUES (1, 0, 0, ?, ?, 'x')", rows)
+    con.commit()
+    con.close()
+    rep = build_report(db, tmp_path / "report")
+    assert rep["cells"] == 3 and rep["classified"] == 2 and rep["blasts"] == 1
+    assert dict(rep["outcomes"])["smudge cells (counted apart)"] == 2
+    assert "smudge cells (counted apart)" in (tmp_path / "report" / "report.html").read_text()

@@ -93,6 +93,9 @@ def test_detector_settings_that_cannot_hold_are_refused():
     for bad in ({"max_gain": 0.5}, {"stain_ref": -1.0}, {"stain_ref": float("nan")}, {"contrast_ref": -5.0}):
         with pytest.raises(ConfigError, match="stain_ref and contrast_ref must be >= 0"):
             CellDetector(DetectorConfig(**bad), um_per_px=0.1)
+    for bad in ({"smudge_contrast": -0.5}, {"smudge_min_um2": 0.0}, {"smudge_max_core": 1.5}):
+        with pytest.raises(ConfigError, match="smudge_contrast must be >= 0"):
+            CellDetector(DetectorConfig(**bad), um_per_px=0.1)
     for bad in ({"split_min_depth": 0.0}, {"nucleus_radius_um": -3.5}, {"split_min_depth": float("nan")}):
         with pytest.raises(ConfigError, match="nucleus_radius_um and split_min_depth must be > 0"):
             CellDetector(DetectorConfig(**bad), um_per_px=0.1)

@@ -21,7 +21,8 @@ def stage_table(summary: dict) -> Table:
     title = (f"{summary['frames_processed']} frames ({summary['mean_fps']} fps mean), {summary['frames_dropped']} dropped, "
              f"{s['cells']} {'distinct cells' if summary.get('tracking') else 'cells'} ({s['classified']} classified; "
              f"the model ran {summary.get('inferences', 0)} times on {summary.get('observations', 0)} detections), "
-             f"blast calls {s['blast_ratio']} "
+             + (f"{s.get('smudges', 0)} smudge cells apart (looked for in {summary.get('smudge_frames', 0)} frames), ")
+             + f"blast calls {s['blast_ratio']} "
              f"CI95 {s['blast_ratio_ci95']}, reconnects {summary['capture']['reconnects']}"
              + (f"\nblast ratio estimate {est['value']} CI95 {est['ci95']} (edge- and error-corrected, "
                 f"{est['cells']} cells)" if est else "")
@@ -227,9 +228,13 @@ def register(app: typer.Typer) -> None:
         if report["by_cluster"]:
             typer.echo("by cluster size (cells: found once / precision): " + ", ".join(
                 f"{k}: {v['cells']} {v['found_once']:.2f}/{(v['precision'] or 0):.2f}" for k, v in report["by_cluster"].items()))
-        if report.get("smudges"):
-            sm = report["smudges"]
-            typer.echo(f"smudge cells: {sm['boxed_as_white_cells']} of {sm['true']} boxed as white cells")
+        sm, looked = report.get("smudges"), f"looked for in {report['smudge_frames']} of {report['frames']} frames"
+        if sm and sm["true"]:
+            typer.echo(f"smudge cells ({looked}): {sm['found']} of {sm['true']} found as smudge cells, "
+                       f"{sm['boxed_as_white_cells']} boxed as white cells; {sm['on_no_smudge']} of {sm['detections']} "
+                       "smudge detections on none")
+        else:
+            typer.echo(f"smudge cells ({looked}): {sm['detections'] if sm else 0} detections, none marked in the truth")
         if report["abstained"]:
             typer.echo("abstained: " + ", ".join(f"{k} {v}" for k, v in report["abstained"].items()))
         if report["cell_accuracy"] is not None:

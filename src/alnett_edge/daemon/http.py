@@ -47,6 +47,8 @@ class DaemonCollector:
         for reason, n in agg["abstained"].items():
             cells.add_metric([f"abstain:{reason}"], n)
         yield cells
+        yield CounterMetricFamily("alnett_smudge_cells", "smudge cells, counted apart from the cells",
+                                  value=agg.get("smudges", 0))
         yield GaugeMetricFamily("alnett_queue_depth", "frames waiting", value=st["queue_depth"])
         yield GaugeMetricFamily("alnett_fps", "processed frames per second (recent)", value=st["fps"])
         if agg["blast_ratio"] is not None:

@@ -408,7 +408,9 @@ function show(d) {
   const rows = Object.entries(sess.labels).map(([k, v]) => "<tr><td>" + esc(k) + (d.blast.includes(k) ? " (blast)" : "") +
       "</td><td class=n>" + v + "</td></tr>")
     .concat(Object.entries(sess.abstained).map(([k, v]) => "<tr><td class=dim>abstained: " + esc(k) +
-      "</td><td class=n>" + v + "</td></tr>"));
+      "</td><td class=n>" + v + "</td></tr>"))
+    .concat(sess.smudges ? ["<tr><td class=dim>smudge cells (counted apart)</td><td class=n>" + sess.smudges +
+      "</td></tr>"] : []);
   $("counts").innerHTML = rows.join("");
   const sel = $("show"), have = new Set([...sel.options].map(o => o.value));
   const opts = [...d.classes, "abstained", ...Object.keys(sess.abstained).map(r => "reason:" + r)];

@@ -24,6 +24,7 @@ import numpy as np
 from alnett_edge.data.preprocess import load_image
 from alnett_edge.errors import DataError
 from alnett_edge.vision.differential import session_blast, wilson_interval
+from alnett_edge.vision.record import SMUDGE_REASON
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,10 @@ def build_report(db: str | Path, out: str | Path, session: int | None = None, cr
     blasts, classified = sum(lab in blast for lab in labels), len(labels)
     outcomes: dict[str, int] = {}
     for lab, reason in cells:
-        key = (f"blast ({lab})" if lab in blast else lab) if lab else f"abstained: {reason}"
+        key = (f"blast ({lab})" if lab in blast else lab) if lab else \
+            "smudge cells (counted apart)" if reason == SMUDGE_REASON else f"abstained: {reason}"
         outcomes[key] = outcomes.get(key, 0) + 1
+    smudges = outcomes.get("smudge cells (counted apart)", 0)
     ci = wilson_interval(blasts, classified)
     est = sess.get("blast_ratio_estimate") or {}
     warnings = []
@@ -226,7 +229,7 @@ def build_report(db: str | Path, out: str | Path, session: int | None = None, cr
                         "counted many times and the interval is too narrow.")
     rep = SlideReport(
         session_id=sid, started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)), source=source or "?",
-        model_sha256=sha or "?", cells=len(cells), classified=classified, blasts=blasts,
+        model_sha256=sha or "?", cells=len(cells) - smudges, classified=classified, blasts=blasts,
         blast_pct=f"{100 * blasts / classified:.1f} %" if classified else "—",
         blast_ci=f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f} %" if ci else "—",
         outcomes=sorted(outcomes.items(), key=lambda kv: -kv[1]), machine=summary.get("machine", ""), warnings=warnings)

@@ -405,6 +405,7 @@ class Daemon:
             "capture": {"delivery": self.capture.delivery, "frames": cap.frames, "stalls": cap.stalls, "reconnects": cap.reconnects,
                         "read_errors": cap.read_errors, "skipped_frames": cap.skipped_frames, "state": cap.state, "last_error": cap.last_error},
             "stages": self.times.summary(), "session": self.agg.snapshot(), "store": self.recorder.status(),
+            "smudge_frames": self.detector.smudge_frames if self.detector is not None else 0,
             "optics": dict(self.optics), "frames_uncalibrated": self.frames_uncalibrated,
             "crops": str(Path(self.cfg.sinks.crops).resolve()) if self.cfg.sinks.crops else None,
             "out_of_distribution": {"mode": self.cfg.quality.out_of_distribution, "cells": self.unlike_training,

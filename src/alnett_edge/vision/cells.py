@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 
 from alnett_edge.metrics import DEFAULT_MIN_CONFIDENCE
-from alnett_edge.vision.detector import Detection
+from alnett_edge.vision.detector import SMUDGE, Detection
 from alnett_edge.vision.optics import disk
+from alnett_edge.vision.record import SMUDGE_REASON
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ def sharpness(frame_rgb: np.ndarray, det: Detection) -> float:
 
 def gate(frame_rgb: np.ndarray, det: Detection, cfg: QualityConfig, canvas_px: float = 0.0) -> tuple[str | None, float]:
     """(why this cell must not be classified or None, its sharpness; 0 when a cut or oversized cell
-    was not measured). Nucleus size is the detector's (µm² bounds)."""
+    was not measured). Nucleus size is the detector's (µm² bounds). A smudge cell is never classified."""
+    if det.kind == SMUDGE:
+        return SMUDGE_REASON, 0.0
     if det.touches_border and not cfg.allow_border:
         return "cut by frame or field edge", 0.0
     if not fits_canvas(det, canvas_px):

@@ -72,6 +72,11 @@ class DetectorConfig:
     stain_ref: float = 160.0  # a field with no whole cell whose p99.5 of B-G is below this: a second look (0: never)
     contrast_ref: float = 145.0  # ... or whose p99.5 stands less than this above its median (a bluish field)
     max_gain: float = 1.6  # the second look's thresholds are divided by those ratios (the larger), at most this
+    smudge_contrast: float = 0.4  # smudge cells: patches above median + min_contrast x this (0: never looked for)
+    smudge_min_um2: float = 40.0  # ... at least this large, holding no nucleus found
+    smudge_min_pink: float = 10.0  # ... whose mean R - G exceeds the field's cells' median R - G by this much
+    smudge_max_core: float = 0.25  # ... with at most this share of its area at a nucleus's stain (else missed nuclei)
+    smudge_max_field_pink: float = 5.0  # ... in a field whose cells' median R - G is below this (grey red cells)
 
     def validate(self) -> None:
         if self.cell_scale <= 0 or self.work_um_per_px <= 0 or self.min_nucleus_um2 <= 0:
@@ -83,6 +88,10 @@ class DetectorConfig:
         if not self.stain_ref >= 0 or not self.contrast_ref >= 0 or not self.max_gain >= 1:
             raise ConfigError("[detector] stain_ref and contrast_ref must be >= 0 (stain_ref 0: no second look) "
                               "and max_gain >= 1")
+        if not self.smudge_contrast >= 0 or not self.smudge_min_um2 > 0 or not 0 <= self.smudge_max_core <= 1 or \
+                not np.isfinite([self.smudge_min_pink, self.smudge_max_field_pink]).all():
+            raise ConfigError("[detector] smudge_contrast must be >= 0 (0: no smudge cells), smudge_min_um2 > 0, "
+                              "smudge_max_core in [0, 1] and smudge_min_pink, smudge_max_field_pink numbers")
         if self.max_cell_to_nucleus <= 1 or self.small_nucleus_um2 < 0:
             raise ConfigError("[detector] max_cell_to_nucleus must be > 1 (a cell holds its nucleus) and "
                               "small_nucleus_um2 >= 0 (0: no platelet-clump check)")
@@ -98,6 +107,11 @@ class Detection:
     nucleus_um2: float = 0.0
     edge_weight: float = 1.0  # 1 / P(a cell this size lies wholly inside the field): see field_weights
     centre: tuple[float, float] | None = None  # the nucleus's centre in frame pixels (what tracking follows)
+    kind: str = "cell"  # "cell", or SMUDGE: a smudge cell (counted apart, never classified)
+
+
+#: the kind of a smudge cell's detection (a broken cell: a pale, spread-out patch of chromatin)
+SMUDGE = "smudge"
 
 
 #: no nucleus is looked for this close to the edge of an eyepiece's field of view (its rim shows
@@ -204,8 +218,18 @@ class CellDetector:
         if not um_per_px > 0:
             raise ConfigError("the detector needs the pixel size (um_per_px > 0): set [optics] or calibrate")
         self.um_per_px = float(um_per_px)
+        self.smudge_frames = 0  # frames in which smudge cells were looked for (their cells not pink: _smudges)
+        self._looked = False
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
+        cfg = self.config
+        self._looked = False
+        try:
+            return self._detect_frame(rgb)
+        finally:
+            self.smudge_frames += self._looked
+
+    def _detect_frame(self, rgb: np.ndarray) -> list[Detection]:
         cfg = self.config
         h, w = rgb.shape[:2]
         s = min(1.0, self.um_per_px / cfg.work_um_per_px)  # frame -> work scale
@@ -217,33 +241,34 @@ class CellDetector:
         if not cv2.countNonZero(fov):
             return []
         median, top = histogram_percentiles(score, fov, (50, 99.5))
-        found = self._detect(rgb, s, um, fov, score, median, 1.0)
+        found = self._detect(rgb, small, s, um, fov, score, median, 1.0)
         gain = min(cfg.max_gain, max(cfg.stain_ref / max(top, 1.0), cfg.contrast_ref / max(top - median, 1.0))) \
             if cfg.stain_ref > 0 else 1.0
-        if gain <= 1.0 or any(not d.touches_border for d in found):
+        if gain <= 1.0 or any(d.kind != SMUDGE and not d.touches_border for d in found):
             return found
-        return self._detect(rgb, s, um, fov, score, median, gain)  # a faint stain: a second, lower look
+        return self._detect(rgb, small, s, um, fov, score, median, gain)  # a faint stain: a second, lower look
 
-    def _detect(self, rgb: np.ndarray, s: float, um: float, fov: np.ndarray, score: np.ndarray, median: float,
-                gain: float) -> list[Detection]:
-        """The cells of one frame at one threshold (the absolute ones divided by ``gain``)."""
+    def _detect(self, rgb: np.ndarray, small: np.ndarray, s: float, um: float, fov: np.ndarray, score: np.ndarray,
+                median: float, gain: float) -> list[Detection]:
+        """The cells of one frame at one threshold (the absolute ones divided by ``gain``), then its smudge
+        cells (``small``: the frame at work scale)."""
         cfg = self.config
-        _, mask = cv2.threshold(score, max(cfg.min_score / gain, median + cfg.min_contrast / gain), 255,
-                                cv2.THRESH_BINARY)
-        mask[fov == 0] = 0
+        inner = fov
         if FOV_MARGIN_UM > 0 and (fov == 0).any():  # the rim of an eyepiece's field: colour fringes, not nuclei
             k = disk(2 * FOV_MARGIN_UM / um)
-            mask[cv2.erode(cv2.copyMakeBorder(fov, k.shape[0], k.shape[0], k.shape[1], k.shape[1], cv2.BORDER_CONSTANT,
-                                              value=255), k)[k.shape[0]:-k.shape[0], k.shape[1]:-k.shape[1]] == 0] = 0
+            inner = cv2.erode(cv2.copyMakeBorder(fov, k.shape[0], k.shape[0], k.shape[1], k.shape[1],
+                                                 cv2.BORDER_CONSTANT, value=255), k)[k.shape[0]:-k.shape[0],
+                                                                                     k.shape[1]:-k.shape[1]]
+        _, mask = cv2.threshold(score, max(cfg.min_score / gain, median + cfg.min_contrast / gain), 255,
+                                cv2.THRESH_BINARY)
+        mask[inner == 0] = 0
         # the field's own stain level: the score's p90 away from large violet objects (nuclei and the
         # cytoplasm around them), so a field crowded with white cells does not raise the bar
         big = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(2 * np.sqrt(cfg.min_nucleus_um2 / np.pi) / um))
         away = cv2.bitwise_and(fov, cv2.bitwise_not(cv2.dilate(big, disk(2 * cfg.nucleus_radius_um / um))))
         stain_area = away if cv2.countNonZero(away) > 0.2 * cv2.countNonZero(fov) else fov
         (p90,) = histogram_percentiles(score, stain_area, (90,))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(cfg.close_um / um))
-        mask = _fill_holes(mask)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(cfg.open_um / um))
+        mask = self._clean(mask, um)
         px_um2 = um * um
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
         nuclei: list[tuple[np.ndarray, int, int]] = []  # (mask in its ROI, x, y)
@@ -259,14 +284,15 @@ class CellDetector:
                 if area > cfg.split_nucleus_um2 else [roi]
             nuclei.extend((p, x, y) for p in parts)
         out: list[Detection] = []
-        if not nuclei:
-            return out
-        fov_edge = cv2.erode(fov, disk(3)) if (fov == 0).any() else None
-        weights = field_weights(fov)
         # the nuclei numbered: a cell's mask keeps to the pixels nearer its nucleus than any other (_cell)
         seeds = np.zeros(score.shape, np.int32)
         for i, (roi, x, y) in enumerate(nuclei, 1):
             seeds[y : y + roi.shape[0], x : x + roi.shape[1]][roi > 0] = i
+        if not nuclei:
+            return []
+        fov_edge = cv2.erode(fov, disk(3)) if (fov == 0).any() else None
+        weights = field_weights(fov)
+        kept: list[int] = []  # the nuclei of the cells found
         for i, (roi, x, y) in enumerate(nuclei, 1):
             area = int(cv2.countNonZero(roi))
             if not cfg.min_nucleus_um2 <= area * px_um2 <= cfg.max_nucleus_um2:
@@ -289,6 +315,71 @@ class CellDetector:
             r = int(max(mw, mh) * s / 2)
             cell.edge_weight = float(weights[r]) if r < len(weights) else MAX_EDGE_WEIGHT
             out.append(cell)
+            kept.append(i)
+        if all(c.touches_border for c in out):  # no whole nucleus to compare with: a pale one and a smudge look alike
+            return out
+        return out + self._smudges(rgb.shape[:2], small, s, um, score, inner, median, gain, mask, np.isin(seeds, kept),
+                                   float(np.median([c.score for c in out])))
+
+    def _clean(self, mask: np.ndarray, um: float) -> np.ndarray:
+        """A thresholded score made into objects: closing (a nucleus's lobes joined), holes filled, opening."""
+        cfg = self.config
+        mask = _fill_holes(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(cfg.close_um / um)))
+        return cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(cfg.open_um / um))
+
+    def _smudges(self, frame_hw: tuple[int, int], small: np.ndarray, s: float, um: float, score: np.ndarray,
+                 inner: np.ndarray, median: float, gain: float, nuclear: np.ndarray, cells: np.ndarray,
+                 nuclei_level: float) -> list[Detection]:
+        """Smudge cells: patches at a lower threshold of the score (``smudge_contrast``) that hold none of
+        the nuclei of the cells found (``cells``, a boolean map: a cell's pale cytoplasm or a nucleus's
+        halo is not one), are large enough, mostly paler than a nucleus (at most ``smudge_max_core`` of
+        their area in ``nuclear``, the nucleus threshold's objects: else a nucleus the split or the
+        shape tests dropped; and its mean score below ``nuclei_level``, the median of the nuclei found:
+        a field without a whole cell is not looked at) and pinker than the field's cells (mean R - G
+        ``smudge_min_pink`` above the median over the pixels darker than the plasma: the chromatin of a
+        broken cell against grey-blue red cells). Only in a field whose cells are not pink themselves (that median below
+        ``smudge_max_field_pink``): where the red cells are pink or pink-violet (BCCD's camera, a
+        smartphone on an eyepiece) colour cannot tell a smudge from them, and none is called
+        (docs/engineering/crowded.md)."""
+        cfg = self.config
+        if not cfg.smudge_contrast > 0:
+            return []
+        rg = small[..., 0].astype(np.int16) - small[..., 1]
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        (plasma,) = histogram_percentiles(gray, inner, (90,))
+        darker = (gray < plasma - 25) & (inner > 0)  # the field's cells, red and white (the plasma is brighter)
+        field_rg = float(np.median(rg[darker])) if darker.any() else 0.0
+        if field_rg >= cfg.smudge_max_field_pink:
+            return []
+        self._looked = True
+        _, low = cv2.threshold(score, max(cfg.min_score * cfg.smudge_contrast, median + cfg.min_contrast *
+                                          cfg.smudge_contrast) / gain, 255, cv2.THRESH_BINARY)
+        low[inner == 0] = 0
+        low = self._clean(low, um)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(low)
+        if n < 2:
+            return []
+        taken = np.zeros(n, bool)
+        taken[np.unique(labels[cells])] = True
+        area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+        pink = np.bincount(labels.ravel(), rg.ravel().astype(np.float64), n) / np.maximum(area, 1) - field_rg
+        core = np.bincount(labels.ravel(), (nuclear > 0).ravel(), n) / np.maximum(area, 1)
+        mean = np.bincount(labels.ravel(), score.ravel().astype(np.float64), n) / np.maximum(area, 1)
+        hh, ww = small.shape[:2]
+        out = []
+        for k in range(1, n):
+            if taken[k] or area[k] * um * um < cfg.smudge_min_um2 or pink[k] < cfg.smudge_min_pink or \
+                    core[k] > cfg.smudge_max_core or mean[k] >= nuclei_level:
+                continue
+            x, y, bw, bh = (int(v) for v in stats[k, :4])
+            x0, y0 = int(x / s), int(y / s)
+            x1, y1 = min(frame_hw[1], int(np.ceil((x + bw) / s))), min(frame_hw[0], int(np.ceil((y + bh) / s)))
+            roi = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8) * 255
+            mask = cv2.resize(roi, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST) if s < 1 else roi
+            edge = x == 0 or y == 0 or x + bw >= ww or y + bh >= hh or \
+                bool((inner[max(0, y - 1) : y + bh + 1, max(0, x - 1) : x + bw + 1] == 0).any())
+            out.append(Detection((x0, y0, x1, y1), mask, int(area[k] / (s * s)), float(mean[k]), edge,
+                                 float(area[k] * um * um), centre=((x0 + x1) / 2, (y0 + y1) / 2), kind=SMUDGE))
         return out
 
     def _cell(self, rgb: np.ndarray, nuc_small: np.ndarray, rect: tuple[int, int, int, int], s: float, um: float,

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from alnett_edge.metrics import cell_score, decide_field, rule_score
+from alnett_edge.vision.record import SMUDGE_REASON
 
 if TYPE_CHECKING:
     from alnett_edge.card import ModelCard
@@ -81,6 +82,7 @@ class Aggregator:
         self.class_names = class_names
         self.labels = dict.fromkeys(class_names, 0)
         self.abstained: dict[str, int] = {}
+        self.smudges = 0  # smudge cells: counted apart, not white cells of the differential
         self.frames = 0
         self.started = time.time()
         self.blast = (blast,) if isinstance(blast, str) else tuple(blast)  # the classes that are blasts
@@ -117,6 +119,9 @@ class Aggregator:
         correction; both feed :func:`ratio_estimate`. ``prob_positive`` (else the call, as 1 or 0) feeds
         the card's field rule."""
         with self._lock:
+            if reason == SMUDGE_REASON:
+                self.smudges += 1
+                return
             if label is not None:
                 self.labels[label] = self.labels.get(label, 0) + 1
             else:
@@ -139,7 +144,7 @@ class Aggregator:
             return {
                 "frames": self.frames, "positive_class": self.positive, "blast_classes": list(self.blast),
                 "cells": classified + sum(self.abstained.values()), "classified": classified,
-                "labels": dict(self.labels), "abstained": dict(self.abstained),
+                "labels": dict(self.labels), "abstained": dict(self.abstained), "smudges": self.smudges,
                 "blast_ratio": round(blasts / classified, 4) if classified else None,
                 "blast_ratio_ci95": [round(v, 4) for v in ci] if ci else None,
                 "cells_per_minute": round(classified / minutes, 2),

@@ -37,7 +37,7 @@ from alnett_edge.vision.differential import Aggregator, wilson_interval
 from alnett_edge.vision.harvest import class_mapping, find_sessions, weak_label
 from alnett_edge.vision.optics import OpticsConfig, calibration_sample, estimate_um_per_px
 from alnett_edge.vision.path import STAGES, classify_frame, detect_only
-from alnett_edge.vision.record import CellRecord
+from alnett_edge.vision.record import SMUDGE_REASON, CellRecord
 
 
 #: a detection finds a true cell when its centre lies this close to the cell's centre (µm): within a
@@ -52,6 +52,7 @@ class FrameResult:
     pairs: list[tuple[int, int]]  # (record, true box) at the IoU threshold
     centre_pairs: list[tuple[int, int]] = field(default_factory=list)  # (record, true cell) by centre
     match_px: float = 0.0  # the centres' largest distance for a match, in this frame's pixels
+    smudges: list[CellRecord] = field(default_factory=list)  # the detections of smudge cells (not in records)
 
 
 def folder_scale(frames: Sequence[Path], optics: OpticsConfig) -> tuple[float, Any]:
@@ -112,12 +113,16 @@ def field_eval(runtime: Runtime | None, folder: str | Path, detector: DetectorCo
         for rec in records if agg is not None else ():
             agg.add_record(rec)
         max_px = match_um / det.um_per_px
+        smudges = [r for r in records if r.abstain_reason == SMUDGE_REASON]  # counted apart, never as white cells
+        records = [r for r in records if r.abstain_reason != SMUDGE_REASON]
         results.append(FrameResult(truth, records, match([r.box for r in records], truth.boxes, iou),
-                                   match_points([_centre(r.box) for r in records], truth.centres, max_px), max_px))
+                                   match_points([_centre(r.box) for r in records], truth.centres, max_px), max_px,
+                                   smudges))
     blast = runtime.card.blast_names if runtime is not None else ()
     report = _report(results, layout, str(folder), iou, times, blast)
     report.update(found_once_report(results))
     report["match_um"] = match_um
+    report["smudge_frames"] = sum(d.smudge_frames for d in detectors.values())  # frames the smudge look ran in
     report["optics"] = optics_report
     if agg is not None:  # the daemon's session estimate over these frames (edge- and error-corrected)
         report["blast_ratio_estimate"] = agg.snapshot()["blast_ratio_estimate"]
@@ -168,9 +173,10 @@ def _report(results: list[FrameResult], layout: str, folder: str, iou: float, ti
 def found_once_report(results: list[FrameResult]) -> dict[str, Any]:
     """Cells found once and extra detections, overall and per cluster size (a detection that found no
     cell is put to the cluster of the nearest true cell within twice the match distance, unless it lies
-    on a smudge cell); smudge cells boxed as white cells (the detector has no smudge kind yet)."""
+    on a smudge cell); smudge cells found as smudge cells, boxed as white cells, and the smudge detections
+    that hold no true smudge cell."""
     by: dict[int, list[int]] = {}  # cluster size -> [cells, found, detections]
-    n_true = n_det = found = sm_true = sm_boxed = 0
+    n_true = n_det = found = sm_true = sm_boxed = sm_found = sm_dets = sm_false = 0
     for r in results:
         t = r.truth
         n_true, n_det, found = n_true + len(t.centres), n_det + len(r.records), found + len(r.centre_pairs)
@@ -190,6 +196,9 @@ def found_once_report(results: list[FrameResult]) -> dict[str, Any]:
                 row[1] += i in matched
         sm_true += len(t.smudges)
         sm_boxed += sum(any(inside(rec.box, *s) for rec in r.records) for s in t.smudges)
+        sm_found += sum(any(inside(rec.box, *s) for rec in r.smudges) for s in t.smudges)
+        sm_dets += len(r.smudges)
+        sm_false += sum(not any(inside(rec.box, *s) for s in t.smudges) for rec in r.smudges)
     out: dict[str, Any] = {
         "found_once": round(found / n_true, 4) if n_true else None,
         "extra": round((n_det - found) / n_det, 4) if n_det and n_true else None,
@@ -197,8 +206,9 @@ def found_once_report(results: list[FrameResult]) -> dict[str, Any]:
                                 "detections": v[2], "precision": round(v[1] / v[2], 4) if v[2] else None}
                        for k, v in sorted(by.items())} if any(k > 1 for k in by) else {},
     }
-    if sm_true:
-        out["smudges"] = {"true": sm_true, "boxed_as_white_cells": sm_boxed}
+    if sm_true or sm_dets:
+        out["smudges"] = {"true": sm_true, "found": sm_found, "boxed_as_white_cells": sm_boxed,
+                          "detections": sm_dets, "on_no_smudge": sm_false}
     return out
 
 

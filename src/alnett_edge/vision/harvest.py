@@ -49,7 +49,7 @@ from alnett_edge.errors import CheckpointError, ConfigError, DataError
 from alnett_edge.files import atomic_text
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.vision.cells import EDGE_TRIM_UM, QualityConfig, cell_image, crop_scale, gate
-from alnett_edge.vision.detector import CellDetector, Detection, DetectorConfig
+from alnett_edge.vision.detector import SMUDGE, CellDetector, Detection, DetectorConfig
 from alnett_edge.vision.optics import CALIBRATION_FRAMES, OpticsConfig, estimate_um_per_px
 from alnett_edge.vision.path import classify_crops
 from alnett_edge.vision.tracking import Track, TrackBook, TrackingConfig
@@ -518,7 +518,7 @@ class Harvester:
         if detector is None:
             return None, []
         extents = [_extent_um(d, detector.um_per_px) for rgb in frames for d in detector.detect(rgb)
-                   if not d.touches_border]
+                   if not d.touches_border and d.kind != SMUDGE]
         return detector, extents
 
     def _choose_canvas(self, extents: list[float]) -> None:

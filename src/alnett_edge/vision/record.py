@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: the abstain reason of a smudge cell (a detection of kind ``detector.SMUDGE``): never classified, and
+#: counted apart from the white cells, as hematologists count smudge cells
+SMUDGE_REASON = "smudge cell"
+
 
 @dataclass
 class CellRecord:
