@@ -48,7 +48,7 @@ def test_data_synth_inspect_train_evaluate(tmp_path):
 def test_demo_runs_its_stages(tmp_path):
     res = run("demo", "--out", tmp_path, "--n-cells", 80, "--epochs", 2)
     assert res.exit_code == 0, res.output
-    for stage in ("synth", "train", "evaluate", "export", "daemon"):
+    for stage in ("synth", "train", "evaluate", "export", "daemon", "crowded"):
         assert f"done {stage}" in res.output
     assert (tmp_path / "train" / "best.safetensors").is_file()
     assert "frame_to_decision" in res.output and (tmp_path / "daemon" / "cells.db").is_file()

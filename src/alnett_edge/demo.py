@@ -192,40 +192,29 @@ def _export(ctx: PipelineContext) -> dict[str, Any]:
     return info
 
 
-@stage("daemon")
-def _daemon(ctx: PipelineContext) -> dict[str, Any]:
-    """The camera daemon on a 60-frame synthetic smear video played once at 30 fps."""
+def _video_session(ctx: PipelineContext, out: Path, crowded: bool,
+                   sinks: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The camera daemon on a 60-frame synthetic video (a smear, or crowded leukemic fields) played once
+    at 30 fps with the demo's x86-cpu bundle; returns its summary and a line comparing the session's
+    blast ratio estimate with the video's true ratio over every white cell in it."""
     from alnett_edge.daemon.config import build_config
     from alnett_edge.daemon.service import Daemon
-    from alnett_edge.data.synth import SMEAR_UM_PER_PX, write_smear_video
-    from alnett_edge.vision.optics import estimate_um_per_px, read_source_frames
+    from alnett_edge.data.synth import SMEAR_UM_PER_PX, CrowdSpec, write_smear_video
 
     bundle = ctx.artifacts.get("bundle:x86-cpu") or next((v for k, v in ctx.artifacts.items() if k.startswith("bundle:")), None)
     if bundle is None:
         bundle = ctx.workdir / "export" / "x86-cpu"
-    out = ctx.workdir / "daemon"
-    video = out / "smear.avi"
+    video = out / ("crowded.avi" if crowded else "smear.avi")
     labels: list[list[str]] = []
-    write_smear_video(video, 60, ctx.seed, labels=labels)
+    write_smear_video(video, 60, ctx.seed, labels=labels, crowded=CrowdSpec() if crowded else None)
     truth = [lab for frame in labels for lab in frame]
-    db = out / "cells.db"
-    db.unlink(missing_ok=True)
-    # the synthetic camera's pixel size is known, as a microscope's is from its camera pixel pitch and
-    # magnification; the red-cell estimate (`alnett-edge optics calibrate --source ...`) is shown beside it
-    cal = estimate_um_per_px(read_source_frames(f"video:{video}", 40))
+    Path(sinks["db"]).unlink(missing_ok=True)
     cfg = build_config({}, {
         # each frame once (2 s at 30 fps): a replayed frame would count its cells twice (issue 12: tracking)
         "source": {"spec": f"video:{video}", "fps": 30.0, "loop": False}, "runtime": {"bundle": str(bundle)},
-        "optics": {"um_per_px": SMEAR_UM_PER_PX},
-        "sinks": {"db": str(db), "snapshots": str(out / "snapshots"), "snapshot_every": 30,
-                  "crops": str(out / "crops")}, "http": {"port": 0},
+        "optics": {"um_per_px": SMEAR_UM_PER_PX}, "sinks": sinks, "http": {"port": 0},
         "run": {"duration": ctx.daemon_seconds}})  # fmt: skip
     summary = Daemon(cfg).run()
-    ctx.artifacts["daemon_summary"] = summary
-    from alnett_edge.daemon.report import build_report
-
-    report = build_report(db, out / "report", crops=out / "crops")  # the slide report, its cell gallery filled
-    f2d = summary["stages"].get("frame_to_decision", {})
     session = summary["session"]
     true_ratio = round(sum(lab == "all" for lab in truth) / len(truth), 4) if truth else None
     est = session.get("blast_ratio_estimate") or {}
@@ -233,9 +222,42 @@ def _daemon(ctx: PipelineContext) -> dict[str, Any]:
     verdict = "" if ci is None or true_ratio is None else (
         f": {'within' if abs(est['value'] - true_ratio) <= 0.10 else 'NOT within'} ±0.10, truth "
         f"{'inside' if ci[0] <= true_ratio <= ci[1] else 'OUTSIDE'} the interval")
+    return summary, (f"estimated {est.get('value')} (95 % CI {ci}), true {true_ratio} over the {len(truth)} "
+                     f"white cells of the video{verdict}; blast calls among decided cells "
+                     f"{session.get('blast_ratio')}")
+
+
+@stage("daemon")
+def _daemon(ctx: PipelineContext) -> dict[str, Any]:
+    """The camera daemon on a 60-frame synthetic smear video played once at 30 fps."""
+    from alnett_edge.data.synth import SMEAR_UM_PER_PX
+    from alnett_edge.vision.optics import estimate_um_per_px, read_source_frames
+
+    out = ctx.workdir / "daemon"
+    db = out / "cells.db"
+    summary, ratio = _video_session(ctx, out, False, {"db": str(db), "snapshots": str(out / "snapshots"),
+                                                      "snapshot_every": 30, "crops": str(out / "crops")})
+    # the synthetic camera's pixel size is known, as a microscope's is from its camera pixel pitch and
+    # magnification; the red-cell estimate (`alnett-edge optics calibrate --source ...`) is shown beside it
+    cal = estimate_um_per_px(read_source_frames(f"video:{out / 'smear.avi'}", 40))
+    ctx.artifacts["daemon_summary"] = summary
+    from alnett_edge.daemon.report import build_report
+
+    report = build_report(db, out / "report", crops=out / "crops")  # the slide report, its cell gallery filled
+    f2d = summary["stages"].get("frame_to_decision", {})
     return {"fps": summary["mean_fps"], "frames": summary["frames_processed"], "dropped": summary["frames_dropped"],
             "cells": summary["cells_processed"], "p99_frame_to_decision_ms": f2d.get("p99_ms"), "db": str(db),
             "report": report["files"]["html"],
             "um_per_px": f"{SMEAR_UM_PER_PX:.4f} (the red-cell estimate says {cal.um_per_px:.4f})",
-            "blast_ratio": f"estimated {est.get('value')} (95 % CI {ci}), true {true_ratio} over the {len(truth)} "
-                           f"white cells of the video{verdict}; blast calls among decided cells {session.get('blast_ratio')}"}
+            "blast_ratio": ratio}
+
+
+@stage("crowded")
+def _crowded(ctx: PipelineContext) -> dict[str, Any]:
+    """The daemon again on 60 crowded leukemic fields (clusters of 2-8 touching white cells, blasts
+    clustered more than normal cells, smudge cells): the blast ratio where cells are hardest to find."""
+    out = ctx.workdir / "crowded"
+    summary, ratio = _video_session(ctx, out, True, {"db": str(out / "cells.db")})
+    session = summary["session"]
+    return {"frames": summary["frames_processed"], "cells": session["cells"], "classified": session["classified"],
+            "blast_ratio": ratio}

@@ -21,7 +21,8 @@ def stage_table(summary: dict) -> Table:
     title = (f"{summary['frames_processed']} frames ({summary['mean_fps']} fps mean), {summary['frames_dropped']} dropped, "
              f"{s['cells']} {'distinct cells' if summary.get('tracking') else 'cells'} ({s['classified']} classified; "
              f"the model ran {summary.get('inferences', 0)} times on {summary.get('observations', 0)} detections), "
-             + (f"{s.get('smudges', 0)} smudge cells apart (looked for in {summary.get('smudge_frames', 0)} frames), ")
+             + (f"{s.get('smudges', 0)} smudge cells apart (looked for in {summary.get('smudge_frames', 0)} frames), "
+                if summary.get("smudge_frames") or s.get("smudges") else "")
              + f"blast calls {s['blast_ratio']} "
              f"CI95 {s['blast_ratio_ci95']}, reconnects {summary['capture']['reconnects']}"
              + (f"\nblast ratio estimate {est['value']} CI95 {est['ci95']} (edge- and error-corrected, "

@@ -20,7 +20,7 @@ cells (lilac cytoplasm, round or lobed purple nucleus) and platelets, with Pasca
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -574,18 +574,24 @@ def generate_crowded(out: str | Path, n: int, spec: CrowdSpec = CrowdSpec(), see
 
 
 def write_smear_video(path: str | Path, n: int, seed: int = 0, fps: float = 30.0,
-                      labels: list[list[str]] | None = None) -> list[list[tuple[int, int, int, int]]]:
-    """An MJPEG .avi of ``n`` synthetic smear frames (a camera stand-in); returns each frame's WBC boxes
-    (and appends each frame's WBC labels, all/hem, to ``labels`` when given)."""
+                      labels: list[list[str]] | None = None,
+                      crowded: CrowdSpec | None = None) -> list[list[tuple[int, int, int, int]]]:
+    """An MJPEG .avi of ``n`` synthetic smear frames (a camera stand-in), or of crowded leukemic fields
+    (``crowded``: clusters of touching cells, smudge cells; 640x480 whatever its size); returns each
+    frame's WBC boxes (and appends each frame's WBC labels, all/hem, to ``labels`` when given)."""
     if n < 1:
         raise ConfigError("the number of video frames must be >= 1")
+    if crowded is not None:
+        crowded = replace(crowded, width=640, height=480)
+        crowded.validate()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 480))
     truth = []
     try:
         for i in range(n):
-            frame = synth_smear(np.random.default_rng([seed, 11, i]))
+            rng = np.random.default_rng([seed, 11, i])
+            frame = synth_smear(rng) if crowded is None else synth_crowded(rng, crowded)
             writer.write(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
             truth.append([o.box for o in frame.objects if o.name == "WBC"])
             if labels is not None:

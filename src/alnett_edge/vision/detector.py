@@ -222,7 +222,7 @@ class CellDetector:
         self._looked = False
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        cfg = self.config
+        """The cells of one frame (and its smudge cells, kind SMUDGE)."""
         self._looked = False
         try:
             return self._detect_frame(rgb)
