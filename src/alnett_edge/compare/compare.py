@@ -263,6 +263,11 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: where a point's label may go (offset points, alignment), tried in turn until it overlaps no other label
+LABEL_OFFSETS = ((5, 4, "left"), (-5, -12, "right"), (5, -12, "left"), (-5, 4, "right"), (5, 16, "left"),
+                 (-5, 16, "right"))
+
+
 def plot(report: dict[str, Any], dest: Path) -> Path:
     """Accuracy (mean ± std over folds) against the fastest deployed batch-1 latency, one point a model."""
     import matplotlib
@@ -277,13 +282,22 @@ def plot(report: dict[str, Any], dest: Path) -> Path:
         lats = [lat["p50_ms"][b1] for lat in e["latency"].values() if b1 in lat["p50_ms"]]
         if lats and e["cv"]["accuracy"]["mean"] is not None:
             points.append((min(lats), e))
-    for i, (lat, e) in enumerate(sorted(points, key=lambda p: p[0])):  # neighbours' labels at 3 heights
+    for lat, e in points:
         acc = e["cv"]["accuracy"]
         colour = "tab:red" if e["model"].startswith("alnett") else "tab:blue"
         ax.errorbar(lat, acc["mean"], yerr=acc["std"], fmt="o", color=colour, capsize=3)
-        dx, dy, ha = ((5, 4, "left"), (-5, -12, "right"), (5, 16, "left"))[i % 3]
-        ax.annotate(e["model"], (lat, acc["mean"]), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8)
     ax.set_xscale("log")
+    renderer = fig.canvas.get_renderer()
+    taken: list[Any] = []  # the labels placed so far (display boxes): a label takes the first offset clear of them
+    for lat, e in sorted(points, key=lambda p: p[0]):
+        for dx, dy, ha in LABEL_OFFSETS:
+            label = ax.annotate(e["model"], (lat, e["cv"]["accuracy"]["mean"]), textcoords="offset points",
+                                xytext=(dx, dy), ha=ha, fontsize=8)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(t) for t in taken) or (dx, dy, ha) == LABEL_OFFSETS[-1]:
+                taken.append(box)
+                break
+            label.remove()
     ax.set_xlabel(f"batch-{b1} latency, fastest deployed artifact (p50 ms, log)")
     ax.set_ylabel("held-out accuracy (mean ± std over folds)")
     m = report["machine"]

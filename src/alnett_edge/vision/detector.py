@@ -347,9 +347,11 @@ class CellDetector:
         rg = small[..., 0].astype(np.int16) - small[..., 1]
         gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         (plasma,) = histogram_percentiles(gray, inner, (90,))
-        darker = (gray < plasma - 25) & (inner > 0)  # the field's cells, red and white (the plasma is brighter)
-        field_rg = float(np.median(rg[darker])) if darker.any() else 0.0
-        if field_rg >= cfg.smudge_max_field_pink:
+        darker = ((gray < plasma - 25) & (inner > 0)).astype(np.uint8)  # the cells, red and white (not the plasma)
+        # their median R - G, from a histogram of R - G + 128 (a median of -128..127 exactly)
+        (field_rg,) = histogram_percentiles(np.clip(rg + 128, 0, 255).astype(np.uint8), darker, (50,))
+        field_rg -= 128
+        if not darker.any() or field_rg >= cfg.smudge_max_field_pink:
             return []
         self._looked = True
         _, low = cv2.threshold(score, max(cfg.min_score * cfg.smudge_contrast, median + cfg.min_contrast *
