@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from alnett_edge.capture.base import source_help
-from alnett_edge.cli.common import console, output_dir, output_file
+from alnett_edge.cli.common import console, echo_wrapped, output_dir, output_file
 from alnett_edge.errors import ConfigError
 
 
@@ -231,11 +231,12 @@ def register(app: typer.Typer) -> None:
                 f"{k}: {v['cells']} {v['found_once']:.2f}/{(v['precision'] or 0):.2f}" for k, v in report["by_cluster"].items()))
         sm, looked = report.get("smudges"), f"looked for in {report['smudge_frames']} of {report['frames']} frames"
         if sm and sm["true"]:
-            typer.echo(f"smudge cells ({looked}): {sm['found']} of {sm['true']} found as smudge cells, "
-                       f"{sm['boxed_as_white_cells']} boxed as white cells; {sm['on_no_smudge']} of {sm['detections']} "
-                       "smudge detections on none")
+            echo_wrapped(f"smudge cells ({looked}): {sm['found']} of {sm['true']} found as smudge cells, "
+                         f"{sm['boxed_as_white_cells']} boxed as white cells; {sm['on_no_smudge']} of "
+                         f"{sm['detections']} smudge detections on none")
         else:
-            typer.echo(f"smudge cells ({looked}): {sm['detections'] if sm else 0} detections, none marked in the truth")
+            echo_wrapped(f"smudge cells ({looked}): {sm['detections'] if sm else 0} detections, none marked in the "
+                         "truth")
         if report["abstained"]:
             typer.echo("abstained: " + ", ".join(f"{k} {v}" for k, v in report["abstained"].items()))
         if report["cell_accuracy"] is not None:

@@ -284,12 +284,12 @@ class CellDetector:
                 if area > cfg.split_nucleus_um2 else [roi]
             nuclei.extend((p, x, y) for p in parts)
         out: list[Detection] = []
+        if not nuclei:
+            return out
         # the nuclei numbered: a cell's mask keeps to the pixels nearer its nucleus than any other (_cell)
         seeds = np.zeros(score.shape, np.int32)
         for i, (roi, x, y) in enumerate(nuclei, 1):
             seeds[y : y + roi.shape[0], x : x + roi.shape[1]][roi > 0] = i
-        if not nuclei:
-            return []
         fov_edge = cv2.erode(fov, disk(3)) if (fov == 0).any() else None
         weights = field_weights(fov)
         kept: list[int] = []  # the nuclei of the cells found
@@ -337,10 +337,10 @@ class CellDetector:
         shape tests dropped; and its mean score below ``nuclei_level``, the median of the nuclei found:
         a field without a whole cell is not looked at) and pinker than the field's cells (mean R - G
         ``smudge_min_pink`` above the median over the pixels darker than the plasma: the chromatin of a
-        broken cell against grey-blue red cells). Only in a field whose cells are not pink themselves (that median below
-        ``smudge_max_field_pink``): where the red cells are pink or pink-violet (BCCD's camera, a
-        smartphone on an eyepiece) colour cannot tell a smudge from them, and none is called
-        (docs/engineering/crowded.md)."""
+        broken cell against grey-blue red cells). Only in a field whose cells are not pink themselves
+        (that median below ``smudge_max_field_pink``): where the red cells are pink or pink-violet
+        (BCCD's camera, a smartphone on an eyepiece) colour cannot tell a smudge from them, and none is
+        called (docs/engineering/crowded.md)."""
         cfg = self.config
         if not cfg.smudge_contrast > 0:
             return []
