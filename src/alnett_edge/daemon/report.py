@@ -26,6 +26,9 @@ from alnett_edge.errors import DataError
 from alnett_edge.vision.differential import session_blast, wilson_interval
 from alnett_edge.vision.record import SMUDGE_REASON
 
+#: the outcome row of a session's smudge cells (rows with SMUDGE_REASON), listed apart from its cells
+SMUDGE_OUTCOME = "smudge cells (counted apart)"
+
 log = logging.getLogger(__name__)
 
 #: normal cells shown beside every blast (a sample, not all: a slide has hundreds)
@@ -216,9 +219,9 @@ def build_report(db: str | Path, out: str | Path, session: int | None = None, cr
     outcomes: dict[str, int] = {}
     for lab, reason in cells:
         key = (f"blast ({lab})" if lab in blast else lab) if lab else \
-            "smudge cells (counted apart)" if reason == SMUDGE_REASON else f"abstained: {reason}"
+            SMUDGE_OUTCOME if reason == SMUDGE_REASON else f"abstained: {reason}"
         outcomes[key] = outcomes.get(key, 0) + 1
-    smudges = outcomes.get("smudge cells (counted apart)", 0)
+    smudges = outcomes.get(SMUDGE_OUTCOME, 0)  # not cells of the differential
     ci = wilson_interval(blasts, classified)
     est = sess.get("blast_ratio_estimate") or {}
     warnings = []
