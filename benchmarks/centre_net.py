@@ -18,7 +18,8 @@ that marks the cells of ten of its own fields would get. ``--speed-only`` times 
 untrained on blank frames (the cost does not depend on the weights).
 
 Usage: .venv/bin/python benchmarks/centre_net.py [--arch full|light] [--steps 3000] [--threshold 0.3]
-           [--save BASE.pt] [--init BASE.pt --fold 0|1 --steps 1000 --lr 1e-3] [--speed-only] [--json OUT]
+           [--save BASE.pt] [--init BASE.pt --fold 0|1 --steps 1000 --lr 1e-3] [--fields N] [--hand-weight W]
+           [--speed-only] [--sheet PNG] [--json OUT]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -362,6 +364,25 @@ def rule_based():
     return detect
 
 
+def sheet(items, learned: LearnedDetector, dest: Path, tiles: int = 3, zoom: int = 2) -> None:
+    """The scored hand-counted fields with the most cells, side by side at ``zoom`` x: a green dot per
+    cell counted by hand, a blue ring per rule-based detection, a red cross per learned one."""
+    rule = rule_based()
+    row = []
+    for _, _, _, truth, um in sorted(items, key=lambda it: -len(it[3].centres))[:tiles]:
+        rgb = cv2.cvtColor(cv2.imread(str(truth.image)), cv2.COLOR_BGR2RGB)
+        big = cv2.resize(rgb, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+        for x, y in truth.centres:
+            cv2.circle(big, (int(x * zoom), int(y * zoom)), 4, (0, 170, 0), -1)
+        for (x, y), _ in rule(rgb, um):
+            cv2.circle(big, (int(x * zoom), int(y * zoom)), 9, (30, 60, 255), 2)
+        for (x, y), _ in learned.detect(rgb, um):
+            cv2.drawMarker(big, (int(x * zoom), int(y * zoom)), (230, 0, 0), cv2.MARKER_CROSS, 14, 2)
+        cv2.putText(big, truth.image.name, (4, big.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        row.append(cv2.copyMakeBorder(big, 0, 0, 0, 6, cv2.BORDER_CONSTANT, value=(255, 255, 255)))
+    Image.fromarray(np.hstack(row)).quantize(128).save(dest, optimize=True)  # a page's picture: 128 colours
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=3000)
@@ -377,6 +398,11 @@ def main() -> None:
     ap.add_argument("--fold", type=int, choices=(0, 1),
                     help="fine-tune on half the hand-counted fields (every other by name: this half) and score "
                          "the other half")
+    ap.add_argument("--fields", type=int, default=10,
+                    help="with --fold: fine-tune on only the first N of its half's fields (by name)")
+    ap.add_argument("--hand-weight", type=float, default=2.0,
+                    help="with --fold: the marked fields' weight among the sets (each of the other three: 1)")
+    ap.add_argument("--sheet", type=Path, help="draw the scored hand-counted fields with the most cells here (PNG)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -397,7 +423,7 @@ def main() -> None:
     hand = load_set(COUNTS, None, images=DATA / "all-fields")
     order = sorted(it[3].image.name for it in hand)
     mine = [a.fold is not None and order.index(it[3].image.name) % 2 == a.fold for it in hand]
-    half = [it for it, m in zip(hand, mine) if m]
+    half = sorted((it for it, m in zip(hand, mine) if m), key=lambda it: it[3].image.name)[:a.fields]
     test_sets["all-fields hand-counted" + (f" (other half of fold {a.fold})" if half else "")] = \
         [it for it, m in zip(hand, mine) if not m]
     for k in range(1, 9):
@@ -414,8 +440,8 @@ def main() -> None:
             synth += load_set(tmp / f"train{i}", um)
         sets = [(load_set(DATA / "bccd", scales["bccd"], split_ids("trainval")), 1.0),
                 (load_set(DATA / "wbc-smartphone" / "train", scales["phone"]), 1.0), (synth, 1.0)]
-        if half:  # two fifths of the crops
-            sets.append((half, 2.0))
+        if half:  # by default two fifths of the crops
+            sets.append((half, a.hand_weight))
         print({k: len(v) for k, v in zip(("bccd", "phone", "synth", "hand-counted half"), (s for s, _ in sets))},
               flush=True)
         net = train(sets, a.steps, a.seed, init=a.init, lr=a.lr, arch=a.arch)
@@ -431,6 +457,8 @@ def main() -> None:
         for who, det in (("rule-based", rule_based()), ("learned", learned.detect)):
             r = out.setdefault(name, {})[who] = score(items, det, by_cluster="crowded" in name)
             print(f"{name:32s} {who:10s} {json.dumps(r)}", flush=True)
+    if a.sheet:
+        sheet(next(v for k, v in test_sets.items() if k.startswith("all-fields")), learned, a.sheet)
     if a.json:
         a.json.write_text(json.dumps(out, indent=2))
 
