@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Debian's Chromium, which Playwright drives offline (its own browser download cannot run here)
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextmanager
+def chromium_browser():
+    """(playwright's sync_api, a launched headless Chromium), closed after; a skip on a user's machine
+    without Chromium or Playwright, a failure in CI."""
+    import shutil
+
+    if not CHROMIUM.exists() or shutil.which("chromium") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Chromium (apt-get install chromium; .ci/run installs it)")
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium) for the browser test")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield sync_api, browser
+        finally:
+            browser.close()
 
 
 def http_request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,

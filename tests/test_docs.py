@@ -112,9 +112,10 @@ def test_the_researcher_and_device_journeys_run_on_the_real_sample(cnmc_sample, 
 
 def test_the_microscope_journey_runs_on_real_fields(trained, tmp_path):
     """docs/journeys/microscope.md, command by command, on 6 real all-fields fields per class folder:
-    calibrate, harvest, fine-tune from a checkpoint, decide the fields, export for the Pi, and the
-    four-class harvest. The label view serves until stopped (tests/test_labels.py drives it in a
-    browser) and the swap is a curl to a running daemon (tests/test_swap.py)."""
+    calibrate, harvest, fine-tune from a checkpoint, decide the fields, export for the Pi, the
+    four-class harvest, and the centre detector fine-tuned, gated and scored on marked Pre fields. The
+    label and mark views serve until stopped (tests/test_labels.py and tests/test_marks.py drive them in
+    a browser) and the swap is a curl to a running daemon (tests/test_swap.py)."""
     from test_harvest import _fields
 
     fields = _fields(tmp_path, {"Benign": 6, "Early": 6, "Pre": 6, "Pro": 6})
@@ -124,9 +125,22 @@ def test_the_microscope_journey_runs_on_real_fields(trained, tmp_path):
             "cells/": str(tmp_path / "cells"), "cells4/": str(tmp_path / "cells4"), "cnmc.safetensors": str(result.best),
             "runs/mine": str(mine), "runs/mine/best.safetensors": str(mine / "best.safetensors"),
             "mine-rpi5": str(tmp_path / "mine-rpi5")}
+    # the cells' centres as `mark` would save them with the detector's proposals taken as they are
+    from alnett_edge.vision.detector import CellDetector
+    from alnett_edge.vision.marks import MarkBook
+
+    for name, frames in (("marked.csv", range(3)), ("kept.csv", range(3, 6))):
+        book = MarkBook(fields / "Pre", tmp_path / name, CellDetector(um_per_px=0.44))
+        for i in frames:
+            book.save(i, book.state(i)["points"])
+        subs[name] = str(tmp_path / name)
+    subs.update({"FIELDS/Pre": str(fields / "Pre"), "mine.onnx": str(tmp_path / "mine.onnx")})
     ran = _run_page(ROOT / "docs" / "journeys" / "microscope.md", subs,
-                    {"train": ["--epochs", 1, "--workers", 0, "--val-fraction", 0.3]}, skip=("label",))
-    assert [c.split()[0] for c in ran] == ["optics", "harvest", "train", "field-eval", "export", "harvest"]
+                    {"train": ["--epochs", 1, "--workers", 0, "--val-fraction", 0.3],
+                     "detector train": ["--steps", 2, "--crowded", 0]}, skip=("label", "mark"))
+    assert [c.split()[0] for c in ran] == ["optics", "harvest", "train", "field-eval", "export", "harvest", "detector",
+                                           "field-eval"]
+    assert (tmp_path / "mine.safetensors").is_file()
     assert "um_per_px" in (tmp_path / "d.toml").read_text()
     assert json.loads((tmp_path / "cells4" / "harvest.json").read_text())["blast_classes"] == ["early", "pre", "pro"]
     assert (tmp_path / "mine-rpi5" / "manifest.json").is_file()

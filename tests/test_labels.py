@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, cli, http_request, one_line_error, require_shared
+from conftest import SHARED, chromium_browser, cli, http_request, one_line_error, require_shared
 
 from alnett_edge.errors import ConfigError, DataError
-
-CHROMIUM = Path("/usr/bin/chromium")
-
 
 def _rows(ds: Path) -> list[dict[str, str]]:
     with open(ds / "manifest.csv", newline="") as f:
@@ -241,44 +237,33 @@ def test_the_label_view_refuses_hostile_requests(server, tmp_path):
 
 def test_the_label_page_in_a_browser(server, tmp_path):
     """Keyboard labelling in Debian's Chromium (Playwright): a key per class, skip, undo, progress."""
-    if not CHROMIUM.exists() or shutil.which("chromium") is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have Chromium (apt-get install chromium; .ci/run installs it)")
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium) for the browser test")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     book, port = server
     order = [c.cell_id for c in book.next_cells(4)]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 760})
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(f"http://localhost:{port}/label")
-            count = page.locator("#count")
-            sync_api.expect(count).to_have_text(f"0 / {len(book.cells)} labelled")
-            src = page.locator("#cell").get_attribute("src")
-            assert src.startswith(f"/cells/{order[0]}.png")
-            # the cell at true scale: the canvas in µm at 8 screen px per µm, whatever the session's px size
-            assert page.locator("#cell").evaluate("e => e.width") == round(book.canvas_um * 8)
-            page.keyboard.press("2")  # all
-            sync_api.expect(count).to_have_text(f"1 / {len(book.cells)} labelled")
-            page.keyboard.press("1")  # hem
-            sync_api.expect(count).to_have_text(f"2 / {len(book.cells)} labelled")
-            page.keyboard.press("s")  # skip the third
-            sync_api.expect(page.locator("#cell")).to_have_attribute("src", f"/cells/{order[3]}.png")
-            page.keyboard.press("x")  # reject the fourth
-            sync_api.expect(count).to_have_text(f"3 / {len(book.cells)} labelled")
-            page.keyboard.press("u")  # undo: the rejected cell comes back
-            sync_api.expect(count).to_have_text(f"2 / {len(book.cells)} labelled")
-            sync_api.expect(page.locator("#cell")).to_have_attribute("src", f"/cells/{order[3]}.png")
-            sync_api.expect(page.locator("#sessions")).to_contain_text("Benign")
-            page.screenshot(path=str(tmp_path / "label.png"))
-            assert (tmp_path / "label.png").stat().st_size > 10_000 and not errors, errors
-        finally:
-            browser.close()
+    with chromium_browser() as (sync_api, browser):
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"http://localhost:{port}/label")
+        count = page.locator("#count")
+        sync_api.expect(count).to_have_text(f"0 / {len(book.cells)} labelled")
+        src = page.locator("#cell").get_attribute("src")
+        assert src.startswith(f"/cells/{order[0]}.png")
+        # the cell at true scale: the canvas in µm at 8 screen px per µm, whatever the session's px size
+        assert page.locator("#cell").evaluate("e => e.width") == round(book.canvas_um * 8)
+        page.keyboard.press("2")  # all
+        sync_api.expect(count).to_have_text(f"1 / {len(book.cells)} labelled")
+        page.keyboard.press("1")  # hem
+        sync_api.expect(count).to_have_text(f"2 / {len(book.cells)} labelled")
+        page.keyboard.press("s")  # skip the third
+        sync_api.expect(page.locator("#cell")).to_have_attribute("src", f"/cells/{order[3]}.png")
+        page.keyboard.press("x")  # reject the fourth
+        sync_api.expect(count).to_have_text(f"3 / {len(book.cells)} labelled")
+        page.keyboard.press("u")  # undo: the rejected cell comes back
+        sync_api.expect(count).to_have_text(f"2 / {len(book.cells)} labelled")
+        sync_api.expect(page.locator("#cell")).to_have_attribute("src", f"/cells/{order[3]}.png")
+        sync_api.expect(page.locator("#sessions")).to_contain_text("Benign")
+        page.screenshot(path=str(tmp_path / "label.png"))
+        assert (tmp_path / "label.png").stat().st_size > 10_000 and not errors, errors
     rows = {r["cell_id"]: r for r in _rows(book.dataset)}
     assert rows[order[0]]["label"] == "all" and rows[order[1]]["label"] == "hem"
     assert rows[order[2]]["label"] == "" and rows[order[3]]["label"] == ""

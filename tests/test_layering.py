@@ -29,10 +29,12 @@ from alnett_edge.runtime import base, loader, ort_backend, litert_backend, predi
 from alnett_edge.tensorrt import backend, calibrator, engine
 from alnett_edge.bench import runner, system, worker
 from alnett_edge.capture import base as cbase, watchdog, images, video, v4l2, gstreamer, url, synthetic, picamera2
-from alnett_edge.vision import annotations, cells, detector, differential, fieldeval, optics, path, record, tracking
-from alnett_edge.daemon import config, service, sinks, http, report
+from alnett_edge.vision import annotations, cells, centres, detector, differential, fieldeval, marks, optics, path, record, tracking
+from alnett_edge.daemon import config, service, sinks, http, report, markpage
 from alnett_edge.cli import app
 assert devices.resolve_target("rpi")[0].name == "rpi5"
+from alnett_edge.vision.centres import CentreFinder
+assert CentreFinder("builtin").find(np.full((64, 64, 3), 200, np.uint8), 0.3) == []  # the learned detector runs
 img = synth.synth_cell(np.random.default_rng(0), 1, 96, 0.3)
 x = preprocess.preprocess(augment.augment(img, np.random.default_rng(1)), InputSpec(size=(64, 64)))
 assert x.shape == (3, 64, 64)

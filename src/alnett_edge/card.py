@@ -235,8 +235,64 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
+        return cls.from_dict(_parse_json(text, "model card"))
+
+
+def _parse_json(text: str, what: str) -> Any:
+    """A card's JSON text parsed; one line naming ``what`` when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{what} is not valid JSON: {exc}") from exc
+
+
+#: The metadata key that carries a centre detector's card (JSON) in its ONNX file and its weights.
+CENTRE_CARD_KEY = "alnett_edge.centre_card"
+CENTRE_CARD_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class CentreCard:
+    """The contract of a learned nucleus-centre detector (``alnett-edge detector train``): what its
+    input is (the frame resampled to ``um_per_px``, each channel less the frame's median over
+    ``norm_scale``, padded with that median to a multiple of ``pad_multiple``) and how its two outputs
+    read (a heat map of cell centres at ``stride`` input pixels per map pixel, a centre being a local
+    maximum at least ``threshold``; each cell's box width and height as log(size / ``size_ref_um``))."""
+
+    arch: str = "full"
+    um_per_px: float = 0.75
+    stride: int = 2
+    size_ref_um: float = 10.0
+    norm_scale: float = 64.0
+    pad_multiple: int = 4
+    threshold: float = 0.3
+    training: dict[str, Any] = field(default_factory=dict)
+    schema: int = CENTRE_CARD_SCHEMA
+
+    def __post_init__(self) -> None:
+        nums = (self.um_per_px, self.size_ref_um, self.norm_scale)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e4 for v in nums):
+            raise CheckpointError(f"centre card um_per_px, size_ref_um and norm_scale must be positive numbers, "
+                                  f"got {nums!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64
+                   for v in (self.stride, self.pad_multiple)):
+            raise CheckpointError("centre card stride and pad_multiple must be whole numbers 1..64")
+        if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1:
+            raise CheckpointError(f"centre card threshold must be in (0, 1), got {self.threshold!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CentreCard":
+        d = _parse_json(text, "centre card")
+        if not isinstance(d, dict):
+            raise CheckpointError("centre card is not a JSON object")
+        if d.get("schema") != CENTRE_CARD_SCHEMA:
+            raise CheckpointError(f"centre card schema {d.get('schema')!r} is not supported "
+                                  f"(expected {CENTRE_CARD_SCHEMA})")
+        known = {f for f in cls.__dataclass_fields__}
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"model card is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as exc:
+            raise CheckpointError(f"centre card is malformed: {exc}") from exc

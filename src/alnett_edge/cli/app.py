@@ -139,8 +139,8 @@ def _register() -> None:
         load_plugins()
     except AlnettError:
         pass
-    from alnett_edge.cli import (compare, compress, daemon, data, demo, devices, evaluate, export, harvest, label, model,
-                                 optics, runtime, train)
+    from alnett_edge.cli import (compare, compress, daemon, data, demo, detector, devices, evaluate, export, harvest,
+                                 label, model, optics, runtime, train)
 
     app.add_typer(data.app, name="data")
     app.add_typer(model.app, name="model")
@@ -155,6 +155,7 @@ def _register() -> None:
     harvest.register(app)
     label.register(app)
     app.add_typer(optics.app, name="optics")
+    app.add_typer(detector.app, name="detector")
     demo.register(app)
 
 

@@ -185,6 +185,8 @@ def register(app: typer.Typer) -> None:
                                           "harvest, e.g. --classes hem=Benign --classes all=Early,Pre,Pro."),
         threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0, help="With --fields: the blast "
                                         "fraction above which a field is ALL (default: the card's)."),
+        centres: str = typer.Option(None, "--centres", help="Seed the nuclei with a learned centre detector: "
+                                    "\"builtin\" or an .onnx from `detector train` (sets \\[detector] centres)."),
     ) -> None:
         """Score the daemon's per-frame path (detect, gate, crop, classify) on annotated field frames."""
         if frames_arg is None and frames_opt is None and bundle is not None and (
@@ -200,7 +202,7 @@ def register(app: typer.Typer) -> None:
         from alnett_edge.vision.fieldeval import field_eval as run
 
         overrides = {"source": {"spec": "field-eval"}, "runtime": {"bundle": str(bundle or "none")},
-                     "optics": {"um_per_px": um_per_px}}
+                     "optics": {"um_per_px": um_per_px}, "detector": {"centres": centres}}
         cfg = load_config(config, overrides) if config else build_config({}, overrides)
         if fields:
             _field_decisions(bundle, frames, cfg, classes or (), limit, threshold, json_out)

@@ -15,6 +15,23 @@ from alnett_edge.cli.common import console, output_file
 log = logging.getLogger(__name__)
 
 
+def _address(server, host: str, token: str, page: str) -> str:  # noqa: ANN001 - http.server's server
+    where = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{server.server_address[1]}/{page}"
+    return where + (" (sign in with the token)" if token else "")
+
+
+def _serve_until_interrupted(server) -> None:  # noqa: ANN001 - http.server's server
+    """Serve until Ctrl-C, then stop the server."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("label")
     def label(
@@ -58,16 +75,43 @@ def register(app: typer.Typer) -> None:
         book = LabelBook(dataset, labeller or getpass.getuser(), order)
         server = serve_labels(book, host, port, token)
         p = book.progress()
-        where = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{server.server_address[1]}/label"
-        typer.echo(f"label view: {where}{' (sign in with the token)' if token else ''}  ({p['labelled']} of {p['cells']} cells labelled "
-                   f"by {book.labeller}; keys 1-{len(book.classes)} classes, x reject, s skip, u undo; Ctrl-C stops)")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.shutdown()
-            server.server_close()
-            p = book.progress()
-            typer.echo(f"{p['labelled']} of {p['cells']} cells labelled by {book.labeller}, in {book.path}")
+        typer.echo(f"label view: {_address(server, host, token, 'label')}  ({p['labelled']} of {p['cells']} cells "
+                   f"labelled by {book.labeller}; keys 1-{len(book.classes)} classes, x reject, s skip, u undo; "
+                   "Ctrl-C stops)")
+        _serve_until_interrupted(server)
+        p = book.progress()
+        typer.echo(f"{p['labelled']} of {p['cells']} cells labelled by {book.labeller}, in {book.path}")
+
+    @app.command("mark")
+    def mark(
+        frames: Path = typer.Argument(..., help="A folder of field frames (images found below it)."),
+        out: Path = typer.Option(..., "--out", "-o", help="The points CSV (image,x,y,kind) to keep the marks in; "
+                                 "an existing one is resumed.", callback=output_file),
+        propose: str = typer.Option("rule", "--propose", help="Offer the detector's cells on a frame not yet "
+                                    "marked: rule (the rule-based detector), builtin or an .onnx from `detector "
+                                    "train` (learned centres), or none."),
+        um_per_px: float = typer.Option(None, "--um-per-px", min=0.0, help="Pixel size for the proposals "
+                                        "(default: estimated from the frames' red cells)."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (other than localhost: --token)."),
+        port: int = typer.Option(8091, "--port", min=0, max=65535),
+        token: str = typer.Option("", "--token", envvar="ALNETT_LABEL_TOKEN", help="Needed to serve beyond localhost."),
+    ) -> None:
+        """Mark cell centres on FRAMES in the browser (the learned centre detector's training and gate data)."""
+        from alnett_edge.daemon.markpage import serve_marks
+        from alnett_edge.errors import ConfigError
+        from alnett_edge.vision.detector import CellDetector, DetectorConfig
+        from alnett_edge.vision.fieldeval import folder_scale
+        from alnett_edge.vision.marks import MarkBook
+        from alnett_edge.vision.optics import OpticsConfig
+
+        book = MarkBook(frames, out)
+        if propose != "none":
+            if propose == "":
+                raise ConfigError("--propose: rule, builtin, a model file or none")
+            um = um_per_px or folder_scale(book.images[:: max(1, len(book.images) // 20)], OpticsConfig())[0]
+            book.detector = CellDetector(DetectorConfig(centres="" if propose == "rule" else propose), um)
+        server = serve_marks(book, host, port, token)
+        typer.echo(f"mark view: {_address(server, host, token, 'mark')}  ({len(book.marks)} of {len(book.images)} "
+                   "frames marked; click a cell, shift-click a smudge cell, n save and next; Ctrl-C stops)")
+        _serve_until_interrupted(server)
+        typer.echo(f"{len(book.marks)} of {len(book.images)} frames marked, in {out}")

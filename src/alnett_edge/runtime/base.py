@@ -55,6 +55,7 @@ class BackendSpec:
     cpu_options: tuple[tuple[str, Any], ...] = ()  # options that pin it to the CPU (gate, fp32 reference)
     plain_files: tuple[str, ...] = ()  # suffixes of card-less model files it can inspect (speed anchors)
     host_gate: bool = True  # runs its formats' artifacts on the export host for the gate (False: built on the device)
+    dense: str = ""  # "module:Class" of its DenseModel (a fully convolutional model at any input size), if any
 
 
 #: backend name -> spec. A new backend is one file plus one entry here. The order is the default
@@ -65,7 +66,8 @@ BACKENDS: dict[str, BackendSpec] = {
                             profiling="trtexec --dumpProfile", host_gate=False),
     "onnxruntime": BackendSpec("alnett_edge.runtime.ort_backend:OrtRuntime", ("onnx", "tensorrt"),
                                options=("provider", "int8_reference"), install="pip install onnxruntime",
-                               exact_int8=True, cpu_options=(("provider", "cpu"),), plain_files=(".onnx",)),
+                               exact_int8=True, cpu_options=(("provider", "cpu"),), plain_files=(".onnx",),
+                               dense="alnett_edge.runtime.ort_backend:OrtDense"),
     "litert": BackendSpec("alnett_edge.runtime.litert_backend:LiteRTRuntime", ("tflite",), options=("xnnpack",),
                           install="pip install ai-edge-litert (or tflite-runtime)",
                           profiling="LiteRT's benchmark_model --enable_op_profiling=true", plain_files=(".tflite",)),
@@ -116,6 +118,43 @@ def unavailable_reason(name: str) -> str | None:
         return f"cannot import its module ({exc})" + (f" ({hint})" if hint else "")
 
 
+
+class DenseModel:
+    """A fully convolutional model run at whatever input size a frame gives (a learned detector's heat
+    maps), on one backend: a float32 NCHW batch in, every output out in the file's order. A backend that
+    can run one names its class in its spec's ``dense``; the model file's suffix picks the backend (its
+    ``plain_files``)."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        self.path = path
+        self.threads = threads
+
+    def metadata(self) -> dict[str, str]:
+        """The file's string metadata (a learned detector's card)."""
+        raise NotImplementedError
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+def open_dense(path: str | Path, threads: int = 0) -> DenseModel:
+    """``path`` opened on the first backend (in :data:`BACKENDS` order) that runs such files at any input
+    size and can run here; a one-line error when none can."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path}")
+    names = [b for b, spec in BACKENDS.items() if spec.dense and path.suffix.lower() in spec.plain_files]
+    if not names:
+        kinds = sorted({s for spec in BACKENDS.values() if spec.dense for s in spec.plain_files})
+        raise ConfigError(f"{path.name}: a learned detector is a {' or '.join(kinds)} file")
+    why = []
+    for name in names:
+        reason = unavailable_reason(name)
+        if reason is None:
+            module, cls = backend_spec(name).dense.split(":")
+            return getattr(importlib.import_module(module), cls)(path, threads)
+        why.append(f"{name}: {reason}")
+    raise RuntimeUnavailable(f"no backend here can run {path.name} ({'; '.join(why)})")
 
 
 class Runtime:

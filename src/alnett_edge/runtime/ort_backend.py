@@ -16,7 +16,7 @@ import numpy as np
 
 from alnett_edge.card import ModelCard
 from alnett_edge.machine import import_onnxruntime
-from alnett_edge.runtime.base import Runtime, RuntimeUnavailable
+from alnett_edge.runtime.base import DenseModel, Runtime, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,21 @@ class OrtRuntime(Runtime):
                 sess.run(None, {self.input_name: batch})
             trace = json.loads(Path(sess.end_profiling()).read_text())
         return summarize_ort_trace(trace, runs)
+
+
+class OrtDense(DenseModel):
+    """A fully convolutional ONNX model (any input height and width) on ONNX Runtime's CPU provider."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        super().__init__(path, threads)
+        self.session = open_session(path, threads, PROVIDERS["cpu"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})
 
 
 def summarize_ort_trace(trace: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:

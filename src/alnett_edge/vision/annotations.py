@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -146,8 +147,11 @@ def _points(csv_path: Path, images: Path) -> list[Truth]:
             raise DataError(f"{csv_path}: a points file needs the columns image, x, y (has {rows.fieldnames})")
         for n, row in enumerate(rows, 2):
             name = (row["image"] or "").strip()
-            path = (images / name).resolve()
-            if not name or images.resolve() not in path.parents:
+            # inside the folder by name (no "..", no absolute path); a link there to a file elsewhere is the
+            # user's own (a folder of links to the slides), so links are not resolved
+            base = Path(os.path.abspath(images))
+            path = Path(os.path.normpath(base / name))
+            if not name or base not in path.parents:
                 raise DataError(f"{csv_path}:{n}: the image {name!r} is not a file inside {images}")
             if name not in frames:
                 if not path.is_file():

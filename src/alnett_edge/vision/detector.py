@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from alnett_edge.errors import ConfigError
+from alnett_edge.vision.centres import Centre, CentreFinder
 from alnett_edge.vision.optics import disk, fov_mask, histogram_percentiles
 
 #: the cell mask is computed on the cell's box at most this many pixels on a side, then scaled back
@@ -77,6 +78,8 @@ class DetectorConfig:
     smudge_min_pink: float = 10.0  # ... whose mean R - G exceeds the field's cells' median R - G by this much
     smudge_max_core: float = 0.25  # ... with at most this share of its area at a nucleus's stain (else missed nuclei)
     smudge_max_field_pink: float = 5.0  # ... in a field whose cells' median R - G is below this (grey red cells)
+    centres: str = ""  # a learned nucleus-centre detector seeds the nuclei: "builtin" or a model file ("": rule-based)
+    centre_threshold: float = 0.0  # its heat map's peak threshold (0: the model card's)
 
     def validate(self) -> None:
         if self.cell_scale <= 0 or self.work_um_per_px <= 0 or self.min_nucleus_um2 <= 0:
@@ -92,6 +95,9 @@ class DetectorConfig:
                 not np.isfinite([self.smudge_min_pink, self.smudge_max_field_pink]).all():
             raise ConfigError("[detector] smudge_contrast must be >= 0 (0: no smudge cells), smudge_min_um2 > 0, "
                               "smudge_max_core in [0, 1] and smudge_min_pink, smudge_max_field_pink numbers")
+        if not isinstance(self.centres, str) or not 0 <= self.centre_threshold < 1:
+            raise ConfigError("[detector] centres must be a model file or \"builtin\" (\"\": rule-based) and "
+                              "centre_threshold in [0, 1) (0: the model card's)")
         if self.max_cell_to_nucleus <= 1 or self.small_nucleus_um2 < 0:
             raise ConfigError("[detector] max_cell_to_nucleus must be > 1 (a cell holds its nucleus) and "
                               "small_nucleus_um2 >= 0 (0: no platelet-clump check)")
@@ -190,9 +196,7 @@ def split_touching(component: np.ndarray, radius_px: float, min_depth: float = 0
         if level * radius_px >= dist.max():
             break
         n, labels = cv2.connectedComponents((dist >= level * radius_px).astype(np.uint8))
-        depth = np.zeros(n)
-        np.maximum.at(depth, labels.ravel(), dist.ravel())
-        deep = [k for k in range(1, n) if depth[k] >= floor]
+        deep = [int(k) for k in np.unique(labels[dist >= floor]) if k]  # parts reaching the floor
         if not cores:
             cores = [labels == k for k in deep]
             continue
@@ -220,6 +224,7 @@ class CellDetector:
         self.um_per_px = float(um_per_px)
         self.smudge_frames = 0  # frames in which smudge cells were looked for (their cells not pink: _smudges)
         self._looked = False
+        self.finder = CentreFinder(self.config.centres, self.config.centre_threshold) if self.config.centres else None
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """The cells of one frame (and its smudge cells, kind SMUDGE)."""
@@ -241,17 +246,19 @@ class CellDetector:
         if not cv2.countNonZero(fov):
             return []
         median, top = histogram_percentiles(score, fov, (50, 99.5))
-        found = self._detect(rgb, small, s, um, fov, score, median, 1.0)
+        centres = self.finder.find(rgb, self.um_per_px) if self.finder is not None else None
+        found = self._detect(rgb, small, s, um, fov, score, median, 1.0, centres)
         gain = min(cfg.max_gain, max(cfg.stain_ref / max(top, 1.0), cfg.contrast_ref / max(top - median, 1.0))) \
             if cfg.stain_ref > 0 else 1.0
         if gain <= 1.0 or any(d.kind != SMUDGE and not d.touches_border for d in found):
             return found
-        return self._detect(rgb, small, s, um, fov, score, median, gain)  # a faint stain: a second, lower look
+        return self._detect(rgb, small, s, um, fov, score, median, gain, centres)  # a faint stain: a second look
 
     def _detect(self, rgb: np.ndarray, small: np.ndarray, s: float, um: float, fov: np.ndarray, score: np.ndarray,
-                median: float, gain: float) -> list[Detection]:
+                median: float, gain: float, centres: list[Centre] | None = None) -> list[Detection]:
         """The cells of one frame at one threshold (the absolute ones divided by ``gain``), then its smudge
-        cells (``small``: the frame at work scale)."""
+        cells (``small``: the frame at work scale). ``centres``: a learned detector's cells, which
+        become the nuclei (:meth:`_seeded`) in place of the threshold's components and their split."""
         cfg = self.config
         inner = fov
         if FOV_MARGIN_UM > 0 and (fov == 0).any():  # the rim of an eyepiece's field: colour fringes, not nuclei
@@ -271,10 +278,11 @@ class CellDetector:
         mask = self._clean(mask, um)
         px_um2 = um * um
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
-        nuclei: list[tuple[np.ndarray, int, int]] = []  # (mask in its ROI, x, y)
+        # (mask in its ROI, x, y, the cell's centre in frame pixels when a learned detector gave it)
+        nuclei: list[tuple[np.ndarray, int, int, tuple[float, float] | None]] = []
         spread = max(1.0, p90 - median)
         mean_score = np.bincount(labels.ravel(), score.ravel(), n) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
-        for k in range(1, n):
+        for k in range(1, n if centres is None else 1):
             area = stats[k, cv2.CC_STAT_AREA] * px_um2
             if area < cfg.min_nucleus_um2 or (mean_score[k] - median) / spread < cfg.contrast_ratio:
                 continue  # a speck, or no more violet than the field's own stained red cells
@@ -282,33 +290,35 @@ class CellDetector:
             roi = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8) * 255
             parts = split_touching(roi, cfg.nucleus_radius_um / um, cfg.split_min_depth) \
                 if area > cfg.split_nucleus_um2 else [roi]
-            nuclei.extend((p, x, y) for p in parts)
+            nuclei.extend((p, x, y, None) for p in parts)
+        if centres is not None:
+            nuclei = self._seeded(centres, mask, inner, s, um)
         out: list[Detection] = []
         if not nuclei:
             return out
         # the nuclei numbered: a cell's mask keeps to the pixels nearer its nucleus than any other (_cell)
         seeds = np.zeros(score.shape, np.int32)
-        for i, (roi, x, y) in enumerate(nuclei, 1):
+        for i, (roi, x, y, _) in enumerate(nuclei, 1):
             seeds[y : y + roi.shape[0], x : x + roi.shape[1]][roi > 0] = i
         fov_edge = cv2.erode(fov, disk(3)) if (fov == 0).any() else None
         weights = field_weights(fov)
         kept: list[int] = []  # the nuclei of the cells found
-        for i, (roi, x, y) in enumerate(nuclei, 1):
+        for i, (roi, x, y, at) in enumerate(nuclei, 1):
             area = int(cv2.countNonZero(roi))
-            if not cfg.min_nucleus_um2 <= area * px_um2 <= cfg.max_nucleus_um2:
-                continue
             rx, ry, bw, bh = cv2.boundingRect(roi)
-            if max(bw, bh) / max(1, min(bw, bh)) > cfg.max_aspect:
-                continue
-            contours, _ = cv2.findContours(roi, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            hull = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
-            if area / max(hull, 1.0) < cfg.min_solidity:
-                continue
+            if centres is None:  # the rule-based nuclei's tests (a learned centre is a cell already)
+                if not cfg.min_nucleus_um2 <= area * px_um2 <= cfg.max_nucleus_um2 or \
+                        max(bw, bh) / max(1, min(bw, bh)) > cfg.max_aspect:
+                    continue
+                contours, _ = cv2.findContours(roi, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                hull = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
+                if area / max(hull, 1.0) < cfg.min_solidity:
+                    continue
             nuc_small = np.zeros(score.shape, np.uint8)
             nuc_small[y : y + roi.shape[0], x : x + roi.shape[1]] = roi
             cell = self._cell(rgb, nuc_small, (x + rx, y + ry, bw, bh), s, um, score, fov_edge, area * px_um2,
-                              (seeds, i))
-            if cell.nucleus_um2 < cfg.small_nucleus_um2 and \
+                              (seeds, i), at)
+            if centres is None and cell.nucleus_um2 < cfg.small_nucleus_um2 and \
                     cv2.countNonZero(cell.mask) * self.um_per_px ** 2 > cfg.max_cell_to_nucleus * cell.nucleus_um2:
                 continue
             _, _, mw, mh = cv2.boundingRect(cell.mask)  # the cell's radius at work scale -> its weight
@@ -320,6 +330,42 @@ class CellDetector:
             return out
         return out + self._smudges(rgb.shape[:2], small, s, um, score, inner, median, gain, mask, np.isin(seeds, kept),
                                    float(np.median([c.score for c in out])))
+
+    def _seeded(self, centres: list[Centre], mask: np.ndarray, inner: np.ndarray, s: float,
+                um: float) -> list[tuple[np.ndarray, int, int, tuple[float, float] | None]]:
+        """One nucleus per learned centre, at work scale, as (mask in its ROI, x, y, the centre): the threshold's
+        nucleus pixels (``mask``) within the cell's half size of its centre and nearer it than any other
+        centre (so a touching cluster's blob is shared out), or, where the threshold saw too little of it
+        (a pale nucleus), a disk of a third of the cell's size there; its largest part, inside the field."""
+        cfg = self.config
+        h, w = mask.shape
+        pts = [(c, c.x * s, c.y * s) for c in centres]
+        pts = [(c, x, y) for c, x, y in pts if 0 <= x < w and 0 <= y < h and inner[int(y), int(x)]]
+        if not pts:
+            return []
+        seeds = np.zeros(mask.shape, np.int32)
+        for i, (_, x, y) in enumerate(pts, 1):
+            cv2.circle(seeds, (int(x), int(y)), max(1, round(0.5 / um)), i, -1)
+        owner = nearest_seed(seeds)
+        least = 0.5 * cfg.min_nucleus_um2 / (um * um)
+        out = []
+        for i, (c, x, y) in enumerate(pts, 1):
+            r = 0.5 * min(c.w_um, c.h_um) / um
+            x0, y0 = max(0, int(x - r)), max(0, int(y - r))
+            x1, y1 = min(w, int(np.ceil(x + r)) + 1), min(h, int(np.ceil(y + r)) + 1)
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            d2 = (xx - x) ** 2 + (yy - y) ** 2
+            mine = (owner[y0:y1, x0:x1] == i) & (inner[y0:y1, x0:x1] > 0)
+            roi = (mine & (mask[y0:y1, x0:x1] > 0) & (d2 <= r * r)).astype(np.uint8) * 255
+            if cv2.countNonZero(roi) < least:
+                roi = (mine & (d2 <= (r / 1.5) ** 2)).astype(np.uint8) * 255
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(roi)
+            if n < 2:
+                continue
+            if n > 2:
+                roi = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8) * 255
+            out.append((roi, x0, y0, (c.x, c.y)))
+        return out
 
     def _clean(self, mask: np.ndarray, um: float) -> np.ndarray:
         """A thresholded score made into objects: closing (a nucleus's lobes joined), holes filled, opening."""
@@ -386,14 +432,15 @@ class CellDetector:
 
     def _cell(self, rgb: np.ndarray, nuc_small: np.ndarray, rect: tuple[int, int, int, int], s: float, um: float,
               score: np.ndarray, fov_edge: np.ndarray | None, nucleus_um2: float,
-              region: tuple[np.ndarray, int] | None = None) -> Detection:
+              region: tuple[np.ndarray, int] | None = None, at: tuple[float, float] | None = None) -> Detection:
         """One cell from its nucleus (``nuc_small``, work scale); ``region`` = (seeds, k): the frame's
         nuclei numbered at work scale and this one's number; its mask keeps to the pixels of its box
-        nearer its nucleus than any other there. None: anywhere."""
+        nearer its nucleus than any other there. None: anywhere. ``at``: the box's centre (frame pixels; a
+        learned detector's centre of the cell), else the nucleus box's."""
         cfg = self.config
         h, w = rgb.shape[:2]
         x, y, bw, bh = (v / s for v in rect)
-        cx, cy = x + bw / 2, y + bh / 2
+        cx, cy = at if at is not None else (x + bw / 2, y + bh / 2)
         side = max(max(bw, bh) * cfg.cell_scale, cfg.min_cell_um / self.um_per_px)
         x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
         x1, y1 = int(round(cx + side / 2)), int(round(cy + side / 2))
