@@ -108,9 +108,12 @@ def test_centre_detector_refusals_are_one_line(tmp_path):
     one_line_error(cli("detector", "train", "--crowded", "1", "--out", tmp_path / "x.txt"), ".onnx")
     one_line_error(cli("detector", "train", "--init", tmp_path / "id.onnx", "--out", out), "weights not found")
     one_line_error(cli("detector", "train", "--arch", "huge", "--crowded", "1", "--out", out), "--arch")
-    for bad in ({"centres": 5}, {"centre_threshold": 1.5}):
+    for bad in ({"centres": 5}, {"centre_threshold": 1.5}, {"centres": str(tmp_path / "gone.onnx")}):
         with pytest.raises(ConfigError):
             build_config({"detector": bad}, {"source": {"spec": "x"}, "runtime": {"bundle": "x"}})
+    with pytest.raises(CheckpointError, match="no centre card"):  # the daemon opens it at start, not after calibration
+        build_config({"detector": {"centres": str(tmp_path / "id.onnx")}}, {"source": {"spec": "x"},
+                                                                            "runtime": {"bundle": "x"}})
     with pytest.raises(CheckpointError):
         CentreCard.from_json('{"schema": 1, "threshold": 2}')
     with pytest.raises(CheckpointError):

@@ -55,6 +55,7 @@ import tomllib
 
 from alnett_edge.errors import ConfigError
 from alnett_edge.vision.cells import QualityConfig
+from alnett_edge.vision.centres import CentreFinder
 from alnett_edge.vision.detector import DetectorConfig
 from alnett_edge.vision.optics import OpticsConfig
 from alnett_edge.vision.tracking import TrackingConfig
@@ -146,6 +147,8 @@ class DaemonConfig:
                 if not math.isfinite(value) or value < 0:
                     raise ConfigError(f"[{name}] {f.name} must be a finite number >= 0, got {value!r}")
         self.detector.validate()
+        if self.detector.centres:  # opened now: a bad model is a one-line error at start, not after calibration
+            CentreFinder(self.detector.centres, self.detector.centre_threshold)
         self.tracking.validate()
         self.optics.resolve()  # magnification without a pixel pitch, or two pixel sizes that disagree
         if self.optics.rbc_um <= 0 or self.optics.calibration_frames < 1:

@@ -121,7 +121,9 @@ def save_centres(net: nn.Module, card: CentreCard, dest: Path) -> Path:
     onnx.save_model(proto, str(tmp))
     tmp.replace(dest)
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(state, str(weights_path(dest)), metadata={"format": "pt", CENTRE_CARD_KEY: card.to_json()})
+    tmp = weights_path(dest).with_name(weights_path(dest).name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", CENTRE_CARD_KEY: card.to_json()})
+    tmp.replace(weights_path(dest))
     return dest
 
 

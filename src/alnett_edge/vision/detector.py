@@ -282,17 +282,18 @@ class CellDetector:
         nuclei: list[tuple[np.ndarray, int, int, tuple[float, float] | None]] = []
         spread = max(1.0, p90 - median)
         mean_score = np.bincount(labels.ravel(), score.ravel(), n) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
-        for k in range(1, n if centres is None else 1):
-            area = stats[k, cv2.CC_STAT_AREA] * px_um2
-            if area < cfg.min_nucleus_um2 or (mean_score[k] - median) / spread < cfg.contrast_ratio:
-                continue  # a speck, or no more violet than the field's own stained red cells
-            x, y, bw, bh = (int(v) for v in stats[k, :4])
-            roi = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8) * 255
-            parts = split_touching(roi, cfg.nucleus_radius_um / um, cfg.split_min_depth) \
-                if area > cfg.split_nucleus_um2 else [roi]
-            nuclei.extend((p, x, y, None) for p in parts)
-        if centres is not None:
+        if centres is not None:  # a learned detector's cells are the nuclei
             nuclei = self._seeded(centres, mask, inner, s, um)
+        else:
+            for k in range(1, n):
+                area = stats[k, cv2.CC_STAT_AREA] * px_um2
+                if area < cfg.min_nucleus_um2 or (mean_score[k] - median) / spread < cfg.contrast_ratio:
+                    continue  # a speck, or no more violet than the field's own stained red cells
+                x, y, bw, bh = (int(v) for v in stats[k, :4])
+                roi = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8) * 255
+                parts = split_touching(roi, cfg.nucleus_radius_um / um, cfg.split_min_depth) \
+                    if area > cfg.split_nucleus_um2 else [roi]
+                nuclei.extend((p, x, y, None) for p in parts)
         out: list[Detection] = []
         if not nuclei:
             return out
@@ -336,7 +337,8 @@ class CellDetector:
         """One nucleus per learned centre, at work scale, as (mask in its ROI, x, y, the centre): the threshold's
         nucleus pixels (``mask``) within the cell's half size of its centre and nearer it than any other
         centre (so a touching cluster's blob is shared out), or, where the threshold saw too little of it
-        (a pale nucleus), a disk of a third of the cell's size there; its largest part, inside the field."""
+        (a pale nucleus), the pixels within a third of the cell's size of it; its largest part, inside the
+        field."""
         cfg = self.config
         h, w = mask.shape
         pts = [(c, c.x * s, c.y * s) for c in centres]
