@@ -76,7 +76,7 @@ def _voc(xml: Path, images: dict[str, Path]) -> Truth | None:
     if image is None:
         return None
     truth = Truth(image)
-    h, w = _size(image)
+    h, w = image_size(image)
     for obj in root.iter("object"):
         name = obj.findtext("name") or ""
         smudge = bool(SMUDGE_NAMES.search(name))
@@ -117,7 +117,7 @@ def _yolo_class(root: Path) -> int:
 
 
 def _yolo(txt: Path, image: Path, cls: int) -> Truth:
-    h, w = _size(image)
+    h, w = image_size(image)
     truth = Truth(image)
     for n, line in enumerate(txt.read_text(errors="replace").splitlines(), 1):
         parts = line.split()
@@ -141,15 +141,16 @@ def _points(csv_path: Path, images: Path) -> list[Truth]:
     import csv
 
     frames: dict[str, Truth] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    # inside the folder by name (no "..", no absolute path); a link there to a file elsewhere is the user's
+    # own (a folder of links to the slides), so links are not resolved
+    base = Path(os.path.abspath(images))
     with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:  # a binary file: its columns are wrong
         rows = csv.DictReader(f)
         if not {"image", "x", "y"} <= set(rows.fieldnames or ()):
             raise DataError(f"{csv_path}: a points file needs the columns image, x, y (has {rows.fieldnames})")
         for n, row in enumerate(rows, 2):
             name = (row["image"] or "").strip()
-            # inside the folder by name (no "..", no absolute path); a link there to a file elsewhere is the
-            # user's own (a folder of links to the slides), so links are not resolved
-            base = Path(os.path.abspath(images))
             path = Path(os.path.normpath(base / name))
             if not name or base not in path.parents:
                 raise DataError(f"{csv_path}:{n}: the image {name!r} is not a file inside {images}")
@@ -163,7 +164,7 @@ def _points(csv_path: Path, images: Path) -> list[Truth]:
                 x, y = float(row["x"]), float(row["y"])
             except (TypeError, ValueError):
                 raise DataError(f"{csv_path}:{n}: x and y must be numbers") from None
-            h, w = _size(path)
+            h, w = sizes[name] if name in sizes else sizes.setdefault(name, image_size(path))
             if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= w and 0 <= y <= h):
                 raise DataError(f"{csv_path}:{n}: the point ({x:g}, {y:g}) lies outside the {w}x{h} image")
             if (row.get("kind") or "").strip().lower() == "smudge":
@@ -195,7 +196,8 @@ def _box(x0: float, y0: float, x1: float, y1: float, w: int, h: int, what: str) 
     return box
 
 
-def _size(image: Path) -> tuple[int, int]:
+def image_size(image: Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header (the pixels are not decoded)."""
     from PIL import Image
 
     with Image.open(image) as im:

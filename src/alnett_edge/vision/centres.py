@@ -22,7 +22,7 @@ import numpy as np
 
 from alnett_edge.card import CENTRE_CARD_KEY, CentreCard
 from alnett_edge.errors import CheckpointError, ConfigError, DataError
-from alnett_edge.runtime.base import open_dense
+from alnett_edge.runtime.base import DenseModel, open_dense
 from alnett_edge.vision.optics import histogram_percentiles
 
 #: ``[detector] centres = "builtin"``: the model shipped in the package
@@ -99,17 +99,30 @@ def read_centres(heat: np.ndarray, size: np.ndarray, card: CentreCard, threshold
     return out
 
 
+#: model file (path, modification time, size) and threads -> its opened model and card: every detector of a
+#: process (field-eval's one per folder of frames, the daemon's after each calibration, its config check)
+#: shares one session; a file written again is opened again
+_OPENED: dict[tuple, tuple[DenseModel, CentreCard]] = {}
+
+
+def _opened(path: Path, threads: int) -> tuple[DenseModel, CentreCard]:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, threads)
+    if key not in _OPENED:
+        model = open_dense(path, threads)
+        meta = model.metadata()
+        if CENTRE_CARD_KEY not in meta:
+            raise CheckpointError(f"{path.name} carries no centre card (make one with `alnett-edge detector train`)")
+        _OPENED[key] = (model, CentreCard.from_json(meta[CENTRE_CARD_KEY]))
+    return _OPENED[key]
+
+
 class CentreFinder:
     """A learned centre detector opened on the first backend that runs it here."""
 
     def __init__(self, spec: str | Path, threshold: float = 0.0, threads: int = 0) -> None:
         self.path = model_path(spec)
-        self.model = open_dense(self.path, threads)
-        meta = self.model.metadata()
-        if CENTRE_CARD_KEY not in meta:
-            raise CheckpointError(f"{self.path.name} carries no centre card (make one with `alnett-edge detector "
-                                  "train`)")
-        self.card = CentreCard.from_json(meta[CENTRE_CARD_KEY])
+        self.model, self.card = _opened(self.path, threads)
         if not 0 <= threshold < 1:
             raise ConfigError(f"[detector] centre_threshold must be in [0, 1) (0: the card's), got {threshold!r}")
         self.threshold = threshold or self.card.threshold

@@ -277,14 +277,14 @@ class CellDetector:
         (p90,) = histogram_percentiles(score, stain_area, (90,))
         mask = self._clean(mask, um)
         px_um2 = um * um
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
         # (mask in its ROI, x, y, the cell's centre in frame pixels when a learned detector gave it)
         nuclei: list[tuple[np.ndarray, int, int, tuple[float, float] | None]] = []
-        spread = max(1.0, p90 - median)
-        mean_score = np.bincount(labels.ravel(), score.ravel(), n) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
         if centres is not None:  # a learned detector's cells are the nuclei
             nuclei = self._seeded(centres, mask, inner, s, um)
         else:
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
+            spread = max(1.0, p90 - median)
+            mean_score = np.bincount(labels.ravel(), score.ravel(), n) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
             for k in range(1, n):
                 area = stats[k, cv2.CC_STAT_AREA] * px_um2
                 if area < cfg.min_nucleus_um2 or (mean_score[k] - median) / spread < cfg.contrast_ratio:

@@ -22,7 +22,7 @@ import numpy as np
 
 from alnett_edge.data.preprocess import IMAGE_SUFFIXES, load_image
 from alnett_edge.errors import DataError
-from alnett_edge.vision.annotations import read_truth
+from alnett_edge.vision.annotations import image_size, read_truth
 from alnett_edge.vision.detector import SMUDGE, CellDetector
 
 #: the most points one frame may hold (a 2592x1944 field at 0.12 µm/px holds about 150 white cells)
@@ -62,16 +62,17 @@ class MarkBook:
         """One frame: its name and size, its saved marks (or the detector's proposals), the progress."""
         i = self._index(index)
         name = self.names[i]
-        rgb = load_image(self.images[i], what="frame")
+        h, w = image_size(self.images[i])
         saved = name in self.marks
         if saved:
             points = self.marks[name]
         elif self.detector is not None:
-            points = [(d.centre[0], d.centre[1], d.kind) for d in self.detector.detect(rgb) if d.centre is not None]
+            points = [(d.centre[0], d.centre[1], d.kind) for d in self.detector.detect(self.frame(i))
+                      if d.centre is not None]
         else:
             points = []
-        return {"index": i, "frames": len(self.images), "name": name, "width": int(rgb.shape[1]),
-                "height": int(rgb.shape[0]), "saved": saved, "proposed": not saved and bool(points),
+        return {"index": i, "frames": len(self.images), "name": name, "width": int(w), "height": int(h),
+                "saved": saved, "proposed": not saved and bool(points),
                 "points": [{"x": round(x, 1), "y": round(y, 1), "kind": k} for x, y, k in points],
                 "marked_frames": len(self.marks), "cells": sum(k == "cell" for v in self.marks.values() for *_, k in v),
                 "smudges": sum(k == SMUDGE for v in self.marks.values() for *_, k in v), "out": str(self.out)}
@@ -85,7 +86,7 @@ class MarkBook:
         i = self._index(index)
         if not isinstance(points, list) or len(points) > MAX_POINTS:
             raise DataError(f"points must be a list of at most {MAX_POINTS} marks")
-        h, w = self.frame(i).shape[:2]
+        h, w = image_size(self.images[i])
         clean = []
         for p in points:
             if not isinstance(p, dict) or not {"x", "y"} <= set(p) or p.get("kind", "cell") not in KINDS:
