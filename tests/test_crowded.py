@@ -114,11 +114,19 @@ def test_crowded_fields_round_trip_through_field_eval(tmp_path):
     assert report["smudges"]["true"] == info["smudges"]
 
 
-def test_crowded_fields_from_the_command_line(tmp_path):
-    res = cli("data", "synth", "--out", tmp_path / "syn", "--n", "20", "--crowded", "2", "--crowded-um", "0.3")
+def test_crowded_fields_from_the_command_line(tmp_path, x86_bundle):
+    res = cli("data", "synth", "--out", tmp_path / "syn", "--n", "20", "--crowded", "4", "--crowded-um", "0.3")
     assert res.exit_code == 0 and "crowded fields" in res.output, res.output
     res = cli("field-eval", tmp_path / "syn" / "crowded", "--um-per-px", "0.3")
     assert res.exit_code == 0 and "found once" in res.output and "by cluster size" in res.output, res.output
+    assert "cells in a cluster" not in res.output  # no model, no calls
+    # the test model has not seen such cells (every one is out of distribution): classified anyway, recorded
+    (tmp_path / "d.toml").write_text('[quality]\nout_of_distribution = "record"\n')
+    res = cli("field-eval", x86_bundle["bundle"], tmp_path / "syn" / "crowded", "--um-per-px", "0.3", "--json",
+              tmp_path / "r.json", "-c", tmp_path / "d.toml")
+    calls = json.loads((tmp_path / "r.json").read_text())["calls_by_cluster"]
+    assert res.exit_code == 0 and calls["in a cluster"]["blasts"] > 0, res.output
+    assert f"cells in a cluster: sensitivity {calls['in a cluster']['sensitivity']:.3f}" in res.output
     one_line_error(cli("field-eval", tmp_path / "syn" / "crowded", "--match-um", "0"), "--match-um")
 
 
@@ -144,6 +152,30 @@ def test_found_once_is_one_to_one_by_centre(tmp_path):
     assert split["found_once"] == 1.0 and split["extra"] == 0.0 and split["by_cluster"]["2"]["precision"] == 1.0
     twice = found_once_report([result([(38, 38, 62, 62), (40, 40, 64, 64), (68, 38, 92, 62)])])
     assert twice["found_once"] == 1.0 and twice["extra"] == round(1 / 3, 4)
+
+
+def test_calls_are_scored_apart_for_cells_alone_and_in_a_cluster():
+    """The model's sensitivity and specificity on the cells found once, by whether the cell lay in a
+    cluster (where its crop is cut by its neighbours and the validation's rates need not hold)."""
+    from alnett_edge.vision.annotations import Truth, match_points
+    from alnett_edge.vision.fieldeval import FrameResult, calls_by_cluster, found_once_report
+    from alnett_edge.vision.record import CellRecord
+
+    truth = Truth(Path("f.png"))
+    cells = [((20.0, 20.0), "all", 1, 0.9), ((60.0, 20.0), "hem", 1, 0.2), ((100.0, 20.0), "all", 3, 0.3),
+             ((120.0, 20.0), "all", 3, 0.8), ((140.0, 20.0), "hem", 3, 0.7), ((20.0, 80.0), "all", 1, None)]
+    for centre, label, cluster, _ in cells:
+        truth.add(centre, label=label, cluster=cluster)
+    records = [CellRecord(0.0, 0, (int(x) - 5, int(y) - 5, int(x) + 5, int(y) + 5), None if p is None else 1 - p, p,
+                          None, None, "") for (x, y), _, _, p in cells]  # the last one not classified
+    result = FrameResult(truth, records, [], match_points([(x, y) for (x, y), *_ in cells], truth.centres, 8.0), 8.0)
+    calls = calls_by_cluster([result])
+    assert calls == {"alone": {"blasts": 1, "sensitivity": 1.0, "normal": 1, "specificity": 1.0},
+                     "in a cluster": {"blasts": 2, "sensitivity": 0.5, "normal": 1, "specificity": 0.0}}
+    assert found_once_report([result])["calls_by_cluster"] == calls
+    lone = Truth(Path("g.png"))
+    lone.add((20.0, 20.0), label="all")
+    assert calls_by_cluster([FrameResult(lone, records[:1], [], [(0, 0)], 8.0)]) == {}  # no cluster: not scored
 
 
 def test_points_files_are_checked(tmp_path):

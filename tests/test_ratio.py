@@ -68,3 +68,45 @@ def test_aggregator_counts_every_classified_cell_in_the_estimate():
     est = s["blast_ratio_estimate"]  # the low-confidence cell counts by its top class; the cut one not at all
     assert est["cells"] == 2 and est["n_eff"] == pytest.approx(9 / 5, abs=0.05)
     assert est["value"] == pytest.approx((2 / 3 + 0.9 - 1) / 0.8, abs=1e-3)
+
+
+def test_the_interval_carries_the_uncertainty_of_the_validation_error_rates():
+    """A model validated on 100 blasts and 100 normal cells knows its sensitivity and specificity to a few
+    points; on a large field that, not the field's count, is what limits the corrected ratio. Simulated
+    sessions: the interval holds the truth about 95 % of the time only when it is widened for them."""
+    rng = np.random.default_rng(0)
+    true_sens, true_spec, truth, cells, n_val = 0.85, 0.9, 0.4, 3000, 100
+    covered, covered_narrow = 0, 0
+    for _ in range(400):
+        sens, spec = rng.binomial(n_val, true_sens) / n_val, rng.binomial(n_val, true_spec) / n_val
+        calls = rng.binomial(cells, truth * true_sens + (1 - truth) * (1 - true_spec))
+        wide = ratio_estimate(float(calls), float(cells), float(cells), cells, sens, spec, (n_val, n_val))
+        narrow = ratio_estimate(float(calls), float(cells), float(cells), cells, sens, spec)
+        covered += wide["ci95"][0] <= truth <= wide["ci95"][1]
+        covered_narrow += narrow["ci95"][0] <= truth <= narrow["ci95"][1]
+        assert wide["value"] == narrow["value"]  # the estimate itself does not move
+    assert 0.92 <= covered / 400 <= 0.99 and covered_narrow / 400 < 0.7
+    assert "100 blasts / 100 normal validation cells" in wide["method"]
+    # more validation cells, a narrower interval; none recorded (an older card), no widening
+    big = ratio_estimate(1200.0, 3000.0, 3000.0, 3000, 0.85, 0.9, (10000, 10000))
+    small = ratio_estimate(1200.0, 3000.0, 3000.0, 3000, 0.85, 0.9, (50, 50))
+    assert np.diff(big["ci95"])[0] < np.diff(small["ci95"])[0]
+
+
+def test_the_aggregator_reads_its_validation_cells_from_the_cards_confusion_matrix():
+    from alnett_edge.card import ModelCard
+    from alnett_edge.vision.differential import validation_cells
+
+    assert validation_cells([[58, 2], [8, 122]]) == (130, 60)  # [[tn, fp], [fn, tp]]
+    assert validation_cells(None) is None and validation_cells([[1, 2, 3]]) is None and validation_cells("x") is None
+    val = {"sensitivity": 122 / 130, "specificity": 58 / 60, "confusion": [[58, 2], [8, 122]]}
+    agg = Aggregator.for_card(ModelCard("alnett-tiny", {}, metrics={"val": val}))
+    rec = dict(time=0.0, frame_index=0, box=(0, 0, 9, 9), model_sha256="", abstain_reason=None)
+    for k in range(200):
+        blast = k % 3 == 0
+        agg.add_record(CellRecord(**rec, prob_hem=0.1 if blast else 0.9, prob_all=0.9 if blast else 0.1,
+                                  label="all" if blast else "hem"))
+    est = agg.snapshot()["blast_ratio_estimate"]
+    plain = ratio_estimate(67.0, 200.0, 200.0, 200, val["sensitivity"], val["specificity"])
+    assert "130 blasts / 60 normal" in est["method"] and est["value"] == plain["value"]
+    assert est["ci95"][0] < plain["ci95"][0] and est["ci95"][1] > plain["ci95"][1]

@@ -244,6 +244,9 @@ def register(app: typer.Typer) -> None:
         if report["cell_accuracy"] is not None:
             typer.echo(f"per-cell accuracy {report['cell_accuracy']:.3f} on {report['cells_with_truth_label']} "
                        "matched cells with a true label")
+        for kind, v in report.get("calls_by_cluster", {}).items():
+            typer.echo(f"cells {kind}: sensitivity {pct(v['sensitivity']) or '-'} on {v['blasts']} blasts, "
+                       f"specificity {pct(v['specificity']) or '-'} on {v['normal']} normal cells")
         if report["blast_ratio_predicted"] is not None:
             ci = report["blast_ratio_predicted_ci95"]
             truth = report["blast_ratio_true"]

@@ -34,8 +34,16 @@ def wilson_interval(k: float, n: float, z: float = 1.959964) -> tuple[float, flo
 MIN_YOUDEN = 0.5
 
 
+def _rate_variance(rate: float, n: int) -> float:
+    """The variance of a rate measured on ``n`` cells, Agresti-Coull style (two successes and two failures
+    added), so a validation sensitivity of 1.0 on a few cells is not taken as certain."""
+    p = (rate * n + 2) / (n + 4)
+    return p * (1 - p) / (n + 4)
+
+
 def ratio_estimate(positive_w: float, total_w: float, total_w2: float, cells: int,
-                   sensitivity: float | None = None, specificity: float | None = None) -> dict[str, Any] | None:
+                   sensitivity: float | None = None, specificity: float | None = None,
+                   val_cells: tuple[int, int] | None = None, z: float = 1.959964) -> dict[str, Any] | None:
     """The slide's blast ratio from the cells the model saw whole, with its 95 % interval.
 
     * Edge correction: each cell carries a Miles-Lantuéjoul weight (``detector.field_weights``), so a
@@ -45,15 +53,19 @@ def ratio_estimate(positive_w: float, total_w: float, total_w2: float, cells: in
     * Error correction (Rogan-Gladen): with the model's validation sensitivity and specificity (the
       card's ``metrics.val``), the observed share q of blast calls becomes ``(q + spec - 1) / (sens +
       spec - 1)``, clipped to [0, 1], and so do the interval's ends. It assumes the model errs on field
-      cells as it did on its validation cells, and it ignores the uncertainty of sens/spec themselves;
-      it is skipped when sens + spec - 1 < :data:`MIN_YOUDEN`.
+      cells as it did on its validation cells; it is skipped when sens + spec - 1 < :data:`MIN_YOUDEN`.
+    * The correction's own uncertainty: with ``val_cells`` (the validation's blasts and normal cells,
+      from its confusion matrix) sens and spec are estimates too. Their delta-method spread at the
+      estimate p, ``z sqrt(p² var(sens) + (1 - p)² var(spec)) / (sens + spec - 1)``, is added to each
+      side of the interval in quadrature (independent errors), so a model validated on 190 cells gets a
+      wider interval than one validated on 19,000.
     Every cell the model classified counts here by its top class, low-confidence ones too (the
     validation sensitivity and specificity were measured so)."""
     if total_w <= 0 or total_w2 <= 0:
         return None
     q = positive_w / total_w
     n_eff = total_w * total_w / total_w2
-    lo, hi = wilson_interval(q * n_eff, n_eff) or (0.0, 1.0)
+    lo, hi = wilson_interval(q * n_eff, n_eff, z) or (0.0, 1.0)
     method = ["edge-weighted (Miles-Lantuéjoul)"]
     if sensitivity is not None and specificity is not None and sensitivity + specificity - 1 >= MIN_YOUDEN:
         j = sensitivity + specificity - 1
@@ -63,6 +75,12 @@ def ratio_estimate(positive_w: float, total_w: float, total_w2: float, cells: in
 
         q, lo, hi = adjust(q), adjust(lo), adjust(hi)
         method.append(f"corrected for sensitivity {sensitivity:.3f} / specificity {specificity:.3f} (Rogan-Gladen)")
+        if val_cells is not None and min(val_cells) > 0:
+            spread = z * math.sqrt(q * q * _rate_variance(sensitivity, val_cells[0])
+                                   + (1 - q) ** 2 * _rate_variance(specificity, val_cells[1])) / j
+            lo, hi = max(0.0, q - math.hypot(q - lo, spread)), min(1.0, q + math.hypot(hi - q, spread))
+            method.append(f"interval widened for their uncertainty ({val_cells[0]} blasts / {val_cells[1]} "
+                          "normal validation cells)")
     return {"value": round(q, 4), "ci95": [round(lo, 4), round(hi, 4)], "cells": cells, "n_eff": round(n_eff, 1),
             "method": ", ".join(method)}
 
@@ -76,9 +94,21 @@ def session_blast(session: dict[str, Any]) -> tuple[str, ...]:
     return (str(session.get("positive_class") or "all"),)
 
 
+def validation_cells(confusion: Any) -> tuple[int, int] | None:
+    """(blasts, normal cells) of a binary confusion matrix [[tn, fp], [fn, tp]] (``metrics.binary_metrics``),
+    or None when it is not one."""
+    try:
+        (tn, fp), (fn, tp) = confusion
+        counts = [int(v) for v in (tn, fp, fn, tp)]
+    except (TypeError, ValueError):
+        return None
+    return (counts[2] + counts[3], counts[0] + counts[1]) if min(counts) >= 0 else None
+
+
 class Aggregator:
     def __init__(self, class_names: tuple[str, ...], blast: str | tuple[str, ...] = "all", sensitivity: float | None = None,
-                 specificity: float | None = None, field_rule: dict[str, Any] | None = None) -> None:
+                 specificity: float | None = None, field_rule: dict[str, Any] | None = None,
+                 val_cells: tuple[int, int] | None = None) -> None:
         self.class_names = class_names
         self.labels = dict.fromkeys(class_names, 0)
         self.abstained: dict[str, int] = {}
@@ -88,6 +118,7 @@ class Aggregator:
         self.blast = (blast,) if isinstance(blast, str) else tuple(blast)  # the classes that are blasts
         self.positive = "+".join(self.blast)  # their name in a session's summary and on the page
         self.sensitivity, self.specificity = sensitivity, specificity
+        self.val_cells = val_cells  # the validation's (blasts, normal cells) behind sensitivity / specificity
         self._w = [0.0, 0.0, 0.0, 0]  # Σw over positive calls, Σw, Σw², cells: the ratio estimate
         self.field_rule = dict(field_rule or {})  # the card's field_decision: the session called from its cells
         self._field_sum = 0.0  # Σ metrics.cell_score under the rule's score, over the cells in _w[3]
@@ -97,12 +128,14 @@ class Aggregator:
     @classmethod
     def for_card(cls, card: ModelCard) -> Aggregator:
         """Counts for this model card: its blast classes, and its validation sensitivity and
-        specificity (``metrics.val``, when recorded) for the ratio estimate's error correction."""
+        specificity (``metrics.val``, when recorded) with the cells they were measured on (its confusion
+        matrix, [[tn, fp], [fn, tp]]) for the ratio estimate's error correction."""
         val = card.metrics.get("val", {}) if isinstance(card.metrics, dict) else {}
         sens, spec = val.get("sensitivity"), val.get("specificity")
         return cls(card.class_names, card.blast_names,
                    float(sens) if isinstance(sens, (int, float)) else None,
-                   float(spec) if isinstance(spec, (int, float)) else None, card.field_decision)
+                   float(spec) if isinstance(spec, (int, float)) else None, card.field_decision,
+                   validation_cells(val.get("confusion")))
 
     def add_record(self, record: CellRecord) -> None:
         """One cell's row (a track's decision, or a detection of one frame)."""
@@ -148,6 +181,6 @@ class Aggregator:
                 "blast_ratio": round(blasts / classified, 4) if classified else None,
                 "blast_ratio_ci95": [round(v, 4) for v in ci] if ci else None,
                 "cells_per_minute": round(classified / minutes, 2),
-                "blast_ratio_estimate": ratio_estimate(*self._w, self.sensitivity, self.specificity),
+                "blast_ratio_estimate": ratio_estimate(*self._w, self.sensitivity, self.specificity, self.val_cells),
                 "decision": decide_field(self.field_rule, self._field_sum, self._w[3]),
             }  # fmt: skip

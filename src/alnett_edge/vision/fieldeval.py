@@ -209,7 +209,34 @@ def found_once_report(results: list[FrameResult]) -> dict[str, Any]:
     if sm_true or sm_dets:
         out["smudges"] = {"true": sm_true, "found": sm_found, "boxed_as_white_cells": sm_boxed,
                           "detections": sm_dets, "on_no_smudge": sm_false}
+    calls = calls_by_cluster(results)
+    if calls:
+        out["calls_by_cluster"] = calls
     return out
+
+
+def calls_by_cluster(results: list[FrameResult]) -> dict[str, dict[str, Any]]:
+    """The model's sensitivity and specificity on the cells found once, alone against in a cluster (true
+    labels and cluster sizes needed): a cell of a touching cluster reaches the model cut by its
+    neighbours' share, and the ratio estimate's error correction assumes the validation's rates. Every
+    classified cell counts by its top class, as in the estimate; {} when no frame has a cluster."""
+    if not any(k > 1 for r in results for k in r.truth.clusters):
+        return {}
+    rows: dict[str, list[int]] = {}  # alone / in a cluster -> [blasts, called blast, normal, called normal]
+    for r in results:
+        for i, j in r.centre_pairs:
+            rec, label = r.records[i], r.truth.labels[j]
+            if label is None or rec.prob_all is None or rec.prob_hem is None:
+                continue
+            row = rows.setdefault("alone" if r.truth.clusters[j] == 1 else "in a cluster", [0, 0, 0, 0])
+            blast = rec.prob_all >= rec.prob_hem
+            if label == "all":
+                row[0], row[1] = row[0] + 1, row[1] + blast
+            else:
+                row[2], row[3] = row[2] + 1, row[3] + (not blast)
+    return {k: {"blasts": v[0], "sensitivity": round(v[1] / v[0], 4) if v[0] else None,
+                "normal": v[2], "specificity": round(v[3] / v[2], 4) if v[2] else None}
+            for k, v in sorted(rows.items())}
 
 
 def contact_sheet(results: list[FrameResult], dest: str | Path, columns: int = 3, tiles: int = 12,
