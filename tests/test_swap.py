@@ -180,3 +180,94 @@ def test_the_service_entry_swaps_on_sighup(x86_bundle, rpi_bundle, tmp_path):
     assert [m["bundle"] for m in s["models"]] == [str(x86_bundle["bundle"]), str(rpi_bundle["bundle"])]
     assert s["models"][1]["from_frame"] > 0 and "Traceback" not in err
     assert len({sha for sha, _, _ in _rows(tmp_path / "c.db")}) == 2
+
+
+def _post(port: int, path: str, body: bytes, token: str = "s3cret") -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _gate_failed_copy(dest: Path) -> Path:
+    """The shipped centre detector with a card saying its gate on marked frames was not met."""
+    import onnx
+
+    from alnett_edge.card import CENTRE_CARD_KEY, CentreCard
+    from alnett_edge.vision.centres import BUILTIN_FILE
+
+    proto = onnx.load(str(BUILTIN_FILE))
+    entry = next(p for p in proto.metadata_props if p.key == CENTRE_CARD_KEY)
+    card = CentreCard.from_json(entry.value)
+    gate = {"frames": "kept/", "max_extra": 0.1, "rows": [], "met": False}
+    entry.value = CentreCard(**{**card.__dict__, "training": {**card.training, "gate": gate}}).to_json()
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def test_the_centre_detector_is_swapped_without_a_restart(x86_bundle, tmp_path):
+    """The lab loop's last step for the detector: ``POST /detector`` puts a centre detector to work from
+    the next frame (the bundle, the pixel size and the session stay); a model that cannot be read or
+    failed its gate is refused in one line and the running detector stays."""
+    from alnett_edge.data.synth import CrowdSpec
+    from alnett_edge.files import sha256_file
+    from alnett_edge.vision.centres import BUILTIN_FILE
+
+    video = tmp_path / "crowded.avi"
+    write_smear_video(video, 24, seed=3, crowded=CrowdSpec())
+    cfg = build_config({}, {"source": {"spec": f"video:{video}", "fps": 8, "loop": False, "queue": 64},
+                            "runtime": {"bundle": x86_bundle["bundle"]}, "optics": {"um_per_px": CrowdSpec().um_per_px},
+                            "sinks": {"db": str(tmp_path / "c.db")}, "http": {"port": _free_port(), "token": "s3cret"}})
+    d = Daemon(cfg)
+    answers: dict[str, tuple[int, dict]] = {}
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+
+    def operator() -> None:
+        while d.http is None or d.frames_processed < 4:
+            time.sleep(0.05)
+        port = d.http.port
+        answers["gate"] = _post(port, "/detector", json.dumps({"centres": str(_gate_failed_copy(tmp_path / "g.onnx"))}).encode())
+        answers["missing"] = _post(port, "/detector", json.dumps({"centres": str(tmp_path / "nowhere.onnx")}).encode())
+        answers["garbage"] = _post(port, "/detector", json.dumps({"centres": str(garbage)}).encode())
+        answers["shape"] = _post(port, "/detector", b'{"centres": 3}')
+        answers["token"] = _post(port, "/detector", b'{"centres": "builtin"}', token="nope")
+        answers["ok"] = _post(port, "/detector", b'{"centres": "builtin"}')
+
+    t = threading.Thread(target=operator)
+    t.start()
+    summary = d.run()
+    t.join()
+    for key, needle in (("gate", "did not meet its gate"), ("missing", "not found"), ("garbage", "garbage.onnx")):
+        code, answer = answers[key]
+        assert code == 409 and needle in answer["error"] and "\n" not in answer["error"], (key, answer)
+    assert answers["shape"][0] == 400 and answers["token"][0] == 401
+    code, answer = answers["ok"]
+    assert code == 202 and answer["accepted"]["sha256"] == sha256_file(BUILTIN_FILE), answer
+    rule, learned = summary["detectors"]
+    assert rule["centres"] == "rule-based" and rule["from_frame"] == 0 and learned["centres"] == "builtin"
+    assert 4 <= learned["from_frame"] < 24 and summary["frames_processed"] == 24
+    assert summary["detector"]["centres"] == "builtin" and d.detector.finder.path == BUILTIN_FILE
+    assert d.detector.um_per_px == CrowdSpec().um_per_px and summary["session"]["cells"] > 0
+
+
+def test_sighup_swaps_the_centre_detector_the_config_names_now(x86_bundle, tmp_path):
+    config = tmp_path / "daemon.toml"
+    bundle = x86_bundle["bundle"]
+    d = Daemon(_config(tmp_path, str(bundle), max_frames=30))
+    try:
+        config.write_text(f'[source]\nspec = "synthetic:0"\n[runtime]\nbundle = "{bundle}"\n[detector]\ncentres = "builtin"\n')
+        d.reload(config).join(timeout=60)
+        assert d._pending is None and d._pending_detector is not None and d._pending_detector[0].centres == "builtin"
+        d._apply_detector(7)
+        assert d.detectors[-1]["centres"] == "builtin" and d.detectors[-1]["from_frame"] == 7
+        assert d.detector.finder is not None  # the pixel size was configured: the detector exists already
+        config.write_text(f'[source]\nspec = "synthetic:0"\n[runtime]\nbundle = "{bundle}"\n[detector]\ncentres = ""\n')
+        d.reload(config).join(timeout=60)
+        d._apply_detector(9)
+        assert d.detector.finder is None and d.status()["detector"]["centres"] == "rule-based"
+    finally:
+        d.close()

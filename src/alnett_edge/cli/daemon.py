@@ -31,6 +31,8 @@ def stage_table(summary: dict) -> Table:
                 f"{'>' if dec['all'] else '<='} the card's {dec['threshold']}, {dec['cells']} cells)" if dec else "")
              + (f"\nmodels: {len(summary['models'])} (bundle swapped {len(summary['models']) - 1} times)"
                 if summary.get("models") else "")
+             + (f"\ncentre detectors: {', '.join(d['centres'] for d in summary['detectors'])} (swapped "
+                f"{len(summary['detectors']) - 1} times)" if summary.get("detectors") else "")
              + (f"\nframes: {summary['capture']['delivery']}" if summary["capture"].get("delivery") else "")
              + (f"\n{summary['machine']}" if summary.get("machine") else ""))
     table = Table(title=title, title_justify="left")

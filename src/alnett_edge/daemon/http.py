@@ -1,6 +1,6 @@
 """The daemon's HTTP endpoints: ``/healthz``, ``/status`` (JSON), ``/metrics`` (Prometheus, via
-prometheus-client), ``/preview.mjpg`` (annotated frames, when enabled), ``POST /bundle``, and the
-device page (:mod:`alnett_edge.daemon.page`). Localhost by default; any other address needs a token,
+prometheus-client), ``/preview.mjpg`` (annotated frames, when enabled), ``POST /bundle``, ``POST /detector``,
+and the device page (:mod:`alnett_edge.daemon.page`). Localhost by default; any other address needs a token,
 sent as ``Authorization: Bearer TOKEN`` or the page's login cookie, never in a URL
 (:mod:`alnett_edge.daemon.web`: the checks every route gets)."""
 
@@ -68,7 +68,8 @@ class DaemonCollector:
 
 
 class DaemonRoutes:
-    """``/healthz``, ``/status``, ``/metrics``, ``/preview.mjpg`` (with ``[http] preview``) and ``POST /bundle``."""
+    """``/healthz``, ``/status``, ``/metrics``, ``/preview.mjpg`` (with ``[http] preview``), ``POST /bundle`` and
+    ``POST /detector``."""
 
     def __init__(self, daemon: Daemon, preview: bool, token: str, registry: CollectorRegistry) -> None:
         self.daemon, self.preview, self.token, self.registry = daemon, preview, token, registry
@@ -95,13 +96,17 @@ class DaemonRoutes:
             d.preview_clients -= 1
 
     def post(self, path: str, body: dict[str, Any], request: Request) -> Reply | None:
-        """``POST /bundle`` ``{"bundle": PATH}``: classify with another bundle from the next frame. It
+        """``POST /bundle`` ``{"bundle": PATH}``: classify with another bundle from the next frame;
+        ``POST /detector`` ``{"centres": MODEL}``: find cells with another centre detector from the next
+        frame (``"builtin"``, a model from ``alnett-edge detector train``, ``""``: rule-based). Each
         changes the daemon, so it needs a configured token (sent as ``Authorization: Bearer`` or the
         page's login cookie) and a JSON body (:mod:`alnett_edge.daemon.web`)."""
-        if path != "/bundle":
+        if path not in ("/bundle", "/detector"):
             return None
         if not self.token:
             return Reply.json(403, {"error": "changes need [http] token set in the daemon's config"})
+        if path == "/detector":
+            return self._detector(body)
         bundle = body.get("bundle")
         if not isinstance(bundle, str) or not bundle:
             return Reply.json(400, {"error": "the body must be JSON {\"bundle\": \"/path/to/bundle\"}"})
@@ -111,6 +116,18 @@ class DaemonRoutes:
             log.error("bundle %s refused: %s", bundle, exc)
             return Reply.json(409, {"error": str(exc)})
         return Reply.json(202, {"accepted": bundle, "model_sha256": sha, "from": "the next frame"})
+
+    def _detector(self, body: dict[str, Any]) -> Reply:
+        centres = body.get("centres")
+        if not isinstance(centres, str):
+            return Reply.json(400, {"error": "the body must be JSON {\"centres\": \"builtin\" | \"/path/model.onnx\" | "
+                                             "\"\"} (\"\": the rule-based detector)"})
+        try:
+            info = self.daemon.request_detector(centres)
+        except AlnettError as exc:
+            log.error("centre detector %s refused: %s", centres, exc)
+            return Reply.json(409, {"error": str(exc)})
+        return Reply.json(202, {"accepted": info, "from": "the next frame"})
 
 
 class HttpServer:

@@ -12,6 +12,7 @@ be written is the sink policy of :mod:`alnett_edge.daemon.sinks`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import shlex
@@ -35,7 +36,9 @@ from alnett_edge.machine import inference_threads, isa_line
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.runtime.loader import open_runtime
 from alnett_edge.timing import StageTimes
-from alnett_edge.vision.detector import CellDetector
+from alnett_edge.files import sha256_file
+from alnett_edge.vision.centres import CentreFinder, model_path
+from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.differential import Aggregator
 from alnett_edge.vision.optics import estimate_um_per_px
 from alnett_edge.vision.path import STAGES, decide_tracks, track_frame
@@ -56,8 +59,13 @@ class Daemon:
         if not bundle.exists():
             raise ConfigError(f"bundle not found: {bundle}")
         um_per_px = cfg.optics.resolve()
+        # the detector's settings in use: a swap (request_detector) replaces their centre detector
+        self.detector_cfg: DetectorConfig = cfg.detector
         # without a configured pixel size the detector waits for the first frames to estimate one
         self.detector: CellDetector | None = CellDetector(cfg.detector, um_per_px) if um_per_px else None
+        self._pending_detector: tuple[DetectorConfig, dict[str, Any]] | None = None  # from request_detector
+        # every detector of the session, from the first frame (capture index) it looked at
+        self.detectors = [{**describe_detector(cfg.detector), "from_frame": 0, "at": time.time()}]
         self.optics: dict[str, Any] = ({"um_per_px": um_per_px, "source": "config"} if um_per_px else
                                        {"um_per_px": None, "source": f"estimating from the first {cfg.optics.calibration_frames} frames"})
         self._calibration_frames: list[Frame] = []
@@ -178,6 +186,7 @@ class Daemon:
                         break
                     continue
                 self._apply_swap(frame.index)
+                self._apply_detector(frame.index)
                 self._apply_session()
                 if self.recording:
                     self.process(frame)
@@ -255,20 +264,71 @@ class Daemon:
         log.warning("bundle %s (%s) accepted; classifying with it from the next frame", path, rt.describe())
         return rt.sha256()
 
+    def request_detector(self, centres: str) -> dict[str, Any]:
+        """Look for cells with another centre detector (``[detector] centres``: a model from ``alnett-edge
+        detector train``, ``"builtin"``, or ``""`` for the rule-based nuclei) from the next frame, the
+        detector's other settings and the pixel size unchanged. The model is opened here, in the caller's
+        thread; one that cannot be read, carries no centre card or failed the marked frames of its
+        ``--gate`` is refused in one line, and the running detector stays. Returns what was accepted."""
+        if self.stopping:
+            raise ConfigError("the daemon is stopping; the detector was not changed")
+        new = dataclasses.replace(self.detector_cfg, centres=str(centres))
+        new.validate()
+        info = describe_detector(new)
+        if new.centres:
+            finder = CentreFinder(new.centres, new.centre_threshold)
+            gate = finder.card.training.get("gate") if isinstance(finder.card.training, dict) else None
+            if isinstance(gate, dict) and gate.get("met") is False:
+                raise ConfigError(f"{finder.path.name} did not meet its gate on {gate.get('frames')} (no threshold kept "
+                                  f"extra detections to {gate.get('max_extra')}); the detector was not changed")
+            info["threshold"] = finder.threshold
+        with self._swap_lock:
+            self._pending_detector = (new, info)
+        log.warning("centre detector %s accepted; looking for cells with it from the next frame", info["centres"])
+        return info
+
+    def _apply_detector(self, next_frame: int) -> None:
+        """Switch to a detector :meth:`request_detector` accepted, before frame ``next_frame`` is processed.
+        Open tracks go on: a cell found by both detectors is matched by position as before."""
+        with self._swap_lock:
+            pending, self._pending_detector = self._pending_detector, None
+        if pending is None:
+            return
+        new, info = pending
+        self.detector_cfg = new
+        if self.detector is not None:  # calibrated already (else _calibrate makes it with these settings)
+            looked = self.detector.smudge_frames
+            self.detector = CellDetector(new, self.detector.um_per_px)
+            self.detector.smudge_frames = looked
+        self.detectors.append({**info, "from_frame": next_frame, "at": time.time()})
+        log.warning("now looking for cells with %s", info["centres"])
+
     def reload(self, config: str | Path) -> threading.Thread:
-        """SIGHUP: read ``config`` again and, when its ``[runtime] bundle`` names another bundle, swap to it
-        (:meth:`request_swap`, on a thread of its own: a signal handler must not block or raise). A
-        config or bundle that cannot be used is one logged line; the running model stays."""
+        """SIGHUP: read ``config`` again; when its ``[runtime] bundle`` names another bundle, swap to it
+        (:meth:`request_swap`), and when its ``[detector] centres`` names another centre detector, to that
+        (:meth:`request_detector`), on a thread of its own (a signal handler must not block or raise). A
+        config, bundle or detector that cannot be used is one logged line; the running one stays."""
         def work() -> None:
             try:
-                bundle = Path(load_config(Path(config)).runtime.bundle)
-                current = Path(self.models[-1]["bundle"])
-                if bundle.resolve() == current.resolve():
-                    log.warning("SIGHUP: %s still names %s; nothing to change", config, bundle)
-                    return
-                self.request_swap(bundle)
+                new = load_config(Path(config))
             except AlnettError as exc:
-                log.error("SIGHUP: the bundle was not changed: %s", exc)
+                log.error("SIGHUP: nothing was changed: %s", exc)
+                return
+            bundle, changed = Path(new.runtime.bundle), False
+            if bundle.resolve() != Path(self.models[-1]["bundle"]).resolve():
+                changed = True
+                try:
+                    self.request_swap(bundle)
+                except AlnettError as exc:
+                    log.error("SIGHUP: the bundle was not changed: %s", exc)
+            if new.detector.centres != self.detector_cfg.centres:
+                changed = True
+                try:
+                    self.request_detector(new.detector.centres)
+                except AlnettError as exc:
+                    log.error("SIGHUP: the detector was not changed: %s", exc)
+            if not changed:
+                log.warning("SIGHUP: %s still names %s and the same detector; nothing to change", config, bundle)
 
         thread = threading.Thread(target=work, name="reload", daemon=True)
         thread.start()
@@ -321,7 +381,7 @@ class Daemon:
                        "spread": round(cal.spread, 4), "rbc_px": round(cal.rbc_px, 2)}
         log.info("pixel size %.4f µm estimated from red cells in %d frames (spread %.1f %%)", cal.um_per_px,
                  cal.frames, 100 * cal.spread)
-        self.detector = CellDetector(self.cfg.detector, cal.um_per_px)
+        self.detector = CellDetector(self.detector_cfg, cal.um_per_px)
         out: list[CellRecord] = []
         for f in frames:
             out.extend(self._process(f))
@@ -415,6 +475,8 @@ class Daemon:
             "session_name": self.session_name, "recording": self.recording,
             "models": [{**m, "session": self.by_model[m["model_sha256"]].snapshot()} for m in self.models]
             if len(self.models) > 1 else None,
+            "detector": {k: v for k, v in self.detectors[-1].items() if k not in ("from_frame", "at")},
+            "detectors": list(self.detectors) if len(self.detectors) > 1 else None,
         }  # fmt: skip
 
     # -- the device page ---------------------------------------------------------------------------
@@ -479,6 +541,7 @@ class Daemon:
         self.agg = Aggregator.for_card(self.card)
         self.by_model = {self.model_sha256: Aggregator.for_card(self.card)}
         self.models = [{**self.models[-1], "from_frame": 0, "at": time.time()}]
+        self.detectors = [{**self.detectors[-1], "from_frame": 0, "at": time.time()}]
         self.started = time.time()
         self.gallery.clear()
         self.recorder = self._make_recorder()
@@ -558,3 +621,10 @@ def ood_warning(summary: dict) -> str | None:
                        "train the model on cells of this stain and microscope.")
     return head + ("their calls and the blast ratio are not to be trusted. Check the stain and\n"
                    "the optics, or set [quality] out_of_distribution = \"abstain\".")
+
+
+def describe_detector(cfg: DetectorConfig) -> dict[str, Any]:
+    """What finds the cells: ``rule-based``, or the centre detector's spec and its model file's sha256."""
+    if not cfg.centres:
+        return {"centres": "rule-based", "sha256": None}
+    return {"centres": cfg.centres, "sha256": sha256_file(model_path(cfg.centres))}
