@@ -139,3 +139,51 @@ def test_the_daemon_runs_with_learned_centres(x86_bundle, tmp_path):
                             "sinks": {"db": str(tmp_path / "c.db")}, "http": {"port": 0}})
     summary = Daemon(cfg).run()
     assert summary["frames_processed"] == 6 and summary["session"]["cells"] > 0, summary
+
+
+class _GivenCentres:
+    """Stands in for the network's output only: the centres it would give (the detector is what is tested)."""
+
+    def __init__(self, centres):
+        self.centres = centres
+
+    def find(self, rgb, um_per_px):
+        return self.centres
+
+
+def test_a_learned_centre_on_a_smudge_cell_is_left_to_the_smudge_look():
+    """On the hand-counted all-fields fields, centres given at every marked cell and smudge cell: a centre
+    on a pale, spread-out patch (less of the nucleus threshold's stain than the smallest nucleus) is not
+    made a white cell where the smudge look finds a smudge cell under it, and each marked white cell
+    still gives one cell. Measured with the fine-tuned detectors on the unseen halves: smudge cells
+    boxed as white cells 14 -> 8 of 28, found as smudge cells 8 -> 15 (docs/engineering/crowded.md)."""
+    from pathlib import Path
+
+    from alnett_edge.vision.annotations import read_truth
+    from alnett_edge.vision.centres import Centre
+    from alnett_edge.vision.detector import SMUDGE, CellDetector, DetectorConfig, mask_holds
+    from alnett_edge.vision.fieldeval import folder_scale, load_image
+    from alnett_edge.vision.optics import OpticsConfig
+
+    counts = Path(__file__).parent / "data" / "all-fields-dense-counts.csv"
+    _, truths = read_truth(counts, require_shared(SHARED / "all-fields"))
+    scale = {}
+    handed = kept = 0
+    for t in truths:
+        if t.image.parent not in scale:
+            scale[t.image.parent] = folder_scale([u.image for u in truths if u.image.parent == t.image.parent],
+                                                 OpticsConfig())[0]
+        um, rgb = scale[t.image.parent], load_image(t.image, what="frame")
+        rule = CellDetector(DetectorConfig(), um).detect(rgb)
+        det = CellDetector(DetectorConfig(), um)
+        det.finder = _GivenCentres([Centre(x, y, 10.0, 10.0, 0.9) for x, y in [*t.centres, *t.smudges]])
+        found = det.detect(rgb)
+        cells = [d for d in found if d.kind != SMUDGE]
+        for sx, sy in t.smudges:
+            if any(d.kind == SMUDGE and mask_holds(d, sx, sy) for d in rule):  # the smudge look finds it alone
+                handed += 1
+                kept += any(d.kind == SMUDGE and mask_holds(d, sx, sy) for d in found) and \
+                    not any(abs(d.centre[0] - sx) < 1 and abs(d.centre[1] - sy) < 1 for d in cells)
+        for x, y in t.centres:  # every marked white cell's centre still gives its one cell
+            assert sum(abs(d.centre[0] - x) < 1 and abs(d.centre[1] - y) < 1 for d in cells) <= 1
+    assert handed >= 8 and kept / handed >= 0.75, (kept, handed)

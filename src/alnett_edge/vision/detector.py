@@ -160,6 +160,12 @@ def nucleus_score(rgb: np.ndarray) -> np.ndarray:
     return np.clip(b - g, 0, 255).astype(np.uint8)
 
 
+def mask_holds(det: Detection, x: float, y: float) -> bool:
+    """Frame point (x, y) lies on ``det``'s mask."""
+    x0, y0, x1, y1 = det.box
+    return x0 <= x < x1 and y0 <= y < y1 and bool(det.mask[int(y) - y0, int(x) - x0])
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = np.zeros_like(mask)
@@ -279,8 +285,9 @@ class CellDetector:
         px_um2 = um * um
         # (mask in its ROI, x, y, the cell's centre in frame pixels when a learned detector gave it)
         nuclei: list[tuple[np.ndarray, int, int, tuple[float, float] | None]] = []
+        faint: set[int] = set()  # learned centres (numbered as ``nuclei``, from 1) with less than a nucleus's stain
         if centres is not None:  # a learned detector's cells are the nuclei
-            nuclei = self._seeded(centres, mask, inner, s, um)
+            nuclei, faint = self._seeded(centres, mask, inner, s, um)
         else:
             n, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
             spread = max(1.0, p90 - median)
@@ -329,28 +336,37 @@ class CellDetector:
             kept.append(i)
         if all(c.touches_border for c in out):  # no whole nucleus to compare with: a pale one and a smudge look alike
             return out
-        return out + self._smudges(rgb.shape[:2], small, s, um, score, inner, median, gain, mask, np.isin(seeds, kept),
-                                   float(np.median([c.score for c in out])))
+        # a faint learned centre may be a smudge cell the network took for a cell: its pixels are left to the
+        # smudge look, and the cell is dropped where that look finds a smudge cell under its centre
+        solid = [(i, c) for i, c in zip(kept, out) if i not in faint]
+        smudges = self._smudges(rgb.shape[:2], small, s, um, score, inner, median, gain, mask,
+                                np.isin(seeds, [i for i, _ in solid]),
+                                float(np.median([c.score for _, c in solid] or [c.score for c in out])))
+        if faint and smudges:
+            out = [c for i, c in zip(kept, out) if i not in faint or not any(mask_holds(d, *c.centre) for d in smudges)]
+        return out + smudges
 
-    def _seeded(self, centres: list[Centre], mask: np.ndarray, inner: np.ndarray, s: float,
-                um: float) -> list[tuple[np.ndarray, int, int, tuple[float, float] | None]]:
+    def _seeded(self, centres: list[Centre], mask: np.ndarray, inner: np.ndarray, s: float, um: float
+                ) -> tuple[list[tuple[np.ndarray, int, int, tuple[float, float] | None]], set[int]]:
         """One nucleus per learned centre, at work scale, as (mask in its ROI, x, y, the centre): the threshold's
         nucleus pixels (``mask``) within the cell's half size of its centre and nearer it than any other
         centre (so a touching cluster's blob is shared out), or, where the threshold saw too little of it
         (a pale nucleus), the pixels within a third of the cell's size of it; its largest part, inside the
-        field."""
+        field. With them, the numbers (from 1) of the faint ones: less of the threshold's pixels than the
+        smallest nucleus (``min_nucleus_um2``), which :meth:`_detect` lets the smudge look have."""
         cfg = self.config
         h, w = mask.shape
         pts = [(c, c.x * s, c.y * s) for c in centres]
         pts = [(c, x, y) for c, x, y in pts if 0 <= x < w and 0 <= y < h and inner[int(y), int(x)]]
         if not pts:
-            return []
+            return [], set()
         seeds = np.zeros(mask.shape, np.int32)
         for i, (_, x, y) in enumerate(pts, 1):
             cv2.circle(seeds, (int(x), int(y)), max(1, round(0.5 / um)), i, -1)
         owner = nearest_seed(seeds)
         least = 0.5 * cfg.min_nucleus_um2 / (um * um)
-        out = []
+        out: list[tuple[np.ndarray, int, int, tuple[float, float] | None]] = []
+        faint: set[int] = set()
         for i, (c, x, y) in enumerate(pts, 1):
             r = 0.5 * min(c.w_um, c.h_um) / um
             x0, y0 = max(0, int(x - r)), max(0, int(y - r))
@@ -359,7 +375,8 @@ class CellDetector:
             d2 = (xx - x) ** 2 + (yy - y) ** 2
             mine = (owner[y0:y1, x0:x1] == i) & (inner[y0:y1, x0:x1] > 0)
             roi = (mine & (mask[y0:y1, x0:x1] > 0) & (d2 <= r * r)).astype(np.uint8) * 255
-            if cv2.countNonZero(roi) < least:
+            stained = cv2.countNonZero(roi)
+            if stained < least:
                 roi = (mine & (d2 <= (r / 1.5) ** 2)).astype(np.uint8) * 255
             n, labels, stats, _ = cv2.connectedComponentsWithStats(roi)
             if n < 2:
@@ -367,7 +384,9 @@ class CellDetector:
             if n > 2:
                 roi = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8) * 255
             out.append((roi, x0, y0, (c.x, c.y)))
-        return out
+            if stained < cfg.min_nucleus_um2 / (um * um):  # less stain than the smallest nucleus
+                faint.add(len(out))
+        return out, faint
 
     def _clean(self, mask: np.ndarray, um: float) -> np.ndarray:
         """A thresholded score made into objects: closing (a nucleus's lobes joined), holes filled, opening."""
