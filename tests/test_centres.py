@@ -187,3 +187,33 @@ def test_a_learned_centre_on_a_smudge_cell_is_left_to_the_smudge_look():
         for x, y in t.centres:  # every marked white cell's centre still gives its one cell
             assert sum(abs(d.centre[0] - x) < 1 and abs(d.centre[1] - y) < 1 for d in cells) <= 1
     assert handed >= 8 and kept / handed >= 0.75, (kept, handed)
+
+
+def test_the_centre_detector_in_int8_from_the_command_line(tmp_path):
+    """``detector quantize``: the shipped detector in int8 (QDQ), calibrated on frames prepared as the
+    runtime prepares them, exact on AVX2 CPUs without VNNI (no int16 pair can saturate), scored beside
+    fp32 with ``--check``, and opened by the daemon's detector like any other centre model."""
+    import onnx
+
+    from alnett_edge.calibrate.int8_safety import check_saturation, saturation_summary
+    from alnett_edge.vision.centres import CentreFinder
+    from alnett_edge.vision.detector import DetectorConfig
+    from alnett_edge.vision.fieldeval import field_eval
+    from alnett_edge.vision.optics import OpticsConfig
+
+    calib, check, q = _crowded(tmp_path, 3, 3), _crowded(tmp_path, 5, 3), tmp_path / "c8.onnx"
+    res = cli("detector", "quantize", "builtin", "--calib", calib, "--um-per-px", "0.25", "--check", check, "--out", q)
+    assert res.exit_code == 0 and "calibrated on 3 frames" in res.output, res.output
+    assert "fp32 on" in res.output and "int8 on" in res.output
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert saturation_summary(check_saturation(str(q)))["exact_on_x86_without_vnni"]
+    card = CentreFinder(q).card
+    int8 = card.training["int8"]
+    assert int8["frames"] == 3 and int8["fit_avx2"] and int8["check"]["int8"]["found_once"] >= 0.9, int8
+    assert card.um_per_px == CentreFinder("builtin").card.um_per_px  # the contract is the fp32 model's
+    rep, _ = field_eval(None, check, DetectorConfig(centres=str(q)), optics=OpticsConfig(um_per_px=0.25))
+    assert rep["by_cluster"]["5"]["found_once"] >= 0.9, rep["by_cluster"]
+    one_line_error(cli("detector", "quantize", str(q), "--calib", calib, "--out", q), "would overwrite")
+    one_line_error(cli("detector", "quantize", "builtin", "--calib", tmp_path / "none", "--out", tmp_path / "x.onnx"),
+                   "none")
+    one_line_error(cli("detector", "quantize", "builtin", "--calib", calib, "--out", tmp_path / "x.txt"), ".onnx")

@@ -43,13 +43,12 @@ METHODS = ("minmax", "percentile", "entropy")
 SCHEMES = ("symmetric", "asymmetric")
 
 
-def quantize_onnx(model_path: str | Path, out_path: str | Path, calib: CalibrationSet, card: ModelCard,
-                  method: str = "minmax", scheme: str = "symmetric", fit_avx2: bool = False) -> Path:
-    """Write an int8 QDQ ONNX calibrated on ``calib``; the card records how it was made.
-
-    ``fit_avx2``: the GEMM layers' weights are re-quantized from the fp32 weights so that x86 CPUs
-    without VNNI compute them without int16 saturation; depthwise layers keep 8 bits (see
-    ``calibrate.int8_safety``)."""
+def quantize_qdq(model_path: str | Path, reader: Any, method: str = "minmax", scheme: str = "asymmetric",
+                 fit_avx2: bool = False, proto: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """ONNX Runtime's static int8 quantization of ``model_path`` (QDQ, per-channel weights), calibrated on
+    what ``reader`` (an ORT ``CalibrationDataReader``, batch 1) gives; ``scheme`` and ``method`` as
+    :func:`quantize_onnx`. ``fit_avx2``: the GEMM layers' weights fitted to AVX2's int16 pairs
+    (``calibrate.int8_safety``). Returns the quantized model (``proto``: the fp32 one, if loaded)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -64,10 +63,6 @@ def quantize_onnx(model_path: str | Path, out_path: str | Path, calib: Calibrati
         extra.update(ActivationSymmetric=True, QuantizeBias=False)
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    proto = load_onnx(model_path)
-    input_name = proto.graph.input[0].name
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_pre, tmp_out = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
         quant_pre_process(str(model_path), str(tmp_pre))  # shape inference + graph clean-up, as ORT advises
@@ -76,15 +71,30 @@ def quantize_onnx(model_path: str | Path, out_path: str | Path, calib: Calibrati
         chatter = io.StringIO()
         with contextlib.redirect_stdout(chatter):
             quantize_static(
-                str(tmp_pre), str(tmp_out), OrtCalibrationReader(calib, input_name, batch_size=1),
-                quant_format=QuantFormat.QDQ, per_channel=True,
+                str(tmp_pre), str(tmp_out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8 if scheme == "symmetric" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=calib_method, extra_options=extra,
             )
         log.debug("onnxruntime calibration: %s", chatter.getvalue().strip())
         q = onnx.load_model(str(tmp_out))
     if fit_avx2:
+        proto = proto or load_onnx(model_path)
         fit_weights_to_int16_pairs(q, {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer})
+    return q
+
+
+def quantize_onnx(model_path: str | Path, out_path: str | Path, calib: CalibrationSet, card: ModelCard,
+                  method: str = "minmax", scheme: str = "symmetric", fit_avx2: bool = False) -> Path:
+    """Write an int8 QDQ ONNX calibrated on ``calib``; the card records how it was made.
+
+    ``fit_avx2``: the GEMM layers' weights are re-quantized from the fp32 weights so that x86 CPUs
+    without VNNI compute them without int16 saturation; depthwise layers keep 8 bits (see
+    ``calibrate.int8_safety``)."""
+    proto = load_onnx(model_path)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    q = quantize_qdq(model_path, OrtCalibrationReader(calib, proto.graph.input[0].name, batch_size=1), method, scheme,
+                     fit_avx2, proto)
     qcard = card.copy()
     qcard.quantization = {"method": "ptq", "calibration": method, "scheme": scheme, "format": "onnx-qdq",
                           "images": len(calib.inputs), "fit_avx2": fit_avx2}

@@ -106,3 +106,48 @@ def train(
                                               "fields or keep the detector you have"))
     echo_wrapped(f"wrote {out} and {out.with_suffix('.safetensors').name} (threshold {card.threshold:g}); score it "
                f"on marked frames it never saw: alnett-edge field-eval FRAMES --centres {out}")
+
+
+@app.command("quantize")
+def quantize(
+    model: str = typer.Argument(..., help="The centre detector: \"builtin\" or an .onnx from `detector train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="The int8 detector to write (.onnx).", callback=output_file),
+    calib: list[Path] = typer.Option(..., "--calib", help="Frames of your microscope to set the int8 ranges on "
+                                     "(anything field-eval reads; repeat for more sets)."),
+    images: Path = typer.Option(None, "--images", help="With a points CSV: the folder its image names are in."),
+    um_per_px: float = typer.Option(None, "--um-per-px", min=0.0, help="Pixel size of every set (default: "
+                                    "estimated per folder from its red cells)."),
+    check: Path = typer.Option(None, "--check", help="Marked frames to score the fp32 and int8 detectors on, side "
+                               "by side (found once, extra, detect p50)."),
+) -> None:
+    """The centre detector in int8 (ONNX Runtime QDQ; faster on CPUs with VNNI and on ARM, not on AVX2 alone)."""
+    import dataclasses
+
+    from alnett_edge.calibrate.centres import quantize_centres, write_card
+    from alnett_edge.machine import isa_line
+    from alnett_edge.vision.centres import CentreFinder, model_path
+    from alnett_edge.vision.detector import DetectorConfig
+    from alnett_edge.vision.fieldeval import field_eval
+    from alnett_edge.vision.optics import OpticsConfig
+
+    typer.echo(isa_line())
+    info = quantize_centres(model, list(calib), out, images, um_per_px)
+    typer.echo(f"calibrated on {info['frames']} frames; wrote {out}")
+    if check is None:
+        return
+    rows = {}
+    for name, spec in (("fp32", str(model_path(model))), ("int8", str(out))):
+        rep, _ = field_eval(None, check, DetectorConfig(centres=spec), optics=OpticsConfig(um_per_px=um_per_px or 0.0),
+                            images=images)
+        rows[name] = {"found_once": rep["found_once"], "extra": rep["extra"], "recall": rep["recall"],
+                      "precision": rep["precision"], "detect_p50_ms": rep["stages"]["detect"]["p50_ms"]}
+        r = rows[name]
+        typer.echo(f"{name} on {check}: found once {r['found_once']:.3f}, extra {r['extra']:.3f}"
+                   + (f", recall {r['recall']:.3f}, precision {r['precision']:.3f}" if r["recall"] is not None else "")
+                   + f", detect p50 {r['detect_p50_ms']:.1f} ms")
+    import onnx
+
+    card = CentreFinder(out).card
+    write_card(onnx.load(str(out)), dataclasses.replace(card, training={
+        **card.training, "int8": {**info, "check": {"frames": str(check), **rows}}}), out)
+    typer.echo("the comparison is kept in the int8 model's card (training.int8.check)")

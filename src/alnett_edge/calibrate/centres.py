@@ -1,0 +1,92 @@
+"""int8 for the learned nucleus-centre detector (``alnett-edge detector quantize``): ONNX Runtime's static
+QDQ quantization (uint8 activations, int8 per-channel weights, min-max ranges) calibrated on frames
+prepared exactly as :class:`~alnett_edge.vision.centres.CentreFinder` prepares them (resampled to the
+card's µm per pixel, channels less their medians, padded), with the GEMM layers' weights fitted to
+AVX2's int16 pairs (:mod:`alnett_edge.calibrate.int8_safety`), so a CPU without VNNI computes what a
+VNNI CPU or an ARM core does. The int8 file carries the fp32 model's card, its ``training`` noting how
+it was made; ``builtin`` and ``[detector] centres`` take it as they take the fp32 one.
+
+Whether it is faster depends on the CPU: on a 2-core AMD EPYC Zen 4 (AVX-512 VNNI) the network ran in
+about half the time (docs/engineering/crowded.md); ONNX Runtime's int8 kernels are not faster than fp32
+on AVX2 without VNNI (``../shared/notes/toolchain-facts.md``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from alnett_edge.calibrate.ptq import quantize_qdq
+from alnett_edge.calibrate.reader import OrtCalibrationReader
+from alnett_edge.card import CENTRE_CARD_KEY, CentreCard
+from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.train.centres import load_frames
+from alnett_edge.vision.centres import CentreFinder, channel_medians, model_path, net_input, pad_to
+
+#: calibration frames used at most (evenly spaced over all the sets given)
+MAX_FRAMES = 48
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """Prepared network inputs, one frame a batch (their sizes differ), as ``OrtCalibrationReader`` reads."""
+
+    inputs: list[np.ndarray]
+
+    def batches(self, batch_size: int = 1) -> Iterator[np.ndarray]:
+        yield from self.inputs
+
+
+def calibration_inputs(sources: list[Path], card: CentreCard, images: Path | None = None,
+                       um_per_px: float | None = None, limit: int = MAX_FRAMES) -> list[np.ndarray]:
+    """The network's inputs (1 x 3 x H x W float32) for up to ``limit`` frames of ``sources`` (anything
+    ``field-eval`` reads), prepared as the runtime prepares a frame."""
+    frames = [f for src in sources for f in load_frames(src, card, um_per_px, images)]
+    if not frames:
+        raise DataError("no calibration frames")
+    pick = np.linspace(0, len(frames) - 1, min(limit, len(frames))).round().astype(int)
+    out = []
+    for k in sorted(set(pick.tolist())):
+        rgb = frames[k].rgb
+        med = channel_medians(rgb)
+        h, w = rgb.shape[:2]
+        rgb = pad_to(rgb, (-h) % card.pad_multiple, (-w) % card.pad_multiple, med)
+        out.append(net_input(rgb, card, med)[None])
+    return out
+
+
+def quantize_centres(model: str | Path, sources: list[Path], out: Path, images: Path | None = None,
+                     um_per_px: float | None = None, limit: int = MAX_FRAMES) -> dict[str, Any]:
+    """Write ``out``: the centre detector ``model`` (``builtin`` or an .onnx) in int8, calibrated on
+    ``sources``. Returns what the card's ``training["int8"]`` records."""
+    src = model_path(model)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out must be an .onnx file, got {out.name}")
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"--out would overwrite the model it quantizes ({src.name})")
+    card = CentreFinder(src).card
+    inputs = calibration_inputs(sources, card, images, um_per_px, limit)
+    proto = onnx.load(str(src))
+    q = quantize_qdq(src, OrtCalibrationReader(_Inputs(inputs), proto.graph.input[0].name), "minmax",
+                     "asymmetric", fit_avx2=True, proto=proto)
+    info = {"from": src.name, "frames": len(inputs), "sources": [str(s) for s in sources], "scheme": "asymmetric",
+            "calibration": "minmax", "format": "onnx-qdq", "fit_avx2": True}
+    write_card(q, dataclasses.replace(card, training={**card.training, "int8": info}), out)
+    return info
+
+
+def write_card(proto: onnx.ModelProto, card: CentreCard, out: Path) -> None:
+    """``proto`` with ``card`` as its only centre card, written to ``out`` atomically."""
+    keep = [p for p in proto.metadata_props if p.key != CENTRE_CARD_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CENTRE_CARD_KEY, card.to_json()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    onnx.save_model(proto, str(tmp))
+    tmp.replace(out)
