@@ -25,6 +25,7 @@ from alnett_edge.calibrate.reader import OrtCalibrationReader
 from alnett_edge.card import CENTRE_CARD_KEY, CentreCard
 from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.train.centres import load_frames
+from alnett_edge.vision.annotations import read_truth
 from alnett_edge.vision.centres import CentreFinder, channel_medians, model_path, net_input, pad_to
 
 #: calibration frames used at most (evenly spaced over all the sets given)
@@ -44,14 +45,19 @@ class _Inputs:
 def calibration_inputs(sources: list[Path], card: CentreCard, images: Path | None = None,
                        um_per_px: float | None = None, limit: int = MAX_FRAMES) -> list[np.ndarray]:
     """The network's inputs (1 x 3 x H x W float32) for up to ``limit`` frames of ``sources`` (anything
-    ``field-eval`` reads), prepared as the runtime prepares a frame."""
-    frames = [f for src in sources for f in load_frames(src, card, um_per_px, images)]
-    if not frames:
+    ``field-eval`` reads; an equal share of each, evenly spaced), prepared as the runtime prepares a frame.
+    A folder's pixel size is estimated from the frames chosen in it unless ``um_per_px`` is given."""
+    if not sources:
         raise DataError("no calibration frames")
-    pick = np.linspace(0, len(frames) - 1, min(limit, len(frames))).round().astype(int)
+    frames = []
+    for src in sources:  # evenly spaced frames of each set, chosen before any is read
+        _, truths = read_truth(src, images)
+        stems = [t.image.stem for t in truths]
+        pick = np.linspace(0, len(stems) - 1, min(len(stems), -(-limit // len(sources)))).round().astype(int)
+        frames += load_frames(src, card, um_per_px, images, {stems[k] for k in pick.tolist()} if stems else None)
     out = []
-    for k in sorted(set(pick.tolist())):
-        rgb = frames[k].rgb
+    for frame in frames[:limit]:
+        rgb = frame.rgb
         med = channel_medians(rgb)
         h, w = rgb.shape[:2]
         rgb = pad_to(rgb, (-h) % card.pad_multiple, (-w) % card.pad_multiple, med)

@@ -32,11 +32,11 @@ from alnett_edge.daemon.config import DaemonConfig, load_config
 from alnett_edge.daemon.page import LIVE_FPS, WATCH_S, Gallery, GalleryCell
 from alnett_edge.daemon.sinks import CropSink, JsonlSink, Recorder, Sink, SnapshotSink, SqliteSink, annotate
 from alnett_edge.errors import AlnettError, ConfigError, DataError
+from alnett_edge.files import sha256_file
 from alnett_edge.machine import inference_threads, isa_line
 from alnett_edge.runtime.base import Runtime
 from alnett_edge.runtime.loader import open_runtime
 from alnett_edge.timing import StageTimes
-from alnett_edge.files import sha256_file
 from alnett_edge.vision.centres import CentreFinder, model_path
 from alnett_edge.vision.detector import CellDetector, DetectorConfig
 from alnett_edge.vision.differential import Aggregator
