@@ -73,6 +73,7 @@ def test_the_device_page_in_a_browser(daemon_port, tmp_path):
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "404" not in m.text else None)
             page.goto(base + "/")
             expect(page.locator("#session")).to_contain_text("slide A")
+            expect(page.locator("#detector")).to_have_text("cells: rule-based")  # which detector finds the cells
             # the live numbers change without a reload
             frames = page.locator("#frames")
             expect(frames).not_to_have_text("–")

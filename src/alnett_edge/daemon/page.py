@@ -323,7 +323,7 @@ svg text { fill:var(--dim); font-size:10px; }
 </style></head>
 <body>
 <header><h1>alnett-edge</h1>
-<span class="dim" id="model"></span><span class="dim" id="optics"></span>
+<span class="dim" id="model"></span><span class="dim" id="optics"></span><span class="dim" id="detector"></span>
 <span id="session"></span>
 {% if not read_only %}<span id="controls"><input id="sname" placeholder="slide name" size="14">
 <input id="starget" type="number" min="0" placeholder="target cells" style="width:8em">
@@ -383,7 +383,11 @@ function show(d) {
   const s = d.status, sess = s.session;
   $("model").textContent = s.backend + " " + s.precision + " · model " + s.model_sha256.slice(0, 10);
   const o = s.optics || {};
-  $("optics").textContent = o.um_per_px ? o.um_per_px + " µm/px (" + o.source + ")" : "optics: " + (o.source || "?");
+  $("optics").textContent = o.um_per_px ? (+o.um_per_px).toPrecision(4) + " µm/px (" + o.source + ")"
+                                        : "optics: " + (o.source || "?");
+  const dt = s.detector || {};
+  $("detector").textContent = "cells: " + (dt.sha256 ? String(dt.centres).split("/").pop() + " " + dt.sha256.slice(0, 10)
+                                                     : (dt.centres || "?"));
   $("session").innerHTML = d.recording ? "recording <b>" + esc(d.session_name || "session " + d.session_id) + "</b>"
                                        : "<b>not recording</b>";
   $("fps").textContent = s.fps.toFixed(1);
