@@ -13,6 +13,7 @@ on AVX2 without VNNI (``../shared/notes/toolchain-facts.md``)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def calibration_inputs(sources: list[Path], card: CentreCard, images: Path | Non
     for src in sources:  # evenly spaced frames of each set, chosen before any is read
         _, truths = read_truth(src, images)
         stems = [t.image.stem for t in truths]
-        pick = np.linspace(0, len(stems) - 1, min(len(stems), -(-limit // len(sources)))).round().astype(int)
+        pick = np.linspace(0, len(stems) - 1, min(len(stems), math.ceil(limit / len(sources)))).round().astype(int)
         frames += load_frames(src, card, um_per_px, images, {stems[k] for k in pick.tolist()} if stems else None)
     out = []
     for frame in frames[:limit]:

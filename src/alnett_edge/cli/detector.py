@@ -123,6 +123,8 @@ def quantize(
     """The centre detector in int8 (ONNX Runtime QDQ; faster on CPUs with VNNI and on ARM, not on AVX2 alone)."""
     import dataclasses
 
+    import onnx
+
     from alnett_edge.calibrate.centres import quantize_centres, write_card
     from alnett_edge.machine import isa_line
     from alnett_edge.vision.centres import CentreFinder, model_path
@@ -141,12 +143,10 @@ def quantize(
                             images=images)
         rows[name] = {"found_once": rep["found_once"], "extra": rep["extra"], "recall": rep["recall"],
                       "precision": rep["precision"], "detect_p50_ms": rep["stages"]["detect"]["p50_ms"]}
-        r = rows[name]
-        typer.echo(f"{name} on {check}: found once {r['found_once']:.3f}, extra {r['extra']:.3f}"
-                   + (f", recall {r['recall']:.3f}, precision {r['precision']:.3f}" if r["recall"] is not None else "")
-                   + f", detect p50 {r['detect_p50_ms']:.1f} ms")
-    import onnx
-
+        r = {k: "-" if v is None else f"{v:.3f}" for k, v in rows[name].items()}
+        typer.echo(f"{name} on {check}: found once {r['found_once']}, extra {r['extra']}"
+                   + (f", recall {r['recall']}, precision {r['precision']}" if rows[name]["recall"] is not None else "")
+                   + f", detect p50 {rows[name]['detect_p50_ms']:.1f} ms")
     card = CentreFinder(out).card
     write_card(onnx.load(str(out)), dataclasses.replace(card, training={
         **card.training, "int8": {**info, "check": {"frames": str(check), **rows}}}), out)
