@@ -23,11 +23,12 @@ import onnx
 
 from alnett_edge.calibrate.ptq import quantize_qdq
 from alnett_edge.calibrate.reader import OrtCalibrationReader
-from alnett_edge.card import CENTRE_CARD_KEY, CentreCard
+from alnett_edge.card import CentreCard
 from alnett_edge.errors import ConfigError, DataError
+from alnett_edge.model.centres import write_centres_onnx
 from alnett_edge.train.centres import load_frames
 from alnett_edge.vision.annotations import read_truth
-from alnett_edge.vision.centres import CentreFinder, channel_medians, model_path, net_input, pad_to
+from alnett_edge.vision.centres import CentreFinder, model_path, padded_input
 
 #: calibration frames used at most (evenly spaced over all the sets given)
 MAX_FRAMES = 48
@@ -56,14 +57,7 @@ def calibration_inputs(sources: list[Path], card: CentreCard, images: Path | Non
         stems = [t.image.stem for t in truths]
         pick = np.linspace(0, len(stems) - 1, min(len(stems), math.ceil(limit / len(sources)))).round().astype(int)
         frames += load_frames(src, card, um_per_px, images, {stems[k] for k in pick.tolist()} if stems else None)
-    out = []
-    for frame in frames[:limit]:
-        rgb = frame.rgb
-        med = channel_medians(rgb)
-        h, w = rgb.shape[:2]
-        rgb = pad_to(rgb, (-h) % card.pad_multiple, (-w) % card.pad_multiple, med)
-        out.append(net_input(rgb, card, med)[None])
-    return out
+    return [padded_input(frame.rgb, card) for frame in frames[:limit]]
 
 
 def quantize_centres(model: str | Path, sources: list[Path], out: Path, images: Path | None = None,
@@ -82,18 +76,5 @@ def quantize_centres(model: str | Path, sources: list[Path], out: Path, images: 
                      "asymmetric", fit_avx2=True, proto=proto)
     info = {"from": src.name, "frames": len(inputs), "sources": [str(s) for s in sources], "scheme": "asymmetric",
             "calibration": "minmax", "format": "onnx-qdq", "fit_avx2": True}
-    write_card(q, dataclasses.replace(card, training={**card.training, "int8": info}), out)
+    write_centres_onnx(q, dataclasses.replace(card, training={**card.training, "int8": info}), out)
     return info
-
-
-def write_card(proto: onnx.ModelProto, card: CentreCard, out: Path) -> None:
-    """``proto`` with ``card`` as its only centre card, written to ``out`` atomically."""
-    keep = [p for p in proto.metadata_props if p.key != CENTRE_CARD_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = CENTRE_CARD_KEY, card.to_json()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save_model(proto, str(tmp))
-    tmp.replace(out)

@@ -125,7 +125,8 @@ def quantize(
 
     import onnx
 
-    from alnett_edge.calibrate.centres import quantize_centres, write_card
+    from alnett_edge.calibrate.centres import quantize_centres
+    from alnett_edge.model.centres import write_centres_onnx
     from alnett_edge.machine import isa_line
     from alnett_edge.vision.centres import CentreFinder, model_path
     from alnett_edge.vision.detector import DetectorConfig
@@ -148,6 +149,6 @@ def quantize(
                    + (f", recall {r['recall']}, precision {r['precision']}" if rows[name]["recall"] is not None else "")
                    + f", detect p50 {rows[name]['detect_p50_ms']:.1f} ms")
     card = CentreFinder(out).card
-    write_card(onnx.load(str(out)), dataclasses.replace(card, training={
+    write_centres_onnx(onnx.load(str(out)), dataclasses.replace(card, training={
         **card.training, "int8": {**info, "check": {"frames": str(check), **rows}}}), out)
     typer.echo("the comparison is kept in the int8 model's card (training.int8.check)")

@@ -114,17 +114,26 @@ def save_centres(net: nn.Module, card: CentreCard, dest: Path) -> Path:
         torch.onnx.export(net, (torch.zeros(1, 3, 96, 128),), buf, input_names=["x"], output_names=["heat", "size"],
                           dynamic_axes={"x": {2: "h", 3: "w"}, "heat": {2: "hh", 3: "ww"}, "size": {2: "hh", 3: "ww"}},
                           opset_version=18, dynamo=False)
-    proto = onnx.load_model_from_string(buf.getvalue())
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = CENTRE_CARD_KEY, card.to_json()
-    tmp = dest.with_name(dest.name + ".tmp")
-    onnx.save_model(proto, str(tmp))
-    tmp.replace(dest)
+    write_centres_onnx(onnx.load_model_from_string(buf.getvalue()), card, dest)
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     tmp = weights_path(dest).with_name(weights_path(dest).name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", CENTRE_CARD_KEY: card.to_json()})
     tmp.replace(weights_path(dest))
     return dest
+
+
+def write_centres_onnx(proto: onnx.ModelProto, card: CentreCard, dest: Path) -> None:
+    """``proto`` with ``card`` as its only centre card in its metadata, written to ``dest`` atomically (the
+    trainer's export, the int8 quantizer's output)."""
+    keep = [p for p in proto.metadata_props if p.key != CENTRE_CARD_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CENTRE_CARD_KEY, card.to_json()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    onnx.save_model(proto, str(tmp))
+    tmp.replace(dest)
 
 
 def load_centres(path: Path) -> tuple[nn.Module, CentreCard]:

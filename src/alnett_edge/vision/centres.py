@@ -84,6 +84,17 @@ def pad_to(rgb: np.ndarray, ph: int, pw: int, medians: list[int]) -> np.ndarray:
     return cv2.copyMakeBorder(rgb, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=medians)
 
 
+def padded_input(small: np.ndarray, card: CentreCard) -> np.ndarray:
+    """A frame already at the card's scale -> the network's input batch (1 x 3 x H x W float32): its channel
+    medians taken, padded with them to the card's multiple, normalised. Its unpadded size is ``small``'s."""
+    med = channel_medians(small)
+    h, w = small.shape[:2]
+    ph, pw = (-h) % card.pad_multiple, (-w) % card.pad_multiple
+    if ph or pw:
+        small = pad_to(small, ph, pw, med)
+    return net_input(small, card, med)[None]
+
+
 def read_centres(heat: np.ndarray, size: np.ndarray, card: CentreCard, threshold: float, shape: tuple[int, int],
                  frame_um: float) -> list[Centre]:
     """The peaks of one heat map (H x W) with their sizes (2 x H x W) -> centres in a frame of
@@ -139,11 +150,7 @@ class CentreFinder:
         h, w = small.shape[:2]
         if min(h, w) < 4:
             return []
-        med = channel_medians(small)
-        ph, pw = (-h) % card.pad_multiple, (-w) % card.pad_multiple
-        if ph or pw:
-            small = pad_to(small, ph, pw, med)
-        outs = self.model.run(net_input(small, card, med)[None])
+        outs = self.model.run(padded_input(small, card))
         if len(outs) < 2 or outs[0].ndim != 4 or outs[1].ndim != 4 or outs[1].shape[1] != 2:
             raise CheckpointError(f"{self.path.name}: expected a heat map and box sizes, got outputs of shapes "
                                   f"{[o.shape for o in outs]}")
