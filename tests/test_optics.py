@@ -13,7 +13,16 @@ from alnett_edge.data.synth import SMEAR_UM_PER_PX, synth_smear
 from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.vision.annotations import match, read_truth
 from alnett_edge.vision.detector import CellDetector, split_touching
-from alnett_edge.vision.optics import OpticsConfig, estimate_um_per_px, fov_mask, rbc_diameter_px
+from alnett_edge.vision.optics import (
+    OpticsConfig,
+    area_shrink,
+    dilate_disk,
+    disk,
+    estimate_um_per_px,
+    fov_mask,
+    percentile_u8,
+    rbc_diameter_px,
+)
 
 
 def _frames(n: int, seed: int = 0) -> list:
@@ -122,6 +131,41 @@ def test_clusters_of_two_to_eight_nuclei_split_into_one_part_each():
         cv2.circle(lobed, (x, 30), 4, 255, -1)
     cv2.line(lobed, (25, 30), (55, 30), 255, 3)
     assert len(split_touching(lobed, radius_px=7)) == 1
+
+
+def test_the_fast_image_helpers_give_what_they_stand_for():
+    """The detector's shortcuts (a dense 2592x1944 frame's detection in half the time) against the
+    OpenCV / numpy calls they replace: equal, or off by what each docstring admits."""
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (1, 7), (37, 53), (125, 125)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        for q in (0, 10, 50, 90, 99.5, 100):
+            assert abs(percentile_u8(img, q) - float(np.percentile(img, q))) < 1e-9, (shape, q)
+    frame = np.full((963, 1283, 3), 230, np.uint8)  # dark discs on a bright field, at known places
+    centres = rng.uniform(40, [1243, 923], size=(20, 2))
+    for x, y in centres:
+        cv2.circle(frame, (int(x * 16), int(y * 16)), 12 * 16, (60, 40, 120), -1, cv2.LINE_AA, shift=4)
+    whole = frame[:960, :1280]
+    assert np.array_equal(area_shrink(whole, (320, 240)), cv2.resize(whole, (320, 240), interpolation=cv2.INTER_AREA))
+    for size in [(300, 225), (411, 309), (700, 526)]:  # reductions by 4.3, 3.1 and 1.8 (no whole step)
+        fast, slow = area_shrink(frame, size), cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        assert fast.shape == slow.shape and np.abs(fast.astype(int) - slow).mean() < 1.0, size
+        f = size[0] / 1283
+        for x, y in centres * f:  # each disc where INTER_AREA puts it, to within half a pixel (each rounds a size)
+            x0, y0, r = int(x - 20 * f), int(y - 20 * f), int(40 * f)
+            ink = [230.0 - im[y0 : y0 + r, x0 : x0 + r, 1] for im in (fast, slow)]
+            at = [np.array([(w * np.arange(r)[:, None]).sum(), (w * np.arange(r)).sum()]) / w.sum() for w in ink]
+            assert np.abs(at[0] - at[1]).max() < 0.5, (size, x, y, at)
+    nucleus = np.zeros((140, 130), np.uint8)
+    cv2.ellipse(nucleus, (60, 70), (30, 22), 20, 0, 360, 255, -1)
+    for px in (3, 9, 13):  # small discs: the dilation itself
+        assert np.array_equal(dilate_disk(nucleus, px), cv2.dilate(nucleus, disk(px)))
+    for px in (15, 31, 49):  # large ones: the same disc but for pixels on its rim (2 px either way; measured 0.6-1.9 %)
+        fast, slow = dilate_disk(nucleus, px) > 0, cv2.dilate(nucleus, disk(px)) > 0
+        rim = cv2.dilate(slow.astype(np.uint8), disk(5)) > 0
+        rim &= ~(cv2.erode(slow.astype(np.uint8), disk(5)) > 0)
+        assert (fast != slow).sum() <= 0.025 * slow.sum() and not ((fast != slow) & ~rim).any(), px
+    assert not dilate_disk(np.zeros((20, 20), np.uint8), 41).any()
 
 
 def test_detector_does_not_depend_on_the_frame_size_on_real_bccd():
