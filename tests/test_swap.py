@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import cli, one_line_error
 
 from alnett_edge.daemon.config import build_config
 from alnett_edge.daemon.service import Daemon
@@ -252,6 +253,15 @@ def test_the_centre_detector_is_swapped_without_a_restart(x86_bundle, tmp_path):
     assert 4 <= learned["from_frame"] < 24 and summary["frames_processed"] == 24
     assert summary["detector"]["centres"] == "builtin" and d.detector.finder.path == BUILTIN_FILE
     assert d.detector.um_per_px == CrowdSpec().um_per_px and summary["session"]["cells"] > 0
+    # nor does the daemon start with it in its config (field-eval may still measure it)
+    toml = tmp_path / "gate.toml"
+    toml.write_text(f'[detector]\ncentres = "{tmp_path / "g.onnx"}"\n')
+    one_line_error(cli("daemon", "--config", toml, "--bundle", x86_bundle["bundle"], "--source", f"video:{video}",
+                       "--port", 0, "--db", tmp_path / "g.db"), "did not meet its gate", "[detector] centres")
+    fields = tmp_path / "fields"
+    assert cli("data", "synth", "--out", fields, "--n", "20", "--crowded", "2", "--crowded-um", "0.25").exit_code == 0
+    res = cli("field-eval", fields / "crowded", "--um-per-px", "0.25", "--centres", tmp_path / "g.onnx")
+    assert res.exit_code == 0 and "found once" in res.output, res.output
 
 
 def test_sighup_swaps_the_centre_detector_the_config_names_now(x86_bundle, tmp_path):

@@ -59,6 +59,10 @@ class Daemon:
         if not bundle.exists():
             raise ConfigError(f"bundle not found: {bundle}")
         um_per_px = cfg.optics.resolve()
+        if cfg.detector.centres:  # refused as POST /detector refuses it (field-eval may still measure it)
+            refusal = CentreFinder(cfg.detector.centres, cfg.detector.centre_threshold).gate_refusal()
+            if refusal:
+                raise ConfigError(f"[detector] centres: {refusal}; mark more frames for its --gate or use another model")
         # the detector's settings in use: a swap (request_detector) replaces their centre detector
         self.detector_cfg: DetectorConfig = cfg.detector
         # without a configured pixel size the detector waits for the first frames to estimate one
@@ -277,10 +281,9 @@ class Daemon:
         info = describe_detector(new)
         if new.centres:
             finder = CentreFinder(new.centres, new.centre_threshold)
-            gate = finder.card.training.get("gate") if isinstance(finder.card.training, dict) else None
-            if isinstance(gate, dict) and gate.get("met") is False:
-                raise ConfigError(f"{finder.path.name} did not meet its gate on {gate.get('frames')} (no threshold kept "
-                                  f"extra detections to {gate.get('max_extra')}); the detector was not changed")
+            refusal = finder.gate_refusal()
+            if refusal:
+                raise ConfigError(f"{refusal}; the detector was not changed")
             info["threshold"] = finder.threshold
         with self._swap_lock:
             self._pending_detector = (new, info)

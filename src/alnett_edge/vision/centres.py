@@ -138,6 +138,15 @@ class CentreFinder:
             raise ConfigError(f"[detector] centre_threshold must be in [0, 1) (0: the card's), got {threshold!r}")
         self.threshold = threshold or self.card.threshold
 
+    def gate_refusal(self) -> str | None:
+        """Why the daemon must not look for cells with this model: it did not meet the marked frames of its
+        ``--gate`` (``alnett-edge detector train``); None when it met them or had none."""
+        gate = self.card.training.get("gate") if isinstance(self.card.training, dict) else None
+        if isinstance(gate, dict) and gate.get("met") is False:
+            return (f"{self.path.name} did not meet its gate on {gate.get('frames')} (no threshold kept extra "
+                    f"detections to {gate.get('max_extra')})")
+        return None
+
     def find(self, rgb: np.ndarray, um_per_px: float) -> list[Centre]:
         """The cells of one RGB frame (H x W x 3 uint8) of ``um_per_px`` µm per pixel."""
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
