@@ -137,7 +137,7 @@ def test_the_fast_image_helpers_give_what_they_stand_for():
     """The detector's shortcuts (a dense 2592x1944 frame's detection in half the time) against the
     OpenCV / numpy calls they replace: equal, or off by what each docstring admits."""
     rng = np.random.default_rng(3)
-    for shape in [(1, 1), (1, 7), (37, 53), (125, 125)]:
+    for shape in [(1, 1), (1, 7), (37, 53), (125, 125), (9, 11, 3)]:
         img = rng.integers(0, 256, shape, dtype=np.uint8)
         for q in (0, 10, 50, 90, 99.5, 100):
             assert abs(percentile_u8(img, q) - float(np.percentile(img, q))) < 1e-9, (shape, q)

@@ -156,9 +156,10 @@ def dilate_disk(mask: np.ndarray, px: float) -> np.ndarray:
 
 
 def percentile_u8(values: np.ndarray, q: float) -> float:
-    """``np.percentile(values, q)`` of a uint8 image (linear interpolation between ranks; equal but for
-    the last bit), from its histogram: no sort of every pixel."""
-    cum = np.cumsum(cv2.calcHist([values], [0], None, [256], [0, 256]).ravel().astype(np.float64))
+    """``np.percentile(values, q)`` of a uint8 array of any shape (linear interpolation between ranks;
+    equal but for the last bit), from its histogram: no sort of every pixel."""
+    plane = values if values.ndim == 2 else values.reshape(-1, 1)  # every value, not a first channel's
+    cum = np.cumsum(cv2.calcHist([plane], [0], None, [256], [0, 256]).ravel().astype(np.float64))
     rank = q / 100.0 * (cum[-1] - 1)
     lo = int(np.floor(rank))
     v_lo = float(np.searchsorted(cum, lo, side="right"))  # the value at that rank of the sorted pixels
