@@ -27,7 +27,6 @@ from alnett_edge.card import CentreCard
 from alnett_edge.errors import ConfigError, DataError
 from alnett_edge.model.centres import write_centres_onnx
 from alnett_edge.train.centres import load_frames
-from alnett_edge.vision.annotations import read_truth
 from alnett_edge.vision.centres import CentreFinder, model_path, padded_input
 
 #: calibration frames used at most (evenly spaced over all the sets given)
@@ -52,11 +51,8 @@ def calibration_inputs(sources: list[Path], card: CentreCard, images: Path | Non
     if not sources:
         raise DataError("no calibration frames")
     frames = []
-    for src in sources:  # evenly spaced frames of each set, chosen before any is read
-        _, truths = read_truth(src, images)
-        stems = [t.image.stem for t in truths]
-        pick = np.linspace(0, len(stems) - 1, min(len(stems), math.ceil(limit / len(sources)))).round().astype(int)
-        frames += load_frames(src, card, um_per_px, images, {stems[k] for k in pick.tolist()} if stems else None)
+    for src in sources:  # an equal share of each set, evenly spaced, chosen before any frame is read
+        frames += load_frames(src, card, um_per_px, images, spaced=math.ceil(limit / len(sources)))
     return [padded_input(frame.rgb, card) for frame in frames[:limit]]
 
 

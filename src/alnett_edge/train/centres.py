@@ -43,11 +43,14 @@ class Frame:
 
 
 def load_frames(source: Path, card: CentreCard, um_per_px: float | None = None, images: Path | None = None,
-                names: set[str] | None = None) -> list[Frame]:
-    """The annotated frames of ``source`` at the card's scale (``names``: only these image stems)."""
+                names: set[str] | None = None, spaced: int | None = None) -> list[Frame]:
+    """The annotated frames of ``source`` at the card's scale (``names``: only these image stems;
+    ``spaced``: only that many of them, evenly spaced, chosen before any image is read)."""
     _, truths = read_truth(source, images)
     if names is not None:
         truths = [t for t in truths if t.image.stem in names]
+    if spaced is not None and truths:
+        truths = [truths[k] for k in np.linspace(0, len(truths) - 1, min(len(truths), spaced)).round().astype(int)]
     if not truths:
         raise DataError(f"{source}: no annotated frames")
     groups: dict[Path, list] = {}
